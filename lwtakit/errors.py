@@ -1,0 +1,18 @@
+"""One error type for bad user input.
+
+Every entry point (``train.py``, ``analyze.py``) catches :class:`UserError`, prints its message as one
+line prefixed with ``error:`` and exits with status 2. Raise it for anything the user can fix (a path, a
+key, a shape, a missing weight file) and say *how* to fix it in the message.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input that the user can fix; the message is one line saying what is wrong and how to fix it."""
+
+    exit_code = 2
+
+    def __init__(self, message: str):
+        # Keep the message on one line: it is what the CLI prints.
+        super().__init__(" ".join(str(message).split()))
