@@ -1,0 +1,261 @@
+"""Activation recording with forward hooks: reduce inside the hook, never keep spatial maps.
+
+:func:`capture` registers forward hooks by module name and always removes them; :func:`record_activations`
+runs a probe set through a model and returns a :class:`Recording` with per-layer ``[N, C]`` activations
+(spatial mean and max for conv maps, CLS or mean token for ``[B, T, D]`` outputs), the per-unit firing
+rate over (image x position) and streaming :class:`~lwtakit.stats.UnitStats`. Memory is O(N x C) per
+layer, independent of the spatial size of the maps (CLIP-Dissect, Oikarinen & Weng ICLR 2023, sec. 3,
+records the spatial mean of conv channels and the CLS token of ViTs in the same way).
+
+The model is analysed in eval mode under ``torch.inference_mode()``; its training flags and the global
+RNG states (python, numpy, torch CPU and CUDA) are restored afterwards, so recording during training
+never changes the training trajectory.
+"""
+
+from __future__ import annotations
+
+import difflib
+import random
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import UserError
+from .stats import UnitStats
+
+REDUCE_MODES = ("mean", "max", "none")
+TOKEN_MODES = ("cls", "mean")
+
+
+def resolve_module(model: nn.Module, name: str) -> nn.Module:
+    """``model.get_submodule(name)`` with a :class:`UserError` listing close matches on a bad name."""
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        names = [n for n, _ in model.named_modules() if n]
+        close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+        hint = f"close matches: {', '.join(close)}" if close else f"some layers: {', '.join(names[:8])}"
+        raise UserError(f"model has no layer named {name!r}; {hint}") from None
+
+
+def _first_tensor(output) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)):
+        for item in output:
+            if isinstance(item, torch.Tensor):
+                return item
+    raise RuntimeError(f"layer output of type {type(output).__name__} holds no tensor")
+
+
+def _active_mask(module: nn.Module, out: torch.Tensor) -> torch.Tensor:
+    """Where units fire: the LWTA winner mask when the module has one, else non-zero outputs."""
+    winner_mask = getattr(module, "winner_mask", None)
+    if callable(winner_mask):
+        mask = winner_mask()
+        if isinstance(mask, torch.Tensor) and mask.shape == out.shape:
+            return mask.bool()
+    return out != 0
+
+
+class _LayerHook:
+    """Forward hook that reduces one layer's output per batch and keeps only [B, C] pieces."""
+
+    def __init__(self, name: str, module: nn.Module, reduce: str, tokens: str, extras: bool):
+        self.name, self.module, self.reduce, self.tokens, self.extras = name, module, reduce, tokens, extras
+        self.outputs: list[torch.Tensor] = []   # reduced (or raw for reduce="none") per batch
+        self.maxes: list[torch.Tensor] = []      # spatial max per batch (extras, conv only)
+        self.active = None                       # [C] count of firing (image x position)
+        self.positions = 0                       # number of (image x position) seen
+        self.calls = 0
+        self.is_spatial = False
+
+    def __call__(self, module, inputs, output) -> None:
+        out = _first_tensor(output).detach()
+        self.calls += 1
+        if self.reduce == "none":
+            self.outputs.append(out)
+            return
+        if out.dim() == 4:  # [B, C, H, W]
+            self.is_spatial = True
+            mean = out.mean(dim=(2, 3))
+            mx = out.amax(dim=(2, 3))
+            self.outputs.append((mx if self.reduce == "max" else mean).float().cpu())
+            if self.extras:
+                self.maxes.append(mx.float().cpu())
+            per_image = out.shape[2] * out.shape[3]
+            reduce_dims = (0, 2, 3)
+        elif out.dim() == 3:  # [B, T, D] tokens
+            red = out[:, 0] if self.tokens == "cls" else out.mean(dim=1)
+            self.outputs.append(red.float().cpu())
+            per_image = out.shape[1]
+            reduce_dims = (0, 1)
+        elif out.dim() == 2:
+            self.outputs.append(out.float().cpu())
+            per_image = 1
+            reduce_dims = (0,)
+        else:
+            raise RuntimeError(f"layer {self.name!r}: cannot reduce an output of shape {tuple(out.shape)}")
+        if self.extras:
+            fired = _active_mask(module, out).sum(dim=reduce_dims).to("cpu", torch.float64)
+            self.active = fired if self.active is None else self.active + fired
+            self.positions += out.shape[0] * per_image
+
+
+@contextmanager
+def _hooks(model: nn.Module, layers: Sequence[str], reduce: str, tokens: str,
+           extras: bool) -> Iterator[dict[str, _LayerHook]]:
+    if isinstance(layers, str):
+        layers = [layers]
+    if reduce not in REDUCE_MODES:
+        raise UserError(f"reduce must be one of {', '.join(REDUCE_MODES)}, got {reduce!r}")
+    if tokens not in TOKEN_MODES:
+        raise UserError(f"tokens must be one of {', '.join(TOKEN_MODES)}, got {tokens!r}")
+    if not layers:
+        raise UserError("no layers given to record; name at least one module (see model.named_modules())")
+    modules = {name: resolve_module(model, name) for name in layers}
+    hooks = {name: _LayerHook(name, mod, reduce, tokens, extras) for name, mod in modules.items()}
+    handles = []
+    try:
+        for name, mod in modules.items():
+            handles.append(mod.register_forward_hook(hooks[name]))
+        yield hooks
+    finally:
+        for handle in handles:
+            handle.remove()
+    silent = [name for name, hook in hooks.items() if hook.calls == 0]
+    if silent:
+        raise RuntimeError(f"forward hook of layer(s) {', '.join(silent)} never fired: the forward pass "
+                           "does not use them")
+
+
+@contextmanager
+def capture(model: nn.Module, layers: Sequence[str], reduce: str = "mean",
+            tokens: str = "cls") -> Iterator[dict[str, list[torch.Tensor]]]:
+    """Record the outputs of ``layers`` (module names) during the block.
+
+    Yields ``{name: [tensor per forward call]}``: ``[B, C]`` float32 CPU tensors reduced inside the hook
+    (4-D conv maps: spatial ``mean`` or ``max``; ``[B, T, D]`` tokens: CLS token or mean over tokens;
+    2-D: as is), or with ``reduce="none"`` the raw detached outputs (for streaming consumers that empty
+    the lists as they go). Unknown names raise :class:`UserError` with close matches; hooks are removed
+    even when the block raises; a hook that never fired raises ``RuntimeError`` at exit.
+    """
+    with _hooks(model, layers, reduce, tokens, extras=False) as hooks:
+        yield {name: hook.outputs for name, hook in hooks.items()}
+
+
+@contextmanager
+def analysis_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode + ``torch.inference_mode()``; restores every submodule's training flag and the global
+    RNG states (python ``random``, numpy, torch CPU, torch CUDA when initialised) on exit."""
+    flags = [(m, m.training) for m in model.modules()]
+    py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() \
+        else None
+    try:
+        model.eval()
+        with torch.inference_mode():
+            yield
+    finally:
+        for module, flag in flags:
+            module.training = flag
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        torch.random.set_rng_state(torch_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+def make_loader(dataset_or_loader, batch_size: int) -> torch.utils.data.DataLoader | object:
+    """A DataLoader as given, or a sequential, single-process one over a dataset."""
+    if isinstance(dataset_or_loader, torch.utils.data.DataLoader):
+        return dataset_or_loader
+    if batch_size < 1:
+        raise UserError(f"batch_size must be >= 1, got {batch_size}")
+    if not hasattr(dataset_or_loader, "__getitem__") or not hasattr(dataset_or_loader, "__len__"):
+        raise UserError("probe set must be a map-style dataset (with __len__ and __getitem__) or a DataLoader")
+    return torch.utils.data.DataLoader(dataset_or_loader, batch_size=batch_size, shuffle=False, num_workers=0)
+
+
+def split_batch(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(images, labels)`` from a batch that is a tensor, or a tuple/list whose first item is the images."""
+    if isinstance(batch, torch.Tensor):
+        return batch, None
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+        labels = batch[1] if len(batch) > 1 and isinstance(batch[1], torch.Tensor) else None
+        return batch[0], labels
+    if isinstance(batch, dict) and "image" in batch:
+        return batch["image"], batch.get("label")
+    raise UserError("cannot find the images in a batch: items must be image tensors or (image, label) pairs")
+
+
+@dataclass
+class Recording:
+    """Activations of a probe set: per layer ``acts`` [N, C] float32 CPU (spatial mean for conv maps, or
+    max with ``reduce="max"``), ``acts_max`` [N, C] (spatial max; same as ``acts`` for non-conv layers),
+    ``firing`` [C] (fraction of image x position where the unit fires: LWTA winner or non-zero),
+    ``stats`` (streaming :class:`UnitStats` of ``acts``) and ``labels`` [N] (class labels, if given)."""
+
+    acts: dict[str, torch.Tensor] = field(default_factory=dict)
+    acts_max: dict[str, torch.Tensor] = field(default_factory=dict)
+    firing: dict[str, torch.Tensor] = field(default_factory=dict)
+    stats: dict[str, UnitStats] = field(default_factory=dict)
+    labels: torch.Tensor | None = None
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self.acts)
+
+    def __len__(self) -> int:
+        return next(iter(self.acts.values())).shape[0] if self.acts else 0
+
+
+def record_activations(model: nn.Module, dataset_or_loader, layers: Sequence[str], *, batch_size: int = 256,
+                       reduce: str = "mean", tokens: str = "cls", topk: int = 16, device="cpu",
+                       progress: bool = True) -> Recording:
+    """Run the probe set through ``model`` once and record the reduced activations of ``layers``.
+
+    See :class:`Recording` for what is kept. Model in eval mode and ``torch.inference_mode()`` inside;
+    training flags and RNG states restored afterwards (:func:`analysis_mode`).
+    """
+    if reduce == "none":
+        raise UserError("record_activations keeps [N, C] per layer; use reduce='mean' or 'max'")
+    from tqdm.auto import tqdm
+
+    if isinstance(layers, str):
+        layers = [layers]
+    loader = make_loader(dataset_or_loader, batch_size)
+    device = torch.device(device)
+    labels: list[torch.Tensor] = []
+    stats: dict[str, UnitStats] = {}
+    seen = 0
+    with analysis_mode(model), _hooks(model, layers, reduce, tokens, extras=True) as hooks:
+        for batch in tqdm(loader, desc="recording", disable=not progress, leave=False):
+            images, batch_labels = split_batch(batch)
+            model(images.to(device, non_blocking=True))
+            B = images.shape[0]
+            index = torch.arange(seen, seen + B)
+            for name, hook in hooks.items():
+                if not hook.outputs:
+                    continue
+                if name not in stats:
+                    stats[name] = UnitStats(hook.outputs[-1].shape[1], topk)
+                stats[name].update(hook.outputs[-1], index)
+            if batch_labels is not None:
+                labels.append(torch.as_tensor(batch_labels).reshape(-1).cpu())
+            seen += B
+    if seen == 0:
+        raise UserError("the probe set is empty")
+    rec = Recording(stats=stats)
+    # torch.cat outside inference_mode turns inference tensors into ordinary ones.
+    for name, hook in hooks.items():
+        rec.acts[name] = torch.cat(hook.outputs).float()
+        rec.acts_max[name] = torch.cat(hook.maxes).float() if hook.maxes else rec.acts[name]
+        rec.firing[name] = (hook.active / max(hook.positions, 1)).float()
+    if labels and sum(x.numel() for x in labels) == seen:
+        rec.labels = torch.cat(labels).clone()
+    return rec

@@ -1,0 +1,124 @@
+"""Activation recording: reductions, firing rates, hook hygiene, state restoration, O(N x C) memory."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lwtakit.errors import UserError
+from lwtakit.recording import capture, record_activations
+
+
+class TinyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.act = nn.ReLU()
+        self.drop = nn.Dropout(0.5)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = self.drop(self.act(self.conv(x)))
+        return self.fc(self.pool(h).flatten(1))
+
+
+class Tokens(nn.Module):
+    def forward(self, x):  # [B, 3, H, W] -> [B, T=H*W, D=3]
+        return x.flatten(2).transpose(1, 2)
+
+
+class TokenNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.tok = Tokens()
+
+    def forward(self, x):
+        return self.tok(x).sum()
+
+
+def _data(n=10, size=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 3, size, size, generator=g)
+    y = torch.randint(0, 3, (n,), generator=g)
+    return torch.utils.data.TensorDataset(x, y)
+
+
+def test_reductions_match_direct_computation():
+    torch.manual_seed(0)
+    net = TinyNet()
+    ds = _data()
+    rec = record_activations(net, ds, ["act", "fc"], batch_size=4, progress=False)
+    net.eval()
+    with torch.no_grad():
+        maps = net.act(net.conv(ds.tensors[0]))
+        logits = net(ds.tensors[0])
+    torch.testing.assert_close(rec.acts["act"], maps.mean(dim=(2, 3)))
+    torch.testing.assert_close(rec.acts_max["act"], maps.amax(dim=(2, 3)))
+    torch.testing.assert_close(rec.firing["act"], (maps > 0).float().mean(dim=(0, 2, 3)))
+    torch.testing.assert_close(rec.acts["fc"], logits)
+    assert torch.equal(rec.labels, ds.tensors[1])
+    st = rec.stats["act"].compute()
+    torch.testing.assert_close(st["mean"].float(), maps.mean(dim=(2, 3)).mean(0))
+    assert not rec.acts["act"].is_inference()  # usable with autograd afterwards
+
+
+def test_token_reduction_cls_and_mean():
+    ds = _data(n=5)
+    x = ds.tensors[0]
+    tok = x.flatten(2).transpose(1, 2)
+    cls = record_activations(TokenNet(), ds, ["tok"], batch_size=2, progress=False)
+    mean = record_activations(TokenNet(), ds, ["tok"], batch_size=2, tokens="mean", progress=False)
+    torch.testing.assert_close(cls.acts["tok"], tok[:, 0])
+    torch.testing.assert_close(mean.acts["tok"], tok.mean(1))
+    torch.testing.assert_close(cls.firing["tok"], (tok != 0).float().mean(dim=(0, 1)))
+
+
+def _all_hooks(model):
+    return [h for m in model.modules() for h in m._forward_hooks.values()]
+
+
+def test_hooks_removed_after_exception_and_unknown_layer():
+    net = TinyNet()
+    with pytest.raises(ZeroDivisionError), capture(net, ["conv", "fc"]):
+        assert len(_all_hooks(net)) == 2
+        raise ZeroDivisionError
+    assert _all_hooks(net) == []
+    with pytest.raises(UserError, match="act"), capture(net, ["acts"]):  # close match "act"
+        pass
+    with pytest.raises(RuntimeError, match="conv"), capture(net, ["conv"]):
+        pass  # no forward: the hook never fired
+    assert _all_hooks(net) == []
+
+
+def test_training_flags_and_rng_restored():
+    net = TinyNet()
+    net.train()
+    net.fc.eval()  # a mixed state must come back exactly
+    flags = [m.training for m in net.modules()]
+    torch.manual_seed(1)
+    np.random.seed(1)
+    random.seed(1)
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(1)
+    np.random.seed(1)
+    random.seed(1)
+    # A loader that shuffles draws from the global torch RNG; the dropout would too in train mode.
+    loader = torch.utils.data.DataLoader(_data(), batch_size=3, shuffle=True)
+    record_activations(net, loader, ["act"], progress=False)
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]) and got[2] == expected[2]
+    assert [m.training for m in net.modules()] == flags
+
+
+def test_memory_is_n_by_c_whatever_the_spatial_size():
+    net = TinyNet()
+    big = _data(n=8, size=40)
+    rec = record_activations(net, big, ["act"], batch_size=4, progress=False)
+    assert rec.acts["act"].shape == (8, 4) and rec.acts_max["act"].shape == (8, 4)
+    with capture(net, ["act"]) as out:
+        net(big.tensors[0][:4])
+    # The hook keeps the reduced [B, C] piece, not the [B, C, 40, 40] map.
+    assert [tuple(t.shape) for t in out["act"]] == [(4, 4)]

@@ -1,0 +1,61 @@
+"""UnitStats: streaming, mergeable statistics equal a single pass computed with torch directly."""
+
+import pytest
+import torch
+
+from lwtakit.errors import UserError
+from lwtakit.stats import UnitStats
+
+
+def _direct(x: torch.Tensor, k: int):
+    x64 = x.double()
+    v, i = torch.topk(x.t(), k, dim=1)
+    return x64.mean(0), x64.var(0, unbiased=True), (x > 0).double().mean(0), v, i
+
+
+def test_chunked_updates_and_merges_equal_one_pass():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(203, 7, generator=g) * 3 + 5
+    x[x < 4] = 0  # many zeros, like ReLU/LWTA outputs
+    k = 5
+    whole = UnitStats(7, topk=k)
+    whole.update(x)
+    parts = []
+    for lo in range(0, 203, 37):  # uneven chunks, merged in a tree
+        s = UnitStats(7, topk=k)
+        s.update(x[lo:lo + 37], torch.arange(lo, min(lo + 37, 203)))
+        parts.append(s)
+    left = parts[0].merge(parts[1]).merge(parts[2])
+    right = parts[3].merge(parts[4].merge(parts[5]))
+    merged = left.merge(right)
+    mean, var, fire, tv, ti = _direct(x, k)
+    for st in (whole.compute(), merged.compute()):
+        assert int(st["count"]) == 203
+        torch.testing.assert_close(st["mean"], mean, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(st["var"], var, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(st["firing_rate"], fire)
+        torch.testing.assert_close(st["top_values"], tv)
+    # Ties among the zeros are not in the top-5 here, so indices must match exactly.
+    assert torch.equal(merged.compute()["top_indices"], ti)
+
+
+def test_compute_is_pure_and_state_dict_roundtrip():
+    x = torch.randn(50, 3)
+    s = UnitStats(3, topk=4)
+    s.update(x)
+    a, b = s.compute(), s.compute()
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    t = UnitStats(3, topk=4)
+    t.load_state_dict(s.state_dict())
+    t.update(x[:10])
+    s.update(x[:10])
+    assert torch.equal(t.compute()["var"], s.compute()["var"])
+
+
+def test_bad_shapes_and_sync_without_dist():
+    s = UnitStats(3)
+    with pytest.raises(UserError):
+        s.update(torch.zeros(4, 5))
+    with pytest.raises(UserError):
+        s.merge(UnitStats(4))
+    assert s.sync() is s  # no process group: no-op
