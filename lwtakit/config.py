@@ -1,0 +1,321 @@
+"""One structured config for training and monitoring.
+
+The schema is a tree of dataclasses turned into an OmegaConf structured config in struct mode, so an
+unknown key or a value of the wrong type is an error that names the key. Configs are built in layers:
+
+1. the schema defaults below;
+2. an experiment YAML (``--config NAME`` looks in ``configs/experiment/``, or give a path); its
+   ``defaults:`` list pulls group files, e.g. ``- model: resnet18_lwta`` merges
+   ``configs/model/resnet18_lwta.yaml`` under ``model``;
+3. ``key=value`` overrides from the command line (OmegaConf dotlist); ``group=name`` for a config group
+   (``model=resnet18_dense``) merges that group file first.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from lwtakit.errors import UserError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+GROUPS = ("model", "data", "optim", "trainer", "dissection")
+
+
+@dataclass
+class TemperatureConfig:
+    """LWTA temperature T and its schedule over epochs (see :mod:`lwtakit.temperature`)."""
+
+    t0: float = 1.0
+    schedule: str = "constant"  # constant | step | exponential | cosine
+    gamma: float = 0.5  # step / exponential factor
+    step_size: int = 5  # epochs between steps
+    t_min: float = 0.05
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet18"  # resnet18 | resnet34 | resnet50 | vit_tiny | vit_small
+    act: str = "lwta"  # relu | gelu | lwta
+    U: int = 2  # competitors per LWTA block; 1 = the dense activation
+    width: float = 0.25  # channel multiplier of ResNets
+    stem: str = "cifar"  # cifar (3x3, no max-pool) | imagenet (7x7/2 + max-pool)
+    patch_size: int = 4  # ViT
+    depth: int | None = None  # ViT depth override
+    inference: str = "sample"  # LWTA at evaluation: sample | argmax
+    kl: bool = False  # add KL(q || Uniform(1/U)) with optim.kl_weight
+    temperature: TemperatureConfig = field(default_factory=TemperatureConfig)
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthetic"  # synthetic | mnist | cifar10 | cifar100 | imagefolder
+    root: str | None = None  # folder or file of the data set (mnist: the .npz or a torchvision folder)
+    download: bool = False  # let torchvision download the data set into root
+    img_size: int = 32
+    batch_size: int = 128
+    num_workers: int = 0
+    augment: bool = True
+    train_size: int = 8000  # synthetic data only
+    val_size: int = 1000
+    test_size: int = 1000
+    target: str = "shape"  # synthetic: the attribute that is the class
+    second_object: bool = False  # synthetic: draw a second, smaller object
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adamw
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: str = "cosine"  # none | step | cosine
+    warmup_epochs: float = 0.0  # linear warm-up (cosine), in epochs
+    step_size: int = 30  # step schedule: epochs between decays
+    gamma: float = 0.1
+    label_smoothing: float = 0.0
+    kl_weight: float = 0.0  # weight of the LWTA KL term (used when model.kl)
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 6
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"  # 16-mixed / bf16-mixed for AMP
+    compile: bool = False  # torch.compile the network
+    fast_dev_run: bool = False
+    limit_train_batches: float = 1.0
+    limit_val_batches: float = 1.0
+    log_every_n_steps: int = 10
+    gradient_clip_val: float | None = None
+    deterministic: bool = False
+    enable_progress_bar: bool = True
+
+
+@dataclass
+class EvalConfig:
+    modes: list[str] = field(default_factory=lambda: ["sample", "argmax"])  # sample | argmax | mc
+    mc_samples: int = 4  # passes averaged by the mc mode
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"  # offline | online | disabled
+    project: str = "lwtakit"
+    entity: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SparsityConfig:
+    enabled: bool = True
+    every_n_steps: int = 20  # measure on one training batch out of n
+
+
+@dataclass
+class ClipConfig:
+    model: str = "ViT-B-16"
+    pretrained: str | None = None  # tag (online), weights file, or local-dir:FOLDER; None = no CLIP
+    cache_dir: str | None = None
+    batch_size: int = 64
+
+
+@dataclass
+class DissectionConfig:
+    enabled: bool = True
+    every_n_epochs: int = 1
+    on_checkpoint: bool = False
+    at_fit_end: bool = True
+    layers: list[str] = field(default_factory=list)  # empty = last stage + classifier
+    methods: list[str] = field(default_factory=lambda: ["invert"])  # invert clip_dissect iou pca
+    probe_size: int = 512
+    concepts: str = "synthetic"  # builtin name or a text file, one concept a line
+    max_length: int = 1  # INVERT formula length
+    beam: int = 5
+    top_images: int = 8  # images per unit in grids
+    grid_units: int = 8  # units shown per layer in image grids
+    clip_method: str = "soft_wpmi"
+    clip: ClipConfig = field(default_factory=ClipConfig)
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    experiment: str = "default"
+    run_dir: str = "runs"  # each run gets a folder below this
+    run_name: str | None = None  # default: <experiment>-<timestamp>
+    ckpt_path: str | None = None  # resume: "last", or a checkpoint path
+    logger: str = "wandb"  # wandb (also writes CSV) | csv | none
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
+    dissection: DissectionConfig = field(default_factory=DissectionConfig)
+
+
+CHOICES = {
+    "model.name": ("resnet18", "resnet34", "resnet50", "vit_tiny", "vit_small"),
+    "model.act": ("relu", "gelu", "lwta"),
+    "model.stem": ("cifar", "imagenet"),
+    "model.inference": ("sample", "argmax"),
+    "model.temperature.schedule": ("constant", "step", "exponential", "cosine"),
+    "data.name": ("synthetic", "mnist", "cifar10", "cifar100", "imagefolder"),
+    "optim.name": ("sgd", "adamw"),
+    "optim.schedule": ("none", "step", "cosine"),
+    "logger": ("wandb", "csv", "none"),
+    "wandb.mode": ("offline", "online", "disabled"),
+}
+
+
+def _one_line_omegaconf_error(exc: OmegaConfBaseException, where: str) -> UserError:
+    """Turn an OmegaConf error into one line naming the key (and close matches for unknown keys)."""
+    key = getattr(exc, "full_key", None) or "?"
+    if isinstance(exc, ConfigKeyError) or "not in" in str(exc):
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.structured(Config)
+        for part in parent.split(".") if parent else []:
+            node = node.get(part) if isinstance(node, DictConfig) else None
+        known = list(node.keys()) if isinstance(node, DictConfig) else []
+        close = difflib.get_close_matches(leaf, known, n=3)
+        hint = f"; did you mean {', '.join((parent + '.' if parent else '') + c for c in close)}?" if close else ""
+        return UserError(f"unknown config key '{key}' ({where}){hint}")
+    if isinstance(exc, ValidationError):
+        first = str(exc).splitlines()[0]
+        return UserError(f"config key '{key}' has the wrong type ({where}): {first}")
+    return UserError(f"bad config ({where}): {str(exc).splitlines()[0]}")
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must hold a mapping of config keys")
+    return data
+
+
+def _group_file(group: str, name: str) -> Path:
+    path = CONFIG_DIR / group / f"{name}.yaml"
+    if not path.exists():
+        options = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+        raise UserError(f"no config '{name}' in group '{group}'; choose one of: {', '.join(options)}")
+    return path
+
+
+def _expand_defaults(data: dict) -> list[tuple[str, dict]]:
+    """Return [(source, mapping)] for an experiment's ``defaults:`` groups followed by its own keys."""
+    layers = []
+    for entry in data.pop("defaults", None) or []:
+        if not isinstance(entry, dict) or len(entry) != 1:
+            raise UserError(f"each 'defaults' entry must be 'group: name', got {entry!r}")
+        (group, name), = entry.items()
+        if group not in GROUPS:
+            raise UserError(f"unknown config group '{group}' in defaults; groups are {', '.join(GROUPS)}")
+        path = _group_file(group, str(name))
+        layers.append((str(path), {group: _read_yaml(path)}))
+    layers.append(("experiment", data))
+    return layers
+
+
+def resolve_experiment(spec: str) -> Path:
+    """An experiment name in configs/experiment/ or a path to a YAML file."""
+    path = Path(spec)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.exists():
+            raise UserError(f"config file {spec} does not exist")
+        return path
+    return _group_file("experiment", spec)
+
+
+def load_config(config: str | None = "default", overrides: list[str] | None = None) -> DictConfig:
+    """Build the resolved run config: schema <- experiment YAML (+ its groups) <- ``key=value`` overrides.
+
+    Raises :class:`UserError` with one line naming the offending key for unknown keys, wrong types and
+    values outside a key's choices.
+    """
+    cfg = OmegaConf.structured(Config)
+    OmegaConf.set_struct(cfg, True)
+    layers: list[tuple[str, dict]] = []
+    if config:
+        path = resolve_experiment(config)
+        data = _read_yaml(path)
+        data.setdefault("experiment", path.stem)
+        layers += _expand_defaults(data)
+    dotlist = []
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"override '{item}' must look like key=value (e.g. trainer.max_epochs=3)")
+        if key in GROUPS and (CONFIG_DIR / key / f"{value}.yaml").exists():
+            layers.append((f"{key}={value}", {key: _read_yaml(_group_file(key, value))}))
+        else:
+            dotlist.append(item)
+    for where, data in layers:
+        try:
+            cfg = OmegaConf.merge(cfg, data)
+        except OmegaConfBaseException as exc:
+            raise _one_line_omegaconf_error(exc, where) from None
+    try:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
+    except OmegaConfBaseException as exc:
+        raise _one_line_omegaconf_error(exc, "command line") from None
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check values that types alone cannot: choices and ranges."""
+    for key, choices in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in choices:
+            raise UserError(f"config key '{key}' is {value!r}; choose one of: {', '.join(choices)}")
+    for mode in cfg.eval.modes:
+        if mode not in ("sample", "argmax", "mc"):
+            raise UserError(f"config key 'eval.modes' has {mode!r}; choose from sample, argmax, mc")
+    if cfg.model.U < 1:
+        raise UserError(f"config key 'model.U' must be >= 1, got {cfg.model.U}")
+    if cfg.model.act != "lwta" and cfg.model.U != 1:
+        cfg.model.U = 1  # a dense twin has no competition; keep the field honest in the saved config
+    if cfg.data.batch_size < 1:
+        raise UserError(f"config key 'data.batch_size' must be >= 1, got {cfg.data.batch_size}")
+    if cfg.dissection.probe_size < 2:
+        raise UserError(f"config key 'dissection.probe_size' must be >= 2, got {cfg.dissection.probe_size}")
+
+
+def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    from lwtakit.io import atomic_write
+
+    with atomic_write(path) as fh:
+        fh.write(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def to_dict(cfg: DictConfig) -> dict:
+    """Plain-Python copy of the config (safe to store in a checkpoint loaded with weights_only=True)."""
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def from_dict(data: dict) -> DictConfig:
+    """Rebuild a validated config from :func:`to_dict` output (e.g. a checkpoint's stored config)."""
+    cfg = OmegaConf.structured(Config)
+    OmegaConf.set_struct(cfg, True)
+    try:
+        cfg = OmegaConf.merge(cfg, data)
+    except OmegaConfBaseException as exc:
+        raise _one_line_omegaconf_error(exc, "stored config") from None
+    return cfg

@@ -1,0 +1,61 @@
+"""The structured config: layering, group selection, and one-line errors naming the key."""
+
+import glob
+import os
+
+import pytest
+from omegaconf import OmegaConf
+
+from lwtakit.config import CONFIG_DIR, from_dict, load_config, to_dict
+from lwtakit.errors import UserError
+
+
+def test_overrides_win_over_experiment_and_groups():
+    cfg = load_config("default", ["trainer.max_epochs=2", "model.U=4"])
+    assert cfg.trainer.max_epochs == 2 and cfg.model.U == 4
+    assert cfg.model.width == 0.25  # from configs/model/resnet18_lwta.yaml
+    assert cfg.experiment == "default"
+
+
+def test_group_override_swaps_a_whole_group():
+    cfg = load_config("default", ["model=resnet18_dense"])
+    assert cfg.model.act == "relu" and cfg.model.U == 1
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(str(CONFIG_DIR / "experiment" / "*.yaml"))))
+def test_every_ready_config_resolves(path):
+    cfg = load_config(os.path.splitext(os.path.basename(path))[0])
+    assert cfg.experiment == os.path.splitext(os.path.basename(path))[0]
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["model.foo=1"], "unknown config key 'model.foo'"),
+        (["modle.U=2"], "did you mean model"),
+        (["trainer.max_epochs=abc"], "'trainer.max_epochs' has the wrong type"),
+        (["model.act=tanh"], "'model.act' is 'tanh'; choose one of"),
+        (["model=nope"], None),  # not a group file: treated as a value for the 'model' node
+        (["max_epochs"], "must look like key=value"),
+        (["eval.modes=[sample,bogus]"], "eval.modes"),
+    ],
+)
+def test_bad_overrides_are_one_line_errors(overrides, expected):
+    with pytest.raises(UserError) as info:
+        load_config("default", overrides)
+    message = str(info.value)
+    assert "\n" not in message
+    if expected:
+        assert expected in message
+
+
+def test_unknown_experiment_lists_choices():
+    with pytest.raises(UserError, match="choose one of: .*default"):
+        load_config("no_such_experiment")
+
+
+def test_round_trip_through_plain_dict():
+    cfg = load_config("default")
+    again = from_dict(to_dict(cfg))
+    assert OmegaConf.to_container(again) == OmegaConf.to_container(cfg)
+    assert OmegaConf.is_struct(again)
