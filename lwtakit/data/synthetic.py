@@ -179,7 +179,7 @@ class ConceptShapes(Dataset):
         g = self.concept_groups
         # One uniform vector for all attributes (cheaper than one integers() call each).
         u = rng.random(len(g))
-        attrs = {key: vals[int(ui * len(vals))] for ui, (key, vals) in zip(u, g.items())}
+        attrs = {key: vals[int(ui * len(vals))] for ui, (key, vals) in zip(u, g.items(), strict=True)}
         if self.second_object:
             for key in ("shape", "colour", "pattern"):
                 attrs["second_" + key] = g[key][int(rng.integers(len(g[key])))]
