@@ -1,0 +1,151 @@
+"""Network-Dissection IoU labels for conv units where concept segmentation masks exist.
+
+Bau et al., "Network Dissection: Quantifying Interpretability of Deep Visual Representations", CVPR 2017,
+sec. 2.2: for unit k, the threshold ``T_k`` is the top ``quantile`` (0.005, i.e. the 99.5th percentile)
+of all its activation values over the probe set (every image x position); each activation map is
+upsampled (bilinear) to the mask resolution and binarised at ``T_k``; the dataset-level score is
+``IoU_{k,c} = sum_x |M_k(x) ∩ L_c(x)| / sum_x |M_k(x) ∪ L_c(x)|`` (their eq. 1), and a unit's label is
+the concept with the highest IoU (they call a unit a detector when IoU > 0.04).
+
+Two streaming passes over the probe set, never keeping the maps:
+
+1. Threshold: per unit, the exact ``m = max(1, round(quantile * N * h * w))`` largest raw activations
+   (at the layer's own resolution) are kept with a running ``topk``; ``T_k`` is the smallest of them.
+   This is exact (no histogram approximation); memory is ``C x m``, i.e. ``quantile`` times the size of
+   all maps (0.5%), independent of the upsampled resolution.
+2. Intersections and unions: upsample a batch of maps (chunked over units), binarise, and add
+   ``|M ∩ L|`` for all units x concepts with one matmul per chunk.
+
+Binarisation uses ``act >= T_k`` (with ties at the threshold included, so a unit whose top activations
+are all equal still covers them) but never marks the unit's minimum value (a unit that is mostly zero,
+e.g. an LWTA loser, does not light up everywhere).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import UserError
+from ..recording import analysis_mode, capture, resolve_module, split_batch
+
+
+def _batches(n: int, batch_size: int):
+    for lo in range(0, n, batch_size):
+        yield list(range(lo, min(lo + batch_size, n)))
+
+
+def _maps(model, layer: str, images: torch.Tensor, device) -> torch.Tensor:
+    with capture(model, [layer], reduce="none") as out:
+        model(images.to(device))
+    maps = out[layer][-1]
+    if maps.dim() != 4:
+        raise UserError(f"IoU needs a conv layer with [B, C, H, W] output; {layer!r} gives {tuple(maps.shape)}")
+    return maps.float()
+
+
+def _images(dataset, idx: Sequence[int]) -> torch.Tensor:
+    items = [dataset[i] for i in idx]
+    images, _ = split_batch(torch.utils.data.default_collate(items))
+    return images
+
+
+def iou_matrix(model: torch.nn.Module, dataset, layer: str, quantile: float = 0.005, batch_size: int = 32,
+               device="cpu", seed: int = 0, progress: bool = False,
+               max_elements: int = 1 << 26) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dataset-level IoU ``[C, K]`` (float64; NaN for concepts whose masks are empty on the whole probe
+    set) and the thresholds ``T_k [C]`` of Network Dissection (see the module docstring).
+
+    ``dataset[i]`` gives ``(image, label)`` and ``dataset.concept_masks(i)`` bool ``[K, H, W]``. A
+    stochastic model (LWTA sampling) is run with the same seed in both passes so they see the same maps.
+    """
+    from tqdm.auto import tqdm
+
+    if not hasattr(dataset, "concept_masks"):
+        raise UserError("IoU labels need a probe set with segmentation masks (dataset.concept_masks(i)), "
+                        "e.g. the synthetic ConceptShapes dataset")
+    if not 0 < quantile < 1:
+        raise UserError(f"quantile must be in (0, 1), got {quantile}")
+    resolve_module(model, layer)
+    N = len(dataset)
+    if N == 0:
+        raise UserError("the probe set is empty")
+    device = torch.device(device)
+    with analysis_mode(model):
+        # Pass 1: exact top-m activations per unit -> threshold.
+        torch.manual_seed(seed)
+        top = unit_min = None
+        m = None
+        for idx in tqdm(list(_batches(N, batch_size)), desc="IoU thresholds", disable=not progress,
+                        leave=False):
+            maps = _maps(model, layer, _images(dataset, idx), device)
+            B, C, h, w = maps.shape
+            if m is None:
+                m = max(1, int(round(quantile * N * h * w)))
+                top = torch.empty(C, 0, device=maps.device)
+                unit_min = torch.full((C,), float("inf"), device=maps.device)
+            flat = maps.transpose(0, 1).reshape(C, -1)
+            unit_min = torch.minimum(unit_min, flat.amin(1))
+            both = torch.cat([top, flat], 1)
+            top = torch.topk(both, min(m, both.shape[1]), dim=1).values
+        thresholds = top[:, -1].clone()
+
+        # Pass 2: intersections and unions at mask resolution.
+        torch.manual_seed(seed)
+        inter = act_area = mask_area = None
+        for idx in tqdm(list(_batches(N, batch_size)), desc="IoU overlaps", disable=not progress,
+                        leave=False):
+            maps = _maps(model, layer, _images(dataset, idx), device)
+            masks = torch.from_numpy(np.stack([np.asarray(dataset.concept_masks(i), bool) for i in idx]))
+            masks = masks.to(maps.device)
+            B, C = maps.shape[:2]
+            K, H, W = masks.shape[1:]
+            if inter is None:
+                inter = torch.zeros(C, K, dtype=torch.float64, device=maps.device)
+                act_area = torch.zeros(C, dtype=torch.float64, device=maps.device)
+                mask_area = torch.zeros(K, dtype=torch.float64, device=maps.device)
+            L = masks.permute(1, 0, 2, 3).reshape(K, -1).t().float()  # [B*H*W, K]
+            mask_area += L.sum(0).double()
+            chunk = max(1, max_elements // (B * H * W))
+            for lo in range(0, C, chunk):
+                part = maps[:, lo:lo + chunk]
+                if part.shape[2:] != (H, W):
+                    part = F.interpolate(part, size=(H, W), mode="bilinear", align_corners=False)
+                t = thresholds[lo:lo + chunk].view(1, -1, 1, 1)
+                lowest = unit_min[lo:lo + chunk].view(1, -1, 1, 1)
+                on = (part >= t) & (part > lowest)
+                on = on.transpose(0, 1).reshape(on.shape[1], -1).float()  # [chunk, B*H*W]
+                act_area[lo:lo + chunk] += on.sum(1).double()
+                inter[lo:lo + chunk] += (on @ L).double()
+    union = act_area[:, None] + mask_area[None, :] - inter
+    iou = torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(inter))
+    iou[:, mask_area == 0] = float("nan")
+    return iou.cpu(), thresholds.cpu()
+
+
+def label_units(model: torch.nn.Module, dataset, layer: str, concept_names: Sequence[str] | None = None,
+                quantile: float = 0.005, batch_size: int = 32, device="cpu", seed: int = 0,
+                progress: bool = False) -> list[dict]:
+    """One row per unit of ``layer``: ``unit, label, score (= iou), iou, threshold, top5`` with the
+    concept of highest dataset-level IoU (Network Dissection, Bau et al. 2017); concepts whose masks are
+    empty on the probe set are skipped. ``concept_names`` default to ``dataset.concept_names``."""
+    names = list(concept_names if concept_names is not None else getattr(dataset, "concept_names", []))
+    iou, thresholds = iou_matrix(model, dataset, layer, quantile=quantile, batch_size=batch_size,
+                                 device=device, seed=seed, progress=progress)
+    if len(names) != iou.shape[1]:
+        raise UserError(f"{len(names)} concept names for {iou.shape[1]} concept masks")
+    valid = ~torch.isnan(iou[0]) if iou.shape[0] else torch.zeros(0, dtype=torch.bool)
+    if not bool(valid.any()):
+        raise UserError("every concept mask is empty on the probe set; nothing to label")
+    scores = torch.where(valid, iou, torch.full_like(iou, -1.0))
+    order = torch.argsort(scores, dim=1, descending=True)
+    rows = []
+    for unit in range(iou.shape[0]):
+        best = int(order[unit, 0])
+        top5 = [names[int(k)] for k in order[unit, :5] if valid[int(k)]]
+        rows.append({"unit": unit, "label": names[best], "score": float(iou[unit, best]),
+                     "iou": float(iou[unit, best]), "threshold": float(thresholds[unit]), "top5": top5})
+    return rows
