@@ -55,7 +55,7 @@ def _first_tensor(output) -> torch.Tensor:
 def _active_mask(module: nn.Module, out: torch.Tensor) -> torch.Tensor:
     """Where units fire: the LWTA winner mask when the module has one, else non-zero outputs."""
     winner_mask = getattr(module, "winner_mask", None)
-    if callable(winner_mask):
+    if callable(winner_mask) and getattr(module, "U", 2) != 1:  # U == 1: plain dense activation
         mask = winner_mask()
         if isinstance(mask, torch.Tensor) and mask.shape == out.shape:
             return mask.bool()

@@ -122,3 +122,32 @@ def test_memory_is_n_by_c_whatever_the_spatial_size():
         net(big.tensors[0][:4])
     # The hook keeps the reduced [B, C] piece, not the [B, C, 40, 40] map.
     assert [tuple(t.shape) for t in out["act"]] == [(4, 4)]
+
+
+class _WinnerLayer(nn.Module):
+    """Blocks of 2 channels; the winner passes its (possibly negative or zero) value; winner_mask()."""
+
+    U = 2
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        xv = x.view(B, C // 2, 2, H, W)
+        mask = torch.zeros_like(xv, dtype=torch.bool).scatter_(2, xv.argmax(2, keepdim=True), True)
+        self.mask = mask.view(x.shape)
+        return x * self.mask
+
+    def winner_mask(self):
+        return self.mask
+
+
+def test_firing_rate_uses_the_winner_mask():
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), _WinnerLayer())
+    with torch.no_grad():
+        net[0].bias.fill_(-10.0)  # every pre-activation negative: winners have negative outputs
+    ds = _data(n=6)
+    rec = record_activations(net, ds, ["1"], batch_size=4, progress=False)
+    with torch.no_grad():
+        pre = net[0](ds.tensors[0]).view(6, 2, 2, 6, 6)
+        wins = torch.nn.functional.one_hot(pre.argmax(2), 2).movedim(-1, 2).reshape(6, 4, 6, 6)
+    torch.testing.assert_close(rec.firing["1"], wins.float().mean(dim=(0, 2, 3)))
+    assert rec.firing["1"].sum() == pytest.approx(2.0)  # one winner per block of 2: sparsity 1/U
