@@ -1,0 +1,68 @@
+"""Label evaluation: final-layer accuracy, planted-concept recovery, text similarity."""
+
+import math
+
+import pytest
+import torch
+
+from lwtakit.errors import UserError
+from lwtakit.evaluation import (
+    class_name_similarity,
+    final_layer_accuracy,
+    first_term,
+    label_similarity,
+    planted_recovery,
+)
+from lwtakit.labelers.invert import label_units
+
+
+def test_final_layer_accuracy_from_rows_and_scores():
+    classes = ["cat", "dog", "golden_retriever", "car"]
+    rows = [{"unit": 0, "label": "Cat", "top5": ["Cat", "dog"]},
+            {"unit": 1, "label": "cat", "top5": ["cat", "dog"]},
+            {"unit": 2, "label": "golden retriever", "top5": ["golden retriever"]},
+            {"unit": 3, "label": "truck", "top5": ["truck", "bus"]}]
+    assert final_layer_accuracy(rows, classes) == {"top1": 0.5, "top5": 0.75, "n": 4}
+    no_top = [{k: v for k, v in r.items() if k != "top5"} for r in rows]
+    assert math.isnan(final_layer_accuracy(no_top, classes)["top5"])
+    scores = torch.tensor([[0.9, 0.1, 0.0], [0.8, 0.7, 0.0], [0.1, 0.2, 0.3]])
+    res = final_layer_accuracy(None, ["a", "b", "c"], scores=scores, concept_names=["a", "b", "c"], k=2)
+    assert res == {"top1": 2 / 3, "top5": 1.0, "n": 3}
+    with pytest.raises(UserError):
+        final_layer_accuracy([{"unit": 9, "label": "x"}], classes)
+
+
+def test_final_layer_accuracy_of_invert_on_one_hot_logits():
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 4, (400,), generator=g)
+    onehot = torch.nn.functional.one_hot(y, 4).bool()
+    logits = onehot.float() * 2 + torch.randn(400, 4, generator=g)
+    logits[:, 3] = onehot[:, 0].float() * 2 + torch.randn(400, generator=g)  # unit 3 follows class a
+    rows = label_units(logits, onehot, ["a", "b", "c", "d"])
+    res = final_layer_accuracy(rows, ["a", "b", "c", "d"])
+    assert res["top1"] == 0.75  # unit 3 is labelled "a"
+    assert res["top5"] == 1.0  # only four concepts: every class is among the five best
+
+
+def test_planted_recovery_and_first_term():
+    assert first_term("(red OR blue) AND striped") == "red"
+    assert first_term("NOT red AND circle") == "NOT red"
+    assert first_term("large") == "large"
+    rows = [{"unit": 0, "label": "red AND NOT circle"}, {"unit": 1, "label": "NOT blue"},
+            {"unit": 2, "label": "(Striped OR dotted) AND large"}]
+    assert planted_recovery(rows, {0: "red", 1: "blue", 2: "striped", 3: "ring"}) == 0.5
+    with pytest.raises(UserError):
+        planted_recovery(rows, {})
+
+
+def test_similarities():
+    a = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    b = torch.tensor([[2.0, 0.0], [1.0, 0.0]])
+    torch.testing.assert_close(label_similarity(a, b), torch.tensor([1.0, 2 ** -0.5], dtype=torch.float64))
+    vocab = {"cat": [1.0, 0.0], "dog": [0.0, 1.0], "kitten": [0.8, 0.6]}
+
+    def embed(texts):
+        return torch.tensor([vocab[t] for t in texts])
+
+    rows = [{"unit": 0, "label": "kitten"}, {"unit": 1, "label": "dog"}]
+    assert class_name_similarity(rows, ["cat", "dog"], embed) == pytest.approx((0.8 + 1.0) / 2)
