@@ -1,0 +1,114 @@
+"""Model builders: ResNet-18/34/50 and ViT-Tiny/Small with ReLU / GELU / LWTA activations.
+
+``build_model(name, num_classes, act="lwta", U=2, ...)`` looks ``name`` up in ``MODELS``;
+``convert_activations`` swaps the activations of any module; ``default_layers`` names the
+activation modules of the last stage plus the classifier (what dissection looks at by default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from torch import nn
+
+from lwtakit.errors import UserError
+from lwtakit.lwta import LWTA
+from lwtakit.models.convert import convert_activations
+from lwtakit.models.resnet import ResNet, resnet18, resnet34, resnet50
+from lwtakit.models.vit import VisionTransformer, vit_small, vit_tiny
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "resnet18": resnet18,
+    "resnet34": resnet34,
+    "resnet50": resnet50,
+    "vit_tiny": vit_tiny,
+    "vit_small": vit_small,
+}
+ACTS = ("relu", "gelu", "lwta")
+
+__all__ = ["MODELS", "build_model", "convert_activations", "default_layers", "make_act_layer",
+           "ResNet", "VisionTransformer"]
+
+
+def make_act_layer(act: str, U: int = 2, temperature: float = 1.0, inference: str = "sample",
+                   kl: bool = False, dense: str = "relu") -> Callable[[int], nn.Module]:
+    """Factory ``width -> module`` for ``act`` in relu | gelu | lwta (LWTA checks U | width)."""
+    if act == "relu":
+        return lambda width: nn.ReLU()
+    if act == "gelu":
+        return lambda width: nn.GELU()
+    if act == "lwta":
+        def lwta(width: int) -> nn.Module:
+            if width % U:
+                raise UserError(f"LWTA U={U} does not divide layer width {width}; choose U dividing every width")
+            return LWTA(U, temperature=temperature, inference=inference, kl=kl, dense=dense)
+        return lwta
+    raise UserError(f"unknown activation {act!r}; use one of {', '.join(ACTS)}")
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    act: str = "lwta",
+    U: int = 2,
+    temperature: float = 1.0,
+    inference: str = "sample",
+    kl: bool = False,
+    width: float = 1.0,
+    stem: str = "cifar",
+    in_chans: int = 3,
+    img_size: int = 32,
+    patch_size: int = 4,
+    depth: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> nn.Module:
+    """Build a registered model. ResNets: every activation site (stem, act1/act2[/act3]) uses ``act``;
+    ViTs: the MLP activation only (``act="lwta"`` competes over the hidden 4*dim units per token,
+    U=1 / dense falls back to GELU). ``mean``/``std`` default to 0.5/0.25 per input channel."""
+    if name not in MODELS:
+        raise UserError(f"unknown model {name!r}; available: {', '.join(MODELS)}")
+    if int(num_classes) < 1:
+        raise UserError(f"num_classes must be >= 1, got {num_classes!r}")
+    if not width > 0:
+        raise UserError(f"width multiplier must be > 0, got {width!r}")
+    mean = tuple(mean) if mean is not None else (0.5,) * in_chans
+    std = tuple(std) if std is not None else (0.25,) * in_chans
+    is_vit = name.startswith("vit")
+    act_layer = make_act_layer(act, U, temperature, inference, kl, dense="gelu" if is_vit else "relu")
+    if is_vit:
+        kw = dict(num_classes=num_classes, act_layer=act_layer, img_size=img_size, patch_size=patch_size,
+                  in_chans=in_chans, mean=mean, std=std)
+        if depth is not None:
+            kw["depth"] = int(depth)
+        return MODELS[name](**kw)
+    if depth is not None:
+        raise UserError(f"depth applies to ViTs only; pick resnet18/34/50 for {name!r} instead")
+    return MODELS[name](num_classes=num_classes, act_layer=act_layer, width=width, stem=stem,
+                        in_chans=in_chans, mean=mean, std=std, channel_multiple=U if act == "lwta" else 1)
+
+
+_ACT_TYPES = (LWTA, nn.ReLU, nn.GELU)
+
+
+def default_layers(model: nn.Module) -> list[str]:
+    """Activation modules of the last stage (ResNet ``layer4``, ViT last block, else the last
+    activation) followed by the classifier (``fc`` / ``head`` / last ``nn.Linear``)."""
+    names = [n for n, m in model.named_modules() if isinstance(m, _ACT_TYPES)]
+    if not names:
+        raise UserError(f"{type(model).__name__} has no ReLU/GELU/LWTA activation modules to dissect")
+    mods = dict(model.named_modules())
+    if "layer4" in mods:
+        last = [n for n in names if n.startswith("layer4.")]
+    elif "blocks" in mods and len(mods["blocks"]):
+        prefix = f"blocks.{len(mods['blocks']) - 1}."
+        last = [n for n in names if n.startswith(prefix)]
+    else:
+        last = []
+    if not last:
+        last = [names[-1]]
+    head = next((n for n in ("fc", "head", "classifier") if isinstance(mods.get(n), nn.Linear)), None)
+    if head is None:
+        linears = [n for n, m in mods.items() if isinstance(m, nn.Linear)]
+        head = linears[-1] if linears else None
+    return last + ([head] if head else [])

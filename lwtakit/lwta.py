@@ -1,0 +1,306 @@
+"""Stochastic local winner-takes-all (LWTA) activation (DISCOVER, Panousis et al., NeurIPS 2023).
+
+Units are grouped in blocks of ``U`` consecutive units along the competing dimension (conv maps
+``[B, C, H, W]``: ``U`` consecutive channels at every position; tokens / linear ``[..., D]``: the last
+dimension). The competition logits are the pre-activations ``h`` themselves. One winner per block is
+sampled, the winner passes its raw value (it may be negative) and the losers output exactly 0.
+
+Sampling (Gumbel-max, DISCOVER Sec. 3 eq. for xi ~ Discrete(softmax)): with Gumbel noise g,
+    winner = argmax_u (h_u / T + g_u),    soft = softmax(h / T + g)          (1)
+so the winner is drawn from ``softmax(h / T)`` and the temperature sharpens the competition
+(T -> 0: deterministic argmax). Note: DISCOVER's code calls ``F.gumbel_softmax(h, tau=T, hard=True)``
+whose hard sample is drawn from ``softmax(h)`` for every T (T only shapes its gradient); we put T on
+the logits so that the temperature, and its schedule, changes what is sampled. At T=1 both agree.
+
+Forward value ``y = h * onehot(winner)``; gradient straight-through the relaxation (1):
+``y = h * (hard + soft - soft.detach())``, hence for one block
+    dL/dh_j = g_j hard_j + soft_j (g_j h_j - sum_i g_i h_i soft_i)                          (2)
+(the Jacobian of softmax(h/T + g) w.r.t. h is diag(s) - s s^T scaled by 1/T; we use h/T as logits,
+so (2) carries a factor 1/T). ``_LWTAPair`` / ``_LWTABlock`` implement (1)-(2) as one autograd
+Function each, without the reshape + one-hot + multiply graph of the straightforward formulation.
+
+U = 2 fast path: softmax over two units depends on d = (h1 - h0)/T only and the difference of two
+Gumbels is Logistic, so with one uniform u per block and p = sigmoid(d):
+    soft_1 = sigmoid(d + logit u) = p u / (p u + (1-p)(1-u)),   winner = 1  iff  u > 1 - p,
+exactly the Gumbel-softmax of (1) with one random number per block instead of two Gumbels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lwtakit.errors import UserError
+
+INFERENCE_MODES = ("sample", "argmax")
+DENSE = ("relu", "gelu")
+
+
+# --------------------------------------------------------------------------------------------------
+# autograd Functions. Inputs are viewed as [P, G, U, Q]: P = leading dims, G = blocks, Q = trailing.
+# --------------------------------------------------------------------------------------------------
+def _pair_logits(h0: Tensor, h1: Tensor, inv_t: float, u: Tensor | None) -> Tensor:
+    """z = (h1 - h0)/T + logit(u): the Gumbel-perturbed logit difference of eq. (1) for a pair
+    (a difference of two Gumbels is Logistic = logit(Uniform)). Unit 1 wins iff z > 0."""
+    z = torch.sub(h1, h0)
+    if inv_t != 1.0:
+        z.mul_(inv_t)
+    if u is None:
+        u = torch.rand_like(z)
+    return z.add_(torch.logit(u))
+
+
+class _LWTAPair(torch.autograd.Function):
+    """U = 2 LWTA (eqs. 1-2). Saves the output (shared with the next layer, no extra memory), the
+    winner (bool), the loser's pre-activation and k = s1 (1 - s1) / T (s1 = sigmoid(z)), the latter
+    two in ``save_dtype`` (float16 halves their memory; they only enter the relaxed part of eq. 2)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, inv_t: float, save_dtype, u: Tensor | None):
+        h0, h1 = x[:, :, 0], x[:, :, 1]
+        z = _pair_logits(h0, h1, inv_t, u)
+        win1 = z > 0
+        out = torch.empty_like(x)
+        zero = x.new_zeros(())
+        torch.where(win1, zero, h0, out=out[:, :, 0])
+        torch.where(win1, h1, zero, out=out[:, :, 1])
+        if ctx.needs_input_grad[0]:
+            s = z.sigmoid_()
+            k = torch.addcmul(s, s, s, value=-1)  # s (1 - s)
+            if inv_t != 1.0:
+                k.mul_(inv_t)
+            loser = torch.where(win1, h0, h1)
+            ctx.save_for_backward(out, win1, loser.to(save_dtype), k.to(save_dtype))
+        ctx.mark_non_differentiable(win1)
+        return out, win1
+
+    @staticmethod
+    def backward(ctx, g: Tensor, _gw):
+        out, win1, loser, k = ctx.saved_tensors
+        g = g.contiguous()
+        g0, g1 = g[:, :, 0], g[:, :, 1]
+        hw = torch.add(out[:, :, 0], out[:, :, 1])  # losers are exactly 0
+        gw = torch.where(win1, g1, g0)
+        gl = torch.where(win1, g0, g1)
+        # r = k (g_w h_w - g_l h_l); eq. (2): grad_winner = g_w + r, grad_loser = -r
+        r = hw.mul_(gw).addcmul_(gl, loser.to(g.dtype), value=-1).mul_(k)
+        gw.add_(r)
+        r.neg_()
+        grad = torch.empty_like(g)
+        torch.where(win1, r, gw, out=grad[:, :, 0])
+        torch.where(win1, gw, r, out=grad[:, :, 1])
+        return grad, None, None, None
+
+
+class _LWTABlock(torch.autograd.Function):
+    """General-U LWTA (eqs. 1-2) with Gumbel noise g; saves h and the relaxed soft probabilities."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, inv_t: float, gumbel: Tensor | None):
+        if gumbel is None:
+            # Gumbel = -log(Exp(1)): the exponential race, one log per element fewer than -log(-log u).
+            gumbel = torch.empty_like(x).exponential_().log_().neg_()
+        z = torch.mul(x, inv_t).add_(gumbel)
+        idx = z.argmax(dim=2, keepdim=True)
+        soft = torch.softmax(z, dim=2)
+        hard = torch.zeros_like(x).scatter_(2, idx, 1.0)
+        out = x * hard
+        ctx.save_for_backward(x, hard, soft)
+        ctx.inv_t = inv_t
+        ctx.mark_non_differentiable(idx)
+        return out, idx
+
+    @staticmethod
+    def backward(ctx, g: Tensor, _gi):
+        x, hard, soft = ctx.saved_tensors
+        gh = g * x
+        dot = (gh * soft).sum(dim=2, keepdim=True)
+        grad = g * hard + soft * (gh - dot) * ctx.inv_t
+        return grad, None, None
+
+
+# --------------------------------------------------------------------------------------------------
+class LWTA(nn.Module):
+    """Stochastic LWTA activation (DISCOVER, Panousis et al. 2023; module docstring, eqs. 1-2).
+
+    Args:
+        U: block size (units competing); ``U == 1`` is the plain dense activation ``dense``.
+        temperature: T of eq. (1) (> 0).
+        inference: ``"sample"`` (stochastic in eval too, as DISCOVER evaluates) or ``"argmax"``
+            (deterministic winner = largest pre-activation per block).
+        dense: activation used when ``U == 1`` (``"relu"`` | ``"gelu"``).
+        kl: compute ``KL(q || Uniform(1/U))`` on each training forward with grad, with
+            ``q = softmax(h / T)`` per block: the distribution winners are drawn from (eq. 1), so the
+            term pulls the sampler itself towards uniform competition (DISCOVER's prior).
+        dim: competing dimension; ``None`` -> 1 for 4-D input (conv), -1 otherwise (tokens).
+        save_dtype: dtype of the tensors saved for backward besides the output (U=2): ``"half"``
+            (default, float16 for float32 input) or ``"same"`` (the input dtype, exact).
+
+    Attributes ``record`` (default True) stores the last winner index per block as ``uint8`` in
+    ``last_winners`` (shape = input shape with the competing dim replaced by the number of blocks).
+    """
+
+    def __init__(
+        self,
+        U: int = 2,
+        temperature: float = 1.0,
+        inference: str = "sample",
+        dense: str = "relu",
+        kl: bool = False,
+        dim: int | None = None,
+        save_dtype: str = "half",
+        record: bool = True,
+    ):
+        super().__init__()
+        if int(U) != U or U < 1 or U > 255:
+            raise UserError(f"LWTA block size U must be an integer in [1, 255], got {U!r}")
+        if dense not in DENSE:
+            raise UserError(f"unknown dense activation {dense!r}; use one of {', '.join(DENSE)}")
+        if save_dtype not in ("half", "same"):
+            raise UserError(f"save_dtype must be 'half' or 'same', got {save_dtype!r}")
+        self.U = int(U)
+        self.temperature = float(temperature)
+        self.inference = inference
+        self.dense = dense
+        self.kl = bool(kl)
+        self.dim = dim
+        self.save_dtype = save_dtype
+        self.record = record
+        self.last_winners: Tensor | None = None
+        self._last_shape: tuple[int, ...] | None = None
+        self._last_dim: int = 1
+        self._kl: Tensor | None = None
+        self._check(inference, self.temperature)
+
+    @staticmethod
+    def _check(inference: str, temperature: float) -> None:
+        if inference not in INFERENCE_MODES:
+            raise UserError(f"unknown LWTA inference mode {inference!r}; use one of {', '.join(INFERENCE_MODES)}")
+        if not (temperature > 0 and math.isfinite(temperature)):
+            raise UserError(f"LWTA temperature must be a positive number, got {temperature!r}")
+
+    def extra_repr(self) -> str:
+        return f"U={self.U}, temperature={self.temperature:g}, inference={self.inference}, kl={self.kl}"
+
+    def _competing_dim(self, x: Tensor) -> int:
+        d = self.dim if self.dim is not None else (1 if x.dim() == 4 else -1)
+        return d % x.dim()
+
+    def forward(self, x: Tensor, *, _noise: Tensor | None = None) -> Tensor:
+        """``_noise`` (tests only): uniforms [P, G, Q] for U=2, Gumbels [P, G, U, Q] otherwise."""
+        if self.U == 1:
+            self._kl = None
+            return F.relu(x) if self.dense == "relu" else F.gelu(x)
+        self._check(self.inference, self.temperature)
+        d = self._competing_dim(x)
+        C = x.shape[d]
+        if C % self.U:
+            raise UserError(
+                f"LWTA block size U={self.U} does not divide the layer width {C} (dim {d} of input "
+                f"{tuple(x.shape)}); choose a U that divides {C} or change the width"
+            )
+        P = math.prod(x.shape[:d])
+        Q = math.prod(x.shape[d + 1 :])
+        G = C // self.U
+        xv = x.contiguous().view(P, G, self.U, Q)
+        inv_t = 1.0 / self.temperature
+        if self.inference == "argmax" and not self.training:
+            idx = xv.argmax(dim=2, keepdim=True)
+            out = xv * torch.zeros_like(xv).scatter_(2, idx, 1.0)
+            win = idx.squeeze(2)
+        elif self.U == 2:
+            sd = torch.float16 if (self.save_dtype == "half" and x.dtype == torch.float32) else x.dtype
+            out, win = _LWTAPair.apply(xv, inv_t, sd, _noise)
+        else:
+            out, win = _LWTABlock.apply(xv, inv_t, _noise)
+            win = win.squeeze(2)
+        if self.record:
+            shape = list(x.shape)
+            shape[d] = G
+            win = win.detach()
+            # bool -> uint8 is a zero-copy reinterpretation (U=2); argmax indices are converted.
+            win = win.view(torch.uint8) if win.dtype == torch.bool else win.to(torch.uint8)
+            self.last_winners = win.view(shape)
+            self._last_shape = tuple(x.shape)
+            self._last_dim = d
+        if self.kl and self.training and torch.is_grad_enabled():
+            q = torch.softmax(xv * inv_t, dim=2)
+            # KL(q || 1/U) = sum_u q log q + log U, averaged over blocks.
+            self._kl = (torch.xlogy(q, q).sum(dim=2) + math.log(self.U)).mean()
+        elif self.training and torch.is_grad_enabled():
+            self._kl = None
+        return out.view(x.shape)
+
+    def winner_mask(self) -> Tensor | None:
+        """Bool mask of the last forward's input shape, True at the winners (None before any forward)."""
+        if self.last_winners is None or self._last_shape is None:
+            return None
+        d = self._last_dim
+        w = self.last_winners.long().movedim(d, -1)
+        mask = F.one_hot(w, self.U).bool()  # [..., G, U]
+        mask = mask.flatten(-2)  # [..., G*U]
+        return mask.movedim(-1, d).reshape(self._last_shape)
+
+    def kl_divergence(self) -> Tensor:
+        """KL(q || Uniform(1/U)) of the last training forward with grad (mean over blocks), else 0."""
+        if self._kl is None:
+            return torch.zeros(())
+        return self._kl
+
+
+# --------------------------------------------------------------------------------------------------
+def lwta_layers(model: nn.Module) -> dict[str, LWTA]:
+    """All LWTA modules of ``model`` by qualified name, in module order."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, LWTA)}
+
+
+def _iter(model: nn.Module) -> Iterator[LWTA]:
+    return iter(lwta_layers(model).values())
+
+
+def set_temperature(model: nn.Module, T: float) -> None:
+    LWTA._check("sample", float(T))
+    for m in _iter(model):
+        m.temperature = float(T)
+
+
+def set_inference(model: nn.Module, mode: str) -> None:
+    LWTA._check(mode, 1.0)
+    for m in _iter(model):
+        m.inference = mode
+
+
+def total_kl(model: nn.Module) -> Tensor:
+    """Sum over LWTA layers of their KL term (0 when none was computed)."""
+    terms = [m.kl_divergence() for m in _iter(model)]
+    terms = [t for t in terms if t.requires_grad or t.ndim == 0]
+    if not terms:
+        return torch.zeros(())
+    dev = next((t.device for t in terms if t.requires_grad), terms[0].device)
+    return torch.stack([t.to(dev) for t in terms]).sum()
+
+
+@torch.no_grad()
+def mc_predict(model: nn.Module, x: Tensor, n: int) -> Tensor:
+    """Monte-Carlo prediction: mean of softmax over ``n`` stochastic passes (LWTA in "sample" mode,
+    model in eval), as DISCOVER averages its stochastic evaluations. Restores modes afterwards."""
+    if int(n) < 1:
+        raise UserError(f"mc_predict needs n >= 1 passes, got {n!r}")
+    was_training = model.training
+    modes = {name: m.inference for name, m in lwta_layers(model).items()}
+    try:
+        model.eval()
+        set_inference(model, "sample")
+        probs = None
+        for _ in range(int(n)):
+            p = torch.softmax(model(x).float(), dim=-1)
+            probs = p if probs is None else probs.add_(p)
+        return probs / int(n)
+    finally:
+        model.train(was_training)
+        for name, m in lwta_layers(model).items():
+            m.inference = modes[name]
