@@ -118,51 +118,77 @@ def score_histograms(rows: Sequence[Mapping[str, Any]], bins: int | None = None)
     return fig
 
 
-def completeness_curves(curves: Mapping[str, Mapping[str, Any]]) -> Figure:
+def completeness_curves(curves: Mapping[str, Mapping[str, Any]], split_runs: bool = False) -> Figure:
     """Completeness of the PCA basis vs the neuron basis (Dey et al. 2020, completeness 1 and 2).
 
     ``curves[name]`` holds ``k``, ``pca_variance`` and ``neuron_variance`` (cumulative fraction of the
     layer's variance explained by the top-k principal components / top-k neurons) and optionally
     ``k_ablation``, ``pca_ablation_acc``, ``neuron_ablation_acc`` (top-1 accuracy after ablating the
-    top-k directions of each basis). Left panel: variance; right panel (if any curve has it): accuracy.
-    Same colour per name; solid = PCA, dashed = neurons.
+    top-k directions of each basis). Panels: variance, and accuracy if any curve has it. Solid = PCA,
+    dashed = neurons. With ``split_runs`` names ``"run/layer"`` are split into one column of panels per
+    run (runs side by side, shared y axes, the same colour for a layer in every run); otherwise all
+    curves share the panels, one colour per name.
     """
     if not curves:
         return _empty("no completeness curves")
-    has_abl = any(c.get("pca_ablation_acc") is not None or c.get("neuron_ablation_acc") is not None
-                  for c in curves.values())
-    fig, axes = _new_figure(2 if has_abl else 1, max_cols=2, panel=(5.2, 3.4))
-    colors = matplotlib.colormaps["tab10"]
-    for i, (name, c) in enumerate(curves.items()):
+    for name, c in curves.items():
         if "k" not in c:
             raise UserError(f"completeness curve {name!r} has no 'k' axis")
-        k = np.asarray(c["k"], dtype=np.float64).ravel()
-        col = colors(i % 10)
-        for key, style, lab in (("pca_variance", "-", "PCA"), ("neuron_variance", "--", "neurons")):
-            y = _series(c, key, name, k.size)
-            if y is not None:
-                axes[0].plot(k, y, style, color=col, marker="o", markersize=2.5, label=f"{name} {lab}")
-        if has_abl:
-            ka = c.get("k_ablation", c["k"])
-            ka = np.asarray(ka, dtype=np.float64).ravel()
-            for key, style, lab in (("pca_ablation_acc", "-", "PCA"), ("neuron_ablation_acc", "--", "neurons")):
-                y = _series(c, key, name, ka.size)
+    has_abl = any(c.get("pca_ablation_acc") is not None or c.get("neuron_ablation_acc") is not None
+                  for c in curves.values())
+    groups: dict[str, dict[str, Mapping[str, Any]]] = {}
+    if split_runs:
+        for name, c in curves.items():
+            run, _, layer = name.partition("/")
+            groups.setdefault(run, {})[layer or run] = c
+    else:
+        groups[""] = dict(curves)
+    n_rows = 2 if has_abl else 1
+    if split_runs:
+        fig = Figure(figsize=(4.6 * len(groups), 3.2 * n_rows), layout="constrained")
+        axes = fig.subplots(n_rows, len(groups), squeeze=False, sharey="row", sharex="row")
+    else:
+        fig = Figure(figsize=(5.2 * n_rows, 3.4), layout="constrained")
+        axes = fig.subplots(1, n_rows, squeeze=False).T  # [panel, 0]
+    palette = matplotlib.colormaps["tab10"]
+    layer_names: list[str] = []
+    for col, (run, items) in enumerate(groups.items()):
+        ax_var, ax_abl = axes[0, col], (axes[1, col] if has_abl else None)
+        for name, c in items.items():
+            if name not in layer_names:
+                layer_names.append(name)
+            color = palette(layer_names.index(name) % 10)
+            k = np.asarray(c["k"], dtype=np.float64).ravel()
+            marker = "o" if k.size <= 40 else None
+            for key, style, lab in (("pca_variance", "-", "PCA"), ("neuron_variance", "--", "neurons")):
+                y = _series(c, key, name, k.size)
                 if y is not None:
-                    axes[1].plot(ka, y, style, color=col, marker="o", markersize=2.5, label=f"{name} {lab}")
-    axes[0].set_title("Explained variance of top-k directions", fontsize=9)
-    axes[0].set_ylabel("cumulative fraction of variance", fontsize=8)
-    axes[0].set_ylim(-0.02, 1.02)
-    if has_abl:
-        axes[1].set_title("Accuracy after ablating top-k directions", fontsize=9)
-        axes[1].set_ylabel("top-1 accuracy", fontsize=8)
-    for ax in axes:
+                    ax_var.plot(k, y, style, color=color, marker=marker, markersize=2.5, label=f"{name} {lab}")
+            if ax_abl is not None:
+                ka = np.asarray(c.get("k_ablation", c["k"]), dtype=np.float64).ravel()
+                marker = "o" if ka.size <= 40 else None
+                for key, style, lab in (("pca_ablation_acc", "-", "PCA"), ("neuron_ablation_acc", "--", "neurons")):
+                    y = _series(c, key, name, ka.size)
+                    if y is not None:
+                        ax_abl.plot(ka, y, style, color=color, marker=marker, markersize=2.5, label=f"{name} {lab}")
+        prefix = f"{run}: " if run else ""
+        ax_var.set_title(f"{prefix}explained variance of top-k directions", fontsize=9)
+        ax_var.set_ylim(-0.02, 1.02)
+        if ax_abl is not None:
+            ax_abl.set_title(f"{prefix}accuracy after ablating top-k", fontsize=9)
+        if col == 0 or not split_runs:
+            ax_var.set_ylabel("cumulative fraction of variance", fontsize=8)
+            if ax_abl is not None:
+                ax_abl.set_ylabel("top-1 accuracy", fontsize=8)
+    for ax in axes.ravel():
         ax.set_xlabel("k", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-        if ax.get_lines():
+        lines = ax.get_lines()
+        if lines:
             ax.legend(fontsize=7, frameon=False)
-        if ax.get_lines() and max(float(np.nanmax(line.get_xdata())) for line in ax.get_lines()) > 64:
-            ax.set_xscale("symlog", linthresh=8)
+            if max(float(np.nanmax(line.get_xdata())) for line in lines) > 64:
+                ax.set_xscale("symlog", linthresh=8)
     return fig
 
 

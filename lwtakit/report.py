@@ -658,9 +658,10 @@ def compare_report(out_dir: str | os.PathLike, runs: Sequence[RunSummary], *, ti
                                  "label equals the previous dissection's."))
     comp = {f"{r.name}/{layer}": c for r in runs for layer, c in (r.completeness or {}).items()}
     if comp:
-        plot_html.append(_figure(figs.add("completeness", lambda: plots.completeness_curves(comp)),
-                                 "completeness", "Completeness (Dey et al. 2020) per run and layer: PCA "
-                                 "directions (solid) vs neurons (dashed)."))
+        plot_html.append(_figure(figs.add("completeness", lambda: plots.completeness_curves(comp, split_runs=True)),
+                                 "completeness", "Completeness (Dey et al. 2020), runs side by side: variance "
+                                 "explained by, and accuracy after ablating, the top-k PCA directions (solid) "
+                                 "vs the top-k neurons (dashed)."))
     counts = {r.name: r.active_counts for r in runs if r.active_counts is not None}
     if counts:
         plot_html.append(_figure(figs.add("active_counts", lambda: plots.active_counts(counts)),

@@ -177,6 +177,20 @@ def test_plot_functions_write_valid_pngs(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{n}.png" for n in figs)  # no temp files
 
 
+def test_completeness_runs_side_by_side():
+    curves = {"sparse/l4": _curves(), "sparse/fc": _curves(4), "dense/l4": _curves()}
+    fig = plots.completeness_curves(curves, split_runs=True)
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == 4  # 2 runs x (variance, ablation)
+    titles = sorted(ax.get_title().split(":")[0] for ax in axes)
+    assert titles == ["dense", "dense", "sparse", "sparse"]
+    # each layer's PCA and neuron curve in its run's variance panel: sparse has 2 layers, dense 1
+    n_lines = {ax.get_title(): len(ax.get_lines()) for ax in axes if "variance" in ax.get_title()}
+    assert n_lines == {"sparse: explained variance of top-k directions": 4,
+                       "dense: explained variance of top-k directions": 2}
+    plots._close(fig)
+
+
 def test_completeness_length_mismatch_is_a_user_error():
     with pytest.raises(UserError, match="pca_variance"):
         plots.completeness_curves({"a": {"k": [1, 2, 3], "pca_variance": [0.5]}})
