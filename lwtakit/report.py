@@ -48,6 +48,10 @@ GRID_GAP_PX = 3
 # Images
 # --------------------------------------------------------------------------------------------------
 def _to_numpy(x: Any) -> np.ndarray:
+    if isinstance(x, (list, tuple)):  # a list of [3, H, W] images
+        if not x:
+            raise UserError("image grid got an empty list of images")
+        return np.stack([_to_numpy(i) for i in x])
     if hasattr(x, "detach"):
         x = x.detach().to("cpu")
         if not x.is_floating_point():
@@ -158,6 +162,8 @@ def _fmt_pct(x: Any) -> str:
 
 def _fmt_value(v: Any) -> str:
     """Render a meta / evaluation value: numbers 3 significant digits, containers flattened, text escaped."""
+    if v is None:
+        return "–"
     if isinstance(v, Mapping):
         return "; ".join(f"{_e(k)}={_fmt_value(x)}" for k, x in v.items())
     if isinstance(v, (list, tuple)):
@@ -200,7 +206,7 @@ th,td{padding:4px 10px;border-bottom:1px solid var(--line);vertical-align:top;te
 thead th{position:sticky;top:0;background:var(--head);z-index:1;font-weight:600;white-space:nowrap;
  border-bottom:1px solid #c5ccd8}
 thead th small{display:block;font-weight:400;color:var(--muted);font-size:11px}
-tbody tr:nth-child(even) td{background:var(--zebra)}
+tbody tr:nth-child(even) td,table.kv tbody tr:nth-child(even) th{background:var(--zebra)}
 tbody tr:hover td{background:#eaf1ff}
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 td.lab{max-width:340px;overflow-wrap:anywhere}

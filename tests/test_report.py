@@ -133,6 +133,8 @@ def test_image_grid_grey_clips_and_rejects_bad_shapes():
     img = Image.open(io.BytesIO(image_grid(grey, gap=2)))
     assert img.size == (2 * 50 * 2 + 2, 40 * 2)
     assert (np.asarray(img.convert("L")) == 255).all()
+    as_list = [torch.full((3, 8, 8), 0.2), torch.full((3, 8, 8), 0.6)]  # a list of [3, H, W] tensors
+    assert image_grid(as_list) == image_grid(torch.stack(as_list))
     with pytest.raises(UserError):
         image_grid(np.zeros((2, 5, 8, 8)))
     with pytest.raises(UserError):
