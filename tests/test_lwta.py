@@ -1,0 +1,196 @@
+"""LWTA layer: hard competition, sampling distribution, straight-through gradients, KL, modes."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import stats
+
+from lwtakit.errors import UserError
+from lwtakit.lwta import LWTA, lwta_layers, mc_predict, set_inference, set_temperature, total_kl
+
+
+def _blocks(x, U, dim):
+    """[..., C, ...] -> [..., C/U, U, ...] moved so that U is last (independent of the module)."""
+    x = x.movedim(dim, -1)
+    return x.reshape(*x.shape[:-1], x.shape[-1] // U, U)
+
+
+@pytest.mark.parametrize("U", [2, 3, 4])
+@pytest.mark.parametrize("shape,dim", [((4, 12, 5, 3), 1), ((3, 7, 12), -1)])
+def test_one_winner_per_block_output_is_input_at_winner(U, shape, dim):
+    torch.manual_seed(0)
+    x = torch.randn(shape)
+    m = LWTA(U).train()
+    y = m(x)
+    mask = m.winner_mask()
+    assert mask.shape == x.shape and mask.dtype == torch.bool
+    assert (_blocks(mask, U, dim).sum(-1) == 1).all()
+    assert torch.equal(y[mask], x[mask])
+    assert (y[~mask] == 0).all()
+    # the stored winner indices agree with the mask and keep no graph
+    w = m.last_winners
+    assert w.dtype == torch.uint8 and not w.requires_grad
+    assert torch.equal(_blocks(mask, U, dim).float().argmax(-1), w.movedim(dim, -1).long())
+
+
+@pytest.mark.parametrize("U,T", [(2, 1.0), (2, 0.5), (3, 2.0), (4, 0.7)])
+def test_winner_frequencies_follow_softmax_h_over_T(U, T):
+    torch.manual_seed(1)
+    h = torch.tensor([0.3, -0.4, 1.0, 0.1])[:U]
+    n = 40000
+    x = h.repeat(n, 1)  # n tokens, one block each
+    m = LWTA(U, temperature=T)
+    m(x)
+    counts = np.bincount(m.last_winners.view(-1).numpy(), minlength=U)
+    p = torch.softmax(h.double() / T, 0).numpy()
+    p /= p.sum()
+    assert stats.chisquare(counts, p * n).pvalue > 1e-3
+    if T != 1.0:  # the temperature acts on the sample itself, not only on the gradient
+        q = torch.softmax(h.double(), 0).numpy()
+        q /= q.sum()
+        assert stats.chisquare(counts, q * n).pvalue < 1e-6
+
+
+def _reference(x, U, T, gumbel, dim):
+    """Straight-through Gumbel-softmax on logits h/T, written with plain autograd ops."""
+    xb = _blocks(x, U, dim)
+    z = xb / T + gumbel
+    soft = torch.softmax(z, -1)
+    hard = F.one_hot(z.argmax(-1), U).to(x.dtype)
+    y = xb * (hard + soft - soft.detach())
+    y = y.reshape(*y.shape[:-2], -1)
+    return y.movedim(-1, dim)
+
+
+@pytest.mark.parametrize("U", [2, 3])
+@pytest.mark.parametrize("shape,dim", [((3, 12, 4, 5), 1), ((5, 2, 12), -1)])
+@pytest.mark.parametrize("T", [1.0, 0.6])
+def test_gradients_match_reference_straight_through(U, shape, dim, T):
+    torch.manual_seed(2)
+    x = torch.randn(shape, dtype=torch.double, requires_grad=True)
+    m = LWTA(U, temperature=T, save_dtype="same", dim=dim)
+    C = shape[dim]
+    P = math.prod(shape[: dim % len(shape)])
+    Q = math.prod(shape[dim % len(shape) + 1 :])
+    if U == 2:
+        u = torch.rand(P, C // 2, Q, dtype=torch.double)
+        y = m(x, _noise=u)
+        # the pair sampler's noise as Gumbels: g1 - g0 = logit(u) (Logistic)
+        g = torch.zeros(P, C // 2, Q, 2, dtype=torch.double)
+        g[..., 1] = torch.logit(u)
+    else:
+        g = -torch.log(-torch.log(torch.rand(P, C // U, U, Q, dtype=torch.double)))
+        y = m(x, _noise=g)
+        g = g.movedim(2, -1)
+    # reshape the noise to the reference's [..., blocks, U] layout
+    if dim == 1:  # [B, G, H*W, U] -> [B, H, W, G, U]
+        g_ref = g.reshape(shape[0], C // U, *shape[2:], U).movedim(1, -2)
+    else:
+        g_ref = g.reshape(*shape[:-1], C // U, U)
+    y_ref = _reference(x, U, T, g_ref, dim)
+    assert torch.allclose(y, y_ref, atol=1e-12)
+    w = torch.randn_like(y)
+    (gx,) = torch.autograd.grad((y * w).sum(), x)
+    (gr,) = torch.autograd.grad((y_ref * w).sum(), x)
+    assert torch.allclose(gx, gr, atol=1e-10)
+    assert (gx != 0).float().mean() > 0.9  # losers get gradient through the relaxation too
+
+
+def test_half_precision_saves_stay_close_to_exact_gradient():
+    torch.manual_seed(3)
+    x = torch.randn(4, 16, 6, 6, requires_grad=True)
+    u = torch.rand(4, 8, 36)
+    grads = []
+    for sd in ("same", "half"):
+        y = LWTA(2, temperature=0.8, save_dtype=sd)(x, _noise=u)
+        grads.append(torch.autograd.grad((y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum(), x)[0])
+    assert torch.allclose(grads[0], grads[1], rtol=1e-2, atol=1e-3)
+
+
+def test_U1_is_plain_dense_activation():
+    x = torch.randn(2, 6, 3, 3)
+    assert torch.equal(LWTA(1)(x), F.relu(x))
+    assert torch.equal(LWTA(1, dense="gelu")(x), F.gelu(x))
+
+
+def test_argmax_mode_is_deterministic_and_sample_mode_is_stochastic_in_eval():
+    torch.manual_seed(4)
+    x = torch.randn(8, 10, 4, 4)
+    m = LWTA(2, inference="argmax").eval()
+    y1, y2 = m(x), m(x)
+    assert torch.equal(y1, y2)
+    xb = _blocks(x, 2, 1)
+    expect = (xb * F.one_hot(xb.argmax(-1), 2)).reshape(8, 4, 4, 10).movedim(-1, 1)
+    assert torch.equal(y1, expect)
+    m.inference = "sample"
+    assert not torch.equal(m(x), m(x))
+
+
+def test_U_not_dividing_width_is_a_user_error():
+    with pytest.raises(UserError, match="U=3.*width 10"):
+        LWTA(3)(torch.randn(2, 10, 4, 4))
+    with pytest.raises(UserError, match="inference"):
+        LWTA(2, inference="mc")
+    with pytest.raises(UserError):
+        set_temperature(torch.nn.Sequential(LWTA(2)), 0.0)
+
+
+def test_kl_term_matches_direct_computation():
+    torch.manual_seed(5)
+    U, T = 4, 0.8
+    x = torch.randn(3, 8, 2, 2, requires_grad=True)
+    model = torch.nn.Sequential(LWTA(U, temperature=T, kl=True), LWTA(U, temperature=T, kl=False)).train()
+    model(x)
+    kl = model[0].kl_divergence()
+    direct = []
+    for b in range(3):
+        for g in range(2):
+            for i in range(2):
+                for j in range(2):
+                    q = torch.softmax(x[b, g * U:(g + 1) * U, i, j].detach() / T, 0).numpy()
+                    direct.append(float((q * np.log(q * U)).sum()))
+    assert abs(kl.item() - np.mean(direct)) < 1e-5
+    assert kl.requires_grad and model[1].kl_divergence().item() == 0.0
+    assert torch.allclose(total_kl(model), kl)
+    kl.backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_helpers_and_mc_predict_restore_modes():
+    torch.manual_seed(6)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 8), LWTA(2, inference="argmax"), torch.nn.Linear(8, 3))
+    model.train()
+    assert list(lwta_layers(model)) == ["1"]
+    set_temperature(model, 0.5)
+    assert model[1].temperature == 0.5
+    x = torch.randn(4, 5)
+    torch.manual_seed(7)
+    p = mc_predict(model, x, 5)
+    assert model.training and model[1].inference == "argmax"
+    torch.manual_seed(7)
+    model.eval()
+    set_inference(model, "sample")
+    with torch.no_grad():
+        manual = torch.stack([torch.softmax(model(x), -1) for _ in range(5)]).mean(0)
+    assert torch.allclose(p, manual, atol=1e-6)
+    assert torch.allclose(p.sum(-1), torch.ones(4))
+
+
+@pytest.mark.parametrize("U", [2, 4])
+def test_measured_sparsity_is_one_over_U(U):
+    torch.manual_seed(8)
+    x = torch.randn(4, 16, 8, 8)
+    m = LWTA(U)
+    y = m(x)
+    assert (y != 0).float().mean().item() == pytest.approx(1 / U)
+    assert m.winner_mask().float().mean().item() == pytest.approx(1 / U)
+
+
+def test_record_off_stores_nothing():
+    m = LWTA(2)
+    m.record = False
+    m(torch.randn(2, 4))
+    assert m.last_winners is None and m.winner_mask() is None
