@@ -296,6 +296,32 @@ def _every_term_earns(x, node: _Node, concepts: torch.Tensor, log_alpha: float) 
     return True
 
 
+def _extension_logp(x: torch.Tensor, F: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
+    """log p ``[B, 4, K]`` of the term test (:func:`_term_logp`) for the extensions ``f AND c``,
+    ``f AND NOT c``, ``f OR c``, ``f OR NOT c`` of formulas ``F`` (bool ``[B, N]``) by every concept,
+    vectorised: AND splits the positives of ``f`` (ranks within ``f``), OR its negatives (ranks within
+    ``~f``). Ranks within a side come from one sort with the other side's values set to +inf (they
+    rank last and do not change the ranks before them); one matmul scores all concepts."""
+    sides = torch.cat([F, ~F], 0)                                   # [2B, N]
+    X = torch.where(sides.t(), x.unsqueeze(1), torch.full_like(x, math.inf).unsqueeze(1))  # [N, 2B]
+    ranks, tie = rank_data(X)
+    n_side = sides.sum(1).to(torch.float64)                          # [2B]
+    n_out = x.numel() - n_side
+    tie = tie - (n_out**3 - n_out)                                   # drop the +inf tie group
+    ranks = torch.where(sides.t(), ranks, torch.zeros_like(ranks))
+    Cf = C.to(torch.float64)
+    R = ranks.t() @ Cf                                               # [2B, K]
+    n_c = sides.to(torch.float64) @ Cf                               # [2B, K]
+    R_not = ranks.sum(0, keepdim=True).t() - R
+    ns = n_side.unsqueeze(1)
+    U = torch.stack([R - n_c * (n_c + 1) / 2, R_not - (ns - n_c) * (ns - n_c + 1) / 2], 1)  # [2B, 2, K]
+    n_pos = torch.stack([n_c, ns - n_c], 1)
+    logp = _mwu_logp(U, n_pos, ns.unsqueeze(1) - n_pos, tie, "greater")
+    logp = torch.where(ns.unsqueeze(1) >= 2, logp, torch.full_like(logp, float("nan")))
+    B = F.shape[0]
+    return torch.cat([logp[:B], logp[B:]], 1)                        # [B, 4, K]: AND c, AND NOT c, OR ...
+
+
 def _search_unit(x, ranks, C, Cb, counts, N, names, max_length, beam, min_fraction, max_fraction,
                  min_gain, term_alpha):
     """Beam search for one unit: ``x [N]`` activations, ``ranks [N]`` their float64 ranks, ``C [N, K]``
@@ -348,6 +374,10 @@ def _search_unit(x, ranks, C, Cb, counts, N, names, max_length, beam, min_fracti
         ok = (n > 0) & (n < N) & ~used
         if min_gain > 0:  # parsimony: the added term must earn min_gain over its parent
             ok &= auc >= parent_auc + min_gain
+        if log_alpha is not None:  # ... and be significant, Bonferroni over the extensions examined
+            step_log_alpha = log_alpha - math.log(ok.numel())
+            term = _extension_logp(x, torch.stack([node.labels for node in current]), C)  # [B, 4, K]
+            ok &= term <= step_log_alpha
         flat = torch.where(ok, auc, torch.full_like(auc, -1.0)).flatten()
         adm = admissible(n).flatten()
         nxt: list[_Node] = []
@@ -365,15 +395,14 @@ def _search_unit(x, ranks, C, Cb, counts, N, names, max_length, beam, min_fracti
             key = np.packbits(lab.cpu().numpy()).tobytes()
             if key in seen:  # "a AND b" is reached from both a and b
                 continue
-            if log_alpha is not None and not _term_logp(x, lab, parent.labels) <= log_alpha:
-                continue
             seen.add(key)
             node = _Node(parent.formula.extend(op, concept, neg), lab, float(flat[j]))
             if len(nxt) < beam:
                 nxt.append(node)
             if bool(adm[j]):
                 found.append(node)
-        labels_by_length[length] = found
+        labels_by_length[length] = [(node, step_log_alpha if log_alpha is not None else None)
+                                    for node in found]
         if not nxt:
             break
         current = nxt
@@ -382,10 +411,10 @@ def _search_unit(x, ranks, C, Cb, counts, N, names, max_length, beam, min_fracti
     # term_alpha) each of its terms passes the drop-one test.
     chosen = labels_by_length[1][0]
     for length in sorted(labels_by_length)[1:]:
-        for cand in labels_by_length[length]:
+        for cand, level in labels_by_length[length]:
             if cand.auc < chosen.auc + min_gain:
                 break  # sorted by AUC: no later candidate gains enough
-            if log_alpha is None or _every_term_earns(x, cand, Cb, log_alpha):
+            if level is None or _every_term_earns(x, cand, Cb, level):
                 chosen = cand
                 break
     top = [names[j % K] if j < K else "NOT " + names[j % K]
@@ -414,10 +443,11 @@ def label_units(acts, concept_labels, concept_names: Sequence[str], max_length: 
     * ``min_gain``: an extension ``f op c`` enters the beam only if its AUC exceeds its parent's by
       ``min_gain``, and a longer label replaces the chosen shorter one only if it gains ``min_gain`` more.
     * ``term_alpha`` (default 0.01; None switches it off): the added term must be significant (one-sided
-      Mann-Whitney, see :func:`_term_logp`: the images it flips behave like their new label), and a
-      longer label is accepted only if *each* of its terms passes that test against the formula without
-      it (drop-one). This stops small-sample AUC noise of tiny positive sets (rare concepts ANDed
-      together) from beating a one-concept label.
+      Mann-Whitney, see :func:`_term_logp`: the images it flips behave like their new label) at a
+      family-wise level ``term_alpha`` per beam step (Bonferroni over the ``B x 4K`` extensions examined),
+      and a longer label is accepted only if *each* of its terms passes that test against the formula
+      without it (drop-one). This stops small-sample AUC noise (rare concepts ANDed together, one of many
+      concepts splitting the positives by chance) from beating a one-concept label.
 
     ``min_gain=0, term_alpha=None`` recover the reference behaviour (the highest AUC wins).
 
