@@ -13,8 +13,8 @@ TINY_CLIP = {
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
 }
-TINY_COCA = {
-    "embed_dim": 16,
+TINY_COCA = {  # CoCa needs embed_dim == text width == multimodal width (image tokens feed the decoder)
+    "embed_dim": 32,
     "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16,
                    "attentional_pool": True, "attn_pooler_heads": 2, "output_tokens": True},
     "text_cfg": {"context_length": 76, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1,
