@@ -59,3 +59,36 @@ def test_bad_shapes_and_sync_without_dist():
     with pytest.raises(UserError):
         s.merge(UnitStats(4))
     assert s.sync() is s  # no process group: no-op
+
+
+def _sync_worker(rank, world, init_file, x, out):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        part = x[rank::world]  # each rank sees a disjoint, interleaved share of the probe set
+        s = UnitStats(x.shape[1], topk=3)
+        s.update(part, torch.arange(rank, x.shape[0], world))
+        s.sync()
+        torch.save(s.state_dict(), f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sync_across_two_gloo_ranks_equals_one_pass(tmp_path):
+    import torch.multiprocessing as mp
+
+    x = torch.randn(41, 4, generator=torch.Generator().manual_seed(3))
+    out = str(tmp_path / "state")
+    mp.spawn(_sync_worker, args=(2, str(tmp_path / "init"), x, out), nprocs=2, join=True)
+    whole = UnitStats(4, topk=3)
+    whole.update(x)
+    ref = whole.compute()
+    for rank in range(2):
+        s = UnitStats(4, topk=3)
+        s.load_state_dict(torch.load(f"{out}.{rank}"))
+        got = s.compute()
+        assert int(got["count"]) == 41
+        torch.testing.assert_close(got["mean"], ref["mean"])
+        torch.testing.assert_close(got["var"], ref["var"])
+        assert torch.equal(got["top_indices"], ref["top_indices"])
