@@ -93,7 +93,7 @@ def _build_from_config(model_cfg: dict, preprocess_cfg: dict, weights: str | Non
     if weights is not None:
         try:
             oc.load_checkpoint(model, weights, strict=True, weights_only=True)
-        except (RuntimeError, KeyError, OSError, ValueError) as exc:
+        except (RuntimeError, KeyError, OSError, ValueError, AssertionError) as exc:
             raise UserError(f"CLIP weights {weights} do not fit the config: {str(exc)[:300]}") from exc
     else:
         log.warning("no CLIP weights given: the model is randomly initialised")
@@ -152,7 +152,10 @@ def _create_open_clip(model_name: str, pretrained: str | None, device: str, cach
             )
     try:
         model = oc.create_model(model_name, pretrained=pretrained or None, device=device, cache_dir=cache_dir)
-    except (RuntimeError, OSError, ValueError) as exc:
+    except (RuntimeError, OSError, ValueError, KeyError, AssertionError) as exc:
+        # open_clip reports a state dict that does not fit with RuntimeError or a bare assert.
+        if pretrained and not is_tag:
+            raise UserError(f"CLIP weights {pretrained} do not fit model {model_name}: {str(exc)[:300]}") from exc
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
         why = ("offline (HF_HUB_OFFLINE=1) and the weights are not in the local cache" if offline
                else f"download failed: {str(exc).splitlines()[0][:160]}")

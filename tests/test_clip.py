@@ -119,6 +119,8 @@ def test_bad_specs_are_user_errors(tmp_path, tiny):
     wrong.write_text(json.dumps(cfg))
     with pytest.raises(UserError, match="do not fit"):
         lclip.load_clip(str(wrong), str(tiny["weights"]))
+    with pytest.raises(UserError, match="do not fit model RN50"):
+        lclip.load_clip("RN50", str(tiny["weights"]))
 
 
 def test_image_cache_keyed_by_content(tmp_path, clip):
