@@ -44,55 +44,63 @@ DENSE = ("relu", "gelu")
 # autograd Functions. Inputs are viewed as [P, G, U, Q]: P = leading dims, G = blocks, Q = trailing.
 # --------------------------------------------------------------------------------------------------
 def _pair_logits(h0: Tensor, h1: Tensor, inv_t: float, u: Tensor | None) -> Tensor:
-    """z = (h1 - h0)/T + logit(u): the Gumbel-perturbed logit difference of eq. (1) for a pair
-    (a difference of two Gumbels is Logistic = logit(Uniform)). Unit 1 wins iff z > 0."""
-    z = torch.sub(h1, h0)
+    """z = (h0 - h1)/T - logit(u): the Gumbel-perturbed logit difference of eq. (1) for a pair (a
+    difference of two Gumbels is Logistic = logit(Uniform)). Unit 1 wins iff signbit(z)."""
+    z = torch.sub(h0, h1)
     if inv_t != 1.0:
         z.mul_(inv_t)
     if u is None:
         u = torch.rand_like(z)
-    return z.add_(torch.logit(u))
+    return z.sub_(torch.logit(u))
 
 
 class _LWTAPair(torch.autograd.Function):
-    """U = 2 LWTA (eqs. 1-2). Saves the output (shared with the next layer, no extra memory), the
-    winner (bool), the loser's pre-activation and k = s1 (1 - s1) / T (s1 = sigmoid(z)), the latter
-    two in ``save_dtype`` (float16 halves their memory; they only enter the relaxed part of eq. 2)."""
+    """U = 2 LWTA (eqs. 1-2).
+
+    Saved for backward: the output (also saved by the next layer, so no extra memory), the loser's
+    pre-activation and ``ks = copysign(s0 (1 - s0) / T, z)`` with s0 = sigmoid(z) the relaxed
+    probability of unit 0; the sign bit of ``ks`` is the winner index, so no separate mask is kept.
+    Both are stored in ``save_dtype`` (float16 halves their memory; they only enter the relaxed part
+    of eq. 2, and float16 keeps the sign, also of values that underflow to -0)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, inv_t: float, save_dtype, u: Tensor | None):
         h0, h1 = x[:, :, 0], x[:, :, 1]
         z = _pair_logits(h0, h1, inv_t, u)
-        win1 = z > 0
+        win = torch.signbit(z)  # True: unit 1 wins
         out = torch.empty_like(x)
         zero = x.new_zeros(())
-        torch.where(win1, zero, h0, out=out[:, :, 0])
-        torch.where(win1, h1, zero, out=out[:, :, 1])
-        if ctx.needs_input_grad[0]:
-            s = z.sigmoid_()
-            k = torch.addcmul(s, s, s, value=-1)  # s (1 - s)
-            if inv_t != 1.0:
-                k.mul_(inv_t)
-            loser = torch.where(win1, h0, h1)
-            ctx.save_for_backward(out, win1, loser.to(save_dtype), k.to(save_dtype))
-        ctx.mark_non_differentiable(win1)
-        return out, win1
+        torch.where(win, zero, h0, out=out[:, :, 0])
+        torch.where(win, h1, zero, out=out[:, :, 1])
+        if not ctx.needs_input_grad[0]:
+            ctx.mark_non_differentiable(win)
+            return out, win
+        s = torch.sigmoid(z)
+        ks = torch.addcmul(s, s, s, value=-1)  # s (1 - s)
+        if inv_t != 1.0:
+            ks.mul_(inv_t)
+        ks = ks.copysign_(z).to(save_dtype)
+        loser = torch.where(win, h0, h1).to(save_dtype)
+        ctx.save_for_backward(out, loser, ks)
+        ctx.mark_non_differentiable(ks)
+        return out, ks
 
     @staticmethod
     def backward(ctx, g: Tensor, _gw):
-        out, win1, loser, k = ctx.saved_tensors
+        out, loser, ks = ctx.saved_tensors
+        win = torch.signbit(ks)
         g = g.contiguous()
         g0, g1 = g[:, :, 0], g[:, :, 1]
         hw = torch.add(out[:, :, 0], out[:, :, 1])  # losers are exactly 0
-        gw = torch.where(win1, g1, g0)
-        gl = torch.where(win1, g0, g1)
-        # r = k (g_w h_w - g_l h_l); eq. (2): grad_winner = g_w + r, grad_loser = -r
-        r = hw.mul_(gw).addcmul_(gl, loser.to(g.dtype), value=-1).mul_(k)
+        gw = torch.where(win, g1, g0)
+        gl = torch.where(win, g0, g1)
+        # eq. (2) per block: r = k (g_w h_w - g_l h_l), grad_winner = g_w + r, grad_loser = -r.
+        r = hw.mul_(gw).addcmul_(gl, loser.to(g.dtype), value=-1).mul_(ks.abs())
         gw.add_(r)
         r.neg_()
         grad = torch.empty_like(g)
-        torch.where(win1, r, gw, out=grad[:, :, 0])
-        torch.where(win1, gw, r, out=grad[:, :, 1])
+        torch.where(win, r, gw, out=grad[:, :, 0])
+        torch.where(win, gw, r, out=grad[:, :, 1])
         return grad, None, None, None
 
 
@@ -170,7 +178,7 @@ class LWTA(nn.Module):
         self.dim = dim
         self.save_dtype = save_dtype
         self.record = record
-        self.last_winners: Tensor | None = None
+        self._winners: tuple[Tensor, tuple[int, ...]] | None = None
         self._last_shape: tuple[int, ...] | None = None
         self._last_dim: int = 1
         self._kl: Tensor | None = None
@@ -221,12 +229,15 @@ class LWTA(nn.Module):
         if self.record:
             shape = list(x.shape)
             shape[d] = G
+            # kept as is (no copy): for U=2 the bool winner, or the saved ks whose sign bit is the winner
             win = win.detach()
-            # bool -> uint8 is a zero-copy reinterpretation (U=2); argmax indices are converted.
-            win = win.view(torch.uint8) if win.dtype == torch.bool else win.to(torch.uint8)
-            self.last_winners = win.view(shape)
+            if not (win.dtype == torch.bool or win.is_floating_point()):
+                win = win.to(torch.uint8)  # argmax indices: 1 byte per block instead of 8
+            self._winners = (win, tuple(shape))
             self._last_shape = tuple(x.shape)
             self._last_dim = d
+        else:
+            self._winners = None
         if self.kl and self.training and torch.is_grad_enabled():
             q = torch.softmax(xv * inv_t, dim=2)
             # KL(q || 1/U) = sum_u q log q + log U, averaged over blocks.
@@ -235,12 +246,28 @@ class LWTA(nn.Module):
             self._kl = None
         return out.view(x.shape)
 
+    @property
+    def last_winners(self) -> Tensor | None:
+        """uint8 winner index per block of the last forward (shape: input shape with the competing
+        dim replaced by the number of blocks); built on access from what forward kept."""
+        if self._winners is None:
+            return None
+        w, shape = self._winners
+        if w.dtype == torch.bool:
+            w = w.view(torch.uint8)  # zero-copy
+        elif w.is_floating_point():
+            w = torch.signbit(w).view(torch.uint8)
+        else:
+            w = w.to(torch.uint8)
+        return w.reshape(shape)
+
     def winner_mask(self) -> Tensor | None:
         """Bool mask of the last forward's input shape, True at the winners (None before any forward)."""
-        if self.last_winners is None or self._last_shape is None:
+        winners = self.last_winners
+        if winners is None or self._last_shape is None:
             return None
         d = self._last_dim
-        w = self.last_winners.long().movedim(d, -1)
+        w = winners.long().movedim(d, -1)
         mask = F.one_hot(w, self.U).bool()  # [..., G, U]
         mask = mask.flatten(-2)  # [..., G*U]
         return mask.movedim(-1, d).reshape(self._last_shape)

@@ -81,10 +81,9 @@ def convert_activations(
         return _convert_in_place(copy.deepcopy(model), U, skip_indivisible, lwta_kwargs, reason=str(exc))
     widths = _widths(gm, example_input if example_input is not None else _example_input(gm))
     uses: dict[str, int] = {}
-    for node in list(gm.graph.nodes):
-        if node.op != "call_module":
-            continue
-        old = gm.get_submodule(node.target)
+    # collect the call sites first: replacing a module must not hide its later call sites
+    sites = [(n, gm.get_submodule(n.target)) for n in gm.graph.nodes if n.op == "call_module"]
+    for node, old in sites:
         if not isinstance(old, _ACTS):
             continue
         width = widths.get(node.name)
