@@ -1,30 +1,32 @@
 """CLIP-Dissect similarity functions, computed in chunks (Oikarinen & Weng, ICLR 2023).
 
-Notation (paper Sec. 3): probe images x_1..x_N, concepts t_1..t_M, the concept-activation matrix
-``P_im = I_i . T_m`` (normalised CLIP image and text embeddings, Eq. 1 of the paper's method step 1),
-and the activation vector ``q_k = A[:, k]`` of unit k over the probe set. A similarity function
-``sim(t_m, q_k; P)`` scores every (unit, concept) pair; the label of unit k is ``argmax_m sim``.
+Notation (paper Sec. 3, "Step 1-3"): probe images x_1..x_N, concepts t_1..t_M, the concept-activation
+matrix ``P_im = I_i . T_m`` (normalised CLIP image and text embeddings, Step 1), and the activation
+vector ``q_k = A[:, k]`` of unit k over the probe set (Step 2). A similarity function ``sim(t_m, q_k; P)``
+scores every (unit, concept) pair and the label of unit k is ``argmax_m sim`` (Step 3).
 
-What is implemented (paper Sec. 3 "similarity functions" and App. A; equation numbers as in the paper's
-Sec. 3.2 list, our notation):
+What is implemented (paper Sec. 3, "similarity functions"; the equations below are numbered E1-E5 here
+because the paper's own equation numbers could not be checked offline):
 
-* ``cos``: ``cos(q_k, P_:m)`` (plain cosine over the N probe images).
-* ``cos_cubed``: centre q_k and P_:m over the images, cube elementwise, then cosine. Cubing emphasises
+* E1 ``cos``: ``cos(q_k, P_:m)`` (plain cosine over the N probe images).
+* E2 ``cos_cubed``: centre q_k and P_:m over the images, cube elementwise, then cosine. Cubing emphasises
   the extremes (the most activating images).
-* ``rank_reorder``: compare where the unit's top images sit in the concept's own ranking. With
+* E3 ``rank_reorder``: compare where the unit's top images sit in the concept's own ranking. With
   ``z_m`` = P_:m centred and L2-normalised, S_k = the ``n = floor(top_fraction * N)`` images with the largest
   q_k (in descending order), ``ideal_m`` = the n largest values of z_m (descending):
   ``sim = -sum_r w_kr |ideal_m[r] - z_m[S_k[r]]|^p``, weights ``w_kr = max(qhat_k[S_k[r]], 0)^scale_p`` from
   the centred, normalised activations (a unit's strongest images count most). This is the paper's
   "rank reorder" (-||q'_k - P_:m||_p with q'_k = P_:m reordered by the ranks of q_k) restricted to the
-  top images, as the published defaults (top_fraction 0.05, p 3, scale_p 0.5) imply.
-* ``wpmi`` (Eq. 3-4): ``sim = log p(t_m | q_k) - lam * log p(t_m)`` with
-  ``p(t_m | x_i) = softmax_m(a * P_i:)`` (temperature 1/a), the top-k images B_k of unit k and
-  ``p(t_m | q_k) = 1 - prod_{x_i in B_k} (1 - p(t_m | x_i))``. Defaults top_k 28, a 2, lam 0.6.
-* ``soft_wpmi`` (App. A, the published default): as WPMI but each top image is only a soft member of
-  B_k: ``p(t_m | q_k) = 1 - prod_{r=1..top_k} (1 - p_r p(t_m | x_{S_k[r]}))`` with membership
-  probabilities ``p_r`` decreasing linearly from ``p_start`` (rank 1) to ``p_end`` (rank top_k).
-  Defaults top_k 100, a 10, lam 1, p_start 0.998, p_end 0.97.
+  top images, as the published defaults (top_fraction 0.05, p 3, scale_p 0.5) imply; the weighting is our
+  reading of scale_p.
+* E4 ``wpmi``: ``sim = log p(t_m | q_k) - lam * log p(t_m)`` with ``p(t_m | x_i) = softmax_m(a * P_i:)``,
+  the top-k images B_k of unit k and ``p(t_m | q_k) = 1 - prod_{x_i in B_k} (1 - p(t_m | x_i))`` (the
+  probability that at least one top image shows t_m). Defaults top_k 28, a 2, lam 0.6.
+* E5 ``soft_wpmi`` (the published default): as WPMI but each top image is only a soft member of B_k:
+  ``p(t_m | q_k) = 1 - prod_{r=1..top_k} (1 - p_r p(t_m | x_{S_k[r]}))`` with membership probabilities
+  ``p_r`` decreasing linearly from ``p_start`` (rank 1) to ``p_end`` (rank top_k).
+  Defaults top_k 100, a 10, lam 1, p_start 0.998, p_end 0.97. The product is accumulated as a sum of
+  ``log1p(-p_r p)`` and ``log p(t_m|q_k) = log(-expm1(sum))`` so neither 0 nor 1 loses precision.
 
 Marginal ``p(t_m)``: here ``p(t_m) = (1/N) sum_i p(t_m | x_i)``, the average over **all probe images**; it
 does not depend on the unit or on which other units are labelled. (The reference code averages
@@ -161,7 +163,7 @@ def _normalise_columns(x: Tensor, eps: float = 1e-12) -> Tensor:
 # ------------------------------------------------------------------------------------ similarity kinds
 def _wpmi(A: Tensor, P: ConceptActivations, weights: Tensor, a: float, lam: float,
           chunk: int, unit_chunk: int | None, max_bytes: int) -> Tensor:
-    """(soft-)WPMI, paper Eq. 3-4 / App. A: log(1 - prod_r (1 - w_r p(t|x_r))) - lam log p(t)."""
+    """(soft-)WPMI (E4/E5 of the module docstring): log(1 - prod_r (1 - w_r p(t|x_r))) - lam log p(t)."""
     N, C = A.shape
     K = weights.numel()
     dt = P.dtype
@@ -193,7 +195,7 @@ def _wpmi(A: Tensor, P: ConceptActivations, weights: Tensor, a: float, lam: floa
 
 
 def _cos(A: Tensor, P: ConceptActivations, chunk: int) -> Tensor:
-    """cos(q_k, P_:m)."""
+    """E1: cos(q_k, P_:m)."""
     an = A.norm(dim=0).clamp_min(1e-12)  # [C]
     out = torch.empty((A.shape[1], P.m), dtype=P.dtype)
     if P.factored:
@@ -211,7 +213,7 @@ def _cos(A: Tensor, P: ConceptActivations, chunk: int) -> Tensor:
 
 
 def _cos_cubed(A: Tensor, P: ConceptActivations, chunk: int) -> Tensor:
-    """cos((q_k - mean)^3, (P_:m - mean)^3)."""
+    """E2: cos((q_k - mean)^3, (P_:m - mean)^3)."""
     a3 = _normalise_columns((A - A.mean(0, keepdim=True)) ** 3)
     out = torch.empty((A.shape[1], P.m), dtype=P.dtype)
     for s, e in _chunks(P.m, chunk):
@@ -223,7 +225,7 @@ def _cos_cubed(A: Tensor, P: ConceptActivations, chunk: int) -> Tensor:
 
 def _rank_reorder(A: Tensor, P: ConceptActivations, top_fraction: float, p: float, scale_p: float,
                   chunk: int, unit_chunk: int | None, max_bytes: int) -> Tensor:
-    """-sum_r w_kr |ideal_m[r] - z_m[S_k[r]]|^p over the unit's top images (see module docstring)."""
+    """E3: -sum_r w_kr |ideal_m[r] - z_m[S_k[r]]|^p over the unit's top images."""
     N, C = A.shape
     n = max(1, min(N, int(top_fraction * N)))
     top = torch.topk(A, n, dim=0).indices.T.contiguous()  # [C, n]

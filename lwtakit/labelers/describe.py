@@ -11,7 +11,7 @@ and deterministically, without a language-model service or generated images:
    template words ("a photo of", "close up", ...); every 1..``max_words``-gram of the remaining runs is a
    candidate, counted once per caption; the ``max_candidates`` most frequent are kept;
 4. rescore every candidate with the CLIP-Dissect similarity (default soft-WPMI, Oikarinen & Weng 2023,
-   App. A) between the unit's activations over the whole probe set and the candidate's CLIP text embedding
+   Sec. 3) between the unit's activations over the whole probe set and the candidate's CLIP text embedding
    (P = probe image embeddings x candidate text embeddings; the softmax runs over the union of all units'
    candidates);
 5. the unit's label is its best-scoring candidate.
