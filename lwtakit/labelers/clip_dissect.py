@@ -294,10 +294,11 @@ def label_units(acts, P_or_factors, concept_names: Sequence[str], method: str = 
     """One row per unit: ``unit, label, score`` (best concept by ``method``) and ``top5``: the ``top`` best
     concepts joined by ``|`` (best first)."""
     concept_names = list(concept_names)
+    m = ConceptActivations(P_or_factors).m  # checked before the (long) similarity computation
+    if len(concept_names) != m:
+        raise UserError(f"{len(concept_names)} concept names for {m} concepts in P; give one name per concept")
     sim = similarity(acts, P_or_factors, method, chunk_size=chunk_size, unit_chunk=unit_chunk,
                      max_bytes=max_bytes, **params)
-    if len(concept_names) != sim.shape[1]:
-        raise UserError(f"{len(concept_names)} concept names for {sim.shape[1]} concepts in P; give one name per concept")
     values, index = sim.topk(min(top, sim.shape[1]), dim=1)
     rows = []
     for unit in range(sim.shape[0]):
