@@ -7,12 +7,17 @@ Parts (``--part``, repeatable; default all):
 * ``auc``: per-concept loop with ``torchmetrics.functional.binary_auroc`` (the INVERT reference's
   formulation) / vectorised :func:`lwtakit.labelers.invert.auc_matrix` for all units x concepts.
   The loop is timed on a sample of (unit, concept) pairs and extrapolated linearly. Target >= 50.
+* ``wpmi``: peak memory of CLIP-Dissect soft-WPMI, chunked (:func:`lwtakit.labelers.clip_dissect.similarity`
+  with P given as factors) vs the dense formulation (dense P and softmax), each in a fresh subprocess
+  (peak RSS minus the RSS after imports + inputs). Dense vs chunked at a small size (same labels?),
+  chunked alone at N=50,000 x M=20,000 (target <= 1 GB); ``--wpmi-dense-full`` adds dense at full size.
 
 Each part is one ``bench_<part>(args) -> dict`` function registered in ``PARTS``; add a part by writing
 the function, registering it and adding its flags in ``add_<part>_args``.
 
     python benchmarks/dissect_speed.py --part recording --probe 512 --img 64
     python benchmarks/dissect_speed.py --part auc --n 10000 --units 512 --concepts 200
+    python benchmarks/dissect_speed.py --part wpmi --threads 2
 """
 
 from __future__ import annotations
@@ -134,7 +139,119 @@ def bench_auc(args) -> dict:
             "loop_s (extrapolated)": t_loop, "speed-up loop/vectorised (target >= 50)": t_loop / t_vec}
 
 
+# --------------------------------------------------------------------------------------------------
+def add_wpmi_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("wpmi (CLIP-Dissect soft-WPMI peak memory, chunked vs dense)")
+    g.add_argument("--wpmi-n", type=int, default=50000, help="probe images N (full-size chunked run)")
+    g.add_argument("--wpmi-m", type=int, default=20000, help="concepts M (full-size chunked run)")
+    g.add_argument("--wpmi-units", type=int, default=512, help="units C")
+    g.add_argument("--wpmi-dim", type=int, default=512, help="CLIP embedding dim D")
+    g.add_argument("--wpmi-small-n", type=int, default=20000, help="N of the dense-vs-chunked comparison")
+    g.add_argument("--wpmi-small-m", type=int, default=10000, help="M of the dense-vs-chunked comparison")
+    g.add_argument("--wpmi-dense-full", action="store_true",
+                   help="also run the dense variant at full size (needs ~12 GB free memory; run it alone)")
+    g.add_argument("--wpmi-skip-full", action="store_true", help="only the small dense-vs-chunked comparison")
+    g.add_argument("--wpmi-budget-mb", type=int, default=256, help="max_bytes of the chunked variant (MiB)")
+
+
+def _dense_soft_wpmi(acts, img, txt, top_k=100, a=10.0, lam=1.0, p_start=0.998, p_end=0.97):
+    """The straightforward formulation: dense P, dense softmax over concepts, then per unit."""
+    P = img @ txt.T  # [N, M]
+    probs = torch.softmax(a * P, dim=1)
+    del P
+    log_marginal = probs.mean(0).log()
+    top = torch.topk(acts, top_k, dim=0).indices.T
+    w = torch.linspace(p_start, p_end, top_k)[:, None]
+    out = torch.empty(acts.shape[1], txt.shape[0])
+    for k in range(acts.shape[1]):
+        out[k] = torch.log(1 - torch.prod(1 - w * probs[top[k]], dim=0)) - lam * log_marginal
+    return out
+
+
+def _wpmi_child(spec_json: str) -> None:
+    """Run one variant in this (fresh) process; print peak RSS above the baseline after imports + inputs."""
+    import json
+    import resource
+
+    from lwtakit.labelers.clip_dissect import similarity
+
+    spec = json.loads(spec_json)
+    torch.set_num_threads(spec["threads"])
+    g = torch.Generator().manual_seed(0)
+    n, m, c, d = spec["n"], spec["m"], spec["c"], spec["d"]
+    img = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
+    txt = torch.nn.functional.normalize(torch.randn(m, d, generator=g), dim=1)
+    acts = torch.randn(n, c, generator=g).clamp_min_(0)
+    base_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        if spec["variant"] == "dense":
+            sim = _dense_soft_wpmi(acts, img, txt)
+        else:
+            sim = similarity(acts, (img, txt), "soft_wpmi", max_bytes=spec["budget"])
+    seconds = time.perf_counter() - t0
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    values, labels = sim.max(dim=1)
+    torch.save({"labels": labels, "scores": values, "sim": sim}, spec["out"])
+    print(json.dumps({"extra_mb": (peak_kb - base_kb) / 1024, "base_mb": base_kb / 1024, "seconds": seconds}))
+
+
+def _run_wpmi_child(variant: str, n: int, m: int, args, out_path: str) -> dict:
+    import json
+    import subprocess
+
+    spec = {"variant": variant, "n": n, "m": m, "c": args.wpmi_units, "d": args.wpmi_dim,
+            "budget": args.wpmi_budget_mb * 2**20, "out": out_path, "threads": torch.get_num_threads()}
+    code = ("import runpy, sys; runpy.run_path(sys.argv[1])['_wpmi_child'](sys.argv[2])")
+    proc = subprocess.run([sys.executable, "-c", code, os.path.abspath(__file__), json.dumps(spec)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["killed (out of memory?)"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bench_wpmi(args) -> dict:
+    import tempfile
+
+    result: dict = {"units": args.wpmi_units, "dim": args.wpmi_dim, "budget_mb": args.wpmi_budget_mb,
+                    "measure": "peak RSS of a fresh subprocess minus its RSS after imports + inputs"}
+    sizes = [("small", args.wpmi_small_n, args.wpmi_small_m)]
+    if not args.wpmi_skip_full:
+        sizes.append(("full", args.wpmi_n, args.wpmi_m))
+    with tempfile.TemporaryDirectory() as tmp:
+        for tag, n, m in sizes:
+            variants = ["chunked", "dense"] if tag == "small" or args.wpmi_dense_full else ["chunked"]
+            runs = {}
+            for variant in variants:
+                out = os.path.join(tmp, f"{tag}_{variant}.pt")
+                runs[variant] = _run_wpmi_child(variant, n, m, args, out)
+                if "error" in runs[variant]:
+                    result[f"{tag} N={n} M={m} {variant}"] = runs[variant]["error"]
+                    continue
+                result[f"{tag} N={n} M={m} {variant} extra MB"] = runs[variant]["extra_mb"]
+                result[f"{tag} N={n} M={m} {variant} s"] = runs[variant]["seconds"]
+            if all(v in runs and "error" not in runs[v] for v in ("chunked", "dense")):
+                a = torch.load(os.path.join(tmp, f"{tag}_chunked.pt"), weights_only=True)
+                b = torch.load(os.path.join(tmp, f"{tag}_dense.pt"), weights_only=True)
+                result[f"{tag} same labels (fraction)"] = float((a["labels"] == b["labels"]).float().mean())
+                result[f"{tag} max |score diff|"] = float((a["sim"] - b["sim"]).abs().max())
+                # Where labels differ: how far apart the two concepts are in the dense scores (a near tie
+                # within float32 rounding, or a real disagreement?).
+                diff = (a["labels"] != b["labels"]).nonzero().flatten()
+                if len(diff):
+                    gap = b["sim"][diff, b["labels"][diff]] - b["sim"][diff, a["labels"][diff]]
+                    result[f"{tag} units with other label"] = len(diff)
+                    result[f"{tag} max dense-score gap at those units"] = float(gap.max())
+                result[f"{tag} memory ratio dense/chunked"] = runs["dense"]["extra_mb"] / max(
+                    runs["chunked"]["extra_mb"], 1e-9)
+        full = result.get(f"full N={args.wpmi_n} M={args.wpmi_m} chunked extra MB")
+        if isinstance(full, float):
+            result["full-size chunked within 1 GB (target)"] = str(full <= 1024)
+    return result
+
+
 PARTS = {"recording": (add_recording_args, bench_recording), "auc": (add_auc_args, bench_auc)}
+PARTS["wpmi"] = (add_wpmi_args, bench_wpmi)
 
 
 def main(argv=None) -> None:
