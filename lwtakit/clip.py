@@ -332,7 +332,15 @@ def save_local_dir(model: torch.nn.Module, model_cfg: dict, folder: str | os.Pat
 
 # ----------------------------------------------------------------------------------------------- cache
 def content_hash_images(images: Tensor | torch.utils.data.Dataset, batch_size: int = 256) -> str:
-    """sha256 of the image tensors themselves (shape, dtype, bytes, in order): what CLIP would see."""
+    """sha256 of the image tensors themselves (shape, dtype, bytes, in order): what CLIP would see.
+
+    A dataset may instead provide ``content_hash() -> str`` (e.g. a folder dataset hashing its file bytes
+    and its transform parameters) to avoid decoding every image twice on a cache miss; it must change
+    whenever any image tensor it yields would change.
+    """
+    own = getattr(images, "content_hash", None)
+    if callable(own):
+        return "dataset:" + str(own())
     h = hashlib.sha256()
     n = 0
     for batch in _iter_image_batches(images, batch_size):

@@ -310,3 +310,20 @@ def label_units(acts, P_or_factors, concept_names: Sequence[str], method: str = 
             "top5": "|".join(concept_names[j] for j in best),
         })
     return rows
+
+
+def label_with_clip(acts, clip, images, concept_names: Sequence[str], method: str = "soft_wpmi", *,
+                    cache_dir=None, template: str = "{}", top: int = 5, **params) -> list[dict]:
+    """CLIP-Dissect end to end: embed the probe ``images`` and ``concept_names`` with ``clip`` (a
+    :class:`lwtakit.clip.Clip`; cached on disk by content when ``cache_dir`` is given) and label the units
+    of ``acts`` [N, C] recorded on the same images. Rows as :func:`label_units`."""
+    from lwtakit import clip as lclip
+
+    concept_names = list(concept_names)
+    if cache_dir is not None:
+        image_emb = lclip.embed_dataset_cached(clip, images, cache_dir)
+        text_emb = lclip.embed_texts_cached(clip, concept_names, cache_dir, template=template)
+    else:
+        image_emb = clip.encode_images(images)
+        text_emb = clip.encode_texts(concept_names, template=template)
+    return label_units(acts, (image_emb, text_emb), concept_names, method=method, top=top, **params)
