@@ -67,6 +67,9 @@ class _LayerHook:
 
     def __init__(self, name: str, module: nn.Module, reduce: str, tokens: str, extras: bool):
         self.name, self.module, self.reduce, self.tokens, self.extras = name, module, reduce, tokens, extras
+        # With extras (record_activations) pieces stay on the device until flush() after the forward pass:
+        # a .cpu() inside the hook would stall an accelerator mid-forward once per layer.
+        self.cpu = (lambda t: t.float()) if extras else (lambda t: t.float().cpu())
         self.outputs: list[torch.Tensor] = []   # reduced (or raw for reduce="none") per batch
         self.maxes: list[torch.Tensor] = []      # spatial max per batch (extras, conv only)
         self.active = None                       # [C] count of firing (image x position)
@@ -84,26 +87,32 @@ class _LayerHook:
             self.is_spatial = True
             mean = out.mean(dim=(2, 3))
             mx = out.amax(dim=(2, 3))
-            self.outputs.append((mx if self.reduce == "max" else mean).float().cpu())
+            self.outputs.append(self.cpu(mx if self.reduce == "max" else mean))
             if self.extras:
-                self.maxes.append(mx.float().cpu())
+                self.maxes.append(self.cpu(mx))
             per_image = out.shape[2] * out.shape[3]
             reduce_dims = (0, 2, 3)
         elif out.dim() == 3:  # [B, T, D] tokens
             red = out[:, 0] if self.tokens == "cls" else out.mean(dim=1)
-            self.outputs.append(red.float().cpu())
+            self.outputs.append(self.cpu(red))
             per_image = out.shape[1]
             reduce_dims = (0, 1)
         elif out.dim() == 2:
-            self.outputs.append(out.float().cpu())
+            self.outputs.append(self.cpu(out))
             per_image = 1
             reduce_dims = (0,)
         else:
             raise RuntimeError(f"layer {self.name!r}: cannot reduce an output of shape {tuple(out.shape)}")
         if self.extras:
-            fired = _active_mask(module, out).sum(dim=reduce_dims).to("cpu", torch.float64)
+            fired = _active_mask(module, out).sum(dim=reduce_dims, dtype=torch.float64)
             self.active = fired if self.active is None else self.active + fired
             self.positions += out.shape[0] * per_image
+
+    def flush(self, start: int) -> None:
+        """Move the pieces recorded since index ``start`` to the CPU (after a forward pass)."""
+        for pieces in (self.outputs, self.maxes):
+            for i in range(start, len(pieces)):
+                pieces[i] = pieces[i].cpu()
 
 
 @contextmanager
@@ -236,10 +245,12 @@ def record_activations(model: nn.Module, dataset_or_loader, layers: Sequence[str
     with analysis_mode(model), _hooks(model, layers, reduce, tokens, extras=True) as hooks:
         for batch in tqdm(loader, desc="recording", disable=not progress, leave=False):
             images, batch_labels = split_batch(batch)
+            starts = {name: len(hook.outputs) for name, hook in hooks.items()}
             model(images.to(device, non_blocking=True))
             B = images.shape[0]
             index = torch.arange(seen, seen + B)
             for name, hook in hooks.items():
+                hook.flush(starts[name])
                 if not hook.outputs:
                     continue
                 if name not in stats:
@@ -255,7 +266,7 @@ def record_activations(model: nn.Module, dataset_or_loader, layers: Sequence[str
     for name, hook in hooks.items():
         rec.acts[name] = torch.cat(hook.outputs).float()
         rec.acts_max[name] = torch.cat(hook.maxes).float() if hook.maxes else rec.acts[name]
-        rec.firing[name] = (hook.active / max(hook.positions, 1)).float()
+        rec.firing[name] = (hook.active / max(hook.positions, 1)).float().cpu()
     if labels and sum(x.numel() for x in labels) == seen:
         rec.labels = torch.cat(labels).clone()
     return rec
