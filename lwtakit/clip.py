@@ -150,7 +150,10 @@ def _create_open_clip(model_name: str, pretrained: str | None, device: str, cach
                 f"unknown pretrained tag {pretrained!r} for CLIP model {model_name}; known tags: {tags}; "
                 "or give a weights file"
             )
+    previous = logging.root.manager.disable
     try:
+        # open_clip logs its own ERROR line before raising; the UserError below is the one message to show.
+        logging.disable(logging.ERROR)
         model = oc.create_model(model_name, pretrained=pretrained or None, device=device, cache_dir=cache_dir)
     except (RuntimeError, OSError, ValueError, KeyError, AssertionError) as exc:
         # open_clip reports a state dict that does not fit with RuntimeError or a bare assert.
@@ -162,6 +165,8 @@ def _create_open_clip(model_name: str, pretrained: str | None, device: str, cach
         raise UserError(
             f"could not load CLIP model {model_name} (pretrained={pretrained!r}): {why}; {_HOW_TO_SUPPLY}"
         ) from exc
+    finally:
+        logging.disable(previous)
     if not pretrained and not model_name.startswith(HF_HUB):
         log.warning("CLIP model %s has no pretrained weights: its embeddings are random", model_name)
     return model
