@@ -151,3 +151,17 @@ def test_firing_rate_uses_the_winner_mask():
         wins = torch.nn.functional.one_hot(pre.argmax(2), 2).movedim(-1, 2).reshape(6, 4, 6, 6)
     torch.testing.assert_close(rec.firing["1"], wins.float().mean(dim=(0, 2, 3)))
     assert rec.firing["1"].sum() == pytest.approx(2.0)  # one winner per block of 2: sparsity 1/U
+
+
+def test_lwta_resnet_firing_rate_is_one_over_u():
+    models = pytest.importorskip("lwtakit.models")
+    torch.manual_seed(0)
+    net = models.build_model("resnet18", num_classes=4, act="lwta", U=4, width=0.25, img_size=16)
+    layers = models.default_layers(net)
+    rec = record_activations(net, _data(n=6, size=16), layers, batch_size=3, progress=False)
+    lwta_layers = [n for n in layers if hasattr(net.get_submodule(n), "winner_mask")]
+    assert lwta_layers
+    for name in lwta_layers:
+        # exactly one winner per block of 4 at every position (even where the winner's value is <= 0)
+        assert float(rec.firing[name].mean()) == pytest.approx(0.25, abs=1e-6)
+        assert rec.acts[name].shape[0] == 6
