@@ -322,13 +322,13 @@ def _extension_logp(x: torch.Tensor, F: torch.Tensor, C: torch.Tensor) -> torch.
     return torch.cat([logp[:B], logp[B:]], 1)                        # [B, 4, K]: AND c, AND NOT c, OR ...
 
 
-def _search_unit(x, ranks, C, Cb, counts, N, names, max_length, beam, min_fraction, max_fraction,
+def _search_unit(x, ranks, rC, C, Cb, counts, N, names, max_length, beam, min_fraction, max_fraction,
                  min_gain, term_alpha):
-    """Beam search for one unit: ``x [N]`` activations, ``ranks [N]`` their float64 ranks, ``C [N, K]``
+    """Beam search for one unit: ``x [N]`` activations, ``ranks [N]`` their float64 ranks, ``rC [K]`` rank
+    sums of the concepts (``ranks @ C``, computed for a chunk of units in one matmul), ``C [N, K]``
     float64 / ``Cb`` bool concept matrix, ``counts [K]`` positives per concept."""
     K = C.shape[1]
     lo_count, hi_count = min_fraction * N, max_fraction * N
-    rC = ranks @ C                          # [K] rank sums of concepts
     r_total = ranks.sum()
     log_alpha = math.log(term_alpha) if term_alpha else None
 
@@ -481,8 +481,9 @@ def label_units(acts, concept_labels, concept_names: Sequence[str], max_length: 
         ids = unit_ids[lo:lo + chunk]
         X = acts[:, ids].to(torch.float64)
         ranks, ties = rank_data(X)
+        RC = ranks.t() @ C  # [chunk, K]: length-1 rank sums of all units in one matmul
         for j, unit in enumerate(ids):
-            node, top = _search_unit(X[:, j], ranks[:, j], C, labels, counts, N, names, max_length, beam,
+            node, top = _search_unit(X[:, j], ranks[:, j], RC[j], C, labels, counts, N, names, max_length, beam,
                                      min_fraction, max_fraction, min_gain, term_alpha)
             if node is None:
                 rows.append({"unit": unit, "label": None, "score": float("nan"), "auc": float("nan"),
