@@ -11,7 +11,9 @@ Memory: the training-step peak is dominated by the activations autograd saves fo
 count them exactly: one training forward under ``torch.autograd.graph.saved_tensors_hooks`` records
 every saved tensor's storage; distinct storages (a tensor saved by two ops counts once, parameters
 excluded) are summed. Process RSS peaks were tried first and are not usable here: on this CPU the
-allocator's transient workspace made all variants read the same peak.
+allocator's transient workspace made all variants read the same peak. The "+state" column adds
+parameters, gradients and SGD momentum (3 x parameter bytes): an estimate of the step's peak without
+transient workspace.
 
 Prints ratios measured in this run; never passes or fails.
 """
@@ -119,18 +121,27 @@ def main(argv=None) -> None:
             steps[v]()
             times[v].append(time.perf_counter() - t)
     med = {v: statistics.median(ts) for v, ts in times.items()}
-    mem = {}
+    mem: dict[str, int] = {}
+    state: dict[str, int] = {}
     if not args.no_memory:
         for v in variants:
-            mem[v] = saved_bytes(build(v, args.width, args.U).to(args.device).train(), args.batch, args.device)
+            model = build(v, args.width, args.U).to(args.device).train()
+            # + parameters, their gradients and SGD momentum: the rest of what a step holds at its peak
+            state[v] = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+            mem[v] = saved_bytes(model, args.batch, args.device)
     ref = "relu" if "relu" in variants else variants[0]
     how = "bytes saved for backward by one forward (distinct storages, parameters excluded)"
     print(f"ResNet-18 CIFAR stem, batch {args.batch}, width {args.width}, U={args.U}, device {args.device}, "
           f"threads {torch.get_num_threads()}, {args.steps} timed steps (median), memory: {how}")
-    print(f"{'variant':8s} {'step s':>8s} {'x ' + ref:>8s} {'saved MiB':>9s} {'x ' + ref:>8s}")
+    print(f"{'variant':8s} {'step s':>8s} {'x ' + ref:>8s} {'saved MiB':>9s} {'x ' + ref:>8s} "
+          f"{'+state MiB':>10s} {'x ' + ref:>8s}")
     for v in variants:
         m = mem.get(v)
-        mstr = f"{m / 2**20:9.0f} {m / mem[ref]:8.2f}" if m is not None else f"{'-':>9s} {'-':>8s}"
+        if m is None:
+            mstr = ""
+        else:
+            tot, tref = m + state[v], mem[ref] + state[ref]
+            mstr = f"{m / 2**20:9.0f} {m / mem[ref]:8.2f} {tot / 2**20:10.0f} {tot / tref:8.2f}"
         print(f"{v:8s} {med[v]:8.3f} {med[v] / med[ref]:8.2f} {mstr}")
     if "lwta" in med and "relu" in med:
         print(f"lwta/relu step time: {med['lwta'] / med['relu']:.2f}")

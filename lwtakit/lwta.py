@@ -5,7 +5,8 @@ Units are grouped in blocks of ``U`` consecutive units along the competing dimen
 dimension). The competition logits are the pre-activations ``h`` themselves. One winner per block is
 sampled, the winner passes its raw value (it may be negative) and the losers output exactly 0.
 
-Sampling (Gumbel-max, DISCOVER Sec. 3 eq. for xi ~ Discrete(softmax)): with Gumbel noise g,
+Sampling (Gumbel-max / Gumbel-softmax, Jang et al. ICLR 2017 eqs. 1-2, as used by DISCOVER's
+stochastic LWTA): with standard Gumbel noise g,
     winner = argmax_u (h_u / T + g_u),    soft = softmax(h / T + g)          (1)
 so the winner is drawn from ``softmax(h / T)`` and the temperature sharpens the competition
 (T -> 0: deterministic argmax). Note: DISCOVER's code calls ``F.gumbel_softmax(h, tau=T, hard=True)``
@@ -55,32 +56,32 @@ def _pair_logits(h0: Tensor, h1: Tensor, inv_t: float, u: Tensor | None) -> Tens
 
 
 class _LWTAPair(torch.autograd.Function):
-    """U = 2 LWTA (eqs. 1-2).
+    """U = 2 LWTA (eqs. 1-2), written with float masks and fused multiply-adds (``where`` on bool
+    masks is several times slower than a multiply on CPU).
 
     Saved for backward: the output (also saved by the next layer, so no extra memory), the loser's
-    pre-activation and ``ks = copysign(s0 (1 - s0) / T, z)`` with s0 = sigmoid(z) the relaxed
-    probability of unit 0; the sign bit of ``ks`` is the winner index, so no separate mask is kept.
-    Both are stored in ``save_dtype`` (float16 halves their memory; they only enter the relaxed part
-    of eq. 2, and float16 keeps the sign, also of values that underflow to -0)."""
+    pre-activation and ``ks = +-k``, k = s0 (1 - s0) / T with s0 = sigmoid(z) the relaxed probability
+    of unit 0, negative iff unit 1 won; so no separate mask is kept. k is floored at 2**-24 (the
+    smallest float16 subnormal) so that its sign survives float16. Both are stored in ``save_dtype``
+    (float16 halves their memory; they only enter the relaxed part of eq. 2)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, inv_t: float, save_dtype, u: Tensor | None):
         h0, h1 = x[:, :, 0], x[:, :, 1]
         z = _pair_logits(h0, h1, inv_t, u)
-        win = torch.signbit(z)  # True: unit 1 wins
+        wf = torch.lt(z, 0, out=torch.empty_like(z))  # 1.0 where unit 1 wins
         out = torch.empty_like(x)
-        zero = x.new_zeros(())
-        torch.where(win, zero, h0, out=out[:, :, 0])
-        torch.where(win, h1, zero, out=out[:, :, 1])
+        torch.addcmul(h0, h0, wf, value=-1, out=out[:, :, 0])  # h0 (1 - w)
+        torch.mul(h1, wf, out=out[:, :, 1])
         if not ctx.needs_input_grad[0]:
-            ctx.mark_non_differentiable(win)
-            return out, win
-        s = torch.sigmoid(z)
-        ks = torch.addcmul(s, s, s, value=-1)  # s (1 - s)
+            ctx.mark_non_differentiable(wf)
+            return out, wf
+        s = z.sigmoid_()
+        k = torch.addcmul(s, s, s, value=-1)  # s (1 - s)
         if inv_t != 1.0:
-            ks.mul_(inv_t)
-        ks = ks.copysign_(z).to(save_dtype)
-        loser = torch.where(win, h0, h1).to(save_dtype)
+            k.mul_(inv_t)
+        ks = k.clamp_min_(2.0**-24).addcmul_(k, wf, value=-2).to(save_dtype)  # k (1 - 2 w)
+        loser = torch.lerp(h1, h0, wf).to(save_dtype)
         ctx.save_for_backward(out, loser, ks)
         ctx.mark_non_differentiable(ks)
         return out, ks
@@ -88,19 +89,18 @@ class _LWTAPair(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor, _gw):
         out, loser, ks = ctx.saved_tensors
-        win = torch.signbit(ks)
         g = g.contiguous()
         g0, g1 = g[:, :, 0], g[:, :, 1]
+        wf = torch.lt(ks, 0, out=torch.empty(ks.shape, dtype=g.dtype, device=g.device))
         hw = torch.add(out[:, :, 0], out[:, :, 1])  # losers are exactly 0
-        gw = torch.where(win, g1, g0)
-        gl = torch.where(win, g0, g1)
-        # eq. (2) per block: r = k (g_w h_w - g_l h_l), grad_winner = g_w + r, grad_loser = -r.
-        r = hw.mul_(gw).addcmul_(gl, loser.to(g.dtype), value=-1).mul_(ks.abs())
-        gw.add_(r)
-        r.neg_()
+        gw = torch.lerp(g0, g1, wf)
+        gl = torch.lerp(g1, g0, wf)
+        # eq. (2): q = g0 h0 - g1 h1 = +-(g_w h_w - g_l h_l), so k q = ks (g_w h_w - g_l h_l);
+        # grad0 = g0 (1 - w) + k q, grad1 = g1 w - k q.
+        kq = hw.mul_(gw).addcmul_(gl, loser.to(g.dtype), value=-1).mul_(ks.to(g.dtype))
         grad = torch.empty_like(g)
-        torch.where(win, r, gw, out=grad[:, :, 0])
-        torch.where(win, gw, r, out=grad[:, :, 1])
+        torch.addcmul(g0, g0, wf, value=-1, out=grad[:, :, 0]).add_(kq)
+        torch.mul(g1, wf, out=grad[:, :, 1]).sub_(kq)
         return grad, None, None, None
 
 
@@ -138,8 +138,9 @@ class LWTA(nn.Module):
     Args:
         U: block size (units competing); ``U == 1`` is the plain dense activation ``dense``.
         temperature: T of eq. (1) (> 0).
-        inference: ``"sample"`` (stochastic in eval too, as DISCOVER evaluates) or ``"argmax"``
-            (deterministic winner = largest pre-activation per block).
+        inference: eval-time behaviour: ``"sample"`` (stochastic in eval too, as DISCOVER
+            evaluates) or ``"argmax"`` (deterministic winner = largest pre-activation per block).
+            Training forwards always sample.
         dense: activation used when ``U == 1`` (``"relu"`` | ``"gelu"``).
         kl: compute ``KL(q || Uniform(1/U))`` on each training forward with grad, with
             ``q = softmax(h / T)`` per block: the distribution winners are drawn from (eq. 1), so the
@@ -178,7 +179,7 @@ class LWTA(nn.Module):
         self.dim = dim
         self.save_dtype = save_dtype
         self.record = record
-        self._winners: tuple[Tensor, tuple[int, ...]] | None = None
+        self._winners: tuple[Tensor, tuple[int, ...], bool] | None = None
         self._last_shape: tuple[int, ...] | None = None
         self._last_dim: int = 1
         self._kl: Tensor | None = None
@@ -231,9 +232,11 @@ class LWTA(nn.Module):
             shape[d] = G
             # kept as is (no copy): for U=2 the bool winner, or the saved ks whose sign bit is the winner
             win = win.detach()
-            if not (win.dtype == torch.bool or win.is_floating_point()):
+            if not win.is_floating_point():
                 win = win.to(torch.uint8)  # argmax indices: 1 byte per block instead of 8
-            self._winners = (win, tuple(shape))
+            # U=2 gives the signed ks (sign = winner) under grad, else the 0/1 float mask
+            signed = self.U == 2 and win.is_floating_point() and x.requires_grad and torch.is_grad_enabled()
+            self._winners = (win, tuple(shape), signed)
             self._last_shape = tuple(x.shape)
             self._last_dim = d
         else:
@@ -252,12 +255,10 @@ class LWTA(nn.Module):
         dim replaced by the number of blocks); built on access from what forward kept."""
         if self._winners is None:
             return None
-        w, shape = self._winners
-        if w.dtype == torch.bool:
-            w = w.view(torch.uint8)  # zero-copy
-        elif w.is_floating_point():
-            w = torch.signbit(w).view(torch.uint8)
-        else:
+        w, shape, signed = self._winners
+        if w.is_floating_point():
+            w = ((w < 0) if signed else (w > 0.5)).view(torch.uint8)
+        elif w.dtype != torch.uint8:
             w = w.to(torch.uint8)
         return w.reshape(shape)
 
@@ -304,7 +305,6 @@ def set_inference(model: nn.Module, mode: str) -> None:
 def total_kl(model: nn.Module) -> Tensor:
     """Sum over LWTA layers of their KL term (0 when none was computed)."""
     terms = [m.kl_divergence() for m in _iter(model)]
-    terms = [t for t in terms if t.requires_grad or t.ndim == 0]
     if not terms:
         return torch.zeros(())
     dev = next((t.device for t in terms if t.requires_grad), terms[0].device)

@@ -18,13 +18,15 @@ def _blocks(x, U, dim):
     return x.reshape(*x.shape[:-1], x.shape[-1] // U, U)
 
 
+@pytest.mark.parametrize("grad", [False, True])
 @pytest.mark.parametrize("U", [2, 3, 4])
 @pytest.mark.parametrize("shape,dim", [((4, 12, 5, 3), 1), ((3, 7, 12), -1)])
-def test_one_winner_per_block_output_is_input_at_winner(U, shape, dim):
+def test_one_winner_per_block_output_is_input_at_winner(U, shape, dim, grad):
     torch.manual_seed(0)
-    x = torch.randn(shape)
+    x = torch.randn(shape, requires_grad=grad)
     m = LWTA(U).train()
-    y = m(x)
+    y = m(x).detach()
+    x = x.detach()
     mask = m.winner_mask()
     assert mask.shape == x.shape and mask.dtype == torch.bool
     assert (_blocks(mask, U, dim).sum(-1) == 1).all()
