@@ -196,3 +196,35 @@ def test_record_off_stores_nothing():
     m.record = False
     m(torch.randn(2, 4))
     assert m.last_winners is None and m.winner_mask() is None
+
+
+@pytest.mark.parametrize("T", [1.0, 0.6])
+def test_fused_compiled_kernels_match_eager(T):
+    """The torch.compile'd U=2 kernels compute the same output, winners and gradient as the eager ops."""
+    torch.manual_seed(9)
+    x = torch.randn(2, 8, 4, 4, requires_grad=True)
+    u = torch.rand(2, 4, 16)
+    w = torch.randn(2, 8, 4, 4)
+    res = []
+    for fused in (False, True):
+        m = LWTA(2, temperature=T, fused=fused)
+        y = m(x, _noise=u)
+        (gx,) = torch.autograd.grad((y * w).sum(), x)
+        res.append((y.detach(), m.last_winners.clone(), gx))
+    assert torch.equal(res[0][0], res[1][0]) and torch.equal(res[0][1], res[1][1])
+    assert torch.allclose(res[0][2], res[1][2], rtol=1e-5, atol=1e-6)
+    # with its own noise, the fused sampler still yields one winner per block, value = input
+    m = LWTA(2, temperature=T, fused=True)
+    y = m(x).detach()
+    mask = m.winner_mask()
+    assert (mask.view(2, 4, 2, 16).sum(2) == 1).all() and torch.equal(y[mask], x.detach()[mask])
+
+
+def test_fused_sampler_frequencies_follow_softmax_h_over_T():
+    torch.manual_seed(10)
+    h, T, n = torch.tensor([0.3, -0.4]), 0.5, 40000
+    m = LWTA(2, temperature=T, fused=True)
+    m(h.repeat(n, 1))
+    counts = np.bincount(m.last_winners.view(-1).numpy(), minlength=2)
+    p = torch.softmax(h.double() / T, 0).numpy()
+    assert stats.chisquare(counts, p / p.sum() * n).pvalue > 1e-3
