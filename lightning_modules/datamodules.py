@@ -23,9 +23,14 @@ class EpochSeededSampler(RandomSampler):
         super().__init__(data_source)
         self.seed = int(seed)
         self.epoch = 0
+        # Also the DataLoader's generator: creating an iterator then draws the worker base seed from it,
+        # not from the global RNG, and that seed too follows (seed, epoch). Otherwise a resumed run, whose
+        # loader iterator is created before the saved RNG state is restored, would draw different noise.
+        self.loader_generator = torch.Generator().manual_seed(self.seed)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+        self.loader_generator.manual_seed(self.seed * 1_000_003 + self.epoch + 1)
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
@@ -111,7 +116,8 @@ class VisionDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, ds: Dataset, batch_size: int, sampler=None) -> DataLoader:
-        return DataLoader(ds, batch_size=batch_size, sampler=sampler, shuffle=False,
+        generator = sampler.loader_generator if sampler is not None else torch.Generator().manual_seed(self.seed)
+        return DataLoader(ds, batch_size=batch_size, sampler=sampler, shuffle=False, generator=generator,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                           pin_memory=self.pin_memory, drop_last=False)
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from lwtakit.errors import UserError
 
 KINDS = ("constant", "step", "exponential", "cosine")
-_ALLOWED = {
+SCHEDULE_ARGS = {
     "constant": {"t_min"},
     "step": {"t_min", "step_size", "gamma"},
     "exponential": {"t_min", "gamma"},
@@ -31,9 +31,9 @@ def make_schedule(kind: str, t0: float, **kw) -> Callable[[int], float]:
     """Schedule ``epoch -> temperature``; see the module docstring for the formulas."""
     if kind not in KINDS:
         raise UserError(f"unknown temperature schedule {kind!r}; use one of {', '.join(KINDS)}")
-    unknown = set(kw) - _ALLOWED[kind]
+    unknown = set(kw) - SCHEDULE_ARGS[kind]
     if unknown:
-        raise UserError(f"schedule {kind!r} takes {sorted(_ALLOWED[kind])}, not {sorted(unknown)}")
+        raise UserError(f"schedule {kind!r} takes {sorted(SCHEDULE_ARGS[kind])}, not {sorted(unknown)}")
     t0 = float(t0)
     t_min = float(kw.get("t_min", 0.01))
     if not (t0 > 0 and t_min > 0):

@@ -1,0 +1,112 @@
+"""Rebuild a trained network from a ``train.py`` checkpoint, or load a torchvision model, without Lightning.
+
+Checkpoints are read with ``torch.load(weights_only=True)``: they hold tensors and plain Python values only
+(the resolved config is stored as a dict), so nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from lwtakit import config as config_lib
+from lwtakit.errors import UserError
+from lwtakit.models import build_model
+
+CONFIG_KEY = "lwtakit_config"
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    name: str
+    class_names: list[str]
+    cfg: DictConfig | None = None  # the training config (None for torchvision models)
+    img_size: int = 224
+    in_chans: int = 3
+
+
+def build_network(cfg: DictConfig, num_classes: int, in_chans: int, mean, std) -> nn.Module:
+    """The network a training config describes."""
+    m = cfg.model
+    return build_model(
+        m.name, num_classes=num_classes, act=m.act, U=m.U, temperature=m.temperature.t0,
+        inference=m.inference, kl=m.kl, width=m.width, stem=m.stem, in_chans=in_chans,
+        img_size=cfg.data.img_size, patch_size=m.patch_size, depth=m.depth, mean=tuple(mean), std=tuple(std),
+    )
+
+
+def load_checkpoint(path: str | Path, map_location: str = "cpu") -> LoadedModel:
+    """The network of a ``train.py`` checkpoint, with the weights it was saved with, in eval mode."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise UserError(f"{path} is not a readable checkpoint ({type(exc).__name__}); give a .ckpt written "
+                        "by train.py") from None
+    if not isinstance(ckpt, dict) or CONFIG_KEY not in ckpt or "state_dict" not in ckpt:
+        raise UserError(f"{path} is not a train.py checkpoint (no stored config); give a .ckpt written by "
+                        "train.py or use --model torchvision:NAME")
+    cfg = config_lib.from_dict(ckpt[CONFIG_KEY])
+    hp = ckpt.get("hyper_parameters", {})
+    try:
+        num_classes, in_chans = int(hp["num_classes"]), int(hp["in_chans"])
+        mean, std = hp["mean"], hp["std"]
+    except KeyError as exc:
+        raise UserError(f"{path} lacks hyper-parameter {exc}; it was not written by this version of train.py") \
+            from None
+    model = build_network(cfg, num_classes, in_chans, mean, std)
+    prefix = "model."
+    state = {k[len(prefix):].replace("_orig_mod.", ""): v for k, v in ckpt["state_dict"].items()
+             if k.startswith(prefix)}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    shape_errors = [k for k, v in state.items() if k in model.state_dict() and model.state_dict()[k].shape != v.shape]
+    if missing or unexpected or shape_errors:
+        bad = (missing or unexpected or shape_errors)[:3]
+        raise UserError(f"checkpoint {path} does not match the architecture of its config "
+                        f"({cfg.model.name}, width {cfg.model.width}): mismatched weights {', '.join(bad)}")
+    model.eval()
+    class_names = list(hp.get("class_names") or [str(i) for i in range(num_classes)])
+    return LoadedModel(model, f"{cfg.experiment}:{path.name}", class_names, cfg, cfg.data.img_size, in_chans)
+
+
+def load_model(spec: str) -> LoadedModel:
+    """``torchvision:NAME`` (ImageNet weights; torchvision downloads them when online) or a checkpoint path."""
+    if not spec.startswith("torchvision:"):
+        return load_checkpoint(spec)
+    import torchvision
+
+    name = spec.split(":", 1)[1]
+    try:
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+    except (ValueError, KeyError):
+        raise UserError(f"torchvision has no model '{name}'; see torchvision.models.list_models()") from None
+    try:
+        net = torchvision.models.get_model(name, weights=weights)
+    except Exception as exc:  # noqa: BLE001 - offline download failures come in many types
+        raise UserError(f"could not load torchvision weights for {name} ({type(exc).__name__}): go online once "
+                        "or put the file in $TORCH_HOME/hub/checkpoints") from None
+    model = nn.Sequential()
+    model.add_module("normalize", _Normalize(IMAGENET_MEAN, IMAGENET_STD))
+    model.add_module("net", net)
+    model.eval()
+    return LoadedModel(model, spec, list(weights.meta["categories"]), None, 224, 3)
+
+
+class _Normalize(nn.Module):
+    """torchvision models expect normalised input; our probe images are in [0, 1]."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std

@@ -1,0 +1,227 @@
+"""Train an LWTA (or dense) vision network.
+
+    python train.py                                   # the default experiment (synthetic concepts)
+    python train.py --config mnist_lwta data.root=../shared/data/mnist.npz
+    python train.py model=resnet18_dense trainer.max_epochs=3
+    python train.py run_name=my-run ckpt_path=last   # resume runs/my-run from its last.ckpt
+
+The last line printed is ``run: <folder>``; the folder holds config.yaml, checkpoints/last.ckpt,
+metrics.csv, results.json, the offline W&B run and (with dissection enabled) labels.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, Logger
+from omegaconf import DictConfig
+
+from callbacks.dissection import DissectionCallback
+from callbacks.rng_state import RNGStateCheckpoint
+from callbacks.sparsity import SparsityMonitor
+from lightning_modules.classifier import LitClassifier
+from lightning_modules.datamodules import VisionDataModule
+from lwtakit.config import load_config, save_config, to_dict
+from lwtakit.errors import UserError
+from lwtakit.io import atomic_write, ensure_writable_dir
+
+RUN_DIR_ENV = "LWTAKIT_RUN_DIR"  # shared with ranks that Lightning launches as new processes
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    last_ckpt: Path
+    metrics: dict[str, float]
+    trainer: pl.Trainer
+    module: LitClassifier
+
+
+def resolve_run_dir(cfg: DictConfig) -> Path:
+    """The run's folder: ``run_dir/run_name``; a resume without a name continues the latest run."""
+    if os.environ.get(RUN_DIR_ENV):
+        return Path(os.environ[RUN_DIR_ENV])
+    root = Path(cfg.run_dir)
+    if cfg.run_name:
+        return root / cfg.run_name
+    if cfg.ckpt_path == "last":
+        runs = sorted(root.glob(f"{cfg.experiment}-*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not runs:
+            raise UserError(f"ckpt_path=last but no run of '{cfg.experiment}' under {root} has a last.ckpt; "
+                            "give run_name=<folder> of the run to resume")
+        return runs[-1].parent.parent
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path, n = root / f"{cfg.experiment}-{stamp}", 1
+    while path.exists():
+        n += 1
+        path = root / f"{cfg.experiment}-{stamp}-{n}"
+    return path
+
+
+def build_datamodule(cfg: DictConfig) -> VisionDataModule:
+    d = cfg.data
+    synthetic = {"target": d.target, "second_object": d.second_object} if d.name == "synthetic" else {}
+    return VisionDataModule(
+        name=d.name, root=d.root, download=d.download, batch_size=d.batch_size, num_workers=d.num_workers,
+        img_size=d.img_size, augment=d.augment, seed=cfg.seed, train_size=d.train_size, val_size=d.val_size,
+        test_size=d.test_size, **synthetic,
+    )
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
+    """CSV metrics always (unless logger=none); W&B offline by default, never blocking training."""
+    if cfg.logger == "none":
+        return []
+    loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="logs", version="")]
+    if cfg.logger == "wandb":
+        wandb_logger = _wandb_logger(cfg, run_dir)
+        if wandb_logger is not None:
+            loggers.append(wandb_logger)
+    return loggers
+
+
+def _wandb_logger(cfg: DictConfig, run_dir: Path) -> Logger | None:
+    from lightning.pytorch.loggers import WandbLogger
+
+    # An explicit WANDB_MODE in the environment wins over the config (tests and CI set it).
+    mode = os.environ.get("WANDB_MODE") or cfg.wandb.mode
+    if mode == "disabled":
+        return None
+    kwargs = dict(save_dir=str(run_dir), project=cfg.wandb.project, entity=cfg.wandb.entity,
+                  name=run_dir.name, tags=list(cfg.wandb.tags), config=to_dict(cfg))
+    import wandb
+
+    settings = wandb.Settings(init_timeout=30, silent=True)
+    try:
+        logger = WandbLogger(offline=mode == "offline", settings=settings, **kwargs)
+        _ = logger.experiment  # start the run now, so that a failure happens here and not mid-training
+        return logger
+    except Exception as exc:  # no account, no network, server down: keep training, log locally
+        if mode == "offline":
+            warnings.warn(f"W&B logging disabled: {exc}", stacklevel=2)
+            return None
+        warnings.warn(f"W&B online run could not start ({type(exc).__name__}: {exc}); logging offline instead",
+                      stacklevel=2)
+        return _wandb_logger_offline(cfg, run_dir, kwargs, settings)
+
+
+def _wandb_logger_offline(cfg, run_dir, kwargs, settings) -> Logger | None:
+    from lightning.pytorch.loggers import WandbLogger
+
+    try:
+        logger = WandbLogger(offline=True, settings=settings, **kwargs)
+        _ = logger.experiment
+        return logger
+    except Exception as exc:
+        warnings.warn(f"W&B logging disabled: {exc}", stacklevel=2)
+        return None
+
+
+def build_callbacks(cfg: DictConfig, run_dir: Path, datamodule: VisionDataModule) -> list[pl.Callback]:
+    callbacks: list[pl.Callback] = [
+        ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True, save_top_k=0),
+        RNGStateCheckpoint(),
+    ]
+    if cfg.logger != "none":
+        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    if cfg.sparsity.enabled and cfg.model.act == "lwta":
+        callbacks.append(SparsityMonitor(every_n_steps=cfg.sparsity.every_n_steps))
+    if cfg.dissection.enabled:
+        callbacks.append(DissectionCallback.from_config(cfg.dissection, datamodule, run_dir, seed=cfg.seed))
+    return callbacks
+
+
+def train(cfg: DictConfig) -> TrainResult:
+    """Fit (and test) the model a resolved config describes; returns the run folder and final metrics."""
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    run_dir = resolve_run_dir(cfg)
+    ensure_writable_dir(run_dir)
+    os.environ[RUN_DIR_ENV] = str(run_dir)
+    try:
+        return _fit(cfg, run_dir)
+    finally:
+        os.environ.pop(RUN_DIR_ENV, None)
+
+
+def _fit(cfg: DictConfig, run_dir: Path) -> TrainResult:
+    datamodule = build_datamodule(cfg)
+    info = datamodule.info
+    module = LitClassifier(cfg, num_classes=info.num_classes, in_chans=info.in_chans, mean=info.mean,
+                           std=info.std, class_names=info.class_names)
+    ckpt_path = cfg.ckpt_path
+    if ckpt_path == "last":
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if not last.exists():
+            raise UserError(f"ckpt_path=last but {last} does not exist; train first or give a checkpoint path")
+        ckpt_path = str(last)
+    elif ckpt_path and not Path(ckpt_path).exists():
+        raise UserError(f"checkpoint {ckpt_path} does not exist (config key ckpt_path)")
+    t = cfg.trainer
+    trainer = pl.Trainer(
+        default_root_dir=str(run_dir), max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices,
+        num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision, fast_dev_run=t.fast_dev_run,
+        limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
+        log_every_n_steps=t.log_every_n_steps, gradient_clip_val=t.gradient_clip_val,
+        deterministic=t.deterministic, enable_progress_bar=t.enable_progress_bar,
+        logger=build_loggers(cfg, run_dir) or False,
+        callbacks=build_callbacks(cfg, run_dir, datamodule),
+        enable_model_summary=False,
+    )
+    if trainer.is_global_zero:
+        save_config(cfg, run_dir / "config.yaml")
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    fit_seconds = time.perf_counter() - started
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    if not t.fast_dev_run:
+        for row in trainer.test(module, datamodule=datamodule, verbose=False):
+            metrics.update({k: float(v) for k, v in row.items()})
+    metrics["fit_seconds"] = fit_seconds
+    for cb in trainer.callbacks:
+        if isinstance(cb, DissectionCallback):
+            metrics["dissection_seconds"] = cb.seconds
+    if trainer.is_global_zero:
+        with atomic_write(run_dir / "results.json") as fh:
+            json.dump(metrics, fh, indent=2, sort_keys=True)
+    for logger in trainer.loggers:
+        logger.finalize("success")
+    return TrainResult(run_dir, run_dir / "checkpoints" / "last.ckpt", metrics, trainer, module)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Train an LWTA (or dense) vision network.",
+        epilog="Overrides are key=value pairs of the config schema (lwtakit/config.py), e.g. trainer.max_epochs=3;"
+               " group=name picks a file of configs/<group>/, e.g. model=resnet18_dense.",
+    )
+    parser.add_argument("--config", default="default",
+                        help="experiment name in configs/experiment/ or a YAML path (default: default)")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        result = train(cfg)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except FloatingPointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if result.trainer.is_global_zero:
+        print(f"run: {result.run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    torch.set_float32_matmul_precision("high")
+    sys.exit(main())
