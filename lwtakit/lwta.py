@@ -15,15 +15,18 @@ the logits so that the temperature, and its schedule, changes what is sampled. A
 
 Forward value ``y = h * onehot(winner)``; gradient straight-through the relaxation (1):
 ``y = h * (hard + soft - soft.detach())``, hence for one block
-    dL/dh_j = g_j hard_j + soft_j (g_j h_j - sum_i g_i h_i soft_i)                          (2)
-(the Jacobian of softmax(h/T + g) w.r.t. h is diag(s) - s s^T scaled by 1/T; we use h/T as logits,
-so (2) carries a factor 1/T). ``_LWTAPair`` / ``_LWTABlock`` implement (1)-(2) as one autograd
-Function each, without the reshape + one-hot + multiply graph of the straightforward formulation.
+    dL/dh_j = g_j hard_j + soft_j (g_j h_j - sum_i g_i h_i soft_i) / T                      (2)
+(the Jacobian of softmax(h/T + g) w.r.t. h is (diag(s) - s s^T)/T).
+``_LWTAPair`` (U = 2, eager), ``_LWTAPairFused`` (U = 2, the same arithmetic compiled into one pass
+each way with ``torch.compile``) and ``_LWTABlock`` (any U) implement (1)-(2) as autograd Functions,
+without the reshape + one-hot + multiply graph of the straightforward formulation.
 
-U = 2 fast path: softmax over two units depends on d = (h1 - h0)/T only and the difference of two
-Gumbels is Logistic, so with one uniform u per block and p = sigmoid(d):
-    soft_1 = sigmoid(d + logit u) = p u / (p u + (1-p)(1-u)),   winner = 1  iff  u > 1 - p,
-exactly the Gumbel-softmax of (1) with one random number per block instead of two Gumbels.
+U = 2 fast path: softmax over two units depends on their difference only, and the difference of two
+Gumbels is Logistic = logit(Uniform), so with ONE uniform u per block
+    z = (h0 - h1)/T - logit(u),   unit 1 wins iff z < 0,   soft_0 = sigmoid(z),
+which is exactly the Gumbel-softmax of (1) (P(unit 1 wins) = sigmoid((h1 - h0)/T)), and eq. (2)
+reduces per block to grad0 = g0 hard0 + k q, grad1 = g1 hard1 - k q, q = g0 h0 - g1 h1,
+k = soft_0 (1 - soft_0) / T.
 """
 
 from __future__ import annotations
