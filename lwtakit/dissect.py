@@ -152,8 +152,8 @@ def dissect(
             targets.append((layer + PCA_SUFFIX, pca.project(rec.acts[layer]), None))
         for name, acts, firing in targets:
             for method in methods:
-                if method == "iou" and name.endswith(PCA_SUFFIX):
-                    continue  # IoU thresholds spatial maps of units, which PCA directions do not have
+                if method == "iou" and (name.endswith(PCA_SUFFIX) or not rec.spatial.get(layer)):
+                    continue  # IoU thresholds spatial maps: PCA directions and linear layers have none
                 t = time.perf_counter()
                 new = _label(method, model, probe, layer, acts, concepts, clip_factors, max_length=max_length,
                              beam=beam, min_gain=min_gain, clip_method=clip_method, iou_quantile=iou_quantile,

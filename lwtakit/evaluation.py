@@ -62,6 +62,8 @@ def final_layer_accuracy(rows: Sequence[Mapping] | None, class_names: Sequence[s
     if not rows:
         raise UserError("final_layer_accuracy needs label rows or a score matrix")
     hits1, hitsk = [], []
+    # top5 as a list, or "|"-joined as in labels.csv
+    rows = [{**r, "top5": r["top5"].split("|")} if isinstance(r.get("top5"), str) else r for r in rows]
     have_top = all(isinstance(r.get("top5"), (list, tuple)) for r in rows)
     for r in rows:
         u = int(r["unit"])
@@ -107,3 +109,20 @@ def class_name_similarity(rows: Sequence[Mapping], class_names: Sequence[str],
     labels = [str(r.get("label") or "") for r in rows]
     classes = [class_names[int(r["unit"])] for r in rows]
     return float(label_similarity(embed(labels), embed(classes)).mean())
+
+
+def concept_coverage(rows: Sequence[Mapping], concept_groups: Mapping[str, Sequence[str]],
+                     min_score: float = 0.9) -> dict[str, float]:
+    """Planted-concept recovery of a trained network: per concept group of the synthetic data (shape,
+    colour, ...), the fraction of its concepts that are the label (first formula term) of at least one
+    unit with ``score >= min_score`` (AUC for INVERT). Returns ``{"<group> concepts found": fraction}``
+    and ``"concepts found"`` over all groups."""
+    found = {normalise(first_term(r.get("label")) or "") for r in rows
+             if r.get("score") is not None and float(r["score"]) >= min_score}
+    out, hits, total = {}, 0, 0
+    for group, names in concept_groups.items():
+        got = sum(normalise(n) in found for n in names)
+        out[f"{group} concepts found"] = got / len(names) if names else float("nan")
+        hits, total = hits + got, total + len(names)
+    out["concepts found"] = hits / total if total else float("nan")
+    return out

@@ -214,6 +214,7 @@ class Recording:
     firing: dict[str, torch.Tensor] = field(default_factory=dict)
     stats: dict[str, UnitStats] = field(default_factory=dict)
     labels: torch.Tensor | None = None
+    spatial: dict[str, bool] = field(default_factory=dict)  # layer gave [B, C, H, W] maps
 
     @property
     def layers(self) -> list[str]:
@@ -267,6 +268,7 @@ def record_activations(model: nn.Module, dataset_or_loader, layers: Sequence[str
         rec.acts[name] = torch.cat(hook.outputs).float()
         rec.acts_max[name] = torch.cat(hook.maxes).float() if hook.maxes else rec.acts[name]
         rec.firing[name] = (hook.active / max(hook.positions, 1)).float().cpu()
+        rec.spatial[name] = hook.is_spatial
     if labels and sum(x.numel() for x in labels) == seen:
         rec.labels = torch.cat(labels).clone()
     return rec

@@ -66,3 +66,17 @@ def test_similarities():
 
     rows = [{"unit": 0, "label": "kitten"}, {"unit": 1, "label": "dog"}]
     assert class_name_similarity(rows, ["cat", "dog"], embed) == pytest.approx((0.8 + 1.0) / 2)
+
+
+def test_concept_coverage_counts_concepts_with_a_confident_unit():
+    from lwtakit.evaluation import concept_coverage
+
+    groups = {"colour": ["red", "green"], "shape": ["circle", "square", "ring"]}
+    rows = [
+        {"unit": 0, "label": "red AND NOT circle", "score": 0.95},  # first term counts
+        {"unit": 1, "label": "NOT green", "score": 0.99},           # a negated term is not the concept
+        {"unit": 2, "label": "square", "score": 0.5},               # below the score threshold
+        {"unit": 3, "label": "ring", "score": 0.91},
+    ]
+    got = concept_coverage(rows, groups)
+    assert got == {"colour concepts found": 0.5, "shape concepts found": 1 / 3, "concepts found": 2 / 5}

@@ -1,0 +1,162 @@
+"""Put trained runs side by side (typically an LWTA network and its dense twin).
+
+For each run (a ``train.py`` run folder or a checkpoint) :func:`summarize_run` measures, on the run's own
+data: test accuracy under every inference mode, the active fraction of every activation layer, INVERT label
+quality of the default layers (final-layer label accuracy, planted-concept coverage, mean score, distinct
+labels, share of units with p < 0.001), label stability over training (from the run's ``labels.csv``), PCA
+completeness of the last activation layer (Dey et al. 2020) and per-image counts of active units.
+:func:`compare` writes ``report.html`` and ``compare.csv`` (run, metric, value).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from lwtakit.checkpoint import LoadedModel, load_checkpoint
+from lwtakit.data import build_dataset, probe_subset
+from lwtakit.dissect import ConceptSource, dissect
+from lwtakit.errors import UserError
+from lwtakit.lwta import LWTA, lwta_layers, mc_predict, set_inference
+from lwtakit.recording import analysis_mode, make_loader, record_activations, split_batch
+
+SIGNIFICANT_P = 1e-3
+
+
+def resolve_run(spec: str) -> tuple[Path | None, Path]:
+    """(run folder or None, checkpoint) for a run folder or a checkpoint path."""
+    path = Path(spec)
+    if path.is_dir():
+        ckpt = path / "checkpoints" / "last.ckpt"
+        if not ckpt.is_file():
+            raise UserError(f"run folder {path} has no checkpoints/last.ckpt; give a run folder of train.py")
+        return path, ckpt
+    if path.is_file():
+        return None, path
+    raise UserError(f"{spec} is neither a run folder nor a checkpoint")
+
+
+def activation_layers(model: nn.Module) -> list[str]:
+    """Names of the activation modules (LWTA, ReLU, GELU) in forward order."""
+    return [n for n, m in model.named_modules() if isinstance(m, (LWTA, nn.ReLU, nn.GELU))]
+
+
+def _dataset(loaded: LoadedModel, split: str):
+    d = loaded.cfg.data
+    extra = {"target": d.target, "second_object": d.second_object} if d.name == "synthetic" else {}
+    return build_dataset(d.name, split, root=d.root, img_size=d.img_size, seed=loaded.cfg.seed, **extra)
+
+
+def accuracy_by_mode(model: nn.Module, dataset, modes: list[str], mc_samples: int = 4, seed: int = 0,
+                     batch_size: int = 256) -> dict[str, float]:
+    """Top-1 accuracy of ``model`` on ``dataset`` under each LWTA inference mode (sample, argmax, mc)."""
+    layers = lwta_layers(model)
+    saved = {n: m.inference for n, m in layers.items()}
+    out = {}
+    try:
+        with analysis_mode(model):
+            for mode in modes:
+                torch.manual_seed(seed)
+                correct = total = 0
+                for batch in make_loader(dataset, batch_size):
+                    x, y = split_batch(batch)
+                    if mode == "mc":
+                        probs = mc_predict(model, x, mc_samples)
+                    else:
+                        if layers:
+                            set_inference(model, mode)
+                        probs = model(x)
+                    correct += int((probs.argmax(-1) == y).sum())
+                    total += len(y)
+                out[mode] = correct / max(total, 1)
+    finally:
+        for name, mode in saved.items():
+            layers[name].inference = mode
+    return out
+
+
+def summarize_run(spec: str, probe_size: int = 1000, eval_size: int = 1000, seed: int = 0):
+    """Everything :func:`compare` shows about one run, as a :class:`lwtakit.report.RunSummary`."""
+    from lwtakit.drift import agreement
+    from lwtakit.evaluation import concept_coverage, final_layer_accuracy
+    from lwtakit.io import read_csv
+    from lwtakit.labelers.pca import variance_curves
+    from lwtakit.models import default_layers
+    from lwtakit.report import RunSummary
+
+    run_dir, ckpt = resolve_run(spec)
+    loaded = load_checkpoint(ckpt)
+    model, cfg = loaded.model, loaded.cfg
+    has_lwta = bool(lwta_layers(model))
+    modes = ["sample", "argmax", "mc"] if has_lwta else ["dense"]
+    test = probe_subset(_dataset(loaded, "test"), eval_size, seed)
+    accuracy = accuracy_by_mode(model, test, [m if m != "dense" else "argmax" for m in modes], seed=seed)
+    if not has_lwta:
+        accuracy = {"dense": accuracy["argmax"]}
+
+    probe = probe_subset(_dataset(loaded, "val"), probe_size, seed)
+    labelled = default_layers(model)
+    act_layers = activation_layers(model)
+    if has_lwta:
+        set_inference(model, "argmax")  # deterministic labels, as the training-time dissection
+    torch.manual_seed(seed)
+    rec = record_activations(model, probe, list(dict.fromkeys(act_layers + labelled)), progress=False)
+    result = dissect(model, probe, labelled, ["invert"], ConceptSource.from_dataset(probe), recording=rec,
+                     progress=False)
+    rows = result.rows
+    classifier = labelled[-1]
+    quality = {f"final-layer label {k}": v for k, v in
+               final_layer_accuracy([r for r in rows if r["layer"] == classifier], loaded.class_names).items()
+               if k != "n"}
+    if getattr(probe, "concept_groups", None):
+        quality.update(concept_coverage(rows, probe.concept_groups))
+    scores = [r["score"] for r in rows if r["score"] is not None]
+    quality["mean AUC"] = float(np.mean(scores)) if scores else float("nan")
+    quality[f"share p<{SIGNIFICANT_P:g}"] = float(np.mean([r.get("p_value") is not None and
+                                                           r["p_value"] < SIGNIFICANT_P for r in rows]))
+    layer_stats = {}
+    for layer in labelled:
+        lr = [r for r in rows if r["layer"] == layer]
+        layer_stats[layer] = {"units": float(len(lr)), "mean score": float(np.mean([r["score"] or 0 for r in lr])),
+                              "distinct labels": float(len({r["label"] for r in lr})),
+                              f"share p<{SIGNIFICANT_P:g}": float(np.mean([(r.get("p_value") or 1) < SIGNIFICANT_P
+                                                                             for r in lr]))}
+    stability = None
+    if run_dir is not None and (run_dir / "labels.csv").is_file():
+        stability = agreement(read_csv(run_dir / "labels.csv"), "invert") or None
+    explained = act_layers[-1]
+    v = variance_curves(rec.acts[explained])
+    completeness = {explained: {"k": v["k"].tolist(), "pca_variance": v["pca"].tolist(),
+                                "neuron_variance": v["neurons"].tolist()}}
+    active_counts = (rec.acts[explained] != 0).sum(1).numpy()
+    meta = {"checkpoint": str(ckpt), "model": f"{cfg.model.name} {cfg.model.act} U={cfg.model.U}",
+            "data": cfg.data.name, "epochs": cfg.trainer.max_epochs}
+    return RunSummary(name=run_dir.name if run_dir else ckpt.stem, meta=meta, accuracy=accuracy,
+                      sparsity={n: float(rec.firing[n].mean()) for n in act_layers}, label_quality=quality,
+                      layer_stats=layer_stats, stability=stability, completeness=completeness,
+                      active_counts=active_counts)
+
+
+def compare(specs: list[str], out: str | Path, probe_size: int = 1000, eval_size: int = 1000, seed: int = 0) -> Path:
+    """Summarise every run and write ``out/report.html`` and ``out/compare.csv``; returns the report path."""
+    from lwtakit.io import staged_dir, write_csv
+    from lwtakit.report import compare_report
+
+    if len(specs) < 1:
+        raise UserError("give at least one run folder or checkpoint to compare")
+    summaries = [summarize_run(s, probe_size, eval_size, seed) for s in specs]
+    rows = []
+    for s in summaries:
+        for group, values in (("accuracy", s.accuracy), ("sparsity", s.sparsity), ("labels", s.label_quality)):
+            rows += [{"run": s.name, "metric": f"{group}/{k}", "value": v} for k, v in values.items()]
+        for layer, stats in s.layer_stats.items():
+            rows += [{"run": s.name, "metric": f"layer/{layer}/{k}", "value": v} for k, v in stats.items()]
+        for layer, points in (s.stability or {}).items():
+            rows += [{"run": s.name, "metric": f"stability/{layer}/agreement@{e}", "value": a} for e, a in points]
+    with staged_dir(out) as stage:
+        write_csv(stage / "compare.csv", rows, ["run", "metric", "value"])
+        compare_report(stage, summaries, title="Sparse vs dense: " + " vs ".join(s.name for s in summaries))
+    return Path(out) / "report.html"
