@@ -356,6 +356,11 @@ class LWTA(nn.Module):
             w = w.to(torch.uint8)
         return w.reshape(shape)
 
+    @last_winners.setter
+    def last_winners(self, value: Tensor | None) -> None:
+        """Allow clearing (None) or setting indices directly, e.g. by code that frees memory."""
+        self._winners = None if value is None else (value.detach().to(torch.uint8), tuple(value.shape))
+
     def winner_mask(self) -> Tensor | None:
         """Bool mask of the last forward's input shape, True at the winners (None before any forward)."""
         winners = self.last_winners
