@@ -91,39 +91,34 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
 
 
 def _wandb_logger(cfg: DictConfig, run_dir: Path) -> Logger | None:
-    from lightning.pytorch.loggers import WandbLogger
-
+    """A started W&B run, offline by default. An online run that cannot start (no account, no network)
+    falls back to offline with a warning; if even that fails, W&B is skipped: training never waits on it."""
     # An explicit WANDB_MODE in the environment wins over the config (tests and CI set it).
     mode = os.environ.get("WANDB_MODE") or cfg.wandb.mode
     if mode == "disabled":
         return None
-    kwargs = dict(save_dir=str(run_dir), project=cfg.wandb.project, entity=cfg.wandb.entity,
-                  name=run_dir.name, tags=list(cfg.wandb.tags), config=to_dict(cfg))
+    if mode == "online":
+        logger = _start_wandb(cfg, run_dir, offline=False)
+        if logger is not None:
+            return logger
+    return _start_wandb(cfg, run_dir, offline=True)
+
+
+def _start_wandb(cfg: DictConfig, run_dir: Path, offline: bool) -> Logger | None:
     import wandb
-
-    settings = wandb.Settings(init_timeout=30, silent=True)
-    try:
-        logger = WandbLogger(offline=mode == "offline", settings=settings, **kwargs)
-        _ = logger.experiment  # start the run now, so that a failure happens here and not mid-training
-        return logger
-    except Exception as exc:  # no account, no network, server down: keep training, log locally
-        if mode == "offline":
-            warnings.warn(f"W&B logging disabled: {exc}", stacklevel=2)
-            return None
-        warnings.warn(f"W&B online run could not start ({type(exc).__name__}: {exc}); logging offline instead",
-                      stacklevel=2)
-        return _wandb_logger_offline(cfg, run_dir, kwargs, settings)
-
-
-def _wandb_logger_offline(cfg, run_dir, kwargs, settings) -> Logger | None:
     from lightning.pytorch.loggers import WandbLogger
 
     try:
-        logger = WandbLogger(offline=True, settings=settings, **kwargs)
-        _ = logger.experiment
+        logger = WandbLogger(
+            save_dir=str(run_dir), project=cfg.wandb.project, entity=cfg.wandb.entity, name=run_dir.name,
+            tags=list(cfg.wandb.tags), config=to_dict(cfg), mode="offline" if offline else "online",
+            settings=wandb.Settings(init_timeout=cfg.wandb.init_timeout, silent=True),
+        )
+        _ = logger.experiment  # start the run now, so that a failure happens here and not mid-training
         return logger
-    except Exception as exc:
-        warnings.warn(f"W&B logging disabled: {exc}", stacklevel=2)
+    except Exception as exc:  # noqa: BLE001 - no account, no network, server down: never stop training
+        what = "offline W&B logging disabled" if offline else "W&B online run could not start; logging offline"
+        warnings.warn(f"{what} ({type(exc).__name__}: {str(exc).splitlines()[0]})", stacklevel=2)
         return None
 
 

@@ -120,9 +120,11 @@ class DissectionCallback(pl.Callback):
 
     # --- hooks -------------------------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.is_global_zero and self.run_dir is not None and self._enabled(trainer):
-            # The file mirrors the history restored from the checkpoint (empty for a new run).
-            write_csv(self.run_dir / "labels.csv", self.history, HISTORY_COLUMNS)
+        path = None if self.run_dir is None else self.run_dir / "labels.csv"
+        if trainer.is_global_zero and path is not None and (self.history or path.exists()):
+            # The file mirrors the history restored from the checkpoint: rows of a dissection that ran
+            # after that checkpoint (before a crash) are dropped, as they will be redone.
+            write_csv(path, self.history, HISTORY_COLUMNS)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last_epoch_end = (trainer.current_epoch, trainer.global_step)

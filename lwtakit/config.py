@@ -115,6 +115,7 @@ class WandbConfig:
     project: str = "lwtakit"
     entity: str | None = None
     tags: list[str] = field(default_factory=list)
+    init_timeout: float = 30.0  # seconds an online run may take to start before falling back to offline
 
 
 @dataclass

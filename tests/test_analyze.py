@@ -1,0 +1,184 @@
+"""analyze.py end to end on checkpoints that train.py writes, and its bad-input behaviour."""
+
+import csv
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import analyze
+import train as train_script
+from lwtakit.config import load_config
+
+SMALL = ["data.train_size=1536", "data.val_size=256", "data.test_size=256", "data.batch_size=64",
+         "model.width=0.125", "trainer.max_epochs=3", "trainer.enable_progress_bar=false", "logger=none",
+         "optim.lr=0.1", "dissection.probe_size=64", "dissection.top_images=4"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A small LWTA run and its dense twin, trained once for the whole module."""
+    root = tmp_path_factory.mktemp("runs")
+    out = {}
+    for name, experiment in (("lwta", "default"), ("dense", "default_dense")):
+        cfg = load_config(experiment, [f"run_dir={root}", f"run_name={name}", *SMALL])
+        out[name] = train_script.train(cfg).run_dir
+    return out
+
+
+def run_cli(capsys, *argv):
+    code = analyze.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err.strip().splitlines()
+
+
+def assert_one_line_error(code, err, *fragments):
+    assert code == 2, err
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    for fragment in fragments:
+        assert fragment in err[0], err
+
+
+def read_rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_final_layer_labels_of_a_trained_model_are_its_class_names(runs, tmp_path, capsys):
+    out = tmp_path / "dissect"
+    code, _, err = run_cli(capsys, "dissect", "--ckpt", runs["lwta"] / "checkpoints" / "last.ckpt",
+                           "--probe-size", 256, "--top-images", 4, "--grid-units", 3, "--out", out)
+    assert code == 0, err
+    rows = read_rows(out / "labels.csv")
+    fc = {int(r["unit"]): r["label"] for r in rows if r["layer"] == "fc"}
+    classes = ["circle", "square", "triangle", "cross", "diamond", "ring"]
+    hits = sum(fc[i] == c for i, c in enumerate(classes))
+    assert hits >= 5, fc
+    html = (out / "report.html").read_text()
+    assert "layer4.1.act2" in html and html.count("data:image/png;base64") >= 3
+
+
+def test_unknown_layer_lists_close_matches_and_writes_nothing(runs, tmp_path, capsys):
+    out = tmp_path / "dissect"
+    code, _, err = run_cli(capsys, "dissect", "--ckpt", runs["lwta"] / "checkpoints" / "last.ckpt",
+                           "--layers", "layer4.1.actt2", "--out", out)
+    assert_one_line_error(code, err, "layer4.1.actt2", "layer4.1.act2")
+    assert not any(out.iterdir()) if out.exists() else True
+
+
+def test_probe_smaller_than_top_k_is_refused(runs, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "dissect", "--ckpt", runs["lwta"] / "checkpoints" / "last.ckpt",
+                           "--probe-size", 4, "--top-images", 8, "--out", tmp_path / "o")
+    assert_one_line_error(code, err, "--top-images")
+
+
+def test_clip_weights_unavailable_offline_is_one_line(runs, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "dissect", "--ckpt", runs["lwta"] / "checkpoints" / "last.ckpt",
+                           "--methods", "clip_dissect", "--clip-model", "ViT-B-32", "--clip-pretrained", "openai",
+                           "--out", tmp_path / "o")
+    assert_one_line_error(code, err)
+    assert "pretrained" in err[0] or "weights" in err[0]
+
+
+def test_checkpoint_of_another_architecture_is_refused(runs, tmp_path, capsys):
+    ckpt = torch.load(runs["lwta"] / "checkpoints" / "last.ckpt", weights_only=True)
+    ckpt["lwtakit_config"]["model"]["width"] = 0.25  # the weights are of width 0.125
+    bad = tmp_path / "other.ckpt"
+    torch.save(ckpt, bad)
+    code, _, err = run_cli(capsys, "dissect", "--ckpt", bad, "--out", tmp_path / "o")
+    assert_one_line_error(code, err, "does not match the architecture")
+
+
+def test_not_a_checkpoint_is_refused(tmp_path, capsys):
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"not a checkpoint")
+    code, _, err = run_cli(capsys, "dissect", "--ckpt", junk, "--out", tmp_path / "o")
+    assert_one_line_error(code, err, "not a readable checkpoint")
+
+
+def test_explain_lists_winning_units_with_labels(runs, tmp_path, capsys):
+    from lwtakit.data.synthetic import ConceptShapes
+
+    image, _ = ConceptShapes(size=4, split="test")[0]
+    path = tmp_path / "img.png"
+    Image.fromarray((image.permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(path)
+    labels = tmp_path / "labels.csv"
+    with open(labels, "w") as fh:
+        fh.write("layer,unit,label\n" + "".join(f"layer4.1.act2,{u},concept{u}\n" for u in range(64)))
+    code, out, err = run_cli(capsys, "explain", "--ckpt", runs["lwta"] / "checkpoints" / "last.ckpt", "--image",
+                             path, "--labels", labels, "--top", 5)
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) == 6 and "concept" in lines[1]
+    acts = [float(line.split()[1]) for line in lines[1:]]
+    assert acts == sorted(acts, reverse=True)
+
+
+def test_compare_sparse_and_dense_writes_report_and_csv(runs, tmp_path, capsys):
+    out = tmp_path / "compare"
+    code, _, err = run_cli(capsys, "compare", runs["lwta"], runs["dense"], "--probe-size", 128, "--eval-size", 128,
+                           "--out", out)
+    assert code == 0, err
+    rows = read_rows(out / "compare.csv")
+    lwta = {r["metric"]: float(r["value"]) for r in rows if r["run"] == "lwta"}
+    dense = {r["metric"]: float(r["value"]) for r in rows if r["run"] == "dense"}
+    assert {"accuracy/sample", "accuracy/argmax", "accuracy/mc"} <= lwta.keys() and "accuracy/dense" in dense
+    sparsity = [v for k, v in lwta.items() if k.startswith("sparsity/") and "act" in k]
+    assert sparsity and all(abs(v - 0.5) < 0.01 for v in sparsity)  # U = 2 measured
+    assert any(k.startswith("stability/") for k in lwta)  # the runs dissected every epoch
+    assert "lwta" in (out / "report.html").read_text()
+
+
+# --- analyze.py label ---------------------------------------------------------------------------
+def _planted(tmp_path, n=400, k=5, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.random((n, k)) < 0.3
+    truth = [3, 0, 4]
+    acts = np.stack([labels[:, c] + 0.3 * rng.standard_normal(n) for c in truth], 1).astype(np.float32)
+    names = [f"concept{i}" for i in range(k)]
+    np.save(tmp_path / "A.npy", acts)
+    np.save(tmp_path / "L.npy", labels)
+    np.save(tmp_path / "P.npy", labels.astype(np.float32) * 0.1 + 0.2)
+    (tmp_path / "names.txt").write_text("\n".join(names) + "\n")
+    return [names[c] for c in truth]
+
+
+@pytest.mark.parametrize("method, extra", [("invert", "--concept-labels"), ("soft_wpmi", "--concept-scores"),
+                                           ("cos", "--concept-scores")])
+def test_label_recovers_planted_concepts(tmp_path, capsys, method, extra):
+    truth = _planted(tmp_path)
+    matrix = tmp_path / ("L.npy" if extra == "--concept-labels" else "P.npy")
+    code, _, err = run_cli(capsys, "label", "--activations", tmp_path / "A.npy", "--method", method, extra, matrix,
+                           "--concept-names", tmp_path / "names.txt", "--out", tmp_path / "labels.csv")
+    assert code == 0, err
+    rows = read_rows(tmp_path / "labels.csv")
+    assert [r["label"] for r in rows] == truth
+    if method == "invert":
+        assert {"unit", "label", "score", "auc", "p_value"} <= rows[0].keys()
+        assert all(float(r["p_value"]) < 1e-20 for r in rows)
+
+
+@pytest.mark.parametrize(
+    "change, fragments",
+    [
+        ({"activations": "missing.npy"}, ["missing.npy", "does not exist"]),
+        ({"labels": "short"}, ["L.npy", "one row per image"]),
+        ({"names": ""}, ["names.txt"]),
+        ({"method": "bogus"}, ["bogus"]),
+        ({"names": "a\nb\n"}, ["2 names"]),
+    ],
+)
+def test_label_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, change, fragments):
+    _planted(tmp_path)
+    if change.get("labels") == "short":
+        np.save(tmp_path / "L.npy", np.zeros((3, 5), bool))
+    if "names" in change:
+        (tmp_path / "names.txt").write_text(change["names"])
+    acts = change.get("activations", "A.npy")
+    code, _, err = run_cli(capsys, "label", "--activations", tmp_path / acts, "--method", change.get("method", "invert"),
+                           "--concept-labels", tmp_path / "L.npy", "--concept-names", tmp_path / "names.txt",
+                           "--out", tmp_path / "labels.csv")
+    assert_one_line_error(code, err, *fragments)
+    assert not os.path.exists(tmp_path / "labels.csv")

@@ -1,0 +1,176 @@
+"""Reliability of the whole loop: a killed run resumes exactly, W&B never blocks, DDP, bad inputs."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import analyze
+import train as train_script
+from lwtakit.config import load_config
+from lwtakit.io import read_csv
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Batches of 16 images keep the LWTA layers on their eager path (no kernel compilation in subprocesses).
+TINY = ["data.train_size=192", "data.val_size=32", "data.test_size=32", "data.batch_size=16",
+        "model.width=0.125", "trainer.enable_progress_bar=false", "dissection.probe_size=32",
+        "dissection.top_images=4", "logger=csv"]
+
+
+def final_weights(run_dir):
+    state = torch.load(os.path.join(run_dir, "checkpoints", "last.ckpt"), weights_only=True)["state_dict"]
+    return {k: v for k, v in state.items() if k.startswith("model.")}
+
+
+def label_blocks(run_dir):
+    rows = read_csv(os.path.join(run_dir, "labels.csv"))
+    return sorted({(int(r["epoch"]), int(r["step"])) for r in rows}), len(rows)
+
+
+def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path):
+    args = [f"run_dir={tmp_path}", *TINY, "trainer.max_epochs=3"]
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, os.path.join(REPO, "train.py")]
+    proc = subprocess.Popen([*cmd, *args, "run_name=killed"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    labels = tmp_path / "killed" / "labels.csv"
+    try:
+        deadline = time.time() + 240
+        # Kill once the second epoch has been dissected and checkpointed, i.e. inside epoch 3.
+        while time.time() < deadline and proc.poll() is None:
+            if labels.exists() and len(label_blocks(tmp_path / "killed")[0]) >= 2:
+                time.sleep(0.5)
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert not (tmp_path / "killed" / "results.json").exists()
+
+    subprocess.run([*cmd, *args, "run_name=killed", "ckpt_path=last"], cwd=tmp_path, env=env, check=True,
+                   timeout=300, capture_output=True)
+    subprocess.run([*cmd, *args, "run_name=straight"], cwd=tmp_path, env=env, check=True, timeout=300,
+                   capture_output=True)
+    a, b = final_weights(tmp_path / "killed"), final_weights(tmp_path / "straight")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # The label history is complete: one block per epoch, no duplicate, same rows as the uninterrupted run.
+    assert label_blocks(tmp_path / "killed") == label_blocks(tmp_path / "straight")
+    assert read_csv(labels) == read_csv(tmp_path / "straight" / "labels.csv")
+
+
+def test_wandb_without_account_falls_back_to_offline(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config"))  # no stored login
+    monkeypatch.setenv("NETRC", str(tmp_path / "no_netrc"))
+    cfg = load_config("default", [f"run_dir={tmp_path}", "run_name=r", *TINY, "trainer.max_epochs=1",
+                                  "logger=wandb", "wandb.mode=online", "dissection.enabled=false"])
+    with pytest.warns(UserWarning, match="W&B"):
+        result = train_script.train(cfg)
+    assert (result.run_dir / "checkpoints" / "last.ckpt").exists()
+    assert list((result.run_dir / "wandb").glob("offline-run-*")), "no offline run after the fallback"
+
+
+def test_wandb_disabled_trains_and_logs_csv(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    cfg = load_config("default", [f"run_dir={tmp_path}", "run_name=r", *TINY, "trainer.max_epochs=1",
+                                  "logger=wandb", "dissection.enabled=false"])
+    result = train_script.train(cfg)
+    assert not (result.run_dir / "wandb").exists()
+    assert (result.run_dir / "logs" / "metrics.csv").exists()
+
+
+def test_two_process_ddp_fit_dissects_like_one_process(tmp_path):
+    """ddp_spawn on CPU: the fit runs, rank 0 alone writes labels.csv, and the dissection of the (untrained,
+    identically initialised) weights equals the one-process result row for row."""
+    common = [*TINY, "trainer.accelerator=cpu", "trainer.limit_train_batches=0", "trainer.max_epochs=1",
+              "dissection.every_n_epochs=0"]
+    one = train_script.train(load_config("default", [f"run_dir={tmp_path}", "run_name=one", *common]))
+    two = train_script.train(load_config("default", [f"run_dir={tmp_path}", "run_name=two", *common,
+                                                     "trainer.strategy=ddp_spawn", "trainer.devices=2"]))
+    rows_one, rows_two = read_csv(one.run_dir / "labels.csv"), read_csv(two.run_dir / "labels.csv")
+    assert rows_one and rows_one == rows_two
+
+
+# --- the table of bad inputs (also in the README) -----------------------------------------------
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    cfg = load_config("default", [f"run_dir={root}", "run_name=r", *TINY, "trainer.max_epochs=1",
+                                  "logger=none", "dissection.enabled=false", "data.train_size=32"])
+    return train_script.train(cfg).last_ckpt
+
+
+def _setup(case, tmp, ckpt):
+    """Files a case needs; returns (program, argv)."""
+    (tmp / "empty.txt").write_text("\n  \n")
+    (tmp / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    np.save(tmp / "A.npy", np.zeros((8, 3), np.float32))
+    np.save(tmp / "L.npy", np.zeros((8, 2), bool))
+    blocker = tmp / "a_file"
+    blocker.write_text("")
+    other = torch.load(ckpt, weights_only=True)
+    other["lwtakit_config"]["model"]["name"] = "resnet34"
+    torch.save(other, tmp / "other.ckpt")
+    t = [f"run_dir={tmp}", "run_name=bad", *TINY, "logger=none"]
+    return {
+        "unknown config key": ("train", [*t, "model.colour=red"]),
+        "wrong type": ("train", [*t, "data.batch_size=big"]),
+        "missing data path": ("train", [*t, "data.name=mnist", f"data.root={tmp}/nope.npz"]),
+        "U does not divide the width": ("train", [*t, "model.name=vit_tiny", "model.U=5", "model.depth=1"]),
+        "NaN loss": ("train", [*t, "optim.lr=1e30", "optim.schedule=none", "trainer.max_epochs=1"]),
+        "corrupt image file": ("analyze", ["explain", "--ckpt", ckpt, "--image", tmp / "corrupt.png"]),
+        "empty concept file": ("analyze", ["label", "--activations", tmp / "A.npy", "--method", "invert",
+                                           "--concept-labels", tmp / "L.npy", "--concept-names", tmp / "empty.txt",
+                                           "--out", tmp / "out" / "labels.csv"]),
+        "unknown layer": ("analyze", ["dissect", "--ckpt", ckpt, "--layers", "layer9", "--out", tmp / "out"]),
+        "CLIP weights offline": ("analyze", ["dissect", "--ckpt", ckpt, "--methods", "clip_dissect",
+                                             "--clip-model", "ViT-B-32", "--clip-pretrained", "laion2b_s34b_b79k",
+                                             "--out", tmp / "out"]),
+        "checkpoint of another architecture": ("analyze", ["dissect", "--ckpt", tmp / "other.ckpt",
+                                                           "--out", tmp / "out"]),
+        "missing checkpoint": ("analyze", ["dissect", "--ckpt", tmp / "none.ckpt", "--out", tmp / "out"]),
+        "unwritable output folder": ("analyze", ["dissect", "--ckpt", ckpt, "--probe-size", 16, "--top-images", 2,
+                                                 "--out", blocker / "report"]),
+        "probe set smaller than top-k": ("analyze", ["dissect", "--ckpt", ckpt, "--probe-size", 4,
+                                                     "--top-images", 8, "--out", tmp / "out"]),
+    }[case]
+
+
+BAD_INPUTS = [
+    ("unknown config key", "model.colour"),
+    ("wrong type", "data.batch_size"),
+    ("missing data path", "nope.npz"),
+    ("U does not divide the width", "U=5"),
+    ("NaN loss", "loss is nan"),
+    ("corrupt image file", "corrupt.png"),
+    ("empty concept file", "empty.txt"),
+    ("unknown layer", "layer9"),
+    ("CLIP weights offline", "pretrained"),
+    ("checkpoint of another architecture", "does not match"),
+    ("missing checkpoint", "none.ckpt"),
+    ("unwritable output folder", "a_file"),
+    ("probe set smaller than top-k", "--top-images"),
+]
+
+
+@pytest.mark.parametrize("case, fragment", BAD_INPUTS, ids=[c for c, _ in BAD_INPUTS])
+def test_bad_input_is_one_clear_line_and_nothing_half_written(case, fragment, tmp_path, ckpt, capsys):
+    program, argv = _setup(case, tmp_path, ckpt)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    main = train_script.main if program == "train" else analyze.main
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0
+    errors = [line for line in err if line.startswith("error: ")]
+    assert len(errors) == 1 and fragment.lower() in errors[0].lower(), err
+    created = [p for p in tmp_path.rglob("*") if p.relative_to(tmp_path) not in before]
+    # Nothing half-written: no outputs, no checkpoint, no results (a failed run may keep its config).
+    assert not [p for p in created if p.suffix in (".csv", ".html", ".ckpt", ".json", ".png")], created
