@@ -124,7 +124,9 @@ def _start_wandb(cfg: DictConfig, run_dir: Path, offline: bool) -> Logger | None
 
 def build_callbacks(cfg: DictConfig, run_dir: Path, datamodule: VisionDataModule) -> list[pl.Callback]:
     callbacks: list[pl.Callback] = [
-        ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True, save_top_k=0),
+        # The latest epoch's checkpoint, with last.ckpt linking to it. (save_top_k=0 would write last.ckpt only
+        # when training ends, leaving nothing to resume after a crash.)
+        ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last="link", save_top_k=1),
         RNGStateCheckpoint(),
     ]
     if cfg.logger != "none":

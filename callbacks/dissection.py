@@ -25,9 +25,9 @@ HISTORY_COLUMNS = ("epoch", "step", "layer", "unit", "method", "label", "score",
 class DissectionCallback(pl.Callback):
     """Runs :func:`lwtakit.dissect.dissect` on a fixed probe set during training and logs the labels.
 
-    When: every ``every_n_epochs`` epochs (at the epoch's end), on each checkpoint save (``on_checkpoint``)
-    and at the end of fit (``at_fit_end``); never in the sanity check or a ``fast_dev_run``, and at most once
-    per global step.
+    When: every ``every_n_epochs`` epochs (at the epoch's end, before its checkpoint), on each checkpoint save
+    (``on_checkpoint``) and at the end of fit (``at_fit_end``); never in the sanity check or a ``fast_dev_run``,
+    and at most once per global step.
 
     What stays untouched: the model is analysed in eval mode under ``inference_mode`` and the global RNG
     states are restored afterwards, so a run with the callback follows exactly the trajectory of a run
@@ -126,7 +126,16 @@ class DissectionCallback(pl.Callback):
             # after that checkpoint (before a crash) are dropped, as they will be redone.
             write_csv(path, self.history, HISTORY_COLUMNS)
 
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # ModelCheckpoint saves here (it runs after the other callbacks) when validation runs at the epoch's
+        # end: dissecting first puts this epoch's labels into that checkpoint's history.
+        if trainer.state.fn == "fit":
+            self._epoch_end(trainer, pl_module)
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_end(trainer, pl_module)  # epochs without validation (a no-op if already done)
+
+    def _epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last_epoch_end = (trainer.current_epoch, trainer.global_step)
         if self._enabled(trainer) and self._due_by_epoch(trainer):
             self.run(trainer, pl_module)

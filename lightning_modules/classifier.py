@@ -33,10 +33,7 @@ class LitClassifier(pl.LightningModule):
              "mean": list(mean), "std": list(std), "class_names": self.class_names}
         )
         self.model = build_network(cfg, num_classes, in_chans, mean, std)
-        t = cfg.model.temperature
-        options = {"gamma": t.gamma, "step_size": t.step_size, "t_min": t.t_min, "epochs": cfg.trainer.max_epochs}
-        self.temperature_at = make_schedule(
-            t.schedule, t.t0, **{k: v for k, v in options.items() if k in SCHEDULE_ARGS[t.schedule]})
+        self.temperature_at(0)  # validate the schedule now, not at the first epoch
         self.has_lwta = bool(lwta_layers(self.model))
         # Modes other than the network's own make sense only with competition in the network.
         modes = list(cfg.eval.modes) if self.has_lwta else ["argmax"]
@@ -46,6 +43,14 @@ class LitClassifier(pl.LightningModule):
         self.val_top5 = torch.nn.ModuleDict({m: MulticlassAccuracy(num_classes, top_k=topk) for m in self.eval_modes})
         self.test_top1 = torch.nn.ModuleDict({m: MulticlassAccuracy(num_classes, top_k=1) for m in self.eval_modes})
         self.test_top5 = torch.nn.ModuleDict({m: MulticlassAccuracy(num_classes, top_k=topk) for m in self.eval_modes})
+
+    def temperature_at(self, epoch: int) -> float:
+        """LWTA temperature of an epoch under the configured schedule (built on demand: a closure attribute
+        would make the module unpicklable for ddp_spawn)."""
+        t = self.cfg.model.temperature
+        options = {"gamma": t.gamma, "step_size": t.step_size, "t_min": t.t_min, "epochs": self.cfg.trainer.max_epochs}
+        kwargs = {k: v for k, v in options.items() if k in SCHEDULE_ARGS[t.schedule]}
+        return make_schedule(t.schedule, t.t0, **kwargs)(epoch)
 
     def configure_model(self) -> None:
         if self.cfg.trainer.compile and not isinstance(self.model, torch._dynamo.eval_frame.OptimizedModule):

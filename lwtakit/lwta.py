@@ -220,6 +220,19 @@ class _LWTABlock(torch.autograd.Function):
 
 
 # --------------------------------------------------------------------------------------------------
+def _argmax_competition(xv: Tensor) -> tuple[Tensor, Tensor]:
+    """Deterministic competition on ``xv [P, G, U, Q]``: the largest unit of each block wins (the first on
+    ties). Returns the masked values and the winner index [P, G, Q]. An argmax or scatter over the strided
+    U dim is ~10x slower on CPU than these element-wise forms."""
+    if xv.shape[2] == 2:
+        second = xv[:, :, 1] > xv[:, :, 0]
+        out = torch.stack((xv[:, :, 0] * ~second, xv[:, :, 1] * second), dim=2)
+        return out, second
+    idx = xv.movedim(2, 3).argmax(dim=3)  # U innermost: a contiguous reduction
+    mask = F.one_hot(idx, xv.shape[2]).movedim(3, 2).to(xv.dtype)
+    return xv * mask, idx
+
+
 class LWTA(nn.Module):
     """Stochastic LWTA activation (DISCOVER, Panousis et al. 2023; module docstring, eqs. 1-2).
 
@@ -313,9 +326,7 @@ class LWTA(nn.Module):
         xv = x.contiguous().view(P, G, self.U, Q)
         inv_t = 1.0 / self.temperature
         if self.inference == "argmax" and not self.training:
-            idx = xv.argmax(dim=2, keepdim=True)
-            out = xv * torch.zeros_like(xv).scatter_(2, idx, 1.0)
-            win = idx.squeeze(2)
+            out, win = _argmax_competition(xv)
         elif self.U == 2:
             sd = torch.float16 if (self.save_dtype == "half" and x.dtype == torch.float32) else x.dtype
             fuse = self.fused is True or (self.fused == "auto" and x.numel() >= _FUSE_MIN_NUMEL)

@@ -228,3 +228,15 @@ def test_fused_sampler_frequencies_follow_softmax_h_over_T():
     counts = np.bincount(m.last_winners.view(-1).numpy(), minlength=2)
     p = torch.softmax(h.double() / T, 0).numpy()
     assert stats.chisquare(counts, p / p.sum() * n).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("U", [2, 3, 4])
+@pytest.mark.parametrize("shape", [(3, 12, 5, 5), (2, 7, 12)])
+def test_argmax_mode_matches_a_direct_per_block_argmax(U, shape):
+    x = torch.randn(*shape).round(decimals=1)  # rounding makes ties; the first unit of a tie wins
+    layer = LWTA(U=U, inference="argmax").eval()
+    d = 1 if x.dim() == 4 else -1
+    blocks = x.movedim(d, -1).unflatten(-1, (-1, U))
+    expected = (blocks * torch.nn.functional.one_hot(blocks.argmax(-1), U)).flatten(-2).movedim(-1, d)
+    assert torch.equal(layer(x), expected)
+    assert torch.equal(layer.winner_mask(), expected != 0) or (x == 0).any()

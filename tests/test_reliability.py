@@ -54,10 +54,10 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path):
         proc.wait(timeout=30)
     assert not (tmp_path / "killed" / "results.json").exists()
 
-    subprocess.run([*cmd, *args, "run_name=killed", "ckpt_path=last"], cwd=tmp_path, env=env, check=True,
-                   timeout=300, capture_output=True)
-    subprocess.run([*cmd, *args, "run_name=straight"], cwd=tmp_path, env=env, check=True, timeout=300,
-                   capture_output=True)
+    for extra in (["run_name=killed", "ckpt_path=last"], ["run_name=straight"]):
+        done = subprocess.run([*cmd, *args, *extra], cwd=tmp_path, env=env, timeout=300, capture_output=True,
+                              text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
     a, b = final_weights(tmp_path / "killed"), final_weights(tmp_path / "straight")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # The label history is complete: one block per epoch, no duplicate, same rows as the uninterrupted run.
