@@ -48,7 +48,7 @@ def _probe(spec: str | None, loaded, size: int, seed: int):
 
 
 def _clip(args):
-    if args.clip_pretrained is None:
+    if args.clip_pretrained is None and not args.clip_model.startswith("local-dir:"):
         return None
     from lwtakit.clip import load_clip
 
@@ -86,10 +86,14 @@ def cmd_dissect(args) -> Path:
     if args.inference:
         set_inference(model, args.inference)
     probe = _probe(args.probe, loaded, args.probe_size, args.seed)
-    clip = _clip(args) if "clip_dissect" in args.methods else None
+    clip = _clip(args) if {"clip_dissect", "describe"} & set(args.methods) else None
     clip_concepts = load_concepts(args.concepts) if clip is not None else None
     concepts = ConceptSource.from_dataset(probe, clip=clip, clip_concepts=clip_concepts,
                                           clip_cache_dir=args.clip_cache)
+    if "describe" in args.methods:
+        from lwtakit.labelers.describe import CocaCaptioner
+
+        concepts.captioner = CocaCaptioner(args.caption_model, args.caption_pretrained)
     check_methods(args.methods, concepts, probe)
     layers = args.layers or default_layers(model)
     if args.top_images > len(probe):
@@ -259,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--ckpt", help="checkpoint written by train.py")
     src.add_argument("--model", help="torchvision:NAME (ImageNet weights)")
     d.add_argument("--layers", nargs="+", help="module names (default: last stage activations + classifier)")
-    d.add_argument("--methods", nargs="+", default=["invert"], help="invert clip_dissect iou (default: invert)")
+    d.add_argument("--methods", nargs="+", default=["invert"],
+                   help="invert clip_dissect iou describe (default: invert)")
     d.add_argument("--probe", help="synthetic | mnist:PATH | cifar10:ROOT | imagefolder:ROOT | folder:PATH")
     d.add_argument("--probe-size", type=int, default=1000)
     d.add_argument("--concepts", default="synthetic", help="concept set for CLIP: builtin name or text file")
@@ -270,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--clip-pretrained", help="open_clip tag (online), weights file, or local-dir:FOLDER")
     d.add_argument("--clip-cache", help="folder for cached CLIP embeddings")
     d.add_argument("--clip-method", default="soft_wpmi", choices=CLIP_FUNCTIONS)
+    d.add_argument("--caption-model", default="coca_ViT-B-32", help="open_clip CoCa model (describe)")
+    d.add_argument("--caption-pretrained", default="mscoco_finetuned_laion2b_s13b_b90k",
+                   help="CoCa weights: tag, file or local-dir: (describe)")
     d.add_argument("--inference", choices=["sample", "argmax"], help="LWTA mode while recording")
     d.add_argument("--top-images", type=int, default=8)
     d.add_argument("--grid-units", type=int, default=12, help="units per layer shown with their top images")

@@ -7,7 +7,9 @@ every chosen method:
 - ``invert``: AUC against binary concept labels, compositional formulas, p-values (Bykov et al. 2023);
 - ``clip_dissect``: similarity to CLIP's image-concept matrix (Oikarinen & Weng 2023);
 - ``iou``: Network-Dissection IoU against per-pixel concept masks (Bau et al. 2017). IoU needs the spatial
-  maps, which the recording never keeps, so it makes its own two streaming passes.
+  maps, which the recording never keeps, so it makes its own two streaming passes;
+- ``describe``: captions of each unit's top images (an open_clip CoCa model) turned into candidate phrases and
+  rescored with the CLIP-Dissect score (after Describe-and-Dissect, 2024, without external services).
 
 Rows are plain dicts (``layer, unit, method, label, score, firing_rate`` + the method's fields), ready for
 CSV, W&B tables and reports. Framework-free: Lightning wires this into training, it does not reimplement it.
@@ -28,7 +30,7 @@ from torch import nn
 from lwtakit.errors import UserError
 from lwtakit.recording import Recording, record_activations
 
-METHODS = ("invert", "clip_dissect", "iou")
+METHODS = ("invert", "clip_dissect", "iou", "describe")
 PCA_SUFFIX = "#pca"
 COLUMNS = ("layer", "unit", "method", "label", "score", "firing_rate", "auc", "p_value", "length", "top5")
 
@@ -48,6 +50,7 @@ class ConceptSource:
     clip: Any = None
     clip_concepts: list[str] | None = None
     clip_cache_dir: str | None = None
+    captioner: Any = None  # images [B, 3, H, W] -> captions (describe), e.g. labelers.describe.CocaCaptioner
 
     @classmethod
     def from_dataset(cls, dataset, clip=None, clip_concepts: Sequence[str] | None = None,
@@ -87,6 +90,9 @@ def check_methods(methods: Sequence[str], concepts: ConceptSource, probe) -> Non
     if "clip_dissect" in methods and (concepts.clip is None or not concepts.clip_concepts):
         raise UserError("method clip_dissect needs CLIP weights and a concept set; set clip.pretrained "
                         "(a tag, a weights file, or local-dir:FOLDER) and concepts")
+    if "describe" in methods and (concepts.clip is None or concepts.captioner is None):
+        raise UserError("method describe needs CLIP weights and a captioning model; set clip.pretrained and "
+                        "the CoCa model (pip install -e '.[describe]')")
     if "iou" in methods and not hasattr(probe, "concept_masks"):
         raise UserError("method iou needs per-pixel concept masks; use the synthetic probe set")
 
@@ -133,7 +139,7 @@ def dissect(
                                     "labels": np.eye(len(concepts.names), dtype=bool)[rec.labels.numpy()]})
 
     clip_factors = None
-    if "clip_dissect" in methods:
+    if "clip_dissect" in methods or "describe" in methods:
         from lwtakit.clip import embed_dataset_cached, embed_texts_cached
 
         t = time.perf_counter()
@@ -176,6 +182,11 @@ def _label(method, model, probe, layer, acts, concepts, clip_factors, *, max_len
         from lwtakit.labelers.clip_dissect import label_units
 
         return label_units(acts, clip_factors, concepts.clip_concepts, method=clip_method)
+    if method == "describe":
+        from lwtakit.labelers.describe import label_units
+
+        return label_units(acts, probe, concepts.clip, concepts.captioner, image_emb=clip_factors[0],
+                           method=clip_method, cache_dir=concepts.clip_cache_dir)
     from lwtakit.labelers.iou import label_units
 
     return label_units(model, probe, layer, list(probe.concept_names), quantile=iou_quantile,

@@ -1,0 +1,139 @@
+"""The dissection engine: one activation pass feeds every labeler; results equal each labeler run alone."""
+
+import open_clip
+import pytest
+import torch
+from torch import nn
+
+import analyze
+from lwtakit import clip as lclip
+from lwtakit.data import probe_subset
+from lwtakit.data.synthetic import ConceptShapes
+from lwtakit.dissect import ConceptSource, dissect
+from lwtakit.errors import UserError
+from lwtakit.labelers import clip_dissect, invert
+
+TINY_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+class ColourNet(nn.Module):
+    """Hand-wired: conv units detect red / green / blue (r - (g+b)/2 etc.), then a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        w = torch.tensor([[1.0, -0.5, -0.5], [-0.5, 1.0, -0.5], [-0.5, -0.5, 1.0]]).view(3, 3, 1, 1)
+        self.conv = nn.Conv2d(3, 3, 1, bias=False)
+        self.conv.weight.data.copy_(w)
+        self.act = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(3, 6)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.act(self.conv(x))).flatten(1))
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    torch.manual_seed(0)
+    folder = lclip.save_local_dir(open_clip.CLIP(**TINY_CLIP), TINY_CLIP, tmp_path_factory.mktemp("clip") / "m")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def probe():
+    return probe_subset(ConceptShapes(size=600, split="val"), 300, seed=0)
+
+
+def test_one_pass_feeds_invert_clip_and_describe_like_each_labeler_alone(probe, tiny_clip, tmp_path):
+    model = ColourNet().eval()
+    clip = lclip.load_clip(f"local-dir:{tiny_clip}")
+    concepts = ConceptSource.from_dataset(probe, clip=clip, clip_cache_dir=str(tmp_path))
+    concepts.captioner = lambda images: ["a red shape" if img[0].mean() > img[1:].mean() else "a blue thing"
+                                         for img in images]
+    calls = []
+    model.conv.register_forward_hook(lambda *a: calls.append(1))
+    result = dissect(model, probe, ["act", "fc"], ["invert", "clip_dissect", "describe"], concepts,
+                     batch_size=100, progress=False)
+    assert len(calls) == 3  # one pass of 300 images in batches of 100, whatever the number of methods
+    by = {(r["layer"], r["method"]): [] for r in result.rows}
+    for r in result.rows:
+        by[(r["layer"], r["method"])].append(r)
+    assert set(by) == {(ly, m) for ly in ("act", "fc") for m in ("invert", "clip_dissect", "describe")}
+
+    acts = result.recording.acts["act"]
+    alone = invert.label_units(acts, torch.from_numpy(probe.concept_matrix()), probe.concept_names)
+    assert [r["label"] for r in by[("act", "invert")]] == [r["label"] for r in alone]
+    assert [r["label"] for r in by[("act", "invert")]] == ["red", "green", "blue"]  # the planted detectors
+
+    image_emb = clip.encode_images(probe)
+    text_emb = clip.encode_texts(probe.concept_names)
+    dense = clip_dissect.label_units(acts, image_emb @ text_emb.T, probe.concept_names)
+    got = by[("act", "clip_dissect")]
+    assert [r["label"] for r in got] == [r["label"] for r in dense]
+    assert [r["score"] for r in got] == pytest.approx([r["score"] for r in dense], abs=1e-5)
+    assert all(r["label"] for r in by[("act", "describe")])
+
+
+def test_pca_directions_and_iou_rows(probe):
+    result = dissect(ColourNet().eval(), probe, ["act", "fc"], ["invert", "iou"], ConceptSource.from_dataset(probe),
+                     pca_components=2, progress=False)
+    layers = {(r["layer"], r["method"]) for r in result.rows}
+    assert ("act#pca", "invert") in layers and ("act", "iou") in layers
+    assert ("fc", "iou") not in layers and ("act#pca", "iou") not in layers  # no spatial maps there
+    iou = {r["unit"]: r["label"] for r in result.rows if r["method"] == "iou"}
+    assert iou == {0: "red", 1: "green", 2: "blue"}
+    assert len([r for r in result.rows if r["layer"] == "act#pca"]) == 2
+
+
+def test_missing_requirements_are_user_errors(probe):
+    with pytest.raises(UserError, match="clip_dissect needs CLIP"):
+        dissect(ColourNet(), probe, ["act"], ["clip_dissect"], ConceptSource.from_dataset(probe))
+    with pytest.raises(UserError, match="unknown dissection method 'netdissect'"):
+        dissect(ColourNet(), probe, ["act"], ["netdissect"], ConceptSource.from_dataset(probe))
+
+
+def test_classes_stand_in_for_concepts_when_the_probe_has_none():
+    class Plain(torch.utils.data.Dataset):  # labelled images without concept annotations (like MNIST)
+        class_names = ["dark", "bright"]
+
+        def __len__(self):
+            return 64
+
+        def __getitem__(self, i):
+            return torch.full((3, 8, 8), 0.9 if i % 2 else 0.1), i % 2
+
+    class Brightness(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(1, 2)
+            self.fc.weight.data = torch.tensor([[-1.0], [1.0]])
+
+        def forward(self, x):
+            return self.fc(x.mean(dim=(1, 2, 3)).unsqueeze(1))
+
+    rows = dissect(Brightness(), Plain(), ["fc"], ["invert"], ConceptSource.from_dataset(Plain()),
+                   progress=False).rows
+    assert [r["label"] for r in rows] == ["dark", "bright"]
+
+
+def test_analyze_dissect_with_local_clip(tmp_path, tiny_clip, capsys, monkeypatch):
+    """--model accepts a checkpoint; here the CLI runs CLIP-Dissect end to end with a local-dir CLIP."""
+    import train as train_script
+    from lwtakit.config import load_config
+
+    cfg = load_config("default", [f"run_dir={tmp_path}", "run_name=r", "data.train_size=32", "data.val_size=64",
+                                  "data.test_size=32", "data.batch_size=32", "model.width=0.125",
+                                  "trainer.max_epochs=1", "logger=none", "dissection.enabled=false",
+                                  "trainer.enable_progress_bar=false"])
+    ckpt = train_script.train(cfg).last_ckpt
+    out = tmp_path / "report"
+    code = analyze.main(["dissect", "--ckpt", str(ckpt), "--methods", "invert", "clip_dissect", "--clip-model",
+                         f"local-dir:{tiny_clip}", "--clip-cache", str(tmp_path / "cache"), "--probe-size", "48",
+                         "--top-images", "4", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    text = (out / "labels.csv").read_text()
+    assert ",clip_dissect," in text and ",invert," in text
