@@ -130,13 +130,22 @@ def cmd_dissect(args) -> Path:
         top = {u: torch.stack([probe[i][0] for i in result.top_images(layer, u, args.top_images)]) for u in units}
         infos.append(report.LayerInfo(name=layer, units=len(firing), active_fraction=float(firing.mean()),
                                       firing=firing, top_images=top))
+    drift = None
+    history = Path(args.ckpt).resolve().parent.parent / "labels.csv" if args.ckpt else None
+    if history is not None and history.is_file():  # a train.py run folder: its label history over training
+        from lwtakit.drift import agreement
+        from lwtakit.io import read_csv
+
+        past = read_csv(history)
+        drift = {f"{layer} ({m})": pts for m in {r["method"] for r in past}
+                 for layer, pts in agreement(past, m).items()} or None
     meta = {"model": loaded.name, "probe": f"{args.probe or 'training data (val)'}, {len(probe)} images",
             "methods": ", ".join(args.methods), "layers": ", ".join(layers),
             "seconds": f"{time.perf_counter() - started:.1f}"}
     with staged_dir(args.out) as stage:
         write_csv(stage / "labels.csv", rows, _columns(rows))
         report.dissection_report(stage, title=f"Dissection of {loaded.name}", rows=rows, layers=infos,
-                                 evaluation=evaluation, completeness=completeness, meta=meta)
+                                 evaluation=evaluation, completeness=completeness, drift=drift, meta=meta)
     return Path(args.out) / "report.html"
 
 

@@ -149,6 +149,27 @@ class DissectionCallback(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.at_fit_end and self._enabled(trainer):
             self.run(trainer, pl_module)
+        if trainer.is_global_zero and self._enabled(trainer) and self.history:
+            self._log_drift(trainer)
+
+    def _log_drift(self, trainer: pl.Trainer) -> None:
+        """Label agreement between consecutive dissections per layer: a plot in the run folder and in W&B."""
+        from lwtakit.plots import label_agreement, save_png
+
+        curves = {f"{layer} ({m})": points for m in self.methods
+                  for layer, points in agreement(self.history, m).items()}
+        if not any(curves.values()):
+            return
+        if self.run_dir is not None:
+            save_png(label_agreement(curves), self.run_dir / "label_drift.png")
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                import wandb
+
+                from lwtakit.plots import png_bytes
+
+                logger.experiment.log({"dissection/label_drift": wandb.Image(
+                    _png_to_array(png_bytes(label_agreement(curves)))), "trainer/global_step": trainer.global_step})
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": [dict(r) for r in self.history], "done": list(self.done), "seconds": self.seconds}

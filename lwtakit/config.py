@@ -294,8 +294,9 @@ def validate(cfg: DictConfig) -> None:
         cfg.model.U = 1  # a dense twin has no competition; keep the field honest in the saved config
     if cfg.data.batch_size < 1:
         raise UserError(f"config key 'data.batch_size' must be >= 1, got {cfg.data.batch_size}")
-    if cfg.dissection.probe_size < 2:
-        raise UserError(f"config key 'dissection.probe_size' must be >= 2, got {cfg.dissection.probe_size}")
+    if cfg.dissection.probe_size < max(2, cfg.dissection.top_images):
+        raise UserError(f"config key 'dissection.probe_size' ({cfg.dissection.probe_size}) must be >= 2 and >= "
+                        f"dissection.top_images ({cfg.dissection.top_images})")
 
 
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:

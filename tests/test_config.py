@@ -38,6 +38,7 @@ def test_every_ready_config_resolves(path):
         (["model=nope"], None),  # not a group file: treated as a value for the 'model' node
         (["max_epochs"], "must look like key=value"),
         (["eval.modes=[sample,bogus]"], "eval.modes"),
+        (["dissection.probe_size=4", "dissection.top_images=8"], "dissection.top_images"),
     ],
 )
 def test_bad_overrides_are_one_line_errors(overrides, expected):
