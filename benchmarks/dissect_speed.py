@@ -54,16 +54,10 @@ def _best_of_interleaved(fns, repeats: int) -> list[float]:
 
 # --------------------------------------------------------------------------------------------------
 def _small_resnet(num_classes: int = 10) -> tuple[torch.nn.Module, str]:
-    """The project's LWTA ResNet-18 when lwtakit.models is there, else torchvision's ResNet-18."""
-    try:
-        from lwtakit.models import build_model
+    from lwtakit.models import build_model
 
-        model = build_model("resnet18", num_classes=num_classes, act="lwta", U=2, width=0.5)
-        return model, "lwtakit resnet18 (lwta U=2, width .5)"
-    except Exception:  # noqa: BLE001 - fall back to a plain model so the benchmark always runs
-        import torchvision
-
-        return torchvision.models.resnet18(num_classes=num_classes), "torchvision resnet18"
+    model = build_model("resnet18", num_classes=num_classes, act="lwta", U=2, width=0.5)
+    return model, "lwtakit resnet18 (lwta U=2, width .5)"
 
 
 def add_recording_args(p: argparse.ArgumentParser) -> None:
@@ -71,28 +65,40 @@ def add_recording_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--probe", type=int, default=256, help="probe images")
     g.add_argument("--img", type=int, default=64, help="image side")
     g.add_argument("--batch", type=int, default=64)
-    g.add_argument("--layers", default="", help="comma-separated module names (default: layer3,layer4,fc "
-                   "or the model's default_layers)")
+    g.add_argument("--layers", default="", help="comma-separated module names (default: the model's "
+                   "default_layers, the last stage + classifier)")
 
 
 def bench_recording(args) -> dict:
+    """One dissection (record the layers + INVERT-label every unit) vs bare forward passes over the same
+    probe set: the synthetic concept data, drawn once into memory so both sides time the model only."""
+    from lwtakit.data.synthetic import ConceptShapes
+    from lwtakit.dissect import ConceptSource, dissect
     from lwtakit.recording import record_activations
 
     torch.manual_seed(0)
-    model, what = _small_resnet()
+    model, what = _small_resnet(num_classes=6)
     model.eval()
-    data = torch.utils.data.TensorDataset(torch.rand(args.probe, 3, args.img, args.img),
-                                          torch.randint(0, 10, (args.probe,)))
-    loader = torch.utils.data.DataLoader(data, batch_size=args.batch, shuffle=False)
+    shapes = ConceptShapes(size=args.probe, split="val", img_size=args.img)
+    images = torch.stack([shapes[i][0] for i in range(len(shapes))])
+    labels = torch.tensor([shapes[i][1] for i in range(len(shapes))])
+
+    class Probe(torch.utils.data.TensorDataset):
+        concept_names = shapes.concept_names
+        class_names = shapes.class_names
+
+        def concept_matrix(self):
+            return shapes.concept_matrix()
+
+    probe = Probe(images, labels)
+    loader = torch.utils.data.DataLoader(probe, batch_size=args.batch, shuffle=False)
     if args.layers:
         layers = args.layers.split(",")
     else:
-        try:
-            from lwtakit.models import default_layers
+        from lwtakit.models import default_layers
 
-            layers = default_layers(model)
-        except Exception:  # noqa: BLE001
-            layers = ["layer3", "layer4", "fc"]
+        layers = default_layers(model)
+    concepts = ConceptSource.from_dataset(probe)
 
     def bare():  # same mode as the recording: eval + inference_mode
         with torch.inference_mode():
@@ -102,11 +108,17 @@ def bench_recording(args) -> dict:
     def record():
         record_activations(model, loader, layers, progress=False)
 
+    def record_and_label():
+        dissect(model, probe, layers, ["invert"], concepts, batch_size=args.batch, progress=False)
+
     bare()  # warm-up
-    record()
-    t_bare, t_rec = _best_of_interleaved([bare, record], args.repeats)
-    return {"model": what, "layers": ",".join(layers), "probe": args.probe, "img": args.img,
-            "bare_s": t_bare, "record_s": t_rec, "ratio record/bare (target <= 1.2)": t_rec / t_bare}
+    record_and_label()
+    t_bare, t_rec, t_all = _best_of_interleaved([bare, record, record_and_label], args.repeats)
+    units = sum(int(record_activations(model, loader, [ly], progress=False).acts[ly].shape[1]) for ly in layers)
+    return {"model": what, "layers": ",".join(layers), "units": units, "concepts": len(shapes.concept_names),
+            "probe": args.probe, "img": args.img, "bare_s": t_bare, "record_s": t_rec, "record+invert_s": t_all,
+            "ratio record/bare": t_rec / t_bare,
+            "ratio (record + INVERT labels)/bare (target <= 1.2)": t_all / t_bare}
 
 
 # --------------------------------------------------------------------------------------------------

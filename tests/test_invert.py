@@ -163,3 +163,21 @@ def test_invert_finds_hand_wired_colour_detectors_on_concept_shapes():
     rows = label_units(rec.acts["act"], probe.concept_matrix(), probe.concept_names, max_length=3)
     assert [r["label"] for r in rows] == ["red", "green", "blue"]
     assert all(r["auc"] > 0.9 and r["p_value"] < 1e-10 for r in rows)
+
+
+def test_vectorised_single_concept_labels_equal_the_beam_search():
+    """max_length=1 takes a vectorised path; the beam search with no admissible extension (min_gain > 1)
+    must choose the same atom, AUC, p-value and top five for every unit."""
+    g = torch.Generator().manual_seed(3)
+    N, C, K = 300, 40, 12
+    labels = torch.rand(N, K, generator=g) < torch.linspace(0.05, 0.7, K)
+    acts = (labels[:, torch.randint(0, K, (C,), generator=g)].float() + torch.randn(N, C, generator=g)).round(
+        decimals=1)  # rounding: ties
+    acts[:, 0] = 0.0  # a dead unit
+    names = [f"c{k}" for k in range(K)]
+    fast = label_units(acts, labels, names, max_length=1, max_fraction=0.5)
+    beam = label_units(acts, labels, names, max_length=2, min_gain=2.0, max_fraction=0.5)
+    for f, b in zip(fast, beam, strict=True):
+        assert f["label"] == b["label"] and f["top5"] == b["top5"], (f, b)
+        assert f["auc"] == pytest.approx(b["auc"], nan_ok=True)
+        assert f["p_value"] == pytest.approx(b["p_value"], rel=1e-9, nan_ok=True)

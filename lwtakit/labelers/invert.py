@@ -343,7 +343,7 @@ def _search_unit(x, ranks, rC, C, Cb, counts, N, names, max_length, beam, min_fr
     ok1 = admissible(n1)
     labels_by_length: dict[int, list[_Node]] = {1: []}
     current: list[_Node] = []
-    for j in torch.argsort(torch.nan_to_num(auc1, nan=-1.0), descending=True).tolist():
+    for j in torch.argsort(torch.nan_to_num(auc1, nan=-1.0), descending=True, stable=True).tolist():
         if math.isnan(float(auc1[j])) or (len(current) >= beam and labels_by_length[1]):
             break
         concept, neg = j % K, j >= K
@@ -422,8 +422,36 @@ def _search_unit(x, ranks, rC, C, Cb, counts, N, names, max_length, beam, min_fr
     return chosen, top
 
 
+def _label_atoms(ids, RC, ties, counts, N, names, min_fraction, max_fraction) -> list[dict]:
+    """Length-1 labels of a chunk of units, vectorised: the same choice as :func:`_search_unit` with
+    ``max_length=1`` (the admissible concept or negation of highest AUC), its p-value and top five."""
+    K = len(names)
+    R1 = torch.cat([RC, N * (N + 1) / 2 - RC], dim=1)  # [chunk, 2K]; rank sum of NOT c = total - that of c
+    n1 = torch.cat([counts, N - counts]).expand_as(R1)
+    auc1 = _auc_from(R1, n1, N)
+    admissible = (n1 >= max(min_fraction * N, 1)) & (n1 <= min(max_fraction * N, N - 1)) & ~auc1.isnan()
+    masked = torch.where(admissible, auc1, torch.full_like(auc1, -1.0))
+    order = torch.argsort(masked, dim=1, descending=True, stable=True)[:, :5]
+    best = order[:, :1]
+    n_pos = n1.gather(1, best)
+    logp = _mwu_logp(R1.gather(1, best) - n_pos * (n_pos + 1) / 2, n_pos, N - n_pos, ties, "greater")
+    rows = []
+    for j, unit in enumerate(ids):
+        b = int(best[j, 0])
+        if not bool(admissible[j, b]):
+            rows.append({"unit": unit, "label": None, "score": float("nan"), "auc": float("nan"),
+                         "p_value": float("nan"), "length": 0, "formula": None, "top5": []})
+            continue
+        formula = Formula.atom(b % K, b >= K, names)
+        auc = float(auc1[j, b])
+        top = [(names[i % K] if i < K else "NOT " + names[i % K]) for i in order[j].tolist() if admissible[j, i]]
+        rows.append({"unit": unit, "label": str(formula), "score": auc, "auc": auc, "p_value": float(logp[j, 0].exp()),
+                     "length": 1, "formula": formula, "top5": top})
+    return rows
+
+
 def order_top(auc1: torch.Tensor, k: int) -> list[int]:
-    order = torch.argsort(torch.nan_to_num(auc1, nan=-1.0), descending=True)
+    order = torch.argsort(torch.nan_to_num(auc1, nan=-1.0), descending=True, stable=True)
     return [j for j in order[:k].tolist() if not math.isnan(float(auc1[j]))]
 
 
@@ -482,6 +510,10 @@ def label_units(acts, concept_labels, concept_names: Sequence[str], max_length: 
         X = acts[:, ids].to(torch.float64)
         ranks, ties = rank_data(X)
         RC = ranks.t() @ C  # [chunk, K]: length-1 rank sums of all units in one matmul
+        if max_length == 1:  # no search: the best admissible atom of every unit of the chunk at once
+            rows += _label_atoms(ids, RC, ties, counts, N, names, min_fraction, max_fraction)
+            bar.update(len(ids))
+            continue
         for j, unit in enumerate(ids):
             node, top = _search_unit(X[:, j], ranks[:, j], RC[j], C, labels, counts, N, names, max_length, beam,
                                      min_fraction, max_fraction, min_gain, term_alpha)
