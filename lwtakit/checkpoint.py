@@ -66,12 +66,13 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> LoadedModel:
     prefix = "model."
     state = {k[len(prefix):].replace("_orig_mod.", ""): v for k, v in ckpt["state_dict"].items()
              if k.startswith(prefix)}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    shape_errors = [k for k, v in state.items() if k in model.state_dict() and model.state_dict()[k].shape != v.shape]
-    if missing or unexpected or shape_errors:
-        bad = (missing or unexpected or shape_errors)[:3]
+    expected = model.state_dict()
+    bad = sorted(set(expected) ^ set(state)) + [k for k, v in state.items()
+                                                 if k in expected and expected[k].shape != v.shape]
+    if bad:
         raise UserError(f"checkpoint {path} does not match the architecture of its config "
-                        f"({cfg.model.name}, width {cfg.model.width}): mismatched weights {', '.join(bad)}")
+                        f"({cfg.model.name}, width {cfg.model.width}): mismatched weights {', '.join(bad[:3])}")
+    model.load_state_dict(state)
     model.eval()
     class_names = list(hp.get("class_names") or [str(i) for i in range(num_classes)])
     return LoadedModel(model, f"{cfg.experiment}:{path.name}", class_names, cfg, cfg.data.img_size, in_chans)
