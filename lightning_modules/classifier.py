@@ -38,11 +38,14 @@ class LitClassifier(pl.LightningModule):
         # Modes other than the network's own make sense only with competition in the network.
         modes = list(cfg.eval.modes) if self.has_lwta else ["argmax"]
         self.eval_modes = list(dict.fromkeys(modes))
-        topk = min(5, num_classes)
-        self.val_top1 = torch.nn.ModuleDict({m: MulticlassAccuracy(num_classes, top_k=1) for m in self.eval_modes})
-        self.val_top5 = torch.nn.ModuleDict({m: MulticlassAccuracy(num_classes, top_k=topk) for m in self.eval_modes})
-        self.test_top1 = torch.nn.ModuleDict({m: MulticlassAccuracy(num_classes, top_k=1) for m in self.eval_modes})
-        self.test_top5 = torch.nn.ModuleDict({m: MulticlassAccuracy(num_classes, top_k=topk) for m in self.eval_modes})
+
+        def accuracy(k: int) -> MulticlassAccuracy:  # plain (micro) accuracy, not torchmetrics' default macro
+            return MulticlassAccuracy(num_classes, top_k=min(k, num_classes), average="micro")
+
+        self.val_top1 = torch.nn.ModuleDict({m: accuracy(1) for m in self.eval_modes})
+        self.val_top5 = torch.nn.ModuleDict({m: accuracy(5) for m in self.eval_modes})
+        self.test_top1 = torch.nn.ModuleDict({m: accuracy(1) for m in self.eval_modes})
+        self.test_top5 = torch.nn.ModuleDict({m: accuracy(5) for m in self.eval_modes})
 
     def temperature_at(self, epoch: int) -> float:
         """LWTA temperature of an epoch under the configured schedule (built on demand: a closure attribute

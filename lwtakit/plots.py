@@ -188,7 +188,11 @@ def completeness_curves(curves: Mapping[str, Mapping[str, Any]], split_runs: boo
         if lines:
             ax.legend(fontsize=7, frameon=False)
             if max(float(np.nanmax(line.get_xdata())) for line in lines) > 64:
-                ax.set_xscale("symlog", linthresh=8)
+                # log k; symlog only where k = 0 (the unablated model) is on the axis
+                if min(float(np.nanmin(line.get_xdata())) for line in lines) >= 1:
+                    ax.set_xscale("log")
+                else:
+                    ax.set_xscale("symlog", linthresh=1)
     return fig
 
 
