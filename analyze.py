@@ -33,13 +33,8 @@ def _probe(spec: str | None, loaded, size: int, seed: int):
     split of the data the checkpoint was trained on (synthetic for torchvision models)."""
     from lwtakit.data import build_dataset, probe_subset
 
-    cfg = loaded.cfg
-    if spec is None and cfg is not None:
-        d = cfg.data
-        extra = {"target": d.target, "second_object": d.second_object} if d.name == "synthetic" else {}
-        if d.name == "mnist" and loaded.in_chans == 3:
-            extra["channels"] = 3
-        ds = build_dataset(d.name, "val", root=d.root, img_size=d.img_size, seed=cfg.seed, **extra)
+    if spec is None and loaded.cfg is not None:
+        ds = loaded.dataset("val")
     else:
         name, _, root = (spec or "synthetic").partition(":")
         name = {"folder": "probe_folder"}.get(name, name)

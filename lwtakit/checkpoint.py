@@ -30,6 +30,16 @@ class LoadedModel:
     img_size: int = 224
     in_chans: int = 3
 
+    def dataset(self, split: str):
+        """The ``split`` of the data set the checkpoint was trained on (from its stored config)."""
+        from lwtakit.data import build_dataset
+
+        if self.cfg is None:
+            raise UserError(f"{self.name} has no training config; give a probe set (--probe)")
+        d = self.cfg.data
+        extra = {"target": d.target, "second_object": d.second_object} if d.name == "synthetic" else {}
+        return build_dataset(d.name, split, root=d.root, img_size=d.img_size, seed=self.cfg.seed, **extra)
+
 
 def build_network(cfg: DictConfig, num_classes: int, in_chans: int, mean, std) -> nn.Module:
     """The network a training config describes."""

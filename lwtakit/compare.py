@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from lwtakit.checkpoint import LoadedModel, load_checkpoint
-from lwtakit.data import build_dataset, probe_subset
+from lwtakit.checkpoint import load_checkpoint
+from lwtakit.data import probe_subset
 from lwtakit.dissect import ConceptSource, dissect
 from lwtakit.errors import UserError
 from lwtakit.lwta import LWTA, lwta_layers, mc_predict, set_inference
@@ -42,12 +42,6 @@ def resolve_run(spec: str) -> tuple[Path | None, Path]:
 def activation_layers(model: nn.Module) -> list[str]:
     """Names of the activation modules (LWTA, ReLU, GELU) in forward order."""
     return [n for n, m in model.named_modules() if isinstance(m, (LWTA, nn.ReLU, nn.GELU))]
-
-
-def _dataset(loaded: LoadedModel, split: str):
-    d = loaded.cfg.data
-    extra = {"target": d.target, "second_object": d.second_object} if d.name == "synthetic" else {}
-    return build_dataset(d.name, split, root=d.root, img_size=d.img_size, seed=loaded.cfg.seed, **extra)
 
 
 def accuracy_by_mode(model: nn.Module, dataset, modes: list[str], mc_samples: int = 4, seed: int = 0,
@@ -92,12 +86,12 @@ def summarize_run(spec: str, probe_size: int = 1000, eval_size: int = 1000, seed
     model, cfg = loaded.model, loaded.cfg
     has_lwta = bool(lwta_layers(model))
     modes = ["sample", "argmax", "mc"] if has_lwta else ["dense"]
-    test = probe_subset(_dataset(loaded, "test"), eval_size, seed)
+    test = probe_subset(loaded.dataset("test"), eval_size, seed)
     accuracy = accuracy_by_mode(model, test, [m if m != "dense" else "argmax" for m in modes], seed=seed)
     if not has_lwta:
         accuracy = {"dense": accuracy["argmax"]}
 
-    probe = probe_subset(_dataset(loaded, "val"), probe_size, seed)
+    probe = probe_subset(loaded.dataset("val"), probe_size, seed)
     labelled = default_layers(model)
     act_layers = activation_layers(model)
     if has_lwta:

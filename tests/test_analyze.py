@@ -182,8 +182,8 @@ def test_label_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, change
     if "names" in change:
         (tmp_path / "names.txt").write_text(change["names"])
     acts = change.get("activations", "A.npy")
-    code, _, err = run_cli(capsys, "label", "--activations", tmp_path / acts, "--method", change.get("method", "invert"),
-                           "--concept-labels", tmp_path / "L.npy", "--concept-names", tmp_path / "names.txt",
-                           "--out", tmp_path / "labels.csv")
+    code, _, err = run_cli(capsys, "label", "--activations", tmp_path / acts, "--method",
+                           change.get("method", "invert"), "--concept-labels", tmp_path / "L.npy",
+                           "--concept-names", tmp_path / "names.txt", "--out", tmp_path / "labels.csv")
     assert_one_line_error(code, err, *fragments)
     assert not os.path.exists(tmp_path / "labels.csv")
