@@ -176,23 +176,37 @@ def _fit(cfg: DictConfig, run_dir: Path) -> TrainResult:
     )
     if trainer.is_global_zero:
         save_config(cfg, run_dir / "config.yaml")
-    started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    fit_seconds = time.perf_counter() - started
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    if not t.fast_dev_run:
-        for row in trainer.test(module, datamodule=datamodule, verbose=False):
-            metrics.update({k: float(v) for k, v in row.items()})
-    metrics["fit_seconds"] = fit_seconds
-    for cb in trainer.callbacks:
-        if isinstance(cb, DissectionCallback):
-            metrics["dissection_seconds"] = cb.seconds
-    if trainer.is_global_zero:
-        with atomic_write(run_dir / "results.json") as fh:
-            json.dump(metrics, fh, indent=2, sort_keys=True)
-    for logger in trainer.loggers:
-        logger.finalize("success")
+    status = "failed"
+    try:
+        started = time.perf_counter()
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        fit_seconds = time.perf_counter() - started
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        if not t.fast_dev_run:
+            for row in trainer.test(module, datamodule=datamodule, verbose=False):
+                metrics.update({k: float(v) for k, v in row.items()})
+        metrics["fit_seconds"] = fit_seconds
+        for cb in trainer.callbacks:
+            if isinstance(cb, DissectionCallback):
+                metrics["dissection_seconds"] = cb.seconds
+        if trainer.is_global_zero:
+            with atomic_write(run_dir / "results.json") as fh:
+                json.dump(metrics, fh, indent=2, sort_keys=True)
+        status = "success"
+    finally:
+        _close_loggers(trainer.loggers, status)
     return TrainResult(run_dir, run_dir / "checkpoints" / "last.ckpt", metrics, trainer, module)
+
+
+def _close_loggers(loggers: list[Logger], status: str) -> None:
+    """Finalize every logger and end the W&B run: Lightning's finalize leaves it open, and the next run in
+    the same process would then silently write into it."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in loggers:
+        logger.finalize(status)
+        if isinstance(logger, WandbLogger):  # started eagerly in _start_wandb; a no-op on ranks > 0
+            logger.experiment.finish(exit_code=0 if status == "success" else 1)
 
 
 def main(argv: list[str] | None = None) -> int:
