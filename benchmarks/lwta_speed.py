@@ -15,6 +15,9 @@ allocator's transient workspace made all variants read the same peak. The "+stat
 parameters, gradients and SGD momentum (3 x parameter bytes): an estimate of the step's peak without
 transient workspace.
 
+On CUDA the "GPU ms" column adds the summed kernel time of a step (torch.profiler): where the step
+time is larger, the GPU waits for the host (Python and launch overhead), not for kernels.
+
 Prints ratios measured in this run; never passes or fails.
 """
 
@@ -76,6 +79,17 @@ def make_step(model, batch, device):
     return step
 
 
+def gpu_kernel_seconds(step, n: int = 3) -> float:
+    """Mean summed CUDA kernel time of one step over ``n`` profiled steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            step()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return sum(e.device_time for e in kernels) / n / 1e6
+
+
 def saved_bytes(model: nn.Module, batch: int, device: str) -> int:
     """Bytes of distinct tensor storages autograd keeps for backward during one training forward."""
     seen: dict[int, int] = {}
@@ -121,6 +135,7 @@ def main(argv=None) -> None:
             steps[v]()
             times[v].append(time.perf_counter() - t)
     med = {v: statistics.median(ts) for v, ts in times.items()}
+    gpu = {v: gpu_kernel_seconds(steps[v]) for v in variants} if args.device.startswith("cuda") else {}
     mem: dict[str, int] = {}
     state: dict[str, int] = {}
     if not args.no_memory:
@@ -134,7 +149,7 @@ def main(argv=None) -> None:
     print(f"ResNet-18 CIFAR stem, batch {args.batch}, width {args.width}, U={args.U}, device {args.device}, "
           f"threads {torch.get_num_threads()}, {args.steps} timed steps (median), memory: {how}")
     print(f"{'variant':8s} {'step s':>8s} {'x ' + ref:>8s} {'saved MiB':>9s} {'x ' + ref:>8s} "
-          f"{'+state MiB':>10s} {'x ' + ref:>8s}")
+          f"{'+state MiB':>10s} {'x ' + ref:>8s}" + (f" {'GPU ms':>8s} {'x ' + ref:>8s}" if gpu else ""))
     for v in variants:
         m = mem.get(v)
         if m is None:
@@ -142,7 +157,8 @@ def main(argv=None) -> None:
         else:
             tot, tref = m + state[v], mem[ref] + state[ref]
             mstr = f"{m / 2**20:9.0f} {m / mem[ref]:8.2f} {tot / 2**20:10.0f} {tot / tref:8.2f}"
-        print(f"{v:8s} {med[v]:8.3f} {med[v] / med[ref]:8.2f} {mstr}")
+        gstr = f" {gpu[v] * 1e3:8.2f} {gpu[v] / gpu[ref]:8.2f}" if gpu else ""
+        print(f"{v:8s} {med[v]:8.3f} {med[v] / med[ref]:8.2f} {mstr}{gstr}")
     if "lwta" in med and "relu" in med:
         print(f"lwta/relu step time: {med['lwta'] / med['relu']:.2f}")
 

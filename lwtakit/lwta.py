@@ -17,9 +17,10 @@ Forward value ``y = h * onehot(winner)``; gradient straight-through the relaxati
 ``y = h * (hard + soft - soft.detach())``, hence for one block
     dL/dh_j = g_j hard_j + soft_j (g_j h_j - sum_i g_i h_i soft_i) / T                      (2)
 (the Jacobian of softmax(h/T + g) w.r.t. h is (diag(s) - s s^T)/T).
-``_LWTAPair`` (U = 2, eager), ``_LWTAPairFused`` (U = 2, the same arithmetic compiled into one pass
-each way with ``torch.compile``) and ``_LWTABlock`` (any U) implement (1)-(2) as autograd Functions,
-without the reshape + one-hot + multiply graph of the straightforward formulation.
+``_LWTAPair`` (U = 2, eager), ``_LWTAPairFused`` (U = 2, the same arithmetic in one pass each way:
+``torch.compile`` on the CPU, hand-written Triton kernels on CUDA) and ``_LWTABlock`` (any U) implement
+(1)-(2) as autograd Functions, without the reshape + one-hot + multiply graph of the straightforward
+formulation.
 
 U = 2 fast path: softmax over two units depends on their difference only, and the difference of two
 Gumbels is Logistic = logit(Uniform), so with ONE uniform u per block
@@ -142,36 +143,53 @@ _FUSE_BROKEN = False
 
 
 def _kernel(name: str):
+    """The fused kernel ``name`` (fwd, fwd_rand, bwd), compiled lazily with dynamic shapes."""
     if name not in _KERNELS:
         fn = {"fwd": _pair_fwd_math, "fwd_rand": _pair_fwd_rand_math, "bwd": _pair_bwd_math}[name]
         _KERNELS[name] = torch.compile(fn, dynamic=True)
     return _KERNELS[name]
 
 
-def _fused_call(name: str, *args):
-    """Run a compiled kernel; on a compilation failure warn once and return None (caller goes eager)."""
+def _triton():
+    """``lwtakit.lwta_triton`` (hand-written kernels for CUDA), or None where Triton is not installed."""
+    if "triton" not in _KERNELS:
+        try:
+            from lwtakit import lwta_triton
+        except ImportError:
+            lwta_triton = None
+        _KERNELS["triton"] = lwta_triton
+    return _KERNELS["triton"]
+
+
+def _fused_call(fn, *args):
+    """Run a fused kernel; on a compilation failure warn once and return None (caller goes eager)."""
     global _FUSE_BROKEN
     if _FUSE_BROKEN:
         return None
     try:
-        return _kernel(name)(*args)
-    except Exception as exc:  # no C++ compiler, unsupported backend, ...
+        return fn(*args)
+    except Exception as exc:  # no C++ compiler, unsupported backend or GPU, ...
         _FUSE_BROKEN = True
         import warnings
 
-        warnings.warn(f"LWTA: torch.compile of the fused kernel failed ({type(exc).__name__}: "
+        warnings.warn(f"LWTA: compiling the fused kernel failed ({type(exc).__name__}: "
                       f"{str(exc).splitlines()[0] if str(exc) else ''}); using the slower eager ops", stacklevel=2)
         return None
 
 
 class _LWTAPairFused(torch.autograd.Function):
-    """_LWTAPair with compiled kernels; same saved tensors and the same eq. (1)-(2)."""
+    """_LWTAPair with fused kernels (one pass over memory each way); same saved tensors and eqs. (1)-(2).
+    CUDA: hand-written Triton kernels (:mod:`lwtakit.lwta_triton`); elsewhere: ``torch.compile``."""
 
     @staticmethod
     def forward(ctx, x: Tensor, inv_t: float, save_dtype, u: Tensor | None):
-        it = torch.full((), inv_t, dtype=x.dtype, device=x.device)
-        res = _fused_call("fwd", x, u, it, save_dtype) if u is not None else \
-            _fused_call("fwd_rand", x, it, save_dtype)
+        triton_kernels = _triton() if x.is_cuda else None
+        if triton_kernels is not None:
+            res = _fused_call(triton_kernels.pair_fwd, x, inv_t, save_dtype, u)
+        else:
+            it = torch.full((), inv_t, dtype=x.dtype, device=x.device)
+            res = _fused_call(_kernel("fwd"), x, u, it, save_dtype) if u is not None else \
+                _fused_call(_kernel("fwd_rand"), x, it, save_dtype)
         if res is None:
             ctx.eager = True
             return _LWTAPair.forward(ctx, x, inv_t, save_dtype, u)
@@ -186,7 +204,9 @@ class _LWTAPairFused(torch.autograd.Function):
     def backward(ctx, g: Tensor, _gw):
         if not ctx.eager:
             out, loser, ks = ctx.saved_tensors
-            res = _fused_call("bwd", g.contiguous(), out, loser, ks)
+            triton_kernels = _triton() if g.is_cuda else None
+            bwd = triton_kernels.pair_bwd if triton_kernels is not None else _kernel("bwd")
+            res = _fused_call(bwd, g.contiguous(), out, loser, ks)
             if res is not None:
                 return res, None, None, None
         return _LWTAPair.backward(ctx, g, _gw)
@@ -249,9 +269,9 @@ class LWTA(nn.Module):
         dim: competing dimension; ``None`` -> 1 for 4-D input (conv), -1 otherwise (tokens).
         save_dtype: dtype of the tensors saved for backward besides the output (U=2): ``"half"``
             (default, float16 for float32 input) or ``"same"`` (the input dtype, exact).
-        fused: U=2 only: run the same arithmetic as compiled kernels (``torch.compile``, one pass
-            each way, ~8x faster than the eager ops on CPU). ``"auto"``: for inputs of at least
-            2**18 elements (small tensors stay eager: no compile latency in tests); True / False.
+        fused: U=2 only: run the same arithmetic as fused kernels (one pass each way: ``torch.compile``
+            on the CPU, ~8x faster than the eager ops; Triton on CUDA). ``"auto"``: always on CUDA, on the
+            CPU for inputs of at least 2**18 elements (no compile latency for small tensors); True / False.
 
     Attributes ``record`` (default True) stores the last winner index per block as ``uint8`` in
     ``last_winners`` (shape = input shape with the competing dim replaced by the number of blocks).
@@ -329,7 +349,8 @@ class LWTA(nn.Module):
             out, win = _argmax_competition(xv)
         elif self.U == 2:
             sd = torch.float16 if (self.save_dtype == "half" and x.dtype == torch.float32) else x.dtype
-            fuse = self.fused is True or (self.fused == "auto" and x.numel() >= _FUSE_MIN_NUMEL)
+            # CUDA: always (a Triton launch costs less host time than the eager ops); CPU: large inputs only
+            fuse = self.fused is True or (self.fused == "auto" and (x.is_cuda or x.numel() >= _FUSE_MIN_NUMEL))
             out, win = (_LWTAPairFused if fuse else _LWTAPair).apply(xv, inv_t, sd, _noise)
         else:
             out, win = _LWTABlock.apply(xv, inv_t, _noise)
