@@ -24,6 +24,7 @@ import torch
 from lwtakit.errors import UserError
 
 CLIP_FUNCTIONS = ("soft_wpmi", "wpmi", "rank_reorder", "cos", "cos_cubed")
+DEVICE_HELP = "auto (CUDA when present, else CPU) | cpu | cuda | cuda:N"
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -42,12 +43,25 @@ def _probe(spec: str | None, loaded, size: int, seed: int):
     return probe_subset(ds, size, seed)
 
 
-def _clip(args):
+def _device(spec: str) -> torch.device:
+    """``auto``: the first CUDA device when there is one, else the CPU; an unusable device is a UserError."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise UserError(f"--device {spec!r} is not a device name; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {spec} but no CUDA device is visible; use --device cpu")
+    return device
+
+
+def _clip(args, device):
     if args.clip_pretrained is None and not args.clip_model.startswith("local-dir:"):
         return None
     from lwtakit.clip import load_clip
 
-    return load_clip(args.clip_model, args.clip_pretrained, cache_dir=args.clip_cache)
+    return load_clip(args.clip_model, args.clip_pretrained, device=str(device), cache_dir=args.clip_cache)
 
 
 def _read_names(path: str) -> list[str]:
@@ -76,19 +90,20 @@ def cmd_dissect(args) -> Path:
     from lwtakit.lwta import set_inference
     from lwtakit.models import default_layers
 
+    device = _device(args.device)
     loaded = load_model(args.ckpt or args.model)
-    model = loaded.model
+    model = loaded.model.to(device)
     if args.inference:
         set_inference(model, args.inference)
     probe = _probe(args.probe, loaded, args.probe_size, args.seed)
-    clip = _clip(args) if {"clip_dissect", "describe"} & set(args.methods) else None
+    clip = _clip(args, device) if {"clip_dissect", "describe"} & set(args.methods) else None
     clip_concepts = load_concepts(args.concepts) if clip is not None else None
     concepts = ConceptSource.from_dataset(probe, clip=clip, clip_concepts=clip_concepts,
                                           clip_cache_dir=args.clip_cache)
     if "describe" in args.methods:
         from lwtakit.labelers.describe import CocaCaptioner
 
-        concepts.captioner = CocaCaptioner(args.caption_model, args.caption_pretrained)
+        concepts.captioner = CocaCaptioner(args.caption_model, args.caption_pretrained, device=str(device))
     check_methods(args.methods, concepts, probe)
     layers = args.layers or default_layers(model)
     if args.top_images > len(probe):
@@ -98,7 +113,7 @@ def cmd_dissect(args) -> Path:
     started = time.perf_counter()
     result = dissect(model, probe, layers, args.methods, concepts, pca_components=args.pca,
                      max_length=args.max_length, beam=args.beam, clip_method=args.clip_method, topk=args.top_images,
-                     batch_size=args.batch_size)
+                     batch_size=args.batch_size, device=device)
     rows = result.rows
     evaluation = {}
     classifier = layers[-1]
@@ -116,7 +131,7 @@ def cmd_dissect(args) -> Path:
                                                 probe.concept_groups).items()})
     completeness = None
     if args.pca:
-        completeness = _completeness(model, probe, layers[:-1] or layers, result, args)
+        completeness = _completeness(model, probe, layers[:-1] or layers, result, args, device)
     infos = []
     for layer in layers:
         firing = result.recording.firing[layer].numpy()
@@ -148,7 +163,7 @@ def _columns(rows: list[dict]) -> list[str]:
     return list(dict.fromkeys(k for r in rows for k in r))
 
 
-def _completeness(model, probe, layers, result, args) -> dict[str, dict]:
+def _completeness(model, probe, layers, result, args, device) -> dict[str, dict]:
     """Dey et al. 2020: variance explained and accuracy under ablation, top-k PCs vs top-k neurons."""
     from lwtakit.labelers.pca import ablation_curve, variance_curves
 
@@ -163,7 +178,8 @@ def _completeness(model, probe, layers, result, args) -> dict[str, dict]:
             entry["k_ablation"] = ks
             for basis in ("pca", "neurons"):
                 key = "pca_ablation_acc" if basis == "pca" else "neuron_ablation_acc"
-                entry[key] = ablation_curve(model, layer, probe, basis, ks, acts=acts, seed=args.seed)
+                entry[key] = ablation_curve(model, layer, probe, basis, ks, acts=acts, seed=args.seed,
+                                            batch_size=args.batch_size, device=device)
         curves[layer] = entry
     return curves
 
@@ -243,7 +259,8 @@ def cmd_explain(args) -> list[dict]:
         if not Path(args.labels).is_file():
             raise UserError(f"labels file {args.labels} does not exist")
         labels = {int(r["unit"]): r["label"] for r in read_csv(args.labels) if r["layer"] == layer}
-    rows = active_neurons(loaded.model, x, layer, labels=labels, top=args.top)
+    device = _device(args.device)
+    rows = active_neurons(loaded.model.to(device), x, layer, labels=labels, top=args.top, device=device)
     print(f"{'unit':>6} {'activation':>11}  label")
     for r in rows:
         print(f"{r['unit']:>6} {r['activation']:>11.4f}  {r.get('label') or ''}")
@@ -254,7 +271,8 @@ def cmd_explain(args) -> list[dict]:
 def cmd_compare(args) -> Path:
     from lwtakit.compare import compare
 
-    return compare(args.runs, args.out, probe_size=args.probe_size, seed=args.seed, eval_size=args.eval_size)
+    return compare(args.runs, args.out, probe_size=args.probe_size, seed=args.seed, eval_size=args.eval_size,
+                   device=_device(args.device))
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -287,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--grid-units", type=int, default=12, help="units per layer shown with their top images")
     d.add_argument("--batch-size", type=int, default=128)
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--device", default="auto", help=DEVICE_HELP)
     d.add_argument("--out", required=True)
 
     lab = sub.add_parser("label", help="label activations you already have (A.npy [N, C])")
@@ -307,12 +326,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--layer", help="default: the last LWTA layer")
     e.add_argument("--labels", help="labels.csv from dissect (or a run folder's)")
     e.add_argument("--top", type=int, default=20)
+    e.add_argument("--device", default="auto", help=DEVICE_HELP)
 
     c = sub.add_parser("compare", help="put runs (e.g. sparse and dense) side by side; HTML report + CSV")
     c.add_argument("runs", nargs="+", help="run folders or checkpoints")
     c.add_argument("--probe-size", type=int, default=1000)
     c.add_argument("--eval-size", type=int, default=1000, help="test images for accuracy per inference mode")
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device", default="auto", help=DEVICE_HELP)
     c.add_argument("--out", required=True)
     return p
 

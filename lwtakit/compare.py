@@ -45,7 +45,7 @@ def activation_layers(model: nn.Module) -> list[str]:
 
 
 def accuracy_by_mode(model: nn.Module, dataset, modes: list[str], mc_samples: int = 4, seed: int = 0,
-                     batch_size: int = 256) -> dict[str, float]:
+                     batch_size: int = 256, device="cpu") -> dict[str, float]:
     """Top-1 accuracy of ``model`` on ``dataset`` under each LWTA inference mode (sample, argmax, mc)."""
     layers = lwta_layers(model)
     saved = {n: m.inference for n, m in layers.items()}
@@ -57,13 +57,14 @@ def accuracy_by_mode(model: nn.Module, dataset, modes: list[str], mc_samples: in
                 correct = total = 0
                 for batch in make_loader(dataset, batch_size):
                     x, y = split_batch(batch)
+                    x = x.to(device)
                     if mode == "mc":
                         probs = mc_predict(model, x, mc_samples)
                     else:
                         if layers:
                             set_inference(model, mode)
                         probs = model(x)
-                    correct += int((probs.argmax(-1) == y).sum())
+                    correct += int((probs.argmax(-1).cpu() == y).sum())
                     total += len(y)
                 out[mode] = correct / max(total, 1)
     finally:
@@ -72,7 +73,7 @@ def accuracy_by_mode(model: nn.Module, dataset, modes: list[str], mc_samples: in
     return out
 
 
-def summarize_run(spec: str, probe_size: int = 1000, eval_size: int = 1000, seed: int = 0):
+def summarize_run(spec: str, probe_size: int = 1000, eval_size: int = 1000, seed: int = 0, device="cpu"):
     """Everything :func:`compare` shows about one run, as a :class:`lwtakit.report.RunSummary`."""
     from lwtakit.drift import agreement
     from lwtakit.evaluation import concept_coverage, final_layer_accuracy
@@ -83,11 +84,12 @@ def summarize_run(spec: str, probe_size: int = 1000, eval_size: int = 1000, seed
 
     run_dir, ckpt = resolve_run(spec)
     loaded = load_checkpoint(ckpt)
-    model, cfg = loaded.model, loaded.cfg
+    model, cfg = loaded.model.to(device), loaded.cfg
     has_lwta = bool(lwta_layers(model))
     modes = ["sample", "argmax", "mc"] if has_lwta else ["dense"]
     test = probe_subset(loaded.dataset("test"), eval_size, seed)
-    accuracy = accuracy_by_mode(model, test, [m if m != "dense" else "argmax" for m in modes], seed=seed)
+    accuracy = accuracy_by_mode(model, test, [m if m != "dense" else "argmax" for m in modes], seed=seed,
+                                device=device)
     if not has_lwta:
         accuracy = {"dense": accuracy["argmax"]}
 
@@ -97,7 +99,8 @@ def summarize_run(spec: str, probe_size: int = 1000, eval_size: int = 1000, seed
     if has_lwta:
         set_inference(model, "argmax")  # deterministic labels, as the training-time dissection
     torch.manual_seed(seed)
-    rec = record_activations(model, probe, list(dict.fromkeys(act_layers + labelled)), progress=False)
+    rec = record_activations(model, probe, list(dict.fromkeys(act_layers + labelled)), device=device,
+                             progress=False)
     result = dissect(model, probe, labelled, ["invert"], ConceptSource.from_dataset(probe), recording=rec,
                      progress=False)
     rows = result.rows
@@ -134,14 +137,15 @@ def summarize_run(spec: str, probe_size: int = 1000, eval_size: int = 1000, seed
                       active_counts=active_counts)
 
 
-def compare(specs: list[str], out: str | Path, probe_size: int = 1000, eval_size: int = 1000, seed: int = 0) -> Path:
+def compare(specs: list[str], out: str | Path, probe_size: int = 1000, eval_size: int = 1000, seed: int = 0,
+            device="cpu") -> Path:
     """Summarise every run and write ``out/report.html`` and ``out/compare.csv``; returns the report path."""
     from lwtakit.io import staged_dir, write_csv
     from lwtakit.report import compare_report
 
     if len(specs) < 1:
         raise UserError("give at least one run folder or checkpoint to compare")
-    summaries = [summarize_run(s, probe_size, eval_size, seed) for s in specs]
+    summaries = [summarize_run(s, probe_size, eval_size, seed, device) for s in specs]
     rows = []
     for s in summaries:
         for group, values in (("accuracy", s.accuracy), ("sparsity", s.sparsity), ("labels", s.label_quality)):

@@ -61,6 +61,17 @@ def test_final_layer_labels_of_a_trained_model_are_its_class_names(runs, tmp_pat
     assert "layer4.1.act2" in html and html.count("data:image/png;base64") >= 3
 
 
+@pytest.mark.parametrize("command", ["dissect", "compare"])
+def test_unusable_device_is_refused(command, tmp_path, capsys):
+    source = ["--ckpt", tmp_path / "missing.ckpt"] if command == "dissect" else [tmp_path / "missing"]
+    code, _, err = run_cli(capsys, command, *source, "--device", "gpu0", "--out", tmp_path / "out")
+    assert_one_line_error(code, err, "'gpu0' is not a device name")
+    if not torch.cuda.is_available():
+        code, _, err = run_cli(capsys, command, *source, "--device", "cuda", "--out", tmp_path / "out")
+        assert_one_line_error(code, err, "no CUDA device is visible")
+    assert not (tmp_path / "out").exists()
+
+
 def test_unknown_layer_lists_close_matches_and_writes_nothing(runs, tmp_path, capsys):
     out = tmp_path / "dissect"
     code, _, err = run_cli(capsys, "dissect", "--ckpt", runs["lwta"] / "checkpoints" / "last.ckpt",
