@@ -99,6 +99,29 @@ def test_two_process_ddp_fit_dissects_like_one_process(tmp_path):
     assert rows_one and rows_one == rows_two
 
 
+@pytest.mark.timeout(300)
+def test_two_process_ddp_training_steps_and_per_epoch_dissection(tmp_path):
+    """ddp_spawn on CPU with real steps (forward, backward, gradient all-reduce): the weights move away from
+    the common initialisation and stay finite, and each epoch's dissection is written once, by rank 0."""
+    common = [*TINY, "trainer.accelerator=cpu", "trainer.max_epochs=2", "dissection.every_n_epochs=1",
+              "optim.schedule=none"]
+    init = train_script.train(load_config("default", [f"run_dir={tmp_path}", "run_name=init", *common,
+                                                      "trainer.limit_train_batches=0", "trainer.max_epochs=1"]))
+    ddp = train_script.train(load_config("default", [f"run_dir={tmp_path}", "run_name=ddp", *common,
+                                                     "trainer.limit_train_batches=2", "trainer.strategy=ddp_spawn",
+                                                     "trainer.devices=2"]))
+    before = {f"model.{k}": v for k, v in init.module.model.state_dict().items()}  # no step taken: the init
+    after = final_weights(ddp.run_dir)
+    assert before.keys() == after.keys()
+    assert all(torch.isfinite(v).all() for v in after.values())
+    moved = [k for k in before if k.endswith(".weight") and not torch.equal(before[k], after[k])]
+    assert len(moved) > len([k for k in before if k.endswith(".weight")]) // 2
+    blocks, n_rows = label_blocks(ddp.run_dir)
+    assert [epoch for epoch, _ in blocks] == [0, 1]
+    keys = {(r["epoch"], r["layer"], r["unit"], r["method"]) for r in read_csv(ddp.run_dir / "labels.csv")}
+    assert n_rows == len(keys)
+
+
 # --- the table of bad inputs (also in the README) -----------------------------------------------
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
