@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lwtakit.errors import UserError
+from lwtakit.errors import ArgumentParser, UserError
 
 CLIP_FUNCTIONS = ("soft_wpmi", "wpmi", "rank_reorder", "cos", "cos_cubed")
 DEVICE_HELP = "auto (CUDA when present, else CPU) | cpu | cuda | cuda:N"
@@ -277,7 +277,7 @@ def cmd_compare(args) -> Path:
 
 # ---------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Label, explain and compare the units of vision networks.")
+    p = ArgumentParser(description="Label, explain and compare the units of vision networks.")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("dissect", help="label every unit of chosen layers by every chosen method; HTML report")

@@ -11,7 +11,6 @@ metrics.csv, results.json, the offline W&B run and (with dissection enabled) lab
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -32,7 +31,7 @@ from callbacks.sparsity import SparsityMonitor
 from lightning_modules.classifier import LitClassifier
 from lightning_modules.datamodules import VisionDataModule
 from lwtakit.config import load_config, save_config, to_dict
-from lwtakit.errors import UserError
+from lwtakit.errors import ArgumentParser, UserError
 from lwtakit.io import atomic_write, ensure_writable_dir
 
 RUN_DIR_ENV = "LWTAKIT_RUN_DIR"  # shared with ranks that Lightning launches as new processes
@@ -210,7 +209,7 @@ def _close_loggers(loggers: list[Logger], status: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Train an LWTA (or dense) vision network.",
         epilog="Overrides are key=value pairs of the config schema (lwtakit/config.py), e.g. trainer.max_epochs=3;"
                " group=name picks a file of configs/<group>/, e.g. model=resnet18_dense.",

@@ -7,6 +7,8 @@ key, a shape, a missing weight file) and say *how* to fix it in the message.
 
 from __future__ import annotations
 
+import argparse
+
 
 class UserError(Exception):
     """Bad input that the user can fix; the message is one line saying what is wrong and how to fix it."""
@@ -16,3 +18,11 @@ class UserError(Exception):
     def __init__(self, message: str):
         # Keep the message on one line: it is what the CLI prints.
         super().__init__(" ".join(str(message).split()))
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the entry points' error format: one line ``error: ...`` and exit status 2 (argparse
+    itself prints the whole usage block first); ``--help`` still shows the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {' '.join(message.split())} (see {self.prog} --help)\n")

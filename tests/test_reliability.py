@@ -197,3 +197,18 @@ def test_bad_input_is_one_clear_line_and_nothing_half_written(case, fragment, tm
     created = [p for p in tmp_path.rglob("*") if p.relative_to(tmp_path) not in before]
     # Nothing half-written: no outputs, no checkpoint, no results (a failed run may keep its config).
     assert not [p for p in created if p.suffix in (".csv", ".html", ".ckpt", ".json", ".png")], created
+
+
+@pytest.mark.parametrize("entry,argv", [
+    (analyze.main, ["label", "--activations", "a.npy", "--method", "cos"]),
+    (analyze.main, ["dissect", "--ckpt", "x.ckpt", "--probe-size", "abc", "--out", "out"]),
+    (analyze.main, []),
+    (train_script.main, ["--config"]),
+])
+def test_command_line_mistakes_are_one_line(entry, argv, capsys):
+    """argparse's own errors (missing or malformed arguments) follow the entry points' one-line format."""
+    with pytest.raises(SystemExit) as exit_info:
+        entry(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2
+    assert len(err) == 1 and err[0].startswith("error: ") and "--help" in err[0], err
