@@ -1,11 +1,16 @@
 """Test-wide settings: offline, quiet, small, CPU."""
 
 import os
+import tempfile
 
 # Never reach the network from tests: W&B stays local, Hugging Face hub lookups fail fast.
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ["HF_HUB_OFFLINE"] = "1"
+# An empty hub cache: weights a developer has cached must not turn the "weights unavailable offline" tests green
+# or red depending on the machine.
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="lwtakit-test-hf-")
+os.environ.pop("HF_HUB_CACHE", None)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
