@@ -166,18 +166,19 @@ def add_wpmi_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--wpmi-budget-mb", type=int, default=256, help="max_bytes of the chunked variant (MiB)")
 
 
-def _dense_soft_wpmi(acts, img, txt, top_k=100, a=10.0, lam=1.0, p_start=0.998, p_end=0.97):
-    """The straightforward formulation: dense P, dense softmax over concepts, then per unit."""
+def _dense_soft_wpmi(acts, img, txt, top_k=100, a=10.0, lam=1.0, p_start=0.998, p_end=0.97, min_prob=1e-7):
+    """The straightforward formulation of published soft-WPMI: dense P, dense softmax over concepts, then
+    per unit ``log p(t|q_k) = sum_r log(1 + p_r (S - 1) + min_prob)``; marginal over the units."""
     P = img @ txt.T  # [N, M]
     probs = torch.softmax(a * P, dim=1)
     del P
-    log_marginal = probs.mean(0).log()
     top = torch.topk(acts, top_k, dim=0).indices.T
-    w = torch.linspace(p_start, p_end, top_k)[:, None]
+    w = (p_start - torch.arange(top_k) / top_k * (p_start - p_end))[:, None]
     out = torch.empty(acts.shape[1], txt.shape[0])
     for k in range(acts.shape[1]):
-        out[k] = torch.log(1 - torch.prod(1 - w * probs[top[k]], dim=0)) - lam * log_marginal
-    return out
+        out[k] = torch.log(1 + w * (probs[top[k]] - 1) + min_prob).sum(0)
+    log_marginal = torch.logsumexp(out, dim=0) - torch.log(torch.tensor(float(acts.shape[1])))
+    return out - lam * log_marginal
 
 
 def _wpmi_child(spec_json: str) -> None:

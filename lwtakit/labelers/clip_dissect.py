@@ -1,44 +1,57 @@
 """CLIP-Dissect similarity functions, computed in chunks (Oikarinen & Weng, ICLR 2023).
 
-Notation (paper Sec. 3, "Step 1-3"): probe images x_1..x_N, concepts t_1..t_M, the concept-activation
-matrix ``P_im = I_i . T_m`` (normalised CLIP image and text embeddings, Step 1), and the activation
-vector ``q_k = A[:, k]`` of unit k over the probe set (Step 2). A similarity function ``sim(t_m, q_k; P)``
-scores every (unit, concept) pair and the label of unit k is ``argmax_m sim`` (Step 3).
+Notation: probe images x_1..x_N, concepts t_1..t_M, and the units 1..C of one layer that are being labelled.
+``P[i, m] = I_i . T_m`` is the concept-activation matrix (cosine of the L2-normalised CLIP image and text
+embeddings; the reference code calls it ``clip_feats``) and ``q_k = A[:, k]`` the activations of unit k
+over the probe set. A similarity function scores every (unit, concept) pair; the label of unit k is
+``argmax_m sim[k, m]``.
 
-What is implemented (paper Sec. 3, "similarity functions"; the equations below are numbered E1-E5 here
-because the paper's own equation numbers could not be checked offline):
+The formulas are those of the paper and of its reference implementation (``similarity.py`` of
+Trustworthy-ML-Lab/CLIP-dissect), with the reference's defaults (:data:`DEFAULTS`). The equations are
+numbered E1-E5 here (not the paper's numbering). Indices r count ranks from 0 (most activating first).
 
-* E1 ``cos``: ``cos(q_k, P_:m)`` (plain cosine over the N probe images).
-* E2 ``cos_cubed``: centre q_k and P_:m over the images, cube elementwise, then cosine. Cubing emphasises
-  the extremes (the most activating images).
-* E3 ``rank_reorder``: compare where the unit's top images sit in the concept's own ranking. With
-  ``z_m`` = P_:m centred and L2-normalised, S_k = the ``n = floor(top_fraction * N)`` images with the largest
-  q_k (in descending order), ``ideal_m`` = the n largest values of z_m (descending):
-  ``sim = -sum_r w_kr |ideal_m[r] - z_m[S_k[r]]|^p``, weights ``w_kr = max(qhat_k[S_k[r]], 0)^scale_p`` from
-  the centred, normalised activations (a unit's strongest images count most). This is the paper's
-  "rank reorder" (-||q'_k - P_:m||_p with q'_k = P_:m reordered by the ranks of q_k) restricted to the
-  top images, as the published defaults (top_fraction 0.05, p 3, scale_p 0.5) imply; the weighting is our
-  reading of scale_p.
-* E4 ``wpmi``: ``sim = log p(t_m | q_k) - lam * log p(t_m)`` with ``p(t_m | x_i) = softmax_m(a * P_i:)``,
-  the top-k images B_k of unit k and ``p(t_m | q_k) = 1 - prod_{x_i in B_k} (1 - p(t_m | x_i))`` (the
-  probability that at least one top image shows t_m). Defaults top_k 28, a 2, lam 0.6.
-* E5 ``soft_wpmi`` (the published default): as WPMI but each top image is only a soft member of B_k:
-  ``p(t_m | q_k) = 1 - prod_{r=1..top_k} (1 - p_r p(t_m | x_{S_k[r]}))`` with membership probabilities
-  ``p_r`` decreasing linearly from ``p_start`` (rank 1) to ``p_end`` (rank top_k).
-  Defaults top_k 100, a 10, lam 1, p_start 0.998, p_end 0.97. The product is accumulated as a sum of
-  ``log1p(-p_r p)`` and ``log p(t_m|q_k) = log(-expm1(sum))`` so neither 0 nor 1 loses precision.
+* E1 ``cos``: ``sim = <q_k, P[:, m]> / (||q_k|| ||P[:, m]||)``, the plain cosine over the N images (no
+  centring; a zero column gets 0 where the reference gets NaN).
+* E2 ``cos_cubed``: centre q_k and P[:, m] over the images, cube elementwise, divide each by its L2 norm
+  clipped below at ``min_norm`` (1e-3), then take the dot product. Cubing lets the extremes dominate.
+* E3 ``rank_reorder`` (top_fraction 0.05, p 3, scale_p 0.5): with ``n = int(top_fraction * N)``, let
+  ``v_0 >= .. >= v_{n-1}`` be the n largest activations of unit k, on images ``i_0..i_{n-1}``. For concept m
+  let ``c_r = P[i_r, m]``, ``rho_r`` the rank of c_r among c_0..c_{n-1} (0 = smallest; of equal values the
+  one with the smaller r ranks lower) and ``u_r = v_{n-1-rho_r}`` (the activation image i_r would have if
+  the unit ordered its top images as the concept does). Then ``err = mean_r |v_r - u_r|^p / b_k`` and
+  ``sim = -err / (mean_r c_r)^scale_p``, where the per-unit baseline ``b_k = mean_{pi, r} |w_r - w_{pi(r)}|^p``
+  (w = v in ascending order) averages over ``n_perm`` (5) random permutations pi. The permutations come
+  from ``torch.Generator().manual_seed(seed)`` (seed 0): ``n_perm`` draws of ``torch.randperm(n)`` per
+  unit, units in order (the reference uses the global RNG). b_k scales a unit's whole row, so it never
+  changes a label, only the scores.
+  Outside the formula's domain (where the reference gives NaN): if ``b_k == 0`` (the n top activations
+  are all equal, so err's numerator is 0 too) err is taken as 1 (no ordering beats a random one), and a
+  concept with ``mean_r c_r <= 0`` scores -inf when scale_p > 0 (the limit as the mean tends to 0+).
+* E4 ``wpmi`` (top_k 28, a 2, lam 0.6, min_prob 1e-7): ``S = softmax(a P)`` over the concepts of each
+  image (``S[i, m]`` is p(t_m | x_i)); with ``i_0..i_{K-1}`` the top_k most activating images of unit k,
+  ``L[k, m] = log p(t_m | q_k) = sum_r log(S[i_r, m] + min_prob)``;
+  ``log p(t_m) = logsumexp_k L[k, m] - log C`` (the mean of p(t_m | q_k) over the C labelled units);
+  ``sim = L[k, m] - lam * log p(t_m)``.
+* E5 ``soft_wpmi``, the published default (top_k 100, a 10, lam 1, p_start 0.998, p_end 0.97,
+  min_prob 1e-7): as E4, but the r-th top image belongs to the unit's example set only with probability
+  ``p_r = p_start - (r / top_k) (p_start - p_end)``:
+  ``L[k, m] = sum_r log(1 + p_r (S[i_r, m] - 1) + min_prob)``, same marginal and same ``sim``.
 
-Marginal ``p(t_m)``: here ``p(t_m) = (1/N) sum_i p(t_m | x_i)``, the average over **all probe images**; it
-does not depend on the unit or on which other units are labelled. (The reference code averages
-``p(t_m | q_k)`` over the units of the layer, so labelling a subset of units changed the scores.)
+The marginal p(t_m) of E4/E5 is, as published, the average over the units passed in (the units of the
+layer being labelled). Labelling a subset of the units therefore changes the scores (and can change
+labels); with a single unit and lam = 1 every score is 0. Pass all the units of a layer together.
+
+If N < top_k, E4/E5 use all N images (the first N weights p_r of the top_k schedule); if
+``int(top_fraction * N) < 1``, E3 uses the top image (the reference fails in both cases).
 
 Memory: P never has to exist as a dense N x M matrix. P is given either as a tensor or as its factors
 ``(image_emb [N, D], text_emb [M, D])``; the latter lets every chunk ``P[:, s:e]`` be computed on the fly.
-Concepts are processed in chunks of ``chunk_size`` (default: as many as fit ``max_bytes``); the
-softmax over *all* M concepts needs one row-wise logsumexp, computed in a first streaming pass over the
-concept chunks. Units are processed in chunks that keep the gathered [units, top_k, chunk] block within
-the budget. cos needs no chunk of P at all with factors: ``A^T P = (A^T I) T^T`` and
-``||P_:m||^2 = T_m (I^T I) T_m^T``.
+Concepts are processed in chunks of ``chunk_size`` (default: as many as fit ``max_bytes``). The softmax
+over *all* M concepts needs one row-wise logsumexp, computed in a first streaming pass over the concept
+chunks. Units are processed in chunks that keep the gathered [units, top images, chunk] blocks within the
+budget; the unit marginal of a concept chunk needs the L of all C units for that chunk ([C, chunk], part
+of the [C, M] output). cos needs no chunk of P at all with factors: ``A^T P = (A^T I) T^T`` and
+``||P[:, m]||^2 = T_m (I^T I) T_m^T``.
 """
 
 from __future__ import annotations
@@ -53,12 +66,13 @@ from torch import Tensor
 
 from lwtakit.errors import UserError
 
+# The reference implementation's defaults; n_perm and seed fix its random baseline (E3).
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "soft_wpmi": {"top_k": 100, "a": 10.0, "lam": 1.0, "p_start": 0.998, "p_end": 0.97},
-    "wpmi": {"top_k": 28, "a": 2.0, "lam": 0.6},
-    "rank_reorder": {"top_fraction": 0.05, "p": 3.0, "scale_p": 0.5},
+    "soft_wpmi": {"top_k": 100, "a": 10.0, "lam": 1.0, "p_start": 0.998, "p_end": 0.97, "min_prob": 1e-7},
+    "wpmi": {"top_k": 28, "a": 2.0, "lam": 0.6, "min_prob": 1e-7},
+    "rank_reorder": {"top_fraction": 0.05, "p": 3.0, "scale_p": 0.5, "n_perm": 5, "seed": 0},
     "cos": {},
-    "cos_cubed": {},
+    "cos_cubed": {"min_norm": 1e-3},
 }
 METHODS = tuple(DEFAULTS)
 DEFAULT_MAX_BYTES = 512 * 2**20
@@ -156,46 +170,49 @@ def _unit_chunk(per_unit: int, elsize: int, unit_chunk: int | None, max_bytes: i
     return max(1, max_bytes // max(1, per_unit * elsize * copies))
 
 
-def _normalise_columns(x: Tensor, eps: float = 1e-12) -> Tensor:
-    return x / x.norm(dim=0, keepdim=True).clamp_min(eps)
-
-
 # ------------------------------------------------------------------------------------ similarity kinds
-def _wpmi(A: Tensor, P: ConceptActivations, weights: Tensor, a: float, lam: float,
-          chunk: int, unit_chunk: int | None, max_bytes: int) -> Tensor:
-    """(soft-)WPMI (E4/E5 of the module docstring): log(1 - prod_r (1 - w_r p(t|x_r))) - lam log p(t)."""
-    N, C = A.shape
-    K = weights.numel()
-    dt = P.dtype
-    top_idx = torch.topk(A, K, dim=0).indices.T.contiguous()  # [C, K], rank order
-    w = weights.to(dt).view(1, K, 1)
-    tiny = torch.finfo(dt).tiny
-
-    # Pass 1: row-wise logsumexp over ALL concepts of a*P (the softmax normaliser), streamed.
-    lse = torch.full((N,), -math.inf, dtype=dt)
+def _log_softmax_normaliser(P: ConceptActivations, a: float, chunk: int) -> Tensor:
+    """Row-wise ``logsumexp_m(a P[i, m])`` over ALL concepts, streamed over concept chunks: [N]."""
+    lse = torch.full((P.n,), -math.inf, dtype=P.dtype)
     for s, e in _chunks(P.m, chunk):
-        block = P.columns(s, e).mul_(a)
-        lse = torch.logaddexp(lse, torch.logsumexp(block, dim=1))
-        del block
+        lse = torch.logaddexp(lse, torch.logsumexp(P.columns(s, e).mul_(a), dim=1))
+    return lse
+
+
+def _wpmi(A: Tensor, P: ConceptActivations, K: int, member: Tensor | None, a: float, lam: float,
+          min_prob: float, chunk: int, unit_chunk: int | None, max_bytes: int) -> Tensor:
+    """E4 (``member`` None) / E5 (``member`` = p_r, [K]) of the module docstring; K top images per unit."""
+    C = A.shape[1]
+    dt = P.dtype
+    top_idx = torch.topk(A, K, dim=0).indices.T.contiguous()  # [C, K], most activating first
+    if member is not None:
+        # 1 + p_r (S - 1) + min_prob = p_r S + (1 - p_r + min_prob)
+        scale = member.to(dt).view(1, K, 1)
+        offset = (1 - member + min_prob).to(dt).view(1, K, 1)
+    lse = _log_softmax_normaliser(P, a, chunk)
+    log_c = math.log(C)
 
     out = torch.empty((C, P.m), dtype=dt)
     for s, e in _chunks(P.m, chunk):
-        # log p(t_m | x_i) for this concept chunk, in place.
-        logp = P.columns(s, e).mul_(a).sub_(lse[:, None])
-        log_marginal = torch.logsumexp(logp, dim=0) - math.log(N)  # log mean_i p(t_m | x_i)
-        uc = _unit_chunk(K * (e - s), logp.element_size(), unit_chunk, max_bytes)
+        probs = P.columns(s, e).mul_(a).sub_(lse[:, None]).exp_()  # S[:, s:e]
+        uc = _unit_chunk(K * (e - s), probs.element_size(), unit_chunk, max_bytes)
         for us, ue in _chunks(C, uc):
-            idx = top_idx[us:ue].reshape(-1)
-            p = logp.index_select(0, idx).view(ue - us, K, e - s).exp_()
-            log_prod = torch.log1p(p.mul_(w).neg_()).sum(dim=1)  # log prod_r (1 - w_r p)
-            log_cond = torch.log(-torch.expm1(log_prod.clamp_(max=-tiny)))
-            out[us:ue, s:e] = log_cond - lam * log_marginal
-        del logp
+            g = probs.index_select(0, top_idx[us:ue].reshape(-1)).view(ue - us, K, e - s)
+            if member is None:
+                g.add_(min_prob)
+            else:
+                g.mul_(scale).add_(offset)
+            out[us:ue, s:e] = g.log_().sum(dim=1)  # L[k, m]
+            del g
+        del probs
+        block = out[:, s:e]
+        log_marginal = torch.logsumexp(block, dim=0) - log_c  # over the C units
+        block.sub_(lam * log_marginal)
     return out
 
 
 def _cos(A: Tensor, P: ConceptActivations, chunk: int) -> Tensor:
-    """E1: cos(q_k, P_:m)."""
+    """E1: cos(q_k, P[:, m])."""
     an = A.norm(dim=0).clamp_min(1e-12)  # [C]
     out = torch.empty((A.shape[1], P.m), dtype=P.dtype)
     if P.factored:
@@ -212,36 +229,69 @@ def _cos(A: Tensor, P: ConceptActivations, chunk: int) -> Tensor:
     return out
 
 
-def _cos_cubed(A: Tensor, P: ConceptActivations, chunk: int) -> Tensor:
-    """E2: cos((q_k - mean)^3, (P_:m - mean)^3)."""
-    a3 = _normalise_columns((A - A.mean(0, keepdim=True)) ** 3)
+def _centre_cube_normalise(x: Tensor, min_norm: float) -> Tensor:
+    x = x.sub_(x.mean(0, keepdim=True)).pow_(3)
+    return x.div_(x.norm(dim=0, keepdim=True).clamp_min(min_norm))
+
+
+def _cos_cubed(A: Tensor, P: ConceptActivations, min_norm: float, chunk: int) -> Tensor:
+    """E2: centred, cubed, norm-clipped columns; dot product."""
+    a3 = _centre_cube_normalise(A.clone(), min_norm)
     out = torch.empty((A.shape[1], P.m), dtype=P.dtype)
     for s, e in _chunks(P.m, chunk):
-        block = P.columns(s, e)
-        block.sub_(block.mean(0, keepdim=True)).pow_(3)
-        out[:, s:e] = a3.T @ _normalise_columns(block)
+        out[:, s:e] = a3.T @ _centre_cube_normalise(P.columns(s, e), min_norm)
     return out
 
 
+def _rank_reorder_baseline(values: Tensor, p: float, n_perm: int, seed: int) -> Tensor:
+    """b_k of E3: mean |w_r - w_pi(r)|^p over n_perm seeded permutations per unit; values [C, n] descending."""
+    C, n = values.shape
+    asc = values.flip(1)
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.empty(C, dtype=values.dtype)
+    for k in range(C):
+        perms = torch.stack([torch.randperm(n, generator=gen) for _ in range(n_perm)])  # [n_perm, n]
+        base[k] = (asc[k][None, :] - asc[k][perms]).abs().pow(p).mean()
+    return base
+
+
 def _rank_reorder(A: Tensor, P: ConceptActivations, top_fraction: float, p: float, scale_p: float,
-                  chunk: int, unit_chunk: int | None, max_bytes: int) -> Tensor:
-    """E3: -sum_r w_kr |ideal_m[r] - z_m[S_k[r]]|^p over the unit's top images."""
+                  n_perm: int, seed: int, chunk: int, unit_chunk: int | None, max_bytes: int) -> Tensor:
+    """E3 of the module docstring."""
     N, C = A.shape
-    n = max(1, min(N, int(top_fraction * N)))
-    top = torch.topk(A, n, dim=0).indices.T.contiguous()  # [C, n]
-    ahat = _normalise_columns(A - A.mean(0, keepdim=True))
-    weights = torch.gather(ahat.T, 1, top).clamp_min(0).pow(scale_p)  # [C, n]
+    n = max(1, min(N, int(N * top_fraction)))
+    values, top_idx = torch.topk(A, n, dim=0)
+    values, top_idx = values.T.contiguous(), top_idx.T.contiguous()  # [C, n], descending
+    asc = values.flip(1)
+    base = _rank_reorder_baseline(values, p, n_perm, seed)
+    flat = base == 0  # all n top activations equal: err := 1 (see the module docstring)
+    base = torch.where(flat, torch.ones_like(base), base)
+    positions = torch.arange(n).view(1, n, 1)
     out = torch.empty((C, P.m), dtype=P.dtype)
     for s, e in _chunks(P.m, chunk):
-        z = P.columns(s, e)
-        z = _normalise_columns(z.sub_(z.mean(0, keepdim=True)))
-        ideal = torch.topk(z, n, dim=0).values  # [n, mc], descending
-        uc = _unit_chunk(n * (e - s), z.element_size(), unit_chunk, max_bytes)
+        block = P.columns(s, e)
+        mc = e - s
+        uc = _unit_chunk(n * mc, 8, unit_chunk, max_bytes, copies=5)  # int64 ranks dominate
         for us, ue in _chunks(C, uc):
-            actual = z.index_select(0, top[us:ue].reshape(-1)).view(ue - us, n, e - s)
-            err = actual.sub_(ideal[None]).abs_().pow_(p).mul_(weights[us:ue, :, None]).sum(1)
-            out[us:ue, s:e] = -err
-        del z
+            u = ue - us
+            c = block.index_select(0, top_idx[us:ue].reshape(-1)).view(u, n, mc)  # c_r
+            mean_c = c.mean(dim=1)  # [u, mc]
+            order = torch.argsort(c, dim=1, stable=True)  # ascending; equal values by position r
+            del c
+            rank = torch.empty_like(order).scatter_(1, order, positions.expand(u, n, mc))  # rho_r
+            del order
+            reordered = torch.gather(asc[us:ue, :, None].expand(u, n, mc), 1, rank)  # u_r
+            del rank
+            err = reordered.sub_(values[us:ue, :, None]).abs_().pow_(p).mean(dim=1)
+            del reordered
+            err = err.div_(base[us:ue, None])
+            err[flat[us:ue]] = 1.0
+            if scale_p != 0:
+                positive = mean_c > 0
+                err = torch.where(positive, err / mean_c.clamp_min(torch.finfo(mean_c.dtype).tiny).pow(scale_p),
+                                  torch.full_like(err, math.inf))
+            out[us:ue, s:e] = err.neg_()
+        del block
     return out
 
 
@@ -249,10 +299,11 @@ def similarity(acts, P_or_factors, method: str = "soft_wpmi", chunk_size: int | 
                unit_chunk: int | None = None, max_bytes: int = DEFAULT_MAX_BYTES, **params) -> Tensor:
     """Similarity [C units, M concepts] between unit activations ``acts`` [N, C] and concepts.
 
-    ``P_or_factors`` is P [N, M] or the pair (image_emb [N, D], text_emb [M, D]). ``chunk_size``: concepts
-    per chunk (default: what fits ``max_bytes``); ``unit_chunk``: units per chunk (default likewise).
-    ``params`` override the published defaults of ``method`` (:data:`DEFAULTS`). Computes in float32, or
-    float64 when an input is float64.
+    ``P_or_factors`` is P [N, M] or the pair (image_emb [N, D], text_emb [M, D]) of L2-normalised CLIP
+    embeddings. ``chunk_size``: concepts per chunk (default: what fits ``max_bytes``); ``unit_chunk``: units
+    per chunk (default likewise). ``params`` override the published defaults of ``method``
+    (:data:`DEFAULTS`). Computes in float32, or float64 when an input is float64. The WPMI marginal is
+    over the C units given (module docstring): pass all the units of a layer at once.
     """
     if method not in DEFAULTS:
         raise UserError(f"unknown CLIP-Dissect similarity {method!r}; choose one of {', '.join(METHODS)}")
@@ -266,26 +317,36 @@ def similarity(acts, P_or_factors, method: str = "soft_wpmi", chunk_size: int | 
     N = A.shape[0]
     elsize = torch.finfo(P.dtype).bits // 8
     chunk = _concept_chunk(N, elsize, chunk_size, max_bytes)
+    if A.shape[1] == 0:
+        return torch.empty((0, P.m), dtype=P.dtype)
     with torch.inference_mode():
         if method in ("soft_wpmi", "wpmi"):
-            if cfg["top_k"] < 1:
+            top_k = int(cfg["top_k"])
+            if top_k < 1:
                 raise UserError(f"{method}.top_k must be >= 1, got {cfg['top_k']}")
-            K = min(int(cfg["top_k"]), N)
+            if cfg["min_prob"] < 0:
+                raise UserError(f"{method}.min_prob must be >= 0, got {cfg['min_prob']}")
+            K = min(top_k, N)
+            member = None
             if method == "soft_wpmi":
-                if not (0 < cfg["p_end"] <= 1 and 0 < cfg["p_start"] <= 1):
-                    raise UserError("soft_wpmi p_start and p_end must lie in (0, 1]")
-                weights = torch.linspace(cfg["p_start"], cfg["p_end"], K, dtype=torch.float64)
-            else:
-                weights = torch.ones(K, dtype=torch.float64)
-            return _wpmi(A, P, weights, float(cfg["a"]), float(cfg["lam"]), chunk, unit_chunk, max_bytes)
+                if not (0 <= cfg["p_end"] <= 1 and 0 <= cfg["p_start"] <= 1):
+                    raise UserError("soft_wpmi p_start and p_end must lie in [0, 1]")
+                r = torch.arange(K, dtype=torch.float64)
+                member = cfg["p_start"] - r / top_k * (cfg["p_start"] - cfg["p_end"])
+            return _wpmi(A, P, K, member, float(cfg["a"]), float(cfg["lam"]), float(cfg["min_prob"]),
+                         chunk, unit_chunk, max_bytes)
         if method == "cos":
             return _cos(A, P, chunk)
         if method == "cos_cubed":
-            return _cos_cubed(A, P, chunk)
+            if not cfg["min_norm"] > 0:
+                raise UserError(f"cos_cubed.min_norm must be > 0, got {cfg['min_norm']}")
+            return _cos_cubed(A, P, float(cfg["min_norm"]), chunk)
         if not 0 < cfg["top_fraction"] <= 1:
             raise UserError(f"rank_reorder.top_fraction must lie in (0, 1], got {cfg['top_fraction']}")
+        if int(cfg["n_perm"]) < 1:
+            raise UserError(f"rank_reorder.n_perm must be >= 1, got {cfg['n_perm']}")
         return _rank_reorder(A, P, float(cfg["top_fraction"]), float(cfg["p"]), float(cfg["scale_p"]),
-                             chunk, unit_chunk, max_bytes)
+                             int(cfg["n_perm"]), int(cfg["seed"]), chunk, unit_chunk, max_bytes)
 
 
 def label_units(acts, P_or_factors, concept_names: Sequence[str], method: str = "soft_wpmi", top: int = 5,
