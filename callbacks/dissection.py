@@ -13,13 +13,14 @@ from lightning.pytorch.loggers import WandbLogger
 
 from lightning_modules.classifier import network_of
 from lwtakit.dissect import METHODS, ConceptSource, DissectionResult, dissect
-from lwtakit.drift import agreement
+from lwtakit.drift import agreement, dissection_key, stability
 from lwtakit.io import append_csv, write_csv
 from lwtakit.lwta import lwta_layers, set_inference
 from lwtakit.recording import analysis_mode
 
 HISTORY_COLUMNS = ("epoch", "step", "layer", "unit", "method", "label", "score", "firing_rate", "auc", "p_value",
                    "length", "top5")
+STABILITY_COLUMNS = ("layer", "method", "dissections", "stable_fraction", "mean_settle_epoch")
 
 
 class DissectionCallback(pl.Callback):
@@ -37,6 +38,9 @@ class DissectionCallback(pl.Callback):
     Distributed: every rank dissects the whole (small, fixed) probe set with the same weights and seed, so
     results are identical on 1 and N processes and no collective is needed; only global rank 0 writes
     ``labels.csv`` and logs.
+
+    At the end of fit, label stability per layer and method (:func:`lwtakit.drift.stability`: the stable
+    fraction and the mean settle epoch) goes to the loggers and to ``label_stability.csv``.
 
     State: the label history (the rows of every dissection so far) is in :meth:`state_dict`, so it survives
     a resume; at fit start ``labels.csv`` is rewritten from that history, which drops rows of a dissection
@@ -85,13 +89,18 @@ class DissectionCallback(pl.Callback):
         self.done: list[int] = []  # global steps already dissected
         self._last_epoch_end: tuple[int, int] | None = None
         self.seconds = 0.0
+        self._wandb_table: Any = None  # the INCREMENTAL label table of the current W&B run
+        self._wandb_table_run: Any = None
 
     @classmethod
     def from_config(cls, cfg, datamodule, run_dir: Path, seed: int = 0) -> DissectionCallback:
         """Build from the ``dissection`` config group; the probe set comes from the validation split."""
         probe = datamodule.probe_dataset(cfg.probe_size, seed=seed)
+        methods = list(cfg.methods)
+        if clip_configured(cfg.clip) and "clip_dissect" not in methods:
+            methods.append("clip_dissect")  # CLIP weights given: CLIP-Dissect labels come along
         clip = clip_concepts = None
-        if "clip_dissect" in cfg.methods:
+        if "clip_dissect" in methods:
             from lwtakit.clip import load_clip
             from lwtakit.concept_sets import load_concepts
 
@@ -100,7 +109,7 @@ class DissectionCallback(pl.Callback):
             clip_concepts = load_concepts(cfg.concepts)
         concepts = ConceptSource.from_dataset(probe, clip=clip, clip_concepts=clip_concepts,
                                               clip_cache_dir=cfg.clip.cache_dir)
-        return cls(probe, concepts, layers=list(cfg.layers) or None, methods=list(cfg.methods),
+        return cls(probe, concepts, layers=list(cfg.layers) or None, methods=methods,
                    every_n_epochs=cfg.every_n_epochs, on_checkpoint=cfg.on_checkpoint, at_fit_end=cfg.at_fit_end,
                    run_dir=run_dir, seed=seed, max_length=cfg.max_length, beam=cfg.beam,
                    clip_method=cfg.clip_method, top_images=cfg.top_images, grid_units=cfg.grid_units)
@@ -151,6 +160,23 @@ class DissectionCallback(pl.Callback):
             self.run(trainer, pl_module)
         if trainer.is_global_zero and self._enabled(trainer) and self.history:
             self._log_drift(trainer)
+            self._log_stability(trainer)
+
+    def label_stability(self) -> list[dict]:
+        """Per (layer, method) of the history: dissections, stable fraction and mean settle epoch."""
+        return [{"layer": layer, "method": m, **values} for m in self.methods
+                for layer, values in stability(self.history, m).items()]
+
+    def _log_stability(self, trainer: pl.Trainer) -> None:
+        rows = self.label_stability()
+        if not rows:
+            return
+        if self.run_dir is not None:
+            write_csv(self.run_dir / "label_stability.csv", rows, STABILITY_COLUMNS)
+        metrics = {f"dissection/{r['layer']}/{r['method']}/{name}": float(r[name])
+                   for r in rows for name in ("stable_fraction", "mean_settle_epoch")}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
 
     def _log_drift(self, trainer: pl.Trainer) -> None:
         """Label agreement between consecutive dissections per layer: a plot in the run folder and in W&B."""
@@ -218,7 +244,37 @@ class DissectionCallback(pl.Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
             if isinstance(logger, WandbLogger):
-                _log_wandb(logger, rows, result, self.probe, step, self.grid_units, self.top_images)
+                self._log_wandb(logger, rows, result, step)
+
+    def _label_table(self, logger: WandbLogger, rows: list[dict], step: int) -> tuple[str, Any] | None:
+        """The W&B label table to log: one INCREMENTAL table per run, kept here and grown by ``add_data``
+        (each log sends only the new rows as the next increment); for a wandb without ``log_mode``, a fresh
+        table per dissection under its own key."""
+        import wandb
+
+        columns = list(HISTORY_COLUMNS)
+        data = [[r.get(c) for c in columns] for r in rows]
+        if not data:
+            return None
+        run = logger.experiment
+        if self._wandb_table is None or self._wandb_table_run is not run:
+            try:
+                self._wandb_table = wandb.Table(columns=columns, log_mode="INCREMENTAL")
+            except TypeError:  # older wandb: no incremental tables, log a fresh table per dissection
+                return f"dissection/labels_step{step}", wandb.Table(columns=columns, data=data)
+            self._wandb_table_run = run
+        for row in data:
+            self._wandb_table.add_data(*row)
+        return "dissection/labels", self._wandb_table
+
+    def _log_wandb(self, logger: WandbLogger, rows: list[dict], result: DissectionResult, step: int) -> None:
+        """The label table (INCREMENTAL where this wandb supports it) and image grids of the best units."""
+        payload: dict[str, Any] = {"trainer/global_step": step}
+        table = self._label_table(logger, rows, step)
+        if table is not None:
+            payload[table[0]] = table[1]
+        payload.update(_top_image_grids(rows, result, self.probe, self.grid_units, self.top_images))
+        logger.experiment.log(payload)
 
 
 def layer_summaries(rows: list[dict], previous: list[dict]) -> dict[tuple[str, str], dict[str, float]]:
@@ -233,31 +289,30 @@ def layer_summaries(rows: list[dict], previous: list[dict]) -> dict[tuple[str, s
         out[key] = {"mean_score": sum(scores) / len(scores) if scores else float("nan"),
                     "distinct_labels": float(len({r["label"] for r in group}))}
     if previous:
+        last = max(dissection_key(r) for r in previous)  # the previous dissection: (epoch, step)
         for method in {r["method"] for r in rows}:
-            last_epoch = max(int(r["epoch"]) for r in previous)
-            window = [r for r in previous if int(r["epoch"]) == last_epoch] + rows
+            window = [r for r in previous if dissection_key(r) == last] + rows
             for layer, points in agreement(window, method).items():
                 if (layer, method) in out and points:
                     out[(layer, method)]["label_changed"] = 1.0 - points[-1][1]
     return out
 
 
-def _log_wandb(logger: WandbLogger, rows, result: DissectionResult, probe, step: int, grid_units: int,
-               top_images: int) -> None:
-    """The label table (INCREMENTAL where this wandb supports it) and image grids of the best units."""
+def clip_configured(clip_cfg) -> bool:
+    """Whether the ``dissection.clip`` config names CLIP weights: a ``pretrained`` tag or file, or a model that
+    brings its own weights (``local-dir:FOLDER``, ``hf-hub:NAME``)."""
+    model = str(clip_cfg.get("model") or "")
+    return bool(clip_cfg.get("pretrained")) or model.startswith(("local-dir:", "hf-hub:"))
+
+
+def _top_image_grids(rows: list[dict], result: DissectionResult, probe, grid_units: int,
+                     top_images: int) -> dict[str, Any]:
+    """Per layer, W&B images of the top-activating probe images of its best-scoring units."""
     import wandb
 
     from lwtakit.report import image_grid
 
-    columns = list(HISTORY_COLUMNS)
-    data = [[r.get(c) for c in columns] for r in rows]
-    try:
-        table = wandb.Table(columns=columns, data=data, log_mode="INCREMENTAL")
-        key = "dissection/labels"
-    except TypeError:  # older wandb: no incremental tables, log a fresh table per dissection
-        table = wandb.Table(columns=columns, data=data)
-        key = f"dissection/labels_step{step}"
-    payload: dict[str, Any] = {key: table, "trainer/global_step": step}
+    out: dict[str, Any] = {}
     for layer in result.recording.layers:
         best = sorted((r for r in rows if r["layer"] == layer and r["score"] is not None),
                       key=lambda r: -r["score"])
@@ -272,8 +327,8 @@ def _log_wandb(logger: WandbLogger, rows, result: DissectionResult, probe, step:
                                       caption=f"unit {r['unit']}: {r['label']} ({r['method']} {r['score']:.3f})"))
             if len(images) == grid_units:
                 break
-        payload[f"dissection/{layer}/top_images"] = images
-    logger.experiment.log(payload)
+        out[f"dissection/{layer}/top_images"] = images
+    return out
 
 
 def _png_to_array(png: bytes):
