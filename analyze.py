@@ -85,7 +85,7 @@ def cmd_dissect(args) -> Path:
     from lwtakit.checkpoint import load_model
     from lwtakit.concept_sets import load_concepts
     from lwtakit.dissect import ConceptSource, check_methods, dissect
-    from lwtakit.evaluation import concept_coverage, final_layer_accuracy
+    from lwtakit.evaluation import class_name_similarity, concept_coverage, final_layer_accuracy
     from lwtakit.io import staged_dir, write_csv
     from lwtakit.lwta import set_inference
     from lwtakit.models import default_layers
@@ -124,6 +124,9 @@ def cmd_dissect(args) -> Path:
                 continue  # e.g. IoU has no labels for a linear layer
             acc = final_layer_accuracy(final, loaded.class_names)
             evaluation.update({f"final-layer label {k} ({method})": v for k, v in acc.items() if k != "n"})
+            if clip is not None:  # CLIP-Dissect's "CLIP cos": label vs class name in CLIP's text space
+                evaluation[f"final-layer label CLIP cos ({method})"] = class_name_similarity(
+                    final, loaded.class_names, clip.encode_texts)
     if getattr(probe, "concept_groups", None):
         for method in args.methods:
             evaluation.update({f"{k} ({method})": v for k, v in

@@ -61,6 +61,28 @@ def test_final_layer_labels_of_a_trained_model_are_its_class_names(runs, tmp_pat
     assert "layer4.1.act2" in html and html.count("data:image/png;base64") >= 3
 
 
+def test_dissect_with_clip_dissect_reports_clip_cos_of_final_layer_labels(runs, tmp_path, capsys):
+    """--methods invert clip_dissect with a tiny local open_clip: both methods label every unit, and the report
+    gives CLIP-Dissect's "CLIP cos" (label vs class name in CLIP's text space) for the final layer."""
+    import open_clip
+
+    from lwtakit.clip import save_local_dir
+    from tests.test_clip import TINY_CFG
+
+    torch.manual_seed(0)
+    folder = save_local_dir(open_clip.CLIP(**TINY_CFG), TINY_CFG, tmp_path / "clip")
+    out = tmp_path / "dissect"
+    code, _, err = run_cli(capsys, "dissect", "--ckpt", runs["lwta"] / "checkpoints" / "last.ckpt",
+                           "--methods", "invert", "clip_dissect", "--clip-model", f"local-dir:{folder}",
+                           "--probe-size", 128, "--top-images", 4, "--grid-units", 2, "--out", out)
+    assert code == 0, err
+    rows = read_rows(out / "labels.csv")
+    for method in ("invert", "clip_dissect"):
+        assert len([r for r in rows if r["layer"] == "fc" and r["method"] == method]) == 6
+    html = (out / "report.html").read_text()
+    assert "final-layer label CLIP cos (clip_dissect)" in html and "final-layer label CLIP cos (invert)" in html
+
+
 @pytest.mark.parametrize("command", ["dissect", "compare"])
 def test_unusable_device_is_refused(command, tmp_path, capsys):
     source = ["--ckpt", tmp_path / "missing.ckpt"] if command == "dissect" else [tmp_path / "missing"]
