@@ -167,17 +167,20 @@ def test_compare_sparse_and_dense_writes_report_and_csv(runs, tmp_path, capsys):
 
 
 # --- analyze.py label ---------------------------------------------------------------------------
-def _planted(tmp_path, n=400, k=100, seed=0):
+def _planted(tmp_path, n=1000, k=100, seed=0):
     """Units that follow concepts 3, 0 and 4 (+ noise); P is a CLIP-like oracle: many rare concepts, image-concept
-    similarities near 0.2, slightly higher where the concept is present (few concepts saturate soft-WPMI)."""
+    similarities near 0.2, higher where the concept is present and the more so the stronger it is there (few
+    concepts saturate soft-WPMI; rank-reorder scores how the top images are ordered, so the strength that
+    drives a unit also orders P)."""
     rng = np.random.default_rng(seed)
     labels = rng.random((n, k)) < 0.1
+    strength = labels * (1 + rng.random((n, k)))
     truth = [3, 0, 4]
-    acts = np.stack([labels[:, c] + 0.3 * rng.standard_normal(n) for c in truth], 1).astype(np.float32)
+    acts = np.stack([strength[:, c] + 0.1 * rng.standard_normal(n) for c in truth], 1).astype(np.float32)
     names = [f"concept{i}" for i in range(k)]
     np.save(tmp_path / "A.npy", acts)
     np.save(tmp_path / "L.npy", labels)
-    np.save(tmp_path / "P.npy", (0.2 + 0.05 * labels + 0.01 * rng.standard_normal((n, k))).astype(np.float32))
+    np.save(tmp_path / "P.npy", (0.2 + 0.05 * strength + 0.01 * rng.standard_normal((n, k))).astype(np.float32))
     (tmp_path / "names.txt").write_text("\n".join(names) + "\n")
     return [names[c] for c in truth]
 
