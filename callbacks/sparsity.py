@@ -21,7 +21,8 @@ class SparsityMonitor(pl.Callback):
 
     - ``sparsity/<layer>/active_fraction``: non-zero outputs / all outputs (1/U by construction);
     - ``sparsity/<layer>/dead_units``: units that never won in the observed batches of the epoch;
-    - a histogram of per-unit win rates (W&B) when the logger supports it.
+    - ``sparsity/<layer>/win_rate_min`` / ``_max``: the extremes of the per-unit win rates (any logger), and
+      a histogram of all of them when a W&B logger is attached.
     """
 
     def __init__(self, every_n_steps: int = 20, log_histograms: bool = True) -> None:
@@ -73,6 +74,9 @@ class SparsityMonitor(pl.Callback):
         for name, s in summary.items():
             pl_module.log(f"sparsity/{name}/active_fraction", s["active_fraction"])
             pl_module.log(f"sparsity/{name}/dead_units", float(s["dead_units"]))
+            # the spread of the win rates for any logger; the whole histogram goes to W&B below
+            pl_module.log(f"sparsity/{name}/win_rate_min", float(s["win_rate"].min()))
+            pl_module.log(f"sparsity/{name}/win_rate_max", float(s["win_rate"].max()))
         if self.log_histograms and trainer.is_global_zero:
             _log_histograms(trainer, {n: s["win_rate"] for n, s in summary.items()})
 

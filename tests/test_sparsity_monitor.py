@@ -1,0 +1,56 @@
+"""SparsityMonitor with the real Trainer: measured active fraction, per-unit win rates and dead units against a
+network whose winners are known in advance, logged through a plain (CSV) logger."""
+
+import csv
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import CSVLogger
+from torch import nn
+
+from callbacks.sparsity import SparsityMonitor
+from lwtakit.lwta import LWTA
+
+# Pairs (0,1) (2,3) (4,5) (6,7): biases of +-50 decide every competition, so the winners are fixed.
+BIAS = torch.tensor([50.0, -50.0, 50.0, -50.0, 50.0, -50.0, -50.0, 50.0])
+EXPECTED_WIN_RATE = (BIAS > 0).double()
+
+
+class FixedWinners(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.model = nn.Sequential(nn.Linear(4, 8), LWTA(2), nn.Linear(8, 2))
+        with torch.no_grad():
+            self.model[0].weight.mul_(0.01)
+            self.model[0].bias.copy_(BIAS)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self.model(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.model[2].parameters(), lr=0.01)  # the first layer (and its biases) stays
+
+
+def test_win_rates_dead_units_and_active_fraction_match_the_known_winners(tmp_path):
+    data = torch.utils.data.TensorDataset(torch.randn(64, 4), torch.randint(0, 2, (64,)))
+    monitor = SparsityMonitor(every_n_steps=2)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=CSVLogger(tmp_path, name="", version=""),
+                         callbacks=[monitor], enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, log_every_n_steps=1)
+    trainer.fit(FixedWinners(), torch.utils.data.DataLoader(data, batch_size=8))
+    summary = monitor.summary()["1"]
+    assert torch.equal(summary["win_rate"], EXPECTED_WIN_RATE)
+    assert summary["dead_units"] == 4 and summary["active_fraction"] == 0.5
+    with open(tmp_path / "metrics.csv", newline="") as fh:
+        logged = {k: float(v) for row in csv.DictReader(fh) for k, v in row.items() if v and k.startswith("sparsity")}
+    assert logged == {"sparsity/1/active_fraction": 0.5, "sparsity/1/dead_units": 4.0,
+                      "sparsity/1/win_rate_min": 0.0, "sparsity/1/win_rate_max": 1.0}
+
+
+def test_every_n_steps_is_validated():
+    with pytest.raises(ValueError, match="every_n_steps"):
+        SparsityMonitor(every_n_steps=0)
