@@ -104,3 +104,31 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     assert code == 2
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
     assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+def test_temperature_schedule_reaches_the_lwta_layers_during_training(tmp_path, monkeypatch):
+    """The reference's annealing never fired: here every training forward of epoch e runs at the scheduled
+    T(e) = t0 * gamma ** (e // step_size), and the logged value is the same."""
+    from lightning_modules.classifier import LitClassifier
+
+    seen: dict[int, set[float]] = {}
+    on_start = LitClassifier.on_train_epoch_start
+
+    def watch(self):
+        on_start(self)
+        if not seen:  # one hook for the whole run, reading the epoch when it fires
+            layer = next(iter(lwta_layers(self.model).values()))
+            layer.register_forward_pre_hook(lambda m, args: seen.setdefault(self.current_epoch, set())
+                                            .add(m.temperature) if m.training else None)
+            seen[-1] = set()
+
+    monkeypatch.setattr(LitClassifier, "on_train_epoch_start", watch)
+    result = train_script.train(tiny_cfg(tmp_path, "trainer.max_epochs=3", "model.temperature.schedule=step",
+                                         "model.temperature.step_size=1", "model.temperature.gamma=0.5",
+                                         "model.temperature.t0=2.0", "dissection.enabled=false", "logger=csv"))
+    assert {e: sorted(ts) for e, ts in seen.items() if e >= 0} == {0: [2.0], 1: [1.0], 2: [0.5]}
+    rows = (result.run_dir / "logs" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    col = header.index("lwta/temperature")
+    logged = [float(r.split(",")[col]) for r in rows[1:] if r.split(",")[col]]
+    assert logged == [2.0, 1.0, 0.5]
