@@ -76,6 +76,7 @@ def accuracy_by_mode(model: nn.Module, dataset, modes: list[str], mc_samples: in
 def summarize_run(spec: str, probe_size: int = 1000, eval_size: int = 1000, seed: int = 0, device="cpu"):
     """Everything :func:`compare` shows about one run, as a :class:`lwtakit.report.RunSummary`."""
     from lwtakit.drift import agreement
+    from lwtakit.drift import stability as label_stability
     from lwtakit.evaluation import concept_coverage, final_layer_accuracy
     from lwtakit.io import read_csv
     from lwtakit.labelers.pca import variance_curves
@@ -123,7 +124,12 @@ def summarize_run(spec: str, probe_size: int = 1000, eval_size: int = 1000, seed
                                                                              for r in lr]))}
     stability = None
     if run_dir is not None and (run_dir / "labels.csv").is_file():
-        stability = agreement(read_csv(run_dir / "labels.csv"), "invert") or None
+        history = read_csv(run_dir / "labels.csv")
+        stability = agreement(history, "invert") or None
+        for layer, values in label_stability(history, "invert").items():
+            if layer in layer_stats:  # how settled the labels of the training-time dissections are
+                layer_stats[layer]["stable fraction"] = values["stable_fraction"]
+                layer_stats[layer]["mean settle epoch"] = values["mean_settle_epoch"]
     explained = act_layers[-1]
     v = variance_curves(rec.acts[explained])
     completeness = {explained: {"k": v["k"].tolist(), "pca_variance": v["pca"].tolist(),

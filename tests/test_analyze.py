@@ -162,6 +162,9 @@ def test_compare_sparse_and_dense_writes_report_and_csv(runs, tmp_path, capsys):
     sparsity = [v for k, v in lwta.items() if k.startswith("sparsity/") and "act" in k]
     assert sparsity and all(abs(v - 0.5) < 0.01 for v in sparsity)  # U = 2 measured
     assert any(k.startswith("stability/") for k in lwta)  # the runs dissected every epoch
+    for metric in ("layer/fc/stable fraction", "layer/fc/mean settle epoch"):
+        assert metric in lwta and metric in dense
+    assert 0 < lwta["layer/fc/stable fraction"] <= 1 and 0 <= lwta["layer/fc/mean settle epoch"] <= 3
     assert (runs["lwta"] / "label_drift.png").stat().st_size > 1000  # written by the callback at fit end
     assert "lwta" in (out / "report.html").read_text()
 
