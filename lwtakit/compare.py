@@ -134,7 +134,7 @@ def summarize_run(spec: str, probe_size: int = 1000, eval_size: int = 1000, seed
     v = variance_curves(rec.acts[explained])
     completeness = {explained: {"k": v["k"].tolist(), "pca_variance": v["pca"].tolist(),
                                 "neuron_variance": v["neurons"].tolist()}}
-    active_counts = (rec.acts[explained] != 0).sum(1).numpy()
+    active_counts = rec.active_per_image[explained].numpy()
     meta = {"checkpoint": str(ckpt), "model": f"{cfg.model.name} {cfg.model.act} U={cfg.model.U}",
             "data": cfg.data.name, "epochs": cfg.trainer.max_epochs}
     return RunSummary(name=run_dir.name if run_dir else ckpt.stem, meta=meta, accuracy=accuracy,

@@ -171,7 +171,7 @@ def completeness_curves(curves: Mapping[str, Mapping[str, Any]], split_runs: boo
                     y = _series(c, key, name, ka.size)
                     if y is not None:
                         ax_abl.plot(ka, y, style, color=color, marker=marker, markersize=2.5, label=f"{name} {lab}")
-        prefix = f"{run}: " if run else ""
+        prefix = f"{run}\n" if run else ""  # run names can be long: on a line of their own
         ax_var.set_title(f"{prefix}explained variance of top-k directions", fontsize=9)
         ax_var.set_ylim(-0.02, 1.02)
         if ax_abl is not None:
@@ -246,7 +246,7 @@ def firing_rates(firing: Mapping[str, Any], dead_below: float = 0.0) -> Figure:
 
 
 def active_counts(counts: Mapping[str, Any]) -> Figure:
-    """Per run, histogram of the number of active (winning / non-zero) units per probe image, on
+    """Per run, histogram over probe images of their active (winning / non-zero) units per position, on
     shared bins so runs are comparable."""
     data = {k: _finite(_to_numpy(v), f"active counts of {k}") for k, v in counts.items() if v is not None}
     data = {k: v for k, v in data.items() if v.size}
@@ -268,7 +268,7 @@ def active_counts(counts: Mapping[str, Any]) -> Figure:
         ax.hist(v, bins=edges, histtype="stepfilled", alpha=0.3, color=color,
                 label=f"{name} (median {np.median(v):.3g})")
         ax.hist(v, bins=edges, histtype="step", linewidth=1.3, color=color)
-    ax.set_xlabel("active units per image", fontsize=8)
+    ax.set_xlabel("active units per position", fontsize=8)
     ax.set_ylabel("images", fontsize=8)
     ax.set_title("Active neurons per image", fontsize=9)
     ax.tick_params(labelsize=7)
@@ -288,22 +288,36 @@ def bar_compare(values: Mapping[str, Mapping[str, float]], title: str, ylabel: s
     if not runs or not metrics:
         return _empty(f"{title}: no values")
     width = 0.8 / len(runs)
-    fig = Figure(figsize=(max(4.5, 1.0 + 0.55 * len(metrics) * len(runs)), 3.4), layout="constrained")
+    horizontal = len(metrics) > 8  # many groups (e.g. every layer): one row each, readable at page width
+    if horizontal:
+        fig = Figure(figsize=(6.4, 1.0 + 0.2 * len(metrics) * len(runs)), layout="constrained")
+    else:
+        fig = Figure(figsize=(max(4.5, 1.0 + 0.55 * len(metrics) * len(runs)), 3.4), layout="constrained")
     ax = fig.add_subplot()
     x = np.arange(len(metrics), dtype=np.float64)
     for i, run in enumerate(runs):
         ys = np.array([_float_or_nan(values[run].get(m)) for m in metrics])
         pos = x - 0.4 + width * (i + 0.5)
         ok = np.isfinite(ys)
-        bars = ax.bar(pos[ok], ys[ok], width=width * 0.92, label=run)
+        draw = ax.barh if horizontal else ax.bar
+        bars = draw(pos[ok], ys[ok], width * 0.92, label=run)
         ax.bar_label(bars, labels=[f"{y:.3g}" for y in ys[ok]], fontsize=6, padding=1)
-    ax.set_xticks(x, [_short(m) for m in metrics], fontsize=7,
-                  rotation=30 if len(metrics) > 3 else 0, ha="right" if len(metrics) > 3 else "center")
-    ax.set_ylabel(ylabel, fontsize=8)
+    labels = [_short(m) for m in metrics]
+    if horizontal:
+        ax.set_yticks(x, labels, fontsize=7)
+        ax.invert_yaxis()  # first metric on top
+        ax.set_xlabel(ylabel, fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.margins(x=0.12)
+        ax.grid(axis="x", alpha=0.3)
+    else:
+        ax.set_xticks(x, labels, fontsize=7, rotation=30 if len(metrics) > 3 else 0,
+                      ha="right" if len(metrics) > 3 else "center")
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.margins(y=0.12)
+        ax.grid(axis="y", alpha=0.3)
     ax.set_title(title, fontsize=9)
-    ax.tick_params(axis="y", labelsize=7)
-    ax.margins(y=0.12)
-    ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return fig
 

@@ -72,6 +72,7 @@ class _LayerHook:
         self.cpu = (lambda t: t.float()) if extras else (lambda t: t.float().cpu())
         self.outputs: list[torch.Tensor] = []   # reduced (or raw for reduce="none") per batch
         self.maxes: list[torch.Tensor] = []      # spatial max per batch (extras, conv only)
+        self.per_image: list[torch.Tensor] = []  # active units per position, per image (extras)
         self.active = None                       # [C] count of firing (image x position)
         self.positions = 0                       # number of (image x position) seen
         self.calls = 0
@@ -104,13 +105,15 @@ class _LayerHook:
         else:
             raise RuntimeError(f"layer {self.name!r}: cannot reduce an output of shape {tuple(out.shape)}")
         if self.extras:
-            fired = _active_mask(module, out).sum(dim=reduce_dims, dtype=torch.float64)
+            mask = _active_mask(module, out)
+            fired = mask.sum(dim=reduce_dims, dtype=torch.float64)
             self.active = fired if self.active is None else self.active + fired
             self.positions += out.shape[0] * per_image
+            self.per_image.append(mask.flatten(1).sum(1, dtype=torch.float64).div_(per_image).float())
 
     def flush(self, start: int) -> None:
         """Move the pieces recorded since index ``start`` to the CPU (after a forward pass)."""
-        for pieces in (self.outputs, self.maxes):
+        for pieces in (self.outputs, self.maxes, self.per_image):
             for i in range(start, len(pieces)):
                 pieces[i] = pieces[i].cpu()
 
@@ -207,11 +210,13 @@ class Recording:
     """Activations of a probe set: per layer ``acts`` [N, C] float32 CPU (spatial mean for conv maps, or
     max with ``reduce="max"``), ``acts_max`` [N, C] (spatial max; same as ``acts`` for non-conv layers),
     ``firing`` [C] (fraction of image x position where the unit fires: LWTA winner or non-zero),
+    ``active_per_image`` [N] (units that fire, averaged over an image's positions: C/U for LWTA),
     ``stats`` (streaming :class:`UnitStats` of ``acts``) and ``labels`` [N] (class labels, if given)."""
 
     acts: dict[str, torch.Tensor] = field(default_factory=dict)
     acts_max: dict[str, torch.Tensor] = field(default_factory=dict)
     firing: dict[str, torch.Tensor] = field(default_factory=dict)
+    active_per_image: dict[str, torch.Tensor] = field(default_factory=dict)
     stats: dict[str, UnitStats] = field(default_factory=dict)
     labels: torch.Tensor | None = None
     spatial: dict[str, bool] = field(default_factory=dict)  # layer gave [B, C, H, W] maps
@@ -268,6 +273,7 @@ def record_activations(model: nn.Module, dataset_or_loader, layers: Sequence[str
         rec.acts[name] = torch.cat(hook.outputs).float()
         rec.acts_max[name] = torch.cat(hook.maxes).float() if hook.maxes else rec.acts[name]
         rec.firing[name] = (hook.active / max(hook.positions, 1)).float().cpu()
+        rec.active_per_image[name] = torch.cat(hook.per_image)
         rec.spatial[name] = hook.is_spatial
     if labels and sum(x.numel() for x in labels) == seen:
         rec.labels = torch.cat(labels).clone()

@@ -589,7 +589,7 @@ class RunSummary:
     layer_stats: dict[str, dict[str, float]]  # layer -> {"mean score": ..., "distinct labels": ..., ...}
     stability: dict[str, list[tuple[int, float]]] | None = None  # layer -> [(epoch, label agreement)]
     completeness: dict[str, dict] | None = None  # layer -> completeness curves (see plots.completeness_curves)
-    active_counts: np.ndarray | None = None  # per probe image: number of active units in the explained layer
+    active_counts: np.ndarray | None = None  # per probe image: active units per position in the explained layer
 
 
 def _metric_rows(runs: Sequence[RunSummary]) -> list[tuple[str, list[tuple[str, list[Any]]]]]:
@@ -666,13 +666,14 @@ def compare_report(out_dir: str | os.PathLike, runs: Sequence[RunSummary], *, ti
     if comp:
         plot_html.append(_figure(figs.add("completeness", lambda: plots.completeness_curves(comp, split_runs=True)),
                                  "completeness", "Completeness (Dey et al. 2020), runs side by side: variance "
-                                 "explained by, and accuracy after ablating, the top-k PCA directions (solid) "
-                                 "vs the top-k neurons (dashed)."))
+                                 "explained by the top-k PCA directions (solid) vs the top-k neurons (dashed); "
+                                 "analyze.py dissect --pca K adds the accuracy after ablating them."))
     counts = {r.name: r.active_counts for r in runs if r.active_counts is not None}
     if counts:
         plot_html.append(_figure(figs.add("active_counts", lambda: plots.active_counts(counts)),
-                                 "active neurons per image", "Number of active (winning / non-zero) units per "
-                                 "probe image in the explained layer."))
+                                 "active neurons per image", "Active neurons per probe image in the explained "
+                                 "layer: the units that fire (LWTA winners / non-zero), averaged over the "
+                                 "positions of the feature map (C/U for an LWTA layer)."))
 
     diff = len(runs) == 2
     run_th = "".join(f'<th class="num run">{_e(n)}</th>' for n in names)

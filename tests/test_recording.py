@@ -151,6 +151,19 @@ def test_firing_rate_uses_the_winner_mask():
         wins = torch.nn.functional.one_hot(pre.argmax(2), 2).movedim(-1, 2).reshape(6, 4, 6, 6)
     torch.testing.assert_close(rec.firing["1"], wins.float().mean(dim=(0, 2, 3)))
     assert rec.firing["1"].sum() == pytest.approx(2.0)  # one winner per block of 2: sparsity 1/U
+    assert torch.equal(rec.active_per_image["1"], torch.full((6,), 2.0))  # 2 winners at every position
+
+
+def test_active_units_per_image_of_a_dense_layer():
+    """Per image: the non-zero units, averaged over the positions of the map (an independent count)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+    ds = _data(n=7)
+    rec = record_activations(net, ds, ["1"], batch_size=3, progress=False)
+    with torch.no_grad():
+        out = net(ds.tensors[0])
+    expected = torch.stack([(img != 0).sum() / (img.shape[1] * img.shape[2]) for img in out]).float()
+    torch.testing.assert_close(rec.active_per_image["1"], expected)
 
 
 def test_lwta_resnet_firing_rate_is_one_over_u():

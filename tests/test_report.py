@@ -184,12 +184,12 @@ def test_completeness_runs_side_by_side():
     fig = plots.completeness_curves(curves, split_runs=True)
     axes = [ax for ax in fig.axes if ax.get_visible()]
     assert len(axes) == 4  # 2 runs x (variance, ablation)
-    titles = sorted(ax.get_title().split(":")[0] for ax in axes)
+    titles = sorted(ax.get_title().split("\n")[0] for ax in axes)
     assert titles == ["dense", "dense", "sparse", "sparse"]
     # each layer's PCA and neuron curve in its run's variance panel: sparse has 2 layers, dense 1
     n_lines = {ax.get_title(): len(ax.get_lines()) for ax in axes if "variance" in ax.get_title()}
-    assert n_lines == {"sparse: explained variance of top-k directions": 4,
-                       "dense: explained variance of top-k directions": 2}
+    assert n_lines == {"sparse\nexplained variance of top-k directions": 4,
+                       "dense\nexplained variance of top-k directions": 2}
     plots._close(fig)
 
 
@@ -367,3 +367,14 @@ def test_compare_two_runs_shows_difference_and_rejects_bad_input(tmp_path):
         compare_report(tmp_path / "x", [])
     with pytest.raises(UserError):
         compare_report(tmp_path / "x", [a, a])
+
+
+def test_bar_compare_of_many_groups_is_horizontal_and_keeps_the_values():
+    """Many groups (every layer of a network) are drawn as rows, so the labels stay readable."""
+    values = {"sparse": {f"layer{i}": 0.5 for i in range(12)}, "dense": {f"layer{i}": i / 20 for i in range(12)}}
+    fig = plots.bar_compare(values, "Measured active fraction", "fraction")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == [f"layer{i}" for i in range(12)]
+    widths = sorted(round(p.get_width(), 6) for p in ax.patches)
+    assert widths == sorted([0.5] * 12 + [round(i / 20, 6) for i in range(12)])
+    plots._close(fig)
