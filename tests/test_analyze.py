@@ -83,6 +83,28 @@ def test_dissect_with_clip_dissect_reports_clip_cos_of_final_layer_labels(runs, 
     assert "final-layer label CLIP cos (clip_dissect)" in html and "final-layer label CLIP cos (invert)" in html
 
 
+def test_dissect_a_torchvision_model_from_its_cached_weights(tmp_path, capsys, monkeypatch):
+    """--model torchvision:NAME goes through torchvision's own weight loading: a weights file in
+    $TORCH_HOME/hub/checkpoints is used as it is (no download), the classifier gets the ImageNet class names."""
+    import torchvision
+
+    weights = torchvision.models.ResNet18_Weights.DEFAULT
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18().state_dict(), cache / os.path.basename(weights.url))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    out = tmp_path / "dissect"
+    code, _, err = run_cli(capsys, "dissect", "--model", "torchvision:resnet18", "--layers", "net.layer4", "net.fc",
+                           "--probe-size", 48, "--top-images", 4, "--grid-units", 2, "--batch-size", 16,
+                           "--out", out)
+    assert code == 0, err
+    rows = read_rows(out / "labels.csv")
+    assert len([r for r in rows if r["layer"] == "net.fc"]) == 1000
+    assert len([r for r in rows if r["layer"] == "net.layer4"]) == 512
+    assert "torchvision:resnet18" in (out / "report.html").read_text()
+
+
 @pytest.mark.parametrize("command", ["dissect", "compare"])
 def test_unusable_device_is_refused(command, tmp_path, capsys):
     source = ["--ckpt", tmp_path / "missing.ckpt"] if command == "dissect" else [tmp_path / "missing"]
