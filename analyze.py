@@ -244,6 +244,7 @@ def cmd_explain(args) -> list[dict]:
     from lwtakit.io import read_csv
     from lwtakit.lwta import lwta_layers
 
+    device = _device(args.device)
     loaded = load_model(args.ckpt or args.model)
     if not Path(args.image).is_file():
         raise UserError(f"image {args.image} does not exist")
@@ -262,7 +263,6 @@ def cmd_explain(args) -> list[dict]:
         if not Path(args.labels).is_file():
             raise UserError(f"labels file {args.labels} does not exist")
         labels = {int(r["unit"]): r["label"] for r in read_csv(args.labels) if r["layer"] == layer}
-    device = _device(args.device)
     rows = active_neurons(loaded.model.to(device), x, layer, labels=labels, top=args.top, device=device)
     print(f"{'unit':>6} {'activation':>11}  label")
     for r in rows:
