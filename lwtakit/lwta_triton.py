@@ -6,8 +6,9 @@ saved ``ks = +-s0 (1 - s0)/T`` whose sign is the winner. Why not ``torch.compile
 ResNet step is launch-bound, and a compiled region costs ~150 us of host time per call (guards, symbolic
 shapes, wrapper), which made the step 1.9x ReLU's; a direct Triton launch costs a few us.
 
-Uniforms come from Triton's Philox (``tl.rand``) keyed by a seed drawn from torch's CPU generator, so
-``torch.manual_seed`` and a checkpointed CPU RNG state make training reproducible as elsewhere.
+Uniforms come from Triton's Philox (``tl.rand``) keyed by a seed that torch's CUDA generator draws on the
+device: ``torch.manual_seed`` and checkpointed CUDA RNG states reproduce training, and the layer can be
+captured in a CUDA graph (the seed is not baked into the graph: every replay draws a new one).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ _BLOCK = 1024
 
 
 @triton.jit
-def _fwd_kernel(x_ptr, u_ptr, out_ptr, loser_ptr, ks_ptr, n_pairs, Q, inv_t, seed,
+def _fwd_kernel(x_ptr, u_ptr, seed_ptr, out_ptr, loser_ptr, ks_ptr, n_pairs, Q, inv_t,
                 HAS_U: tl.constexpr, BLOCK: tl.constexpr):
     # pair i = (p*G + g)*Q + q of the [P, G, 2, Q] input: units at base and base + Q
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -32,7 +33,7 @@ def _fwd_kernel(x_ptr, u_ptr, out_ptr, loser_ptr, ks_ptr, n_pairs, Q, inv_t, see
     if HAS_U:
         u = tl.load(u_ptr + i, mask=valid, other=0.5).to(tl.float32)
     else:
-        u = tl.rand(seed, i)
+        u = tl.rand(tl.load(seed_ptr), i)
     z = (h0 - h1) * inv_t - tl.log(u / (1.0 - u))
     w = z < 0.0
     s = tl.sigmoid(z)
@@ -73,9 +74,11 @@ def pair_fwd(x: Tensor, inv_t: float, save_dtype: torch.dtype, u: Tensor | None)
     out = torch.empty_like(x)
     loser = torch.empty((P, G, Q), dtype=save_dtype, device=x.device)
     ks = torch.empty((P, G, Q), dtype=save_dtype, device=x.device)
-    seed = 0 if u is not None else int(torch.randint(0, 2**31 - 1, ()).item())
-    _fwd_kernel[_grid(n)](x, x if u is None else u.contiguous(), out, loser, ks, n, Q, inv_t, seed,
-                          HAS_U=u is not None, BLOCK=_BLOCK)
+    has_u = u is not None
+    # the pointer the kernel does not read is given x
+    seed = x if has_u else torch.randint(0, 2**31 - 1, (1,), device=x.device)
+    _fwd_kernel[_grid(n)](x, u.contiguous() if has_u else x, seed, out, loser, ks, n, Q, inv_t,
+                          HAS_U=has_u, BLOCK=_BLOCK)
     return out, loser, ks
 
 
