@@ -78,6 +78,25 @@ def test_wandb_without_account_falls_back_to_offline(tmp_path, monkeypatch):
     assert list((result.run_dir / "wandb").glob("offline-run-*")), "no offline run after the fallback"
 
 
+@pytest.mark.timeout(180)
+def test_wandb_server_unreachable_with_an_account_falls_back_to_offline(tmp_path, monkeypatch):
+    """An API key but a server that refuses connections (a closed port on this machine): the online start
+    fails within wandb.init_timeout, training goes on logging offline."""
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # discard port: nothing listens
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config"))
+    cfg = load_config("default", [f"run_dir={tmp_path}", "run_name=r", *TINY, "trainer.max_epochs=1",
+                                  "logger=wandb", "wandb.mode=online", "wandb.init_timeout=8",
+                                  "dissection.enabled=false"])
+    started = time.monotonic()
+    with pytest.warns(UserWarning, match="W&B online run could not start"):
+        result = train_script.train(cfg)
+    assert time.monotonic() - started < 150
+    assert (result.run_dir / "checkpoints" / "last.ckpt").exists()
+    assert list((result.run_dir / "wandb").glob("offline-run-*")), "no offline run after the fallback"
+
+
 def test_wandb_disabled_trains_and_logs_csv(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     cfg = load_config("default", [f"run_dir={tmp_path}", "run_name=r", *TINY, "trainer.max_epochs=1",
