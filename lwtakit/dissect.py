@@ -150,20 +150,20 @@ def dissect(
 
     rows: list[dict] = []
     for layer in layers:
-        targets = [(layer, rec.acts[layer], rec.firing[layer])]
+        targets = [(layer, rec.acts[layer], rec.firing[layer], None)]
         if pca_components > 0:
             from lwtakit.labelers.pca import fit_pca
 
             pca = fit_pca(rec.acts[layer], k=pca_components)
-            targets.append((layer + PCA_SUFFIX, pca.project(rec.acts[layer]), None))
-        for name, acts, firing in targets:
+            targets.append((layer + PCA_SUFFIX, pca.project(rec.acts[layer]), None, (pca.mean, pca.components)))
+        for name, acts, firing, directions in targets:
             for method in methods:
-                if method == "iou" and (name.endswith(PCA_SUFFIX) or not rec.spatial.get(layer)):
-                    continue  # IoU thresholds spatial maps: PCA directions and linear layers have none
+                if method == "iou" and not rec.spatial.get(layer):
+                    continue  # IoU thresholds spatial maps: linear layers have none
                 t = time.perf_counter()
                 new = _label(method, model, probe, layer, acts, concepts, clip_factors, max_length=max_length,
                              beam=beam, min_gain=min_gain, clip_method=clip_method, iou_quantile=iou_quantile,
-                             batch_size=batch_size, device=device)
+                             batch_size=batch_size, device=device, directions=directions)
                 seconds[method] = seconds.get(method, 0.0) + time.perf_counter() - t
                 for row in new:
                     rows.append(normalise_row(row, layer=name, method=method,
@@ -172,7 +172,7 @@ def dissect(
 
 
 def _label(method, model, probe, layer, acts, concepts, clip_factors, *, max_length, beam, min_gain, clip_method,
-           iou_quantile, batch_size, device) -> list[dict]:
+           iou_quantile, batch_size, device, directions=None) -> list[dict]:
     if method == "invert":
         from lwtakit.labelers.invert import label_units
 
@@ -190,7 +190,7 @@ def _label(method, model, probe, layer, acts, concepts, clip_factors, *, max_len
     from lwtakit.labelers.iou import label_units
 
     return label_units(model, probe, layer, list(probe.concept_names), quantile=iou_quantile,
-                       batch_size=batch_size, device=device)
+                       batch_size=batch_size, device=device, directions=directions)
 
 
 def normalise_row(row: dict, *, layer: str, method: str, firing: float | None) -> dict:

@@ -62,6 +62,36 @@ def test_streaming_iou_equals_direct_computation(probe):
             assert iou[k, c] == pytest.approx(direct, abs=1e-12)
 
 
+class Projected(nn.Module):
+    """ColourDetectors whose pooled maps are then projected, per position, on directions: V (y - mean)."""
+
+    def __init__(self, mean, V):
+        super().__init__()
+        self.base = ColourDetectors()
+        self.proj = nn.Conv2d(3, V.shape[0], 1)
+        with torch.no_grad():
+            self.proj.weight.copy_(V.view(*V.shape, 1, 1))
+            self.proj.bias.copy_(-(V @ mean))
+
+    def forward(self, x):
+        b = self.base
+        return self.proj(b.pool(b.act(b.conv(x)))).mean(dim=(2, 3))
+
+
+def test_directions_are_dissected_like_units(probe):
+    """IoU of directions (PCA components as units) equals the IoU of a layer that outputs their scores, and
+    a direction along a detector gets that detector's concept."""
+    torch.manual_seed(0)
+    mean, V = torch.rand(3) * 0.1, torch.linalg.qr(torch.randn(3, 3))[0][:2]
+    got, t_got = iou_matrix(ColourDetectors().eval(), probe, "pool", batch_size=16, directions=(mean, V))
+    ref, t_ref = iou_matrix(Projected(mean, V).eval(), probe, "proj", batch_size=16)
+    torch.testing.assert_close(t_got, t_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got, ref, equal_nan=True, rtol=1e-4, atol=1e-6)
+    along = torch.tensor([[0.0, 0, 1], [1, 0, 0]])  # the blue detector, then the red one
+    rows = label_units(ColourDetectors(), probe, "pool", batch_size=16, directions=(torch.zeros(3), along))
+    assert [r["label"] for r in rows] == ["blue", "red"]
+
+
 def test_bad_layer_and_dataset(probe):
     with pytest.raises(UserError):
         label_units(ColourDetectors(), probe, "nope")

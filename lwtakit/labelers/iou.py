@@ -19,6 +19,10 @@ Two streaming passes over the probe set, never keeping the maps:
 Binarisation uses ``act >= T_k`` (with ties at the threshold included, so a unit whose top activations
 are all equal still covers them) but never marks the unit's minimum value (a unit that is mostly zero,
 e.g. an LWTA loser, does not light up everywhere).
+
+Directions as units (Dey et al. 2020, with PCA directions): given ``directions = (mean [C], V [k, C])``, each
+position's channel vector y is replaced by its scores ``V (y - mean)`` before both passes, so the k
+directions are dissected exactly like k units.
 """
 
 from __future__ import annotations
@@ -38,13 +42,17 @@ def _batches(n: int, batch_size: int):
         yield list(range(lo, min(lo + batch_size, n)))
 
 
-def _maps(model, layer: str, images: torch.Tensor, device) -> torch.Tensor:
+def _maps(model, layer: str, images: torch.Tensor, device, directions=None) -> torch.Tensor:
     with capture(model, [layer], reduce="none") as out:
         model(images.to(device))
     maps = out[layer][-1]
     if maps.dim() != 4:
         raise UserError(f"IoU needs a conv layer with [B, C, H, W] output; {layer!r} gives {tuple(maps.shape)}")
-    return maps.float()
+    maps = maps.float()
+    if directions is not None:  # per-position scores on the directions: [B, k, H, W]
+        mean, V = (t.to(maps.device, torch.float32) for t in directions)
+        maps = torch.einsum("bchw,kc->bkhw", maps - mean.view(1, -1, 1, 1), V)
+    return maps
 
 
 def _images(dataset, idx: Sequence[int]) -> torch.Tensor:
@@ -54,13 +62,14 @@ def _images(dataset, idx: Sequence[int]) -> torch.Tensor:
 
 
 def iou_matrix(model: torch.nn.Module, dataset, layer: str, quantile: float = 0.005, batch_size: int = 32,
-               device="cpu", seed: int = 0, progress: bool = False,
-               max_elements: int = 1 << 26) -> tuple[torch.Tensor, torch.Tensor]:
+               device="cpu", seed: int = 0, progress: bool = False, max_elements: int = 1 << 26,
+               directions: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Dataset-level IoU ``[C, K]`` (float64; NaN for concepts whose masks are empty on the whole probe
     set) and the thresholds ``T_k [C]`` of Network Dissection (see the module docstring).
 
     ``dataset[i]`` gives ``(image, label)`` and ``dataset.concept_masks(i)`` bool ``[K, H, W]``. A
     stochastic model (LWTA sampling) is run with the same seed in both passes so they see the same maps.
+    ``directions = (mean [C], V [k, C])`` dissects the k directions instead of the C units (module docstring).
     """
     from tqdm.auto import tqdm
 
@@ -81,7 +90,7 @@ def iou_matrix(model: torch.nn.Module, dataset, layer: str, quantile: float = 0.
         m = None
         for idx in tqdm(list(_batches(N, batch_size)), desc="IoU thresholds", disable=not progress,
                         leave=False):
-            maps = _maps(model, layer, _images(dataset, idx), device)
+            maps = _maps(model, layer, _images(dataset, idx), device, directions)
             B, C, h, w = maps.shape
             if m is None:
                 m = max(1, int(round(quantile * N * h * w)))
@@ -98,7 +107,7 @@ def iou_matrix(model: torch.nn.Module, dataset, layer: str, quantile: float = 0.
         inter = act_area = mask_area = None
         for idx in tqdm(list(_batches(N, batch_size)), desc="IoU overlaps", disable=not progress,
                         leave=False):
-            maps = _maps(model, layer, _images(dataset, idx), device)
+            maps = _maps(model, layer, _images(dataset, idx), device, directions)
             masks = torch.from_numpy(np.stack([np.asarray(dataset.concept_masks(i), bool) for i in idx]))
             masks = masks.to(maps.device)
             B, C = maps.shape[:2]
@@ -128,13 +137,14 @@ def iou_matrix(model: torch.nn.Module, dataset, layer: str, quantile: float = 0.
 
 def label_units(model: torch.nn.Module, dataset, layer: str, concept_names: Sequence[str] | None = None,
                 quantile: float = 0.005, batch_size: int = 32, device="cpu", seed: int = 0,
-                progress: bool = False) -> list[dict]:
+                progress: bool = False, directions: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[dict]:
     """One row per unit of ``layer``: ``unit, label, score (= iou), iou, threshold, top5`` with the
     concept of highest dataset-level IoU (Network Dissection, Bau et al. 2017); concepts whose masks are
-    empty on the probe set are skipped. ``concept_names`` default to ``dataset.concept_names``."""
+    empty on the probe set are skipped. ``concept_names`` default to ``dataset.concept_names``. With
+    ``directions`` the rows are those directions (e.g. PCA components) instead of the layer's units."""
     names = list(concept_names if concept_names is not None else getattr(dataset, "concept_names", []))
     iou, thresholds = iou_matrix(model, dataset, layer, quantile=quantile, batch_size=batch_size,
-                                 device=device, seed=seed, progress=progress)
+                                 device=device, seed=seed, progress=progress, directions=directions)
     if len(names) != iou.shape[1]:
         raise UserError(f"{len(names)} concept names for {iou.shape[1]} concept masks")
     valid = ~torch.isnan(iou[0]) if iou.shape[0] else torch.zeros(0, dtype=torch.bool)
