@@ -72,9 +72,7 @@ class _LayerHook:
         self.cpu = (lambda t: t.float()) if extras else (lambda t: t.float().cpu())
         self.outputs: list[torch.Tensor] = []   # reduced (or raw for reduce="none") per batch
         self.maxes: list[torch.Tensor] = []      # spatial max per batch (extras, conv only)
-        self.per_image: list[torch.Tensor] = []  # active units per position, per image (extras)
-        self.active = None                       # [C] count of firing (image x position)
-        self.positions = 0                       # number of (image x position) seen
+        self.per_image: list[torch.Tensor] = []  # [B, C] fraction of each image's positions where a unit fires
         self.calls = 0
         self.is_spatial = False
 
@@ -91,25 +89,19 @@ class _LayerHook:
             self.outputs.append(self.cpu(mx if self.reduce == "max" else mean))
             if self.extras:
                 self.maxes.append(self.cpu(mx))
-            per_image = out.shape[2] * out.shape[3]
-            reduce_dims = (0, 2, 3)
+            positions = (2, 3)
         elif out.dim() == 3:  # [B, T, D] tokens
             red = out[:, 0] if self.tokens == "cls" else out.mean(dim=1)
             self.outputs.append(self.cpu(red))
-            per_image = out.shape[1]
-            reduce_dims = (0, 1)
+            positions = (1,)
         elif out.dim() == 2:
             self.outputs.append(self.cpu(out))
-            per_image = 1
-            reduce_dims = (0,)
+            positions = ()
         else:
             raise RuntimeError(f"layer {self.name!r}: cannot reduce an output of shape {tuple(out.shape)}")
         if self.extras:
-            mask = _active_mask(module, out)
-            fired = mask.sum(dim=reduce_dims, dtype=torch.float64)
-            self.active = fired if self.active is None else self.active + fired
-            self.positions += out.shape[0] * per_image
-            self.per_image.append(mask.flatten(1).sum(1, dtype=torch.float64).div_(per_image).float())
+            mask = _active_mask(module, out).float()
+            self.per_image.append(mask.mean(dim=positions) if positions else mask)
 
     def flush(self, start: int) -> None:
         """Move the pieces recorded since index ``start`` to the CPU (after a forward pass)."""
@@ -210,12 +202,14 @@ class Recording:
     """Activations of a probe set: per layer ``acts`` [N, C] float32 CPU (spatial mean for conv maps, or
     max with ``reduce="max"``), ``acts_max`` [N, C] (spatial max; same as ``acts`` for non-conv layers),
     ``firing`` [C] (fraction of image x position where the unit fires: LWTA winner or non-zero),
-    ``active_per_image`` [N] (units that fire, averaged over an image's positions: C/U for LWTA),
+    ``firing_per_image`` [N, C] (fraction of each image's positions where the unit fires: for an LWTA layer,
+    where it wins), ``active_per_image`` [N] (its row sums: units firing per position, C/U for LWTA),
     ``stats`` (streaming :class:`UnitStats` of ``acts``) and ``labels`` [N] (class labels, if given)."""
 
     acts: dict[str, torch.Tensor] = field(default_factory=dict)
     acts_max: dict[str, torch.Tensor] = field(default_factory=dict)
     firing: dict[str, torch.Tensor] = field(default_factory=dict)
+    firing_per_image: dict[str, torch.Tensor] = field(default_factory=dict)
     active_per_image: dict[str, torch.Tensor] = field(default_factory=dict)
     stats: dict[str, UnitStats] = field(default_factory=dict)
     labels: torch.Tensor | None = None
@@ -272,8 +266,10 @@ def record_activations(model: nn.Module, dataset_or_loader, layers: Sequence[str
     for name, hook in hooks.items():
         rec.acts[name] = torch.cat(hook.outputs).float()
         rec.acts_max[name] = torch.cat(hook.maxes).float() if hook.maxes else rec.acts[name]
-        rec.firing[name] = (hook.active / max(hook.positions, 1)).float().cpu()
-        rec.active_per_image[name] = torch.cat(hook.per_image)
+        rec.firing_per_image[name] = torch.cat(hook.per_image)
+        # every image has the same number of positions: the probe-set firing rate is the mean over images
+        rec.firing[name] = rec.firing_per_image[name].double().mean(0).float()
+        rec.active_per_image[name] = rec.firing_per_image[name].sum(1)
         rec.spatial[name] = hook.is_spatial
     if labels and sum(x.numel() for x in labels) == seen:
         rec.labels = torch.cat(labels).clone()

@@ -151,11 +151,14 @@ def test_firing_rate_uses_the_winner_mask():
         wins = torch.nn.functional.one_hot(pre.argmax(2), 2).movedim(-1, 2).reshape(6, 4, 6, 6)
     torch.testing.assert_close(rec.firing["1"], wins.float().mean(dim=(0, 2, 3)))
     assert rec.firing["1"].sum() == pytest.approx(2.0)  # one winner per block of 2: sparsity 1/U
+    # per image and unit: the fraction of its positions where the unit wins
+    torch.testing.assert_close(rec.firing_per_image["1"], wins.float().mean(dim=(2, 3)))
     assert torch.equal(rec.active_per_image["1"], torch.full((6,), 2.0))  # 2 winners at every position
 
 
-def test_active_units_per_image_of_a_dense_layer():
-    """Per image: the non-zero units, averaged over the positions of the map (an independent count)."""
+def test_firing_and_active_units_per_image_of_a_dense_layer():
+    """Per image: where each unit is non-zero, and the non-zero units averaged over the positions of the map
+    (independent counts on the full maps)."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
     ds = _data(n=7)
@@ -164,6 +167,8 @@ def test_active_units_per_image_of_a_dense_layer():
         out = net(ds.tensors[0])
     expected = torch.stack([(img != 0).sum() / (img.shape[1] * img.shape[2]) for img in out]).float()
     torch.testing.assert_close(rec.active_per_image["1"], expected)
+    torch.testing.assert_close(rec.firing_per_image["1"], (out != 0).float().mean(dim=(2, 3)))
+    torch.testing.assert_close(rec.firing["1"], (out != 0).float().mean(dim=(0, 2, 3)))
 
 
 def test_lwta_resnet_firing_rate_is_one_over_u():
