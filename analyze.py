@@ -139,7 +139,7 @@ def cmd_dissect(args) -> Path:
     for layer in layers:
         firing = result.recording.firing[layer].numpy()
         best = sorted((r for r in rows if r["layer"] == layer and r["score"] is not None), key=lambda r: -r["score"])
-        units = list(dict.fromkeys(r["unit"] for r in best))[: args.grid_units]
+        units = list(dict.fromkeys(r["unit"] for r in best))[: args.grid_units or None]
         top = {u: torch.stack([probe[i][0] for i in result.top_images(layer, u, args.top_images)]) for u in units}
         infos.append(report.LayerInfo(name=layer, units=len(firing), active_fraction=float(firing.mean()),
                                       firing=firing, top_images=top))
@@ -305,7 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CoCa weights: tag, file or local-dir: (describe)")
     d.add_argument("--inference", choices=["sample", "argmax"], help="LWTA mode while recording")
     d.add_argument("--top-images", type=int, default=8)
-    d.add_argument("--grid-units", type=int, default=12, help="units per layer shown with their top images")
+    d.add_argument("--grid-units", type=int, default=12,
+                   help="best-scoring units per layer shown with their top images (0: every unit)")
     d.add_argument("--batch-size", type=int, default=128)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--device", default="auto", help=DEVICE_HELP)

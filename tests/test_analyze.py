@@ -59,6 +59,17 @@ def test_final_layer_labels_of_a_trained_model_are_its_class_names(runs, tmp_pat
     assert hits >= 5, fc
     html = (out / "report.html").read_text()
     assert "layer4.1.act2" in html and html.count("data:image/png;base64") >= 3
+    assert html.count('class="topimg"') == 4 * 3 + 3  # --grid-units 3 in each of the 5 layers
+
+
+def test_grid_units_zero_shows_every_unit(runs, tmp_path, capsys):
+    out = tmp_path / "dissect"
+    code, _, err = run_cli(capsys, "dissect", "--ckpt", runs["lwta"] / "checkpoints" / "last.ckpt", "--layers",
+                           "layer4.1.act2", "fc", "--probe-size", 64, "--top-images", 4, "--grid-units", 0,
+                           "--out", out)
+    assert code == 0, err
+    units = {(r["layer"], r["unit"]) for r in read_rows(out / "labels.csv")}
+    assert len(units) > 6 and (out / "report.html").read_text().count('class="topimg"') == len(units)
 
 
 def test_dissect_with_clip_dissect_reports_clip_cos_of_final_layer_labels(runs, tmp_path, capsys):
