@@ -48,6 +48,7 @@ def build_network(cfg: DictConfig, num_classes: int, in_chans: int, mean, std) -
         m.name, num_classes=num_classes, act=m.act, U=m.U, temperature=m.temperature.t0,
         inference=m.inference, kl=m.kl, width=m.width, stem=m.stem, in_chans=in_chans,
         img_size=cfg.data.img_size, patch_size=m.patch_size, depth=m.depth, mean=tuple(mean), std=tuple(std),
+        temperature_on=m.temperature.on,
     )
 
 

@@ -38,6 +38,7 @@ class TemperatureConfig:
     gamma: float = 0.5  # step / exponential factor
     step_size: int = 5  # epochs between steps
     t_min: float = 0.05
+    on: str = "logits"  # logits: winners ~ softmax(h/T) | relaxation: DISCOVER's code, winners ~ softmax(h)
 
 
 @dataclass
@@ -174,6 +175,7 @@ CHOICES = {
     "model.stem": ("cifar", "imagenet"),
     "model.inference": ("sample", "argmax"),
     "model.temperature.schedule": ("constant", "step", "exponential", "cosine"),
+    "model.temperature.on": ("logits", "relaxation"),
     "data.name": ("synthetic", "mnist", "cifar10", "cifar100", "imagefolder"),
     "optim.name": ("sgd", "adamw"),
     "optim.schedule": ("none", "step", "cosine"),

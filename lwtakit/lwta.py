@@ -6,17 +6,18 @@ dimension). The competition logits are the pre-activations ``h`` themselves. One
 sampled, the winner passes its raw value (it may be negative) and the losers output exactly 0.
 
 Sampling (Gumbel-max / Gumbel-softmax, Jang et al. ICLR 2017 eqs. 1-2, as used by DISCOVER's
-stochastic LWTA): with standard Gumbel noise g,
-    winner = argmax_u (h_u / T + g_u),    soft = softmax(h / T + g)          (1)
-so the winner is drawn from ``softmax(h / T)`` and the temperature sharpens the competition
-(T -> 0: deterministic argmax). Note: DISCOVER's code calls ``F.gumbel_softmax(h, tau=T, hard=True)``
-whose hard sample is drawn from ``softmax(h)`` for every T (T only shapes its gradient); we put T on
-the logits so that the temperature, and its schedule, changes what is sampled. At T=1 both agree.
+stochastic LWTA): with standard Gumbel noise g and two scales a, b with a b = 1/T,
+    winner = argmax_u (a h_u + g_u),    soft = softmax(b (a h + g))          (1)
+``temperature_on="logits"`` (default): a = 1/T, b = 1, so the winner is drawn from ``softmax(h / T)``
+and the temperature sharpens the competition (T -> 0: deterministic argmax), and a temperature schedule
+changes what is sampled. ``temperature_on="relaxation"``: a = 1, b = 1/T, DISCOVER's code
+(``F.gumbel_softmax(h, tau=T, hard=True)``): the winner is drawn from ``softmax(h)`` for every T, which
+only shapes the gradient through softmax((h + g)/T). At T=1 both are the same.
 
 Forward value ``y = h * onehot(winner)``; gradient straight-through the relaxation (1):
-``y = h * (hard + soft - soft.detach())``, hence for one block
+``y = h * (hard + soft - soft.detach())``, hence for one block, in both cases
     dL/dh_j = g_j hard_j + soft_j (g_j h_j - sum_i g_i h_i soft_i) / T                      (2)
-(the Jacobian of softmax(h/T + g) w.r.t. h is (diag(s) - s s^T)/T).
+(the Jacobian of softmax(b (a h + g)) w.r.t. h is (diag(s) - s s^T) a b).
 ``_LWTAPair`` (U = 2, eager), ``_LWTAPairFused`` (U = 2, the same arithmetic in one pass each way:
 ``torch.compile`` on the CPU, hand-written Triton kernels on CUDA) and ``_LWTABlock`` (any U) implement
 (1)-(2) as autograd Functions, without the reshape + one-hot + multiply graph of the straightforward
@@ -24,10 +25,12 @@ formulation.
 
 U = 2 fast path: softmax over two units depends on their difference only, and the difference of two
 Gumbels is Logistic = logit(Uniform), so with ONE uniform u per block
-    z = (h0 - h1)/T - logit(u),   unit 1 wins iff z < 0,   soft_0 = sigmoid(z),
-which is exactly the Gumbel-softmax of (1) (P(unit 1 wins) = sigmoid((h1 - h0)/T)), and eq. (2)
+    z = a (h0 - h1) - logit(u),   unit 1 wins iff z < 0,   soft_0 = sigmoid(b z),
+which is exactly the Gumbel-softmax of (1) (P(unit 1 wins) = sigmoid(a (h1 - h0))), and eq. (2)
 reduces per block to grad0 = g0 hard0 + k q, grad1 = g1 hard1 - k q, q = g0 h0 - g1 h1,
 k = soft_0 (1 - soft_0) / T.
+
+The autograd Functions below take ``scales = (a, b)``.
 """
 
 from __future__ import annotations
@@ -42,18 +45,19 @@ from torch import Tensor, nn
 from lwtakit.errors import UserError
 
 INFERENCE_MODES = ("sample", "argmax")
+TEMPERATURE_ON = ("logits", "relaxation")
 DENSE = ("relu", "gelu")
 
 
 # --------------------------------------------------------------------------------------------------
 # autograd Functions. Inputs are viewed as [P, G, U, Q]: P = leading dims, G = blocks, Q = trailing.
 # --------------------------------------------------------------------------------------------------
-def _pair_logits(h0: Tensor, h1: Tensor, inv_t: float, u: Tensor | None) -> Tensor:
-    """z = (h0 - h1)/T - logit(u): the Gumbel-perturbed logit difference of eq. (1) for a pair (a
+def _pair_logits(h0: Tensor, h1: Tensor, a: float, u: Tensor | None) -> Tensor:
+    """z = a (h0 - h1) - logit(u): the Gumbel-perturbed logit difference of eq. (1) for a pair (a
     difference of two Gumbels is Logistic = logit(Uniform)). Unit 1 wins iff signbit(z)."""
     z = torch.sub(h0, h1)
-    if inv_t != 1.0:
-        z.mul_(inv_t)
+    if a != 1.0:
+        z.mul_(a)
     if u is None:
         u = torch.rand_like(z)
     return z.sub_(torch.logit(u))
@@ -64,15 +68,16 @@ class _LWTAPair(torch.autograd.Function):
     masks is several times slower than a multiply on CPU).
 
     Saved for backward: the output (also saved by the next layer, so no extra memory), the loser's
-    pre-activation and ``ks = +-k``, k = s0 (1 - s0) / T with s0 = sigmoid(z) the relaxed probability
+    pre-activation and ``ks = +-k``, k = s0 (1 - s0) / T with s0 = sigmoid(b z) the relaxed probability
     of unit 0, negative iff unit 1 won; so no separate mask is kept. k is floored at 2**-24 (the
     smallest float16 subnormal) so that its sign survives float16. Both are stored in ``save_dtype``
     (float16 halves their memory; they only enter the relaxed part of eq. 2)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, inv_t: float, save_dtype, u: Tensor | None):
+    def forward(ctx, x: Tensor, scales: tuple[float, float], save_dtype, u: Tensor | None):
+        a, b = scales
         h0, h1 = x[:, :, 0], x[:, :, 1]
-        z = _pair_logits(h0, h1, inv_t, u)
+        z = _pair_logits(h0, h1, a, u)
         wf = torch.lt(z, 0, out=torch.empty_like(z))  # 1.0 where unit 1 wins
         out = torch.empty_like(x)
         torch.addcmul(h0, h0, wf, value=-1, out=out[:, :, 0])  # h0 (1 - w)
@@ -81,10 +86,10 @@ class _LWTAPair(torch.autograd.Function):
             wf.neg_()  # like ks: negative iff unit 1 won
             ctx.mark_non_differentiable(wf)
             return out, wf
-        s = z.sigmoid_()
+        s = (z.mul_(b) if b != 1.0 else z).sigmoid_()
         k = torch.addcmul(s, s, s, value=-1)  # s (1 - s)
-        if inv_t != 1.0:
-            k.mul_(inv_t)
+        if a * b != 1.0:
+            k.mul_(a * b)
         ks = k.clamp_min_(2.0**-24).addcmul_(k, wf, value=-2).to(save_dtype)  # k (1 - 2 w)
         loser = torch.lerp(h1, h0, wf).to(save_dtype)
         ctx.save_for_backward(out, loser, ks)
@@ -112,19 +117,19 @@ class _LWTAPair(torch.autograd.Function):
 # Fused kernels (torch.compile / Inductor): the same arithmetic as _LWTAPair's eager code in one
 # pass over memory each way (~8x faster than the eager ops on CPU). Compiled lazily on first use with
 # dynamic shapes; if compilation is impossible we warn once and stay eager.
-def _pair_fwd_math(x: Tensor, u: Tensor, inv_t: Tensor, save_dtype: torch.dtype):
+def _pair_fwd_math(x: Tensor, u: Tensor, a: Tensor, b: Tensor, save_dtype: torch.dtype):
     h0, h1 = x[:, :, 0], x[:, :, 1]
-    z = (h0 - h1) * inv_t - torch.logit(u)
+    z = (h0 - h1) * a - torch.logit(u)
     w = (z < 0).to(x.dtype)
     out = torch.stack((h0 * (1 - w), h1 * w), dim=2)
-    s = torch.sigmoid(z)
-    ks = torch.clamp_min(s * (1 - s) * inv_t, 2.0**-24) * (1 - 2 * w)
+    s = torch.sigmoid(z * b)
+    ks = torch.clamp_min(s * (1 - s) * (a * b), 2.0**-24) * (1 - 2 * w)
     loser = h1 + w * (h0 - h1)
     return out, loser.to(save_dtype), ks.to(save_dtype)
 
 
-def _pair_fwd_rand_math(x: Tensor, inv_t: Tensor, save_dtype: torch.dtype):
-    return _pair_fwd_math(x, torch.rand_like(x[:, :, 0]), inv_t, save_dtype)
+def _pair_fwd_rand_math(x: Tensor, a: Tensor, b: Tensor, save_dtype: torch.dtype):
+    return _pair_fwd_math(x, torch.rand_like(x[:, :, 0]), a, b, save_dtype)
 
 
 def _pair_bwd_math(g: Tensor, out: Tensor, loser: Tensor, ks: Tensor):
@@ -182,17 +187,17 @@ class _LWTAPairFused(torch.autograd.Function):
     CUDA: hand-written Triton kernels (:mod:`lwtakit.lwta_triton`); elsewhere: ``torch.compile``."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, inv_t: float, save_dtype, u: Tensor | None):
+    def forward(ctx, x: Tensor, scales: tuple[float, float], save_dtype, u: Tensor | None):
         triton_kernels = _triton() if x.is_cuda else None
         if triton_kernels is not None:
-            res = _fused_call(triton_kernels.pair_fwd, x, inv_t, save_dtype, u)
+            res = _fused_call(triton_kernels.pair_fwd, x, scales, save_dtype, u)
         else:
-            it = torch.full((), inv_t, dtype=x.dtype, device=x.device)
-            res = _fused_call(_kernel("fwd"), x, u, it, save_dtype) if u is not None else \
-                _fused_call(_kernel("fwd_rand"), x, it, save_dtype)
+            a, b = (torch.full((), v, dtype=x.dtype, device=x.device) for v in scales)
+            res = _fused_call(_kernel("fwd"), x, u, a, b, save_dtype) if u is not None else \
+                _fused_call(_kernel("fwd_rand"), x, a, b, save_dtype)
         if res is None:
             ctx.eager = True
-            return _LWTAPair.forward(ctx, x, inv_t, save_dtype, u)
+            return _LWTAPair.forward(ctx, x, scales, save_dtype, u)
         ctx.eager = False
         out, loser, ks = res
         if ctx.needs_input_grad[0]:
@@ -216,17 +221,18 @@ class _LWTABlock(torch.autograd.Function):
     """General-U LWTA (eqs. 1-2) with Gumbel noise g; saves h and the relaxed soft probabilities."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, inv_t: float, gumbel: Tensor | None):
+    def forward(ctx, x: Tensor, scales: tuple[float, float], gumbel: Tensor | None):
+        a, b = scales
         if gumbel is None:
             # Gumbel = -log(Exp(1)): the exponential race, one log per element fewer than -log(-log u).
             gumbel = torch.empty_like(x).exponential_().log_().neg_()
-        z = torch.mul(x, inv_t).add_(gumbel)
+        z = torch.mul(x, a).add_(gumbel)
         idx = z.argmax(dim=2, keepdim=True)
-        soft = torch.softmax(z, dim=2)
+        soft = torch.softmax(z.mul_(b) if b != 1.0 else z, dim=2)
         hard = torch.zeros_like(x).scatter_(2, idx, 1.0)
         out = x * hard
         ctx.save_for_backward(x, hard, soft)
-        ctx.inv_t = inv_t
+        ctx.inv_t = a * b
         ctx.mark_non_differentiable(idx)
         return out, idx
 
@@ -259,13 +265,15 @@ class LWTA(nn.Module):
     Args:
         U: block size (units competing); ``U == 1`` is the plain dense activation ``dense``.
         temperature: T of eq. (1) (> 0).
+        temperature_on: ``"logits"`` (default: winners drawn from softmax(h / T)) or ``"relaxation"``
+            (DISCOVER's code: winners from softmax(h), T only in the relaxation's gradient); module docstring.
         inference: eval-time behaviour: ``"sample"`` (stochastic in eval too, as DISCOVER
             evaluates) or ``"argmax"`` (deterministic winner = largest pre-activation per block).
             Training forwards always sample.
         dense: activation used when ``U == 1`` (``"relu"`` | ``"gelu"``).
         kl: compute ``KL(q || Uniform(1/U))`` on each training forward with grad, with
-            ``q = softmax(h / T)`` per block: the distribution winners are drawn from (eq. 1), so the
-            term pulls the sampler itself towards uniform competition (DISCOVER's prior).
+            ``q = softmax(a h)`` per block (softmax(h / T) or softmax(h)): the distribution winners are drawn
+            from (eq. 1), so the term pulls the sampler itself towards uniform competition (DISCOVER's prior).
         dim: competing dimension; ``None`` -> 1 for 4-D input (conv), -1 otherwise (tokens).
         save_dtype: dtype of the tensors saved for backward besides the output (U=2): ``"half"``
             (default, float16 for float32 input) or ``"same"`` (the input dtype, exact).
@@ -288,8 +296,11 @@ class LWTA(nn.Module):
         save_dtype: str = "half",
         record: bool = True,
         fused: str | bool = "auto",
+        temperature_on: str = "logits",
     ):
         super().__init__()
+        if temperature_on not in TEMPERATURE_ON:
+            raise UserError(f"LWTA temperature_on must be one of {', '.join(TEMPERATURE_ON)}, got {temperature_on!r}")
         if int(U) != U or U < 1 or U > 255:
             raise UserError(f"LWTA block size U must be an integer in [1, 255], got {U!r}")
         if dense not in DENSE:
@@ -307,6 +318,7 @@ class LWTA(nn.Module):
         if fused not in ("auto", True, False):
             raise UserError(f"fused must be 'auto', True or False, got {fused!r}")
         self.fused = fused
+        self.temperature_on = temperature_on
         self._winners: tuple[Tensor, tuple[int, ...]] | None = None
         self._last_shape: tuple[int, ...] | None = None
         self._last_dim: int = 1
@@ -321,7 +333,8 @@ class LWTA(nn.Module):
             raise UserError(f"LWTA temperature must be a positive number, got {temperature!r}")
 
     def extra_repr(self) -> str:
-        return f"U={self.U}, temperature={self.temperature:g}, inference={self.inference}, kl={self.kl}"
+        on = "" if self.temperature_on == "logits" else f", temperature_on={self.temperature_on}"
+        return f"U={self.U}, temperature={self.temperature:g}{on}, inference={self.inference}, kl={self.kl}"
 
     def _competing_dim(self, x: Tensor) -> int:
         d = self.dim if self.dim is not None else (1 if x.dim() == 4 else -1)
@@ -345,15 +358,16 @@ class LWTA(nn.Module):
         G = C // self.U
         xv = x.contiguous().view(P, G, self.U, Q)
         inv_t = 1.0 / self.temperature
+        scales = (inv_t, 1.0) if self.temperature_on == "logits" else (1.0, inv_t)  # (a, b) of eq. (1)
         if self.inference == "argmax" and not self.training:
             out, win = _argmax_competition(xv)
         elif self.U == 2:
             sd = torch.float16 if (self.save_dtype == "half" and x.dtype == torch.float32) else x.dtype
             # CUDA: always (a Triton launch costs less host time than the eager ops); CPU: large inputs only
             fuse = self.fused is True or (self.fused == "auto" and (x.is_cuda or x.numel() >= _FUSE_MIN_NUMEL))
-            out, win = (_LWTAPairFused if fuse else _LWTAPair).apply(xv, inv_t, sd, _noise)
+            out, win = (_LWTAPairFused if fuse else _LWTAPair).apply(xv, scales, sd, _noise)
         else:
-            out, win = _LWTABlock.apply(xv, inv_t, _noise)
+            out, win = _LWTABlock.apply(xv, scales, _noise)
             win = win.squeeze(2)
         if self.record:
             shape = list(x.shape)
@@ -368,7 +382,7 @@ class LWTA(nn.Module):
         else:
             self._winners = None
         if self.kl and self.training and torch.is_grad_enabled():
-            q = torch.softmax(xv * inv_t, dim=2)
+            q = torch.softmax(xv * scales[0], dim=2)
             # KL(q || 1/U) = sum_u q log q + log U, averaged over blocks.
             self._kl = (torch.xlogy(q, q).sum(dim=2) + math.log(self.U)).mean()
         elif self.training and torch.is_grad_enabled():

@@ -22,7 +22,7 @@ _BLOCK = 1024
 
 
 @triton.jit
-def _fwd_kernel(x_ptr, u_ptr, seed_ptr, out_ptr, loser_ptr, ks_ptr, n_pairs, Q, inv_t,
+def _fwd_kernel(x_ptr, u_ptr, seed_ptr, out_ptr, loser_ptr, ks_ptr, n_pairs, Q, a, b,
                 HAS_U: tl.constexpr, BLOCK: tl.constexpr):
     # pair i = (p*G + g)*Q + q of the [P, G, 2, Q] input: units at base and base + Q
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -34,10 +34,10 @@ def _fwd_kernel(x_ptr, u_ptr, seed_ptr, out_ptr, loser_ptr, ks_ptr, n_pairs, Q, 
         u = tl.load(u_ptr + i, mask=valid, other=0.5).to(tl.float32)
     else:
         u = tl.rand(tl.load(seed_ptr), i)
-    z = (h0 - h1) * inv_t - tl.log(u / (1.0 - u))
+    z = (h0 - h1) * a - tl.log(u / (1.0 - u))
     w = z < 0.0
-    s = tl.sigmoid(z)
-    k = tl.maximum(s * (1.0 - s) * inv_t, 5.960464477539063e-08)  # 2**-24: keeps its sign in float16
+    s = tl.sigmoid(z * b)
+    k = tl.maximum(s * (1.0 - s) * (a * b), 5.960464477539063e-08)  # 2**-24: keeps its sign in float16
     tl.store(out_ptr + base, tl.where(w, 0.0, h0), mask=valid)
     tl.store(out_ptr + base + Q, tl.where(w, h1, 0.0), mask=valid)
     tl.store(loser_ptr + i, tl.where(w, h0, h1), mask=valid)
@@ -66,9 +66,9 @@ def _grid(n_pairs: int) -> tuple[int]:
     return (triton.cdiv(n_pairs, _BLOCK),)
 
 
-def pair_fwd(x: Tensor, inv_t: float, save_dtype: torch.dtype, u: Tensor | None):
-    """Forward of eq. (1) on a contiguous CUDA ``x`` [P, G, 2, Q]: (out, loser, ks) as ``_LWTAPair`` saves
-    them. ``u`` [P, G, Q]: given uniforms (tests), else drawn in the kernel."""
+def pair_fwd(x: Tensor, scales: tuple[float, float], save_dtype: torch.dtype, u: Tensor | None):
+    """Forward of eq. (1) on a contiguous CUDA ``x`` [P, G, 2, Q] with ``scales = (a, b)``: (out, loser, ks)
+    as ``_LWTAPair`` saves them. ``u`` [P, G, Q]: given uniforms (tests), else drawn in the kernel."""
     P, G, _, Q = x.shape
     n = P * G * Q
     out = torch.empty_like(x)
@@ -77,7 +77,8 @@ def pair_fwd(x: Tensor, inv_t: float, save_dtype: torch.dtype, u: Tensor | None)
     has_u = u is not None
     # the pointer the kernel does not read is given x
     seed = x if has_u else torch.randint(0, 2**31 - 1, (1,), device=x.device)
-    _fwd_kernel[_grid(n)](x, u.contiguous() if has_u else x, seed, out, loser, ks, n, Q, inv_t,
+    a, b = scales
+    _fwd_kernel[_grid(n)](x, u.contiguous() if has_u else x, seed, out, loser, ks, n, Q, a, b,
                           HAS_U=has_u, BLOCK=_BLOCK)
     return out, loser, ks
 

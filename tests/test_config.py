@@ -35,6 +35,7 @@ def test_every_ready_config_resolves(path):
         (["modle.U=2"], "did you mean model"),
         (["trainer.max_epochs=abc"], "'trainer.max_epochs' has the wrong type"),
         (["model.act=tanh"], "'model.act' is 'tanh'; choose one of"),
+        (["model.temperature.on=winners"], "'model.temperature.on' is 'winners'; choose one of: logits, relaxation"),
         (["model=nope"], None),  # not a group file: treated as a value for the 'model' node
         (["max_epochs"], "must look like key=value"),
         (["eval.modes=[sample,bogus]"], "eval.modes"),
@@ -60,3 +61,13 @@ def test_round_trip_through_plain_dict():
     again = from_dict(to_dict(cfg))
     assert OmegaConf.to_container(again) == OmegaConf.to_container(cfg)
     assert OmegaConf.is_struct(again)
+
+
+def test_temperature_on_reaches_every_lwta_layer():
+    from lwtakit.checkpoint import build_network
+    from lwtakit.lwta import lwta_layers
+
+    for on in ("logits", "relaxation"):
+        cfg = load_config("default", [f"model.temperature.on={on}", "model.width=0.125"])
+        layers = lwta_layers(build_network(cfg, 6, 3, (0.5,) * 3, (0.25,) * 3)).values()
+        assert layers and {m.temperature_on for m in layers} == {on}

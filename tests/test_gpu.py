@@ -23,10 +23,11 @@ def _run(m, x, noise, w):
     return y.detach(), m.last_winners.clone(), gx
 
 
+@pytest.mark.parametrize("on", ["logits", "relaxation"])
 @pytest.mark.parametrize("save_dtype,tol", [("same", 1e-5), ("half", 2e-3)])
 @pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("T", [1.0, 0.6])
-def test_cuda_equals_cpu_given_the_same_noise(fused, T, save_dtype, tol):
+def test_cuda_equals_cpu_given_the_same_noise(fused, T, save_dtype, tol, on):
     """Eager and fused (Triton) U=2 kernels on the GPU reproduce the CPU eager result bit for bit in the
     forward (winners, output) and to rounding in the straight-through gradient (eq. 2): float32 rounding
     when the relaxation is saved exactly, float16's when it is saved in half precision (the default)."""
@@ -34,22 +35,24 @@ def test_cuda_equals_cpu_given_the_same_noise(fused, T, save_dtype, tol):
     x = torch.randn(64, 32, 16, 16)  # 2**19 elements: the size at which "auto" fuses too
     u = torch.rand(64, 16, 256)
     w = torch.randn_like(x)
-    kw = dict(temperature=T, save_dtype=save_dtype)
+    kw = dict(temperature=T, save_dtype=save_dtype, temperature_on=on)
     ref = _run(LWTA(2, fused=False, **kw), x.clone().requires_grad_(), u, w)
     got = _run(LWTA(2, fused=fused, **kw), x.cuda().requires_grad_(), u.cuda(), w.cuda())
     assert torch.equal(ref[0], got[0].cpu()) and torch.equal(ref[1], got[1].cpu())
     torch.testing.assert_close(got[2].cpu(), ref[2], rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("U,T,fused", [(2, 1.0, False), (2, 0.5, True), (4, 0.7, False)])
-def test_cuda_winner_frequencies_follow_softmax_h_over_T(U, T, fused):
+@pytest.mark.parametrize("U,T,fused,on", [(2, 1.0, False, "logits"), (2, 0.5, True, "logits"),
+                                         (4, 0.7, False, "logits"), (2, 0.5, True, "relaxation")])
+def test_cuda_winner_frequencies_follow_softmax_h_over_T(U, T, fused, on):
+    """Winners ~ softmax(h / T), or softmax(h) with the temperature on the relaxation only."""
     torch.manual_seed(1)
     h = torch.tensor([0.3, -0.4, 1.0, 0.1])[:U]
     n = 1 << 18
-    m = LWTA(U, temperature=T, fused=fused)
+    m = LWTA(U, temperature=T, fused=fused, temperature_on=on)
     m(h.cuda().repeat(n, 1))
     counts = np.bincount(m.last_winners.view(-1).cpu().numpy(), minlength=U)
-    p = torch.softmax(h.double() / T, 0).numpy()
+    p = torch.softmax(h.double() / (T if on == "logits" else 1.0), 0).numpy()
     assert stats.chisquare(counts, p / p.sum() * n).pvalue > 1e-3
 
 

@@ -56,24 +56,47 @@ def test_winner_frequencies_follow_softmax_h_over_T(U, T):
         assert stats.chisquare(counts, q * n).pvalue < 1e-6
 
 
-def _reference(x, U, T, gumbel, dim):
-    """Straight-through Gumbel-softmax on logits h/T, written with plain autograd ops."""
+@pytest.mark.parametrize("U,fused", [(2, False), (2, True), (3, False)])
+def test_temperature_on_the_relaxation_samples_from_softmax_h(U, fused):
+    """DISCOVER's formulation: winners come from softmax(h) whatever T (T shapes only the gradient)."""
+    torch.manual_seed(11)
+    h, T, n = torch.tensor([0.3, -0.4, 1.0])[:U], 0.4, 40000
+    m = LWTA(U, temperature=T, temperature_on="relaxation", fused=fused)
+    m(h.repeat(n, 1))
+    counts = np.bincount(m.last_winners.view(-1).numpy(), minlength=U)
+    p = torch.softmax(h.double(), 0).numpy()
+    assert stats.chisquare(counts, p / p.sum() * n).pvalue > 1e-3
+    q = torch.softmax(h.double() / T, 0).numpy()
+    assert stats.chisquare(counts, q / q.sum() * n).pvalue < 1e-6
+    with pytest.raises(UserError, match="temperature_on"):
+        LWTA(U, temperature_on="winner")
+
+
+def _reference(x, U, T, gumbel, dim, on="logits"):
+    """Straight-through Gumbel-softmax written with plain autograd ops: hard = onehot(argmax(h/T + g)),
+    relaxation softmax(h/T + g) (``on="logits"``); or DISCOVER's F.gumbel_softmax(h, tau=T, hard=True):
+    hard = onehot(argmax(h + g)), relaxation softmax((h + g)/T) (``on="relaxation"``)."""
     xb = _blocks(x, U, dim)
-    z = xb / T + gumbel
-    soft = torch.softmax(z, -1)
+    if on == "logits":
+        z = xb / T + gumbel
+        soft = torch.softmax(z, -1)
+    else:
+        z = xb + gumbel
+        soft = torch.softmax(z / T, -1)
     hard = F.one_hot(z.argmax(-1), U).to(x.dtype)
     y = xb * (hard + soft - soft.detach())
     y = y.reshape(*y.shape[:-2], -1)
     return y.movedim(-1, dim)
 
 
+@pytest.mark.parametrize("on", ["logits", "relaxation"])
 @pytest.mark.parametrize("U", [2, 3])
 @pytest.mark.parametrize("shape,dim", [((3, 12, 4, 5), 1), ((5, 2, 12), -1)])
 @pytest.mark.parametrize("T", [1.0, 0.6])
-def test_gradients_match_reference_straight_through(U, shape, dim, T):
+def test_gradients_match_reference_straight_through(U, shape, dim, T, on):
     torch.manual_seed(2)
     x = torch.randn(shape, dtype=torch.double, requires_grad=True)
-    m = LWTA(U, temperature=T, save_dtype="same", dim=dim)
+    m = LWTA(U, temperature=T, save_dtype="same", dim=dim, temperature_on=on)
     C = shape[dim]
     P = math.prod(shape[: dim % len(shape)])
     Q = math.prod(shape[dim % len(shape) + 1 :])
@@ -92,7 +115,7 @@ def test_gradients_match_reference_straight_through(U, shape, dim, T):
         g_ref = g.reshape(shape[0], C // U, *shape[2:], U).movedim(1, -2)
     else:
         g_ref = g.reshape(*shape[:-1], C // U, U)
-    y_ref = _reference(x, U, T, g_ref, dim)
+    y_ref = _reference(x, U, T, g_ref, dim, on)
     assert torch.allclose(y, y_ref, atol=1e-12)
     w = torch.randn_like(y)
     (gx,) = torch.autograd.grad((y * w).sum(), x)
@@ -198,8 +221,9 @@ def test_record_off_stores_nothing():
     assert m.last_winners is None and m.winner_mask() is None
 
 
+@pytest.mark.parametrize("on", ["logits", "relaxation"])
 @pytest.mark.parametrize("T", [1.0, 0.6])
-def test_fused_compiled_kernels_match_eager(T):
+def test_fused_compiled_kernels_match_eager(T, on):
     """The torch.compile'd U=2 kernels compute the same output, winners and gradient as the eager ops."""
     torch.manual_seed(9)
     x = torch.randn(2, 8, 4, 4, requires_grad=True)
@@ -207,7 +231,7 @@ def test_fused_compiled_kernels_match_eager(T):
     w = torch.randn(2, 8, 4, 4)
     res = []
     for fused in (False, True):
-        m = LWTA(2, temperature=T, fused=fused)
+        m = LWTA(2, temperature=T, fused=fused, temperature_on=on)
         y = m(x, _noise=u)
         (gx,) = torch.autograd.grad((y * w).sum(), x)
         res.append((y.detach(), m.last_winners.clone(), gx))

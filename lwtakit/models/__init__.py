@@ -31,7 +31,7 @@ __all__ = ["MODELS", "build_model", "convert_activations", "default_layers", "ma
 
 
 def make_act_layer(act: str, U: int = 2, temperature: float = 1.0, inference: str = "sample",
-                   kl: bool = False, dense: str = "relu") -> Callable[[int], nn.Module]:
+                   kl: bool = False, dense: str = "relu", temperature_on: str = "logits") -> Callable[[int], nn.Module]:
     """Factory ``width -> module`` for ``act`` in relu | gelu | lwta (LWTA checks U | width)."""
     if act == "relu":
         return lambda width: nn.ReLU()
@@ -41,7 +41,8 @@ def make_act_layer(act: str, U: int = 2, temperature: float = 1.0, inference: st
         def lwta(width: int) -> nn.Module:
             if width % U:
                 raise UserError(f"LWTA U={U} does not divide layer width {width}; choose U dividing every width")
-            return LWTA(U, temperature=temperature, inference=inference, kl=kl, dense=dense)
+            return LWTA(U, temperature=temperature, inference=inference, kl=kl, dense=dense,
+                        temperature_on=temperature_on)
         return lwta
     raise UserError(f"unknown activation {act!r}; use one of {', '.join(ACTS)}")
 
@@ -62,6 +63,7 @@ def build_model(
     depth: int | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    temperature_on: str = "logits",
 ) -> nn.Module:
     """Build a registered model. ResNets: every activation site (stem, act1/act2[/act3]) uses ``act``;
     ViTs: the MLP activation only (``act="lwta"`` competes over the hidden 4*dim units per token,
@@ -75,7 +77,8 @@ def build_model(
     mean = tuple(mean) if mean is not None else (0.5,) * in_chans
     std = tuple(std) if std is not None else (0.25,) * in_chans
     is_vit = name.startswith("vit")
-    act_layer = make_act_layer(act, U, temperature, inference, kl, dense="gelu" if is_vit else "relu")
+    act_layer = make_act_layer(act, U, temperature, inference, kl, dense="gelu" if is_vit else "relu",
+                               temperature_on=temperature_on)
     if is_vit:
         kw = dict(num_classes=num_classes, act_layer=act_layer, img_size=img_size, patch_size=patch_size,
                   in_chans=in_chans, mean=mean, std=std)
