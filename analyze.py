@@ -14,16 +14,16 @@ Every command exits with status 2 and one line ``error: ...`` on bad input, and 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from lwtakit.errors import ArgumentParser, UserError
+from lwtakit.labelers.configs import SIMILARITIES
 
-CLIP_FUNCTIONS = ("soft_wpmi", "wpmi", "rank_reorder", "cos", "cos_cubed")
 DEVICE_HELP = "auto (CUDA when present, else CPU) | cpu | cuda | cuda:N"
 
 
@@ -81,22 +81,21 @@ def _load_npy(path: str, what: str) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------- dissect
 def cmd_dissect(args) -> Path:
-    from lwtakit import report
+    from lwtakit.analysis import DissectRequest, dissect_to_report
     from lwtakit.checkpoint import load_model
     from lwtakit.concept_sets import load_concepts
-    from lwtakit.dissect import ConceptSource, check_methods, dissect
-    from lwtakit.evaluation import class_name_similarity, concept_coverage, final_layer_accuracy
-    from lwtakit.io import staged_dir, write_csv
+    from lwtakit.dissect import ConceptSource, DissectOptions, check_labelers
     from lwtakit.lwta import set_inference
     from lwtakit.models import default_layers
 
     device = _device(args.device)
+    labelers = _labelers(args)
     loaded = load_model(args.ckpt or args.model)
     model = loaded.model.to(device)
     if args.inference:
         set_inference(model, args.inference)
     probe = _probe(args.probe, loaded, args.probe_size, args.seed)
-    clip = _clip(args, device) if {"clip_dissect", "describe"} & set(args.methods) else None
+    clip = _clip(args, device) if any("clip" in lab.needs or "captioner" in lab.needs for lab in labelers) else None
     clip_concepts = load_concepts(args.concepts) if clip is not None else None
     concepts = ConceptSource.from_dataset(probe, clip=clip, clip_concepts=clip_concepts,
                                           clip_cache_dir=args.clip_cache)
@@ -104,87 +103,29 @@ def cmd_dissect(args) -> Path:
         from lwtakit.labelers.describe import CocaCaptioner
 
         concepts.captioner = CocaCaptioner(args.caption_model, args.caption_pretrained, device=str(device))
-    check_methods(args.methods, concepts, probe)
-    layers = args.layers or default_layers(model)
+    check_labelers(labelers, concepts, probe)
     if args.top_images > len(probe):
         raise UserError(f"--top-images {args.top_images} exceeds the probe set's {len(probe)} images; "
                         "lower --top-images or raise --probe-size")
-    torch.manual_seed(args.seed)
-    started = time.perf_counter()
-    result = dissect(model, probe, layers, args.methods, concepts, pca_components=args.pca,
-                     max_length=args.max_length, beam=args.beam, clip_method=args.clip_method, topk=args.top_images,
-                     batch_size=args.batch_size, device=device)
-    rows = result.rows
-    evaluation = {}
-    classifier = layers[-1]
-    if classifier in default_layers(model)[-1:]:
-        for method in args.methods:
-            final = [r for r in rows if r["layer"] == classifier and r["method"] == method]
-            if not final:
-                continue  # e.g. IoU has no labels for a linear layer
-            acc = final_layer_accuracy(final, loaded.class_names)
-            evaluation.update({f"final-layer label {k} ({method})": v for k, v in acc.items() if k != "n"})
-            if clip is not None:  # CLIP-Dissect's "CLIP cos": label vs class name in CLIP's text space
-                evaluation[f"final-layer label CLIP cos ({method})"] = class_name_similarity(
-                    final, loaded.class_names, clip.encode_texts)
-    if getattr(probe, "concept_groups", None):
-        for method in args.methods:
-            evaluation.update({f"{k} ({method})": v for k, v in
-                               concept_coverage([r for r in rows if r["method"] == method],
-                                                probe.concept_groups).items()})
-    completeness = None
-    if args.pca:
-        completeness = _completeness(model, probe, layers[:-1] or layers, result, args, device)
-    infos = []
-    for layer in layers:
-        firing = result.recording.firing[layer].numpy()
-        best = sorted((r for r in rows if r["layer"] == layer and r["score"] is not None), key=lambda r: -r["score"])
-        units = list(dict.fromkeys(r["unit"] for r in best))[: args.grid_units or None]
-        top = {u: torch.stack([probe[i][0] for i in result.top_images(layer, u, args.top_images)]) for u in units}
-        infos.append(report.LayerInfo(name=layer, units=len(firing), active_fraction=float(firing.mean()),
-                                      firing=firing, top_images=top))
-    drift = None
     history = Path(args.ckpt).resolve().parent.parent / "labels.csv" if args.ckpt else None
-    if history is not None and history.is_file():  # a train.py run folder: its label history over training
-        from lwtakit.drift import agreement
-        from lwtakit.io import read_csv
-
-        past = read_csv(history)
-        drift = {f"{layer} ({m})": pts for m in {r["method"] for r in past}
-                 for layer, pts in agreement(past, m).items()} or None
-    meta = {"model": loaded.name, "probe": f"{args.probe or 'training data (val)'}, {len(probe)} images",
-            "methods": ", ".join(args.methods), "layers": ", ".join(layers),
-            "seconds": f"{time.perf_counter() - started:.1f}"}
-    with staged_dir(args.out) as stage:
-        write_csv(stage / "labels.csv", rows, _columns(rows))
-        report.dissection_report(stage, title=f"Dissection of {loaded.name}", rows=rows, layers=infos,
-                                 evaluation=evaluation, completeness=completeness, drift=drift, meta=meta)
-    return Path(args.out) / "report.html"
+    request = DissectRequest(
+        layers=args.layers or default_layers(model), labelers=labelers, grid_units=args.grid_units, seed=args.seed,
+        options=DissectOptions(pca_components=args.pca, batch_size=args.batch_size, topk=args.top_images,
+                               device=device),
+        history=history, probe_name=args.probe or "")
+    return dissect_to_report(loaded, probe, concepts, request, args.out)
 
 
-def _columns(rows: list[dict]) -> list[str]:
-    return list(dict.fromkeys(k for r in rows for k in r))
+def _labelers(args) -> list:
+    """The labelers of ``--methods``, each with the settings its flags give."""
+    from lwtakit.labelers.base import create_labelers
+    from lwtakit.labelers.configs import ClipDissectConfig, DescribeConfig, InvertConfig
 
-
-def _completeness(model, probe, layers, result, args, device) -> dict[str, dict]:
-    """Dey et al. 2020: variance explained and accuracy under ablation, top-k PCs vs top-k neurons."""
-    from lwtakit.labelers.pca import ablation_curve, variance_curves
-
-    curves = {}
-    for layer in layers:
-        acts = result.recording.acts[layer]
-        v = variance_curves(acts)
-        entry = {"k": v["k"].tolist(), "pca_variance": v["pca"].tolist(), "neuron_variance": v["neurons"].tolist()}
-        if result.recording.labels is not None:
-            C = acts.shape[1]
-            ks = sorted({0, *[int(round(C * f)) for f in (0.05, 0.1, 0.25, 0.5, 0.75)], C})
-            entry["k_ablation"] = ks
-            for basis in ("pca", "neurons"):
-                key = "pca_ablation_acc" if basis == "pca" else "neuron_ablation_acc"
-                entry[key] = ablation_curve(model, layer, probe, basis, ks, acts=acts, seed=args.seed,
-                                            batch_size=args.batch_size, device=device)
-        curves[layer] = entry
-    return curves
+    settings = argparse.Namespace(
+        invert=InvertConfig(max_length=args.max_length, beam=args.beam),
+        clip_dissect=ClipDissectConfig(similarity=args.clip_similarity),
+        describe=DescribeConfig(similarity=args.clip_similarity))
+    return create_labelers(args.methods, settings)
 
 
 # --------------------------------------------------------------------------------------------- label
@@ -198,16 +139,18 @@ def cmd_label(args) -> Path:
     if args.method == "invert":
         if args.concept_labels is None:
             raise UserError("method invert needs --concept-labels L.npy (bool [N, K])")
+        from lwtakit.labelers.configs import InvertConfig
         from lwtakit.labelers.invert import label_units
 
         labels = _load_npy(args.concept_labels, "concept labels")
         _check_concepts(acts, labels, names, args.concept_labels)
         if labels.dtype != bool and not np.isin(labels, (0, 1)).all():
             raise UserError(f"concept labels {args.concept_labels} must be boolean (or 0/1)")
+        config = InvertConfig(max_length=args.max_length, beam=args.beam)
         rows = label_units(torch.from_numpy(acts.astype(np.float64)), torch.from_numpy(labels.astype(bool)), names,
-                           max_length=args.max_length, beam=args.beam)
+                           **dataclasses.asdict(config))
         columns = ["unit", "label", "score", "auc", "p_value", "length"]
-    elif args.method in CLIP_FUNCTIONS:
+    elif args.method in SIMILARITIES:
         if args.concept_scores is None:
             raise UserError(f"method {args.method} needs --concept-scores P.npy "
                             "(float [N, K] image-concept similarity)")
@@ -219,7 +162,7 @@ def cmd_label(args) -> Path:
                            names, method=args.method)
         columns = ["unit", "label", "score", "top5"]
     else:
-        raise UserError(f"unknown method {args.method!r}; choose invert or one of {', '.join(CLIP_FUNCTIONS)}")
+        raise UserError(f"unknown method {args.method!r}; choose invert or one of {', '.join(SIMILARITIES)}")
     for r in rows:
         r.pop("formula", None)
         if isinstance(r.get("top5"), list):
@@ -299,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--clip-model", default="ViT-B-16")
     d.add_argument("--clip-pretrained", help="open_clip tag (online), weights file, or local-dir:FOLDER")
     d.add_argument("--clip-cache", help="folder for cached CLIP embeddings")
-    d.add_argument("--clip-method", default="soft_wpmi", choices=CLIP_FUNCTIONS)
+    d.add_argument("--clip-similarity", "--clip-method", dest="clip_similarity", default="soft_wpmi",
+                   choices=SIMILARITIES, help="CLIP-Dissect similarity function (clip_dissect, describe)")
     d.add_argument("--caption-model", default="coca_ViT-B-32", help="open_clip CoCa model (describe)")
     d.add_argument("--caption-pretrained", default="mscoco_finetuned_laion2b_s13b_b90k",
                    help="CoCa weights: tag, file or local-dir: (describe)")
@@ -314,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     lab = sub.add_parser("label", help="label activations you already have (A.npy [N, C])")
     lab.add_argument("--activations", required=True)
-    lab.add_argument("--method", required=True, help="invert | " + " | ".join(CLIP_FUNCTIONS))
+    lab.add_argument("--method", required=True, help="invert | " + " | ".join(SIMILARITIES))
     lab.add_argument("--concept-labels", help="bool [N, K] .npy (invert)")
     lab.add_argument("--concept-scores", help="float [N, K] .npy image-concept similarity (CLIP functions)")
     lab.add_argument("--concept-names", required=True, help="text file, one concept a line")

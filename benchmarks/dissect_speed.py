@@ -73,7 +73,7 @@ def bench_recording(args) -> dict:
     """One dissection (record the layers + INVERT-label every unit) vs bare forward passes over the same
     probe set: the synthetic concept data, drawn once into memory so both sides time the model only."""
     from lwtakit.data.synthetic import ConceptShapes
-    from lwtakit.dissect import ConceptSource, dissect
+    from lwtakit.dissect import ConceptSource, DissectOptions, dissect
     from lwtakit.recording import record_activations
 
     torch.manual_seed(0)
@@ -109,7 +109,7 @@ def bench_recording(args) -> dict:
         record_activations(model, loader, layers, progress=False)
 
     def record_and_label():
-        dissect(model, probe, layers, ["invert"], concepts, batch_size=args.batch, progress=False)
+        dissect(model, probe, layers, ["invert"], concepts, DissectOptions(batch_size=args.batch, progress=False))
 
     bare()  # warm-up
     record_and_label()

@@ -18,12 +18,11 @@ from torch import nn
 
 from lwtakit.checkpoint import load_checkpoint
 from lwtakit.data import probe_subset
-from lwtakit.dissect import ConceptSource, dissect
+from lwtakit.dissect import ConceptSource, DissectOptions, dissect
 from lwtakit.errors import UserError
-from lwtakit.lwta import LWTA, lwta_layers, mc_predict, set_inference
+from lwtakit.labels import SIGNIFICANT_P
+from lwtakit.lwta import LWTA, lwta_inference, lwta_layers, mc_predict
 from lwtakit.recording import analysis_mode, make_loader, record_activations, split_batch
-
-SIGNIFICANT_P = 1e-3
 
 
 def resolve_run(spec: str) -> tuple[Path | None, Path]:
@@ -47,29 +46,19 @@ def activation_layers(model: nn.Module) -> list[str]:
 def accuracy_by_mode(model: nn.Module, dataset, modes: list[str], mc_samples: int = 4, seed: int = 0,
                      batch_size: int = 256, device="cpu") -> dict[str, float]:
     """Top-1 accuracy of ``model`` on ``dataset`` under each LWTA inference mode (sample, argmax, mc)."""
-    layers = lwta_layers(model)
-    saved = {n: m.inference for n, m in layers.items()}
     out = {}
-    try:
-        with analysis_mode(model):
-            for mode in modes:
-                torch.manual_seed(seed)
-                correct = total = 0
+    with analysis_mode(model):
+        for mode in modes:
+            torch.manual_seed(seed)
+            correct = total = 0
+            with lwta_inference(model, None if mode == "mc" else mode):
                 for batch in make_loader(dataset, batch_size):
                     x, y = split_batch(batch)
                     x = x.to(device)
-                    if mode == "mc":
-                        probs = mc_predict(model, x, mc_samples)
-                    else:
-                        if layers:
-                            set_inference(model, mode)
-                        probs = model(x)
+                    probs = mc_predict(model, x, mc_samples) if mode == "mc" else model(x)
                     correct += int((probs.argmax(-1).cpu() == y).sum())
                     total += len(y)
-                out[mode] = correct / max(total, 1)
-    finally:
-        for name, mode in saved.items():
-            layers[name].inference = mode
+            out[mode] = correct / max(total, 1)
     return out
 
 
@@ -97,31 +86,26 @@ def summarize_run(spec: str, probe_size: int = 1000, eval_size: int = 1000, seed
     probe = probe_subset(loaded.dataset("val"), probe_size, seed)
     labelled = default_layers(model)
     act_layers = activation_layers(model)
-    if has_lwta:
-        set_inference(model, "argmax")  # deterministic labels, as the training-time dissection
-    torch.manual_seed(seed)
-    rec = record_activations(model, probe, list(dict.fromkeys(act_layers + labelled)), device=device,
-                             progress=False)
-    result = dissect(model, probe, labelled, ["invert"], ConceptSource.from_dataset(probe), recording=rec,
-                     progress=False)
-    rows = result.rows
+    # deterministic labels, as the training-time dissection
+    with lwta_inference(model, "argmax" if has_lwta else None):
+        torch.manual_seed(seed)
+        rec = record_activations(model, probe, list(dict.fromkeys(act_layers + labelled)), device=device,
+                                 progress=False)
+        table = dissect(model, probe, labelled, ["invert"], ConceptSource.from_dataset(probe),
+                        DissectOptions(progress=False), recording=rec).table
     classifier = labelled[-1]
     quality = {f"final-layer label {k}": v for k, v in
-               final_layer_accuracy([r for r in rows if r["layer"] == classifier], loaded.class_names).items()
-               if k != "n"}
+               final_layer_accuracy(table.select(classifier).records(), loaded.class_names).items() if k != "n"}
     if getattr(probe, "concept_groups", None):
-        quality.update(concept_coverage(rows, probe.concept_groups))
-    scores = [r["score"] for r in rows if r["score"] is not None]
+        quality.update(concept_coverage(table.records(), probe.concept_groups))
+    scores = [r.score for r in table if r.score is not None]
     quality["mean AUC"] = float(np.mean(scores)) if scores else float("nan")
-    quality[f"share p<{SIGNIFICANT_P:g}"] = float(np.mean([r.get("p_value") is not None and
-                                                           r["p_value"] < SIGNIFICANT_P for r in rows]))
-    layer_stats = {}
-    for layer in labelled:
-        lr = [r for r in rows if r["layer"] == layer]
-        layer_stats[layer] = {"units": float(len(lr)), "mean score": float(np.mean([r["score"] or 0 for r in lr])),
-                              "distinct labels": float(len({r["label"] for r in lr})),
-                              f"share p<{SIGNIFICANT_P:g}": float(np.mean([(r.get("p_value") or 1) < SIGNIFICANT_P
-                                                                             for r in lr]))}
+    quality[f"share p<{SIGNIFICANT_P:g}"] = float(np.mean([r.p_value is not None and r.p_value < SIGNIFICANT_P
+                                                           for r in table]))
+    summaries = table.summaries()
+    layer_stats = {layer: {"units": float(s.units), "mean score": s.mean_score,
+                           "distinct labels": float(s.distinct_labels), f"share p<{SIGNIFICANT_P:g}": s.significant}
+                   for (layer, _), s in summaries.items()}
     stability = None
     if run_dir is not None and (run_dir / "labels.csv").is_file():
         history = read_csv(run_dir / "labels.csv")

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from lwtakit.errors import UserError
+from lwtakit.labelers.configs import ClipDissectConfig, DescribeConfig, InvertConfig, IoUConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 GROUPS = ("model", "data", "optim", "trainer", "dissection")
@@ -140,15 +141,17 @@ class DissectionConfig:
     on_checkpoint: bool = False
     at_fit_end: bool = True
     layers: list[str] = field(default_factory=list)  # empty = last stage + classifier
-    methods: list[str] = field(default_factory=lambda: ["invert"])  # invert clip_dissect iou pca
+    methods: list[str] = field(default_factory=lambda: ["invert"])  # registered labelers: invert clip_dissect iou
     probe_size: int = 512
     concepts: str = "synthetic"  # builtin name or a text file, one concept a line
-    max_length: int = 1  # INVERT formula length
-    beam: int = 5
     top_images: int = 8  # images per unit in grids
     grid_units: int = 8  # units shown per layer in image grids
-    clip_method: str = "soft_wpmi"
     clip: ClipConfig = field(default_factory=ClipConfig)
+    # Settings of each built-in labeler (lwtakit/labelers/configs.py), e.g. dissection.invert.max_length=3.
+    invert: InvertConfig = field(default_factory=InvertConfig)
+    clip_dissect: ClipDissectConfig = field(default_factory=ClipDissectConfig)
+    iou: IoUConfig = field(default_factory=IoUConfig)
+    describe: DescribeConfig = field(default_factory=DescribeConfig)
 
 
 @dataclass

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -447,6 +448,20 @@ def set_inference(model: nn.Module, mode: str) -> None:
     LWTA._check(mode, 1.0)
     for m in _iter(model):
         m.inference = mode
+
+
+@contextmanager
+def lwta_inference(model: nn.Module, mode: str | None) -> Iterator[None]:
+    """Every LWTA layer in inference ``mode`` inside the block (None: unchanged); each layer's own mode is
+    restored on exit, also after an exception."""
+    saved = {m: m.inference for m in _iter(model)}
+    try:
+        if mode is not None:
+            set_inference(model, mode)
+        yield
+    finally:
+        for m, previous in saved.items():
+            m.inference = previous
 
 
 def total_kl(model: nn.Module) -> Tensor:

@@ -9,7 +9,7 @@ import analyze
 from lwtakit import clip as lclip
 from lwtakit.data import probe_subset
 from lwtakit.data.synthetic import ConceptShapes
-from lwtakit.dissect import ConceptSource, dissect
+from lwtakit.dissect import ConceptSource, DissectOptions, dissect
 from lwtakit.errors import UserError
 from lwtakit.labelers import clip_dissect, invert
 
@@ -57,36 +57,36 @@ def test_one_pass_feeds_invert_clip_and_describe_like_each_labeler_alone(probe, 
     calls = []
     model.conv.register_forward_hook(lambda *a: calls.append(1))
     result = dissect(model, probe, ["act", "fc"], ["invert", "clip_dissect", "describe"], concepts,
-                     batch_size=100, progress=False)
+                     DissectOptions(batch_size=100, progress=False))
     assert len(calls) == 3  # one pass of 300 images in batches of 100, whatever the number of methods
-    by = {(r["layer"], r["method"]): [] for r in result.rows}
-    for r in result.rows:
-        by[(r["layer"], r["method"])].append(r)
+    by = {(r.layer, r.method): [] for r in result.table}
+    for r in result.table:
+        by[(r.layer, r.method)].append(r)
     assert set(by) == {(ly, m) for ly in ("act", "fc") for m in ("invert", "clip_dissect", "describe")}
 
     acts = result.recording.acts["act"]
     alone = invert.label_units(acts, torch.from_numpy(probe.concept_matrix()), probe.concept_names)
-    assert [r["label"] for r in by[("act", "invert")]] == [r["label"] for r in alone]
-    assert [r["label"] for r in by[("act", "invert")]] == ["red", "green", "blue"]  # the planted detectors
+    assert [r.label for r in by[("act", "invert")]] == [r["label"] for r in alone]
+    assert [r.label for r in by[("act", "invert")]] == ["red", "green", "blue"]  # the planted detectors
 
     image_emb = clip.encode_images(probe)
     text_emb = clip.encode_texts(probe.concept_names)
     dense = clip_dissect.label_units(acts, image_emb @ text_emb.T, probe.concept_names)
     got = by[("act", "clip_dissect")]
-    assert [r["label"] for r in got] == [r["label"] for r in dense]
-    assert [r["score"] for r in got] == pytest.approx([r["score"] for r in dense], abs=1e-5)
-    assert all(r["label"] for r in by[("act", "describe")])
+    assert [r.label for r in got] == [r["label"] for r in dense]
+    assert [r.score for r in got] == pytest.approx([r["score"] for r in dense], abs=1e-5)
+    assert all(r.label for r in by[("act", "describe")])
 
 
 def test_pca_directions_and_iou_rows(probe):
     result = dissect(ColourNet().eval(), probe, ["act", "fc"], ["invert", "iou"], ConceptSource.from_dataset(probe),
-                     pca_components=2, progress=False)
-    layers = {(r["layer"], r["method"]) for r in result.rows}
+                     DissectOptions(pca_components=2, progress=False))
+    layers = {(r.layer, r.method) for r in result.table}
     assert {("act#pca", "invert"), ("act", "iou"), ("act#pca", "iou")} <= layers
     assert ("fc", "iou") not in layers  # no spatial maps there
-    iou = {r["unit"]: r["label"] for r in result.rows if r["method"] == "iou" and r["layer"] == "act"}
+    iou = {unit: label for (_, unit), label in result.table.select("act", "iou").labels().items()}
     assert iou == {0: "red", 1: "green", 2: "blue"}
-    assert len([r for r in result.rows if r["layer"] == "act#pca"]) == 2 * 2  # 2 directions x 2 methods
+    assert len(result.table.select("act#pca")) == 2 * 2  # 2 directions x 2 methods
 
 
 def test_missing_requirements_are_user_errors(probe):
@@ -115,9 +115,9 @@ def test_classes_stand_in_for_concepts_when_the_probe_has_none():
         def forward(self, x):
             return self.fc(x.mean(dim=(1, 2, 3)).unsqueeze(1))
 
-    rows = dissect(Brightness(), Plain(), ["fc"], ["invert"], ConceptSource.from_dataset(Plain()),
-                   progress=False).rows
-    assert [r["label"] for r in rows] == ["dark", "bright"]
+    table = dissect(Brightness(), Plain(), ["fc"], ["invert"], ConceptSource.from_dataset(Plain()),
+                    DissectOptions(progress=False)).table
+    assert [r.label for r in table] == ["dark", "bright"]
 
 
 def test_analyze_dissect_with_local_clip(tmp_path, tiny_clip, capsys, monkeypatch):

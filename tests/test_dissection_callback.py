@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 import train as train_script
 from callbacks.dissection import HISTORY_COLUMNS, DissectionCallback, clip_configured, layer_summaries
 from lwtakit import plots
+from lwtakit.config import DissectionConfig
 from lwtakit.drift import agreement, settle_epochs, stability
 from lwtakit.io import read_csv
 from tests.test_train import tiny_cfg as _tiny_cfg
@@ -167,7 +168,7 @@ def test_resume_restores_history_and_rewrites_labels_csv_without_lost_or_duplica
 
     # state_dict -> checkpoint (weights_only) -> load_state_dict gives back the same history.
     state = torch.load(first.last_ckpt, weights_only=True)["callbacks"][cb.state_key]
-    fresh = DissectionCallback(cb.probe, cb.concepts, top_images=4)
+    fresh = DissectionCallback(cb.probe, cb.concepts, DissectionConfig(top_images=4))
     fresh.load_state_dict(state)
     assert fresh.history == cb.history and fresh.done == cb.done
     assert fresh.state_dict() == cb.state_dict()

@@ -65,6 +65,9 @@ import torch
 from torch import Tensor
 
 from lwtakit.errors import UserError
+from lwtakit.labelers.base import CLIP, Context, Labeler, Target, register_labeler, rows_from_dicts
+from lwtakit.labelers.configs import ClipDissectConfig
+from lwtakit.labels import LabelRow
 
 # The reference implementation's defaults; n_perm and seed fix its random baseline (E3).
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -388,3 +391,17 @@ def label_with_clip(acts, clip, images, concept_names: Sequence[str], method: st
         image_emb = clip.encode_images(images)
         text_emb = clip.encode_texts(concept_names, template=template)
     return label_units(acts, (image_emb, text_emb), concept_names, method=method, top=top, **params)
+
+
+@register_labeler
+class ClipDissectLabeler(Labeler):
+    """CLIP-Dissect: each unit's best concept by the configured similarity to CLIP's image-concept matrix."""
+
+    name = "clip_dissect"
+    config_class = ClipDissectConfig
+    needs = frozenset({CLIP})
+
+    def label(self, target: Target, ctx: Context) -> list[LabelRow]:
+        dicts = label_units(target.acts, ctx.clip_embeddings(), ctx.concepts.clip_concepts,
+                            method=self.config.similarity)
+        return rows_from_dicts(dicts, target, self.name)

@@ -29,6 +29,9 @@ from torch import Tensor
 
 from lwtakit.errors import UserError
 from lwtakit.labelers import clip_dissect
+from lwtakit.labelers.base import CAPTIONER, Context, Labeler, Target, register_labeler, rows_from_dicts
+from lwtakit.labelers.configs import DescribeConfig
+from lwtakit.labels import LabelRow
 
 CaptionFn = Callable[[Tensor], Sequence[str]]
 
@@ -214,3 +217,19 @@ class CocaCaptioner:
             raise UserError(f"CoCa caption generation failed ({type(exc).__name__}: {str(exc)[:120]}); "
                             "install a compatible transformers: pip install -e .[describe]") from exc
         return [clean_caption(decode(row)) for row in ids.cpu()]
+
+
+@register_labeler
+class DescribeLabeler(Labeler):
+    """Captions of each unit's top images as candidate labels, rescored by a CLIP-Dissect similarity."""
+
+    name = "describe"
+    config_class = DescribeConfig
+    needs = frozenset({CAPTIONER})
+
+    def label(self, target: Target, ctx: Context) -> list[LabelRow]:
+        c = self.config
+        dicts = label_units(target.acts, ctx.probe, ctx.concepts.clip, ctx.concepts.captioner,
+                            image_emb=ctx.clip_embeddings()[0], n_images=c.n_images, max_candidates=c.max_candidates,
+                            max_words=c.max_words, method=c.similarity, cache_dir=ctx.concepts.clip_cache_dir)
+        return rows_from_dicts(dicts, target, self.name)

@@ -34,7 +34,10 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
+from ..labels import LabelRow
 from ..recording import analysis_mode, capture, resolve_module, split_batch
+from .base import MASKS, SPATIAL, Context, Labeler, Target, register_labeler, rows_from_dicts
+from .configs import IoUConfig
 
 
 def _batches(n: int, batch_size: int):
@@ -159,3 +162,19 @@ def label_units(model: torch.nn.Module, dataset, layer: str, concept_names: Sequ
         rows.append({"unit": unit, "label": names[best], "score": float(iou[unit, best]),
                      "iou": float(iou[unit, best]), "threshold": float(thresholds[unit]), "top5": top5})
     return rows
+
+
+@register_labeler
+class IoULabeler(Labeler):
+    """Network-Dissection IoU of each unit's (or direction's) top-quantile maps with the probe's concept masks;
+    a second, streaming pass over the probe set (the recording keeps no maps)."""
+
+    name = "iou"
+    config_class = IoUConfig
+    needs = frozenset({MASKS, SPATIAL})
+
+    def label(self, target: Target, ctx: Context) -> list[LabelRow]:
+        dicts = label_units(ctx.model, ctx.probe, target.layer, list(ctx.probe.concept_names),
+                            quantile=self.config.quantile, batch_size=ctx.batch_size, device=ctx.device,
+                            directions=target.directions)
+        return rows_from_dicts(dicts, target, self.name)

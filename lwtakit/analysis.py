@@ -1,0 +1,135 @@
+"""``analyze.py dissect`` as a library call: dissect a loaded network, measure its labels, write the report.
+
+:func:`dissect_to_report` runs :func:`lwtakit.dissect.dissect`, then adds what the report shows beyond the labels:
+final-layer label accuracy and CLIP cos (CLIP-Dissect, Oikarinen & Weng 2023, sec. 4.2), planted-concept
+coverage, completeness curves (Dey et al. 2020), top-image grids and, for a ``train.py`` run, the label drift of
+its training-time dissections; ``labels.csv`` and ``report.html`` are staged and moved into place together.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lwtakit.dissect import ConceptSource, DissectionResult, DissectOptions, dissect
+from lwtakit.labelers.base import Labeler
+
+
+@dataclass
+class DissectRequest:
+    """What to dissect and show: ``layers``, ``labelers``, how (``options``), the ``grid_units`` best units per
+    layer with top-image grids (0: all), the ``seed``, the run's label ``history`` (its labels.csv) for drift, and
+    ``probe_name`` for the report's header."""
+
+    layers: list[str]
+    labelers: list[Labeler]
+    options: DissectOptions = field(default_factory=DissectOptions)
+    grid_units: int = 12
+    seed: int = 0
+    history: Path | None = None
+    probe_name: str = ""
+
+
+def dissect_to_report(loaded, probe, concepts: ConceptSource, request: DissectRequest, out: str | Path) -> Path:
+    """Dissect ``loaded.model`` (a :class:`lwtakit.checkpoint.LoadedModel`) on ``probe``, write ``out/labels.csv``
+    and ``out/report.html``; returns the report's path."""
+    from lwtakit import report
+    from lwtakit.io import staged_dir
+
+    model, opts = loaded.model, request.options
+    torch.manual_seed(request.seed)
+    started = time.perf_counter()
+    result = dissect(model, probe, request.layers, request.labelers, concepts, opts)
+    evaluation = label_evaluation(result, loaded, probe, concepts.clip, request)
+    completeness = None
+    if opts.pca_components:
+        completeness = completeness_curves(model, probe, request.layers[:-1] or request.layers, result, request)
+    infos = layer_infos(result, probe, request)
+    meta = {"model": loaded.name, "probe": f"{request.probe_name or 'training data (val)'}, {len(probe)} images",
+            "methods": ", ".join(labeler.name for labeler in request.labelers),
+            "layers": ", ".join(request.layers), "seconds": f"{time.perf_counter() - started:.1f}"}
+    with staged_dir(out) as stage:
+        result.table.write_csv(stage / "labels.csv")
+        report.dissection_report(stage, title=f"Dissection of {loaded.name}", rows=result.table.records(),
+                                 layers=infos, evaluation=evaluation, completeness=completeness,
+                                 drift=drift_curves(request.history), meta=meta)
+    return Path(out) / "report.html"
+
+
+def label_evaluation(result: DissectionResult, loaded, probe, clip, request: DissectRequest) -> dict[str, float]:
+    """Final-layer label accuracy (and CLIP cos when a CLIP is loaded) of each method when the last layer is the
+    classifier; planted-concept coverage per method on a probe set that plants concepts."""
+    from lwtakit.evaluation import class_name_similarity, concept_coverage, final_layer_accuracy
+    from lwtakit.models import default_layers
+
+    table, out = result.table, {}
+    methods = [labeler.name for labeler in request.labelers]
+    classifier = request.layers[-1]
+    if classifier in default_layers(loaded.model)[-1:]:
+        for method in methods:
+            final = table.select(classifier, method).records()
+            if not final:
+                continue  # e.g. IoU has no labels for a linear layer
+            acc = final_layer_accuracy(final, loaded.class_names)
+            out.update({f"final-layer label {k} ({method})": v for k, v in acc.items() if k != "n"})
+            if clip is not None:  # CLIP-Dissect's "CLIP cos": label vs class name in CLIP's text space
+                out[f"final-layer label CLIP cos ({method})"] = class_name_similarity(final, loaded.class_names,
+                                                                                     clip.encode_texts)
+    if getattr(probe, "concept_groups", None):
+        for method in methods:
+            coverage = concept_coverage(table.select(method=method).records(), probe.concept_groups)
+            out.update({f"{k} ({method})": v for k, v in coverage.items()})
+    return out
+
+
+def completeness_curves(model, probe, layers: list[str], result: DissectionResult,
+                        request: DissectRequest) -> dict[str, dict[str, Any]]:
+    """Dey et al. 2020: variance explained and accuracy under ablation, top-k PCs vs top-k neurons."""
+    from lwtakit.labelers.pca import ablation_curve, variance_curves
+
+    curves = {}
+    for layer in layers:
+        acts = result.recording.acts[layer]
+        v = variance_curves(acts)
+        entry = {"k": v["k"].tolist(), "pca_variance": v["pca"].tolist(), "neuron_variance": v["neurons"].tolist()}
+        if result.recording.labels is not None:
+            C = acts.shape[1]
+            ks = sorted({0, *[int(round(C * f)) for f in (0.05, 0.1, 0.25, 0.5, 0.75)], C})
+            entry["k_ablation"] = ks
+            for basis, key in (("pca", "pca_ablation_acc"), ("neurons", "neuron_ablation_acc")):
+                entry[key] = ablation_curve(model, layer, probe, basis, ks, acts=acts, seed=request.seed,
+                                            batch_size=request.options.batch_size, device=request.options.device)
+        curves[layer] = entry
+    return curves
+
+
+def layer_infos(result: DissectionResult, probe, request: DissectRequest) -> list:
+    """Per layer: units, measured active fraction, firing rates and the top images of its best units."""
+    from lwtakit.report import LayerInfo
+
+    infos = []
+    for layer in request.layers:
+        firing = result.recording.firing[layer].numpy()
+        units = [u for u, _ in result.table.best_units(layer, request.grid_units or None)]
+        top = {u: torch.stack([probe[i][0] for i in result.top_images(layer, u, request.options.topk)])
+               for u in units}
+        infos.append(LayerInfo(name=layer, units=len(firing), active_fraction=float(firing.mean()), firing=firing,
+                               top_images=top))
+    return infos
+
+
+def drift_curves(history: Path | None) -> dict[str, list] | None:
+    """Label agreement between consecutive training-time dissections, per layer and method, from a run's
+    labels.csv (None without one)."""
+    if history is None or not history.is_file():
+        return None
+    from lwtakit.drift import agreement
+    from lwtakit.io import read_csv
+
+    past = read_csv(history)
+    return {f"{layer} ({m})": pts for m in dict.fromkeys(r["method"] for r in past)
+            for layer, pts in agreement(past, m).items()} or None

@@ -1,0 +1,196 @@
+"""The labeler protocol and registry (the way timm registers models: ``@register_labeler`` + ``create_labeler``).
+
+A labeler turns what one dissection shares — the recording of a probe set, the concepts, CLIP embeddings —
+into :class:`~lwtakit.labels.LabelRow` objects for one :class:`Target` (a layer's units, or its principal
+directions). It declares what it :attr:`~Labeler.needs`, so :func:`lwtakit.dissect.dissect` can refuse a
+dissection that lacks something before any work, and compute shared inputs (CLIP embeddings) once for every
+labeler that needs them. Its settings are one config dataclass (:attr:`~Labeler.config_class`, defaults in
+:mod:`lwtakit.labelers.configs`), given whole.
+
+Adding a labeler is one file and one registration::
+
+    @register_labeler
+    class MaxActivation(Labeler):
+        name = "max_concept"
+        needs = frozenset({CONCEPT_LABELS})
+
+        def label(self, target, ctx):
+            ...  # -> list[LabelRow]
+
+after which ``dissect(..., labelers=["max_concept"])``, ``analyze.py dissect --methods max_concept`` and the
+training callback's ``dissection.methods`` use it (tests/test_labelers.py registers one outside the package).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from lwtakit.errors import UserError
+from lwtakit.labels import LabelRow, optional_float
+
+# What a labeler can need (Labeler.needs).
+CONCEPT_LABELS = "concept_labels"  # binary concept labels [N, K] of the probe images
+CLIP = "clip"                      # a CLIP model and a concept set (image and text embeddings)
+MASKS = "masks"                    # per-pixel concept masks (probe.concept_masks)
+CAPTIONER = "captioner"            # an image captioning model
+SPATIAL = "spatial"                # spatial maps: layers without them are skipped (they have no labels)
+
+
+@dataclass
+class Target:
+    """What one labeler call labels: the units of ``layer`` or, with ``directions = (mean, components)``, its
+    principal directions; ``name`` is the row's layer name (``layer`` or ``layer#pca``); ``acts`` [N, C]."""
+
+    name: str
+    layer: str
+    acts: torch.Tensor
+    firing: torch.Tensor | None = None
+    directions: tuple[torch.Tensor, torch.Tensor] | None = None
+    spatial: bool = True
+
+
+@dataclass
+class Context:
+    """What every labeler of one dissection reads: the model (for labelers that need a second pass), the probe
+    set and its recording, the concepts, and the run settings. CLIP embeddings are computed on first use."""
+
+    model: torch.nn.Module
+    probe: Any
+    recording: Any  # lwtakit.recording.Recording
+    concepts: Any  # lwtakit.dissect.ConceptSource
+    device: Any = "cpu"
+    batch_size: int = 128
+    _clip: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+
+    def clip_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(image embeddings [N, D], concept text embeddings [M, D])`` of the probe set, cached on disk by
+        content (:mod:`lwtakit.clip`) and here for the other labelers of this dissection."""
+        if self._clip is None:
+            from lwtakit.clip import embed_dataset_cached, embed_texts_cached
+
+            c = self.concepts
+            images = embed_dataset_cached(c.clip, self.probe, c.clip_cache_dir)
+            texts = embed_texts_cached(c.clip, c.clip_concepts, c.clip_cache_dir)
+            self._clip = (images.float(), texts.float())
+        return self._clip
+
+
+class Labeler(ABC):
+    """Base class of every labeler: a registered ``name``, a ``config_class`` and the inputs it ``needs``."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type | None] = None
+    needs: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, config: Any = None, **overrides: Any) -> None:
+        if config is None and self.config_class is not None:
+            config = self.config_class()
+        self.config = dataclasses.replace(config, **overrides) if overrides else config
+
+    def check(self, concepts: Any, probe: Any) -> None:
+        """Raise :class:`UserError` (one line: what is missing and how to supply it) when an input is missing."""
+        missing = {
+            CONCEPT_LABELS: (concepts.labels is None and not concepts.labels_from_classes) or not concepts.names,
+            CLIP: concepts.clip is None or not concepts.clip_concepts,
+            CAPTIONER: concepts.clip is None or concepts.captioner is None,
+            MASKS: not hasattr(probe, "concept_masks"),
+        }
+        for need in sorted(self.needs):
+            if missing.get(need):
+                raise UserError(f"method {self.name} needs {_HOW[need]}")
+
+    def applies_to(self, target: Target) -> bool:
+        """Whether this labeler labels ``target`` at all (e.g. IoU needs spatial maps)."""
+        return SPATIAL not in self.needs or target.spatial
+
+    @abstractmethod
+    def label(self, target: Target, ctx: Context) -> list[LabelRow]:
+        """One row per unit (or direction) of ``target``."""
+
+
+_ROW_FIELDS = {"unit", "label", "score", "auc", "p_value", "length", "top5", "formula"}
+
+
+def rows_from_dicts(dicts: list[dict], target: Target, method: str) -> list[LabelRow]:
+    """Typed rows from the plain rows of a labeling function (``unit, label, score`` + the method's fields;
+    ``top5`` a list or a ``|``-joined string); scalar fields besides the standard ones go to ``extra``."""
+    rows = []
+    for d in dicts:
+        unit = int(d["unit"])
+        top = d.get("top5")
+        if top is not None:
+            top = tuple(t for t in top.split("|") if t) if isinstance(top, str) else tuple(str(t) for t in top)
+        rows.append(LabelRow(
+            layer=target.name, unit=unit, method=method, label="" if d.get("label") is None else str(d["label"]),
+            score=optional_float(d.get("score")),
+            firing_rate=None if target.firing is None else optional_float(target.firing[unit]),
+            auc=optional_float(d.get("auc")), p_value=optional_float(d.get("p_value")),
+            length=int(d["length"]) if "length" in d else None, top5=top, formula=d.get("formula"),
+            extra={k: v for k, v in d.items() if k not in _ROW_FIELDS and isinstance(v, (int, float, str))}))
+    return rows
+
+
+_HOW = {
+    CONCEPT_LABELS: "binary concept labels for the probe set; use a probe set that annotates concepts (the "
+                    "synthetic data) or give --concept-labels",
+    CLIP: "CLIP weights and a concept set; set clip.pretrained (a tag, a weights file, or local-dir:FOLDER) and "
+          "concepts",
+    CAPTIONER: "CLIP weights and a captioning model; set clip.pretrained and the CoCa model "
+               "(pip install -e '.[describe]')",
+    MASKS: "per-pixel concept masks; use the synthetic probe set",
+}
+
+_REGISTRY: dict[str, type[Labeler]] = {}
+
+
+def register_labeler(cls: type[Labeler]) -> type[Labeler]:
+    """Class decorator: make ``cls`` available by ``cls.name`` to :func:`create_labeler` and every entry point."""
+    if not getattr(cls, "name", None):
+        raise TypeError(f"labeler {cls.__qualname__} has no name")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"a labeler named {cls.name!r} is already registered ({_REGISTRY[cls.name].__qualname__})")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def labeler_names() -> list[str]:
+    """Registered labeler names (the built-in ones first)."""
+    _load_builtins()
+    return list(_REGISTRY)
+
+
+def create_labeler(name: str, config: Any = None, **overrides: Any) -> Labeler:
+    """The labeler registered as ``name`` with ``config`` (its config dataclass; default: its defaults)."""
+    _load_builtins()
+    if name not in _REGISTRY:
+        raise UserError(f"unknown dissection method '{name}'; choose from {', '.join(_REGISTRY)}")
+    return _REGISTRY[name](config, **overrides)
+
+
+def create_labelers(names, settings: Any = None) -> list[Labeler]:
+    """Labelers by name, each with its config from ``settings.<name>`` when there is one (e.g. the
+    ``dissection`` config group, whose ``invert``, ``clip_dissect``, ``iou`` and ``describe`` entries hold the
+    built-in labelers' settings); a :class:`Labeler` instance is taken as it is."""
+    from lwtakit.labelers.configs import as_config
+
+    out = []
+    for item in names:
+        if isinstance(item, Labeler):
+            out.append(item)
+            continue
+        _load_builtins()
+        cls = _REGISTRY.get(item)
+        section = getattr(settings, item, None) if settings is not None and cls is not None else None
+        config = as_config(cls.config_class, section) if section is not None and cls.config_class else None
+        out.append(create_labeler(item, config))
+    return out
+
+
+def _load_builtins() -> None:
+    # Importing the modules registers the built-in labelers; lazily, so that the registry costs no import time.
+    from lwtakit.labelers import clip_dissect, describe, invert_labeler, iou  # noqa: F401

@@ -1,0 +1,25 @@
+"""The INVERT labeler (registered as ``invert``): :func:`lwtakit.labelers.invert.label_units` on each target."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from lwtakit.labelers.base import CONCEPT_LABELS, Context, Labeler, Target, register_labeler, rows_from_dicts
+from lwtakit.labelers.configs import InvertConfig
+from lwtakit.labels import LabelRow
+
+
+@register_labeler
+class InvertLabeler(Labeler):
+    """INVERT: each unit's best concept formula by AUC, with its Mann-Whitney p-value."""
+
+    name = "invert"
+    config_class = InvertConfig
+    needs = frozenset({CONCEPT_LABELS})
+
+    def label(self, target: Target, ctx: Context) -> list[LabelRow]:
+        from lwtakit.labelers.invert import label_units
+
+        dicts = label_units(target.acts, ctx.concepts.labels, ctx.concepts.names,
+                            **dataclasses.asdict(self.config))
+        return rows_from_dicts(dicts, target, self.name)
