@@ -161,3 +161,16 @@ def test_bad_input_is_a_user_error():
     assert M.parse_metrics("f1, iou,f1") == ["f1", "iou"]
     with pytest.raises(UserError, match="known metrics"):
         M.parse_metrics("f1,nope")
+
+
+@pytest.mark.parametrize("name", ["inverse_auprc", "spearman", "wpmi", "balanced_accuracy"])
+def test_score_columns_with_repeats_equals_one_column_at_a_time(name, monkeypatch):
+    acts, concepts = _data(seed=4, n=40, c=6, k=3)
+    blocks = np.stack([concepts[:, [r % 3] * 6] ^ (np.arange(40)[:, None] % (r + 2) == 0) for r in range(4)], 1)
+    monkeypatch.setattr(M, "_BUDGET", 4 * 40 * 4 * 2)  # 2 units x 4 repeats per block
+    got = M.score_columns(name, acts, blocks, alpha=ALPHA)
+    assert got.shape == (4, 6)
+    for r in range(4):
+        torch.testing.assert_close(got[r], M.score_columns(name, acts, blocks[:, r], alpha=ALPHA), rtol=0, atol=1e-12)
+        torch.testing.assert_close(got[r], M.score_pairs(name, acts, blocks[:, r], range(6), range(6), alpha=ALPHA),
+                                   rtol=0, atol=1e-12)

@@ -48,8 +48,9 @@ Where this module differs from NeuronEval's code (Trustworthy-ML-Lab/Neuron_Eval
 
 Every metric is computed for all units x concepts at once (``score``; a ``[C, K]`` float64 tensor), chunked
 so that memory stays near ``_BUDGET`` float64 values whatever C and K, or for one concept per unit
-(``score_pairs``; ``O(N x pairs)``), from the same kernel: a kernel sees the unit side and the concept side of
-a batch and combines them with ``batch.inner`` (a matrix product, or a column-wise dot product for pairs).
+(``score_pairs``, ``score_columns``; ``O(N x pairs)``), from the same kernel: a kernel sees the unit side and
+the concept side of a batch and combines them with ``batch.inner`` (a matrix product, or column-wise dot
+products for pairs).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ from ..errors import UserError
 from ..labelers.invert import rank_data
 
 __all__ = ["DEFAULT_ALPHA", "METRICS", "Metric", "WPMI_LAMBDA", "check_alpha", "get_metric", "parse_metrics",
-           "score", "score_pairs"]
+           "score", "score_columns", "score_pairs"]
 
 DEFAULT_ALPHA = 0.005
 """Top fraction of images counted as the unit firing. NeuronEval's fixed alpha for hidden-layer units (its
@@ -141,8 +142,9 @@ def _unit_length(x: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class _Batch:
-    """A block of units and a block of concepts. ``paired=False``: all ``[c, k]`` combinations; ``paired=True``:
-    column i of the units with column i of the concepts (``c == k``), results ``[c]``."""
+    """A block of units and a block of concepts. ``paired=False``: units ``[N, c]`` x concepts ``[N, k]``, all
+    combinations, results ``[c, k]``. ``paired=True``: units ``[N, P]`` and concepts ``[N, R, P]``, unit ``p``
+    with each of its ``R`` concept columns ``[:, r, p]``, results ``[R, P]``."""
 
     units: _Units
     concepts: _Concepts
@@ -153,8 +155,8 @@ class _Batch:
         return self.units.x.shape[0]
 
     def inner(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``sum_n x[n, i] y[n, j]``: all pairs (matrix product) or matching columns."""
-        return (x * y).sum(0) if self.paired else x.t() @ y
+        """``sum_n x[n, i] y[n, j]``: all pairs (matrix product), or ``sum_n x[n, p] y[n, r, p]``."""
+        return (x.unsqueeze(1) * y).sum(0) if self.paired else x.t() @ y
 
     def u(self, v: torch.Tensor) -> torch.Tensor:
         """A per-unit vector shaped to broadcast against ``inner``'s result."""
@@ -243,14 +245,15 @@ def _inverse_auprc(b: _Batch) -> torch.Tensor:
     (sklearn's ``average_precision_score``): ``AP = (1 / n_c) sum_{i: c_i = 1} tp(a_i) / n(a_i)`` with
     ``tp(s)``, ``n(s)`` the positives and images with activation >= s; 0 when ``n_c = 0``."""
     order, end = b.units.sorted_desc
-    if b.paired:  # [N, P, 1]: the concept column of each pair in its unit's order
-        c = torch.gather(b.concepts.x, 0, order).unsqueeze(-1)
+    if b.paired:  # [N, R, P]: each unit's concept columns in the unit's order
+        c = torch.gather(b.concepts.x, 0, order.unsqueeze(1).expand_as(b.concepts.x))
+        end = end.unsqueeze(1)
     else:  # [N, units, concepts]
         c = b.concepts.x[order]
+        end = end.unsqueeze(-1)
     tp = c.cumsum(0)
-    tp_at_tie_end = tp.gather(0, end.unsqueeze(-1).expand_as(tp))
-    ap = (c * tp_at_tie_end / (end + 1).unsqueeze(-1)).sum(0) / tp[-1].clamp_min(1)
-    return ap.squeeze(-1) if b.paired else ap
+    tp_at_tie_end = tp.gather(0, end.expand_as(tp))
+    return (c * tp_at_tie_end / (end + 1)).sum(0) / tp[-1].clamp_min(1)
 
 
 def _pearson(b: _Batch, unit_values: torch.Tensor) -> torch.Tensor:
@@ -376,7 +379,7 @@ def _acts(x: torch.Tensor) -> torch.Tensor:
 def _binary(c: torch.Tensor, n: int) -> torch.Tensor:
     if c.dim() == 1:
         c = c.unsqueeze(1)
-    if c.dim() != 2 or c.shape[0] != n:
+    if c.dim() not in (2, 3) or c.shape[0] != n:
         raise UserError(f"concept vectors must be [N, K] with N = {n} rows, got {tuple(c.shape)}")
     if c.dtype != torch.bool and not torch.all((c == 0) | (c == 1)):
         raise UserError("concept vectors must be boolean (0/1)")
@@ -411,11 +414,36 @@ def score(name: str, acts, concepts, alpha: float = DEFAULT_ALPHA) -> torch.Tens
     return out
 
 
+def score_columns(name: str, acts, concepts, alpha: float = DEFAULT_ALPHA) -> torch.Tensor:
+    """Scores of unit column ``p`` of ``acts [N, P]`` for concept column ``p`` of ``concepts [N, P]`` (result
+    ``[P]``), or for each of its ``R`` columns ``concepts[:, r, p]`` of ``concepts [N, R, P]`` (result ``[R, P]``:
+    e.g. R perturbations of each unit's concept, the unit's ranks and threshold computed once). ``O(N x R x P)``,
+    chunked over units."""
+    metric = get_metric(name)
+    check_alpha(alpha)
+    a_all, c_all = _tensor(acts), _tensor(concepts)
+    repeated = c_all.dim() == 3
+    if a_all.dim() != 2 or c_all.dim() not in (2, 3) or c_all.shape[0] != a_all.shape[0] \
+            or c_all.shape[-1] != a_all.shape[1]:
+        raise UserError(f"concept columns must be [N, P] or [N, R, P] beside activations [N, P], got "
+                        f"{tuple(c_all.shape)} and {tuple(a_all.shape)}")
+    if not repeated:
+        c_all = c_all.unsqueeze(1)
+    N, R, P = c_all.shape
+    out = torch.empty(R, P, dtype=torch.float64, device=a_all.device)
+    step = max(1, _chunks(metric, N) // R)
+    for p0 in range(0, P, step):
+        a = _acts(a_all[:, p0:p0 + step])
+        c = _binary(c_all[:, :, p0:p0 + step].to(a.device), N)
+        out[:, p0:p0 + step] = metric.kernel(_Batch(_Units(a, alpha), _Concepts(c), paired=True))
+    return out if repeated else out[0]
+
+
 def score_pairs(name: str, acts, concepts, unit_ids: Sequence[int], concept_ids: Sequence[int],
                 alpha: float = DEFAULT_ALPHA) -> torch.Tensor:
     """Scores ``[P]`` (float64) of unit ``unit_ids[p]`` for concept ``concept_ids[p]`` only: what a label table
-    needs (each unit's chosen label). ``O(N x P)`` time and memory bounded by chunking; only the named columns
-    of ``acts [N, C]`` and ``concepts [N, K]`` are read. Same values as the matching entries of :func:`score`."""
+    needs (each unit's chosen label). ``O(N x P)``; only the named columns of ``acts [N, C]`` and
+    ``concepts [N, K]`` are read, a chunk at a time. Same values as the matching entries of :func:`score`."""
     metric = get_metric(name)
     check_alpha(alpha)
     a_all, c_all = _tensor(acts), _tensor(concepts)
@@ -428,11 +456,9 @@ def score_pairs(name: str, acts, concepts, unit_ids: Sequence[int], concept_ids:
     for ids, size, what in ((uid, a_all.shape[1], "unit"), (cid, c_all.shape[1], "concept")):
         if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= size):
             raise UserError(f"{what} ids must lie in [0, {size}), got {int(ids.min())}..{int(ids.max())}")
-    N = a_all.shape[0]
     out = torch.empty(len(uid), dtype=torch.float64, device=a_all.device)
-    step = _chunks(metric, N)
+    step = _chunks(metric, a_all.shape[0])
     for p0 in range(0, len(uid), step):
-        a = _acts(a_all[:, uid[p0:p0 + step].to(a_all.device)])
-        c = _binary(c_all[:, cid[p0:p0 + step].to(c_all.device)].to(a.device), N)
-        out[p0:p0 + step] = metric.kernel(_Batch(_Units(a, alpha), _Concepts(c), paired=True))
+        u, k = uid[p0:p0 + step], cid[p0:p0 + step]
+        out[p0:p0 + step] = score_columns(name, a_all[:, u.to(a_all.device)], c_all[:, k.to(c_all.device)], alpha)
     return out
