@@ -418,7 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--beam", type=int, default=5)
     lab.add_argument("--metrics", help="also score each unit's label by these NeuronEval metrics (comma-separated "
                      "names, or all); needs --concept-labels; a name already taken (auc) becomes neuroneval_<name>")
-    lab.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="top fraction of images a unit fires on")
+    lab.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+                     help="top fraction of images a unit fires on (default %(default)s, NeuronEval's)")
     lab.add_argument("--out", required=True)
 
     san = sub.add_parser("sanity", help="NeuronEval's missing/extra-labels tests of the label metrics on your data")
@@ -428,7 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     san.add_argument("--labels", help="labels.csv (unit, label) whose labels are tested; default: each unit's best "
                      "concept by the metric under test")
     san.add_argument("--metrics", help="comma-separated metric names (default: all)")
-    san.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="top fraction of images a unit fires on")
+    san.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+                     help="top fraction of images a unit fires on (default %(default)s, NeuronEval's)")
     san.add_argument("--repeats", type=int, default=10, help="perturbations averaged per unit")
     san.add_argument("--seed", type=int, default=0)
     san.add_argument("--out", required=True, help="sanity.csv: metric,missing_decrease,extra_decrease,passes")
