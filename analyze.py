@@ -5,6 +5,8 @@
         --clip-pretrained openai --concepts words.txt --out reports/resnet18
     python analyze.py label --activations A.npy --method invert --concept-labels L.npy \\
         --concept-names names.txt --out labels.csv
+    python analyze.py sanity --activations A.npy --concept-labels L.npy --concept-names names.txt \\
+        --out sanity.csv [--labels labels.csv] [--metrics f1,iou] [--alpha 0.005] [--repeats 10] [--seed 0]
     python analyze.py explain --ckpt last.ckpt --image cat.png [--layer layer4.1.act2] [--labels labels.csv]
     python analyze.py compare runs/default-A runs/default_dense-B --out reports/compare
 
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 
 from lwtakit.errors import ArgumentParser, UserError
+from lwtakit.evaluation.metrics import DEFAULT_ALPHA
 from lwtakit.labelers.configs import SIMILARITIES
 
 DEVICE_HELP = "auto (CUDA when present, else CPU) | cpu | cuda | cuda:N"
@@ -132,10 +135,14 @@ def _labelers(args) -> list:
 def cmd_label(args) -> Path:
     from lwtakit.io import write_csv
 
+    metric_names = _metric_names(args) if args.metrics is not None else []
     acts = _load_npy(args.activations, "activations")
     if acts.ndim != 2 or not np.issubdtype(acts.dtype, np.number):
         raise UserError(f"activations {args.activations} must be a numeric [N, C] array, got shape {acts.shape}")
     names = _read_names(args.concept_names)
+    if metric_names and args.concept_labels is None:
+        raise UserError("--metrics scores labels against concept labels; give --concept-labels L.npy (bool [N, K])")
+    concepts = _load_concept_labels(args.concept_labels, acts, names) if metric_names else None
     if args.method == "invert":
         if args.concept_labels is None:
             raise UserError("method invert needs --concept-labels L.npy (bool [N, K])")
@@ -163,11 +170,54 @@ def cmd_label(args) -> Path:
         columns = ["unit", "label", "score", "top5"]
     else:
         raise UserError(f"unknown method {args.method!r}; choose invert or one of {', '.join(SIMILARITIES)}")
+    if metric_names:
+        columns += _score_labels(rows, acts, concepts, names, metric_names, columns, args.alpha)
     for r in rows:
         r.pop("formula", None)
         if isinstance(r.get("top5"), list):
             r["top5"] = "|".join(map(str, r["top5"]))
     return write_csv(args.out, rows, columns)
+
+
+def _metric_names(args) -> list[str]:
+    """``--metrics`` (comma-separated NeuronEval names, default all) and ``--alpha``, checked."""
+    from lwtakit.evaluation.metrics import check_alpha, parse_metrics
+
+    check_alpha(args.alpha)
+    return parse_metrics(args.metrics)
+
+
+def _load_concept_labels(path: str, acts: np.ndarray, names: list[str]) -> np.ndarray:
+    labels = _load_npy(path, "concept labels")
+    _check_concepts(acts, labels, names, path)
+    if labels.dtype != bool and not np.isin(labels, (0, 1)).all():
+        raise UserError(f"concept labels {path} must be boolean (or 0/1)")
+    return labels.astype(bool)
+
+
+def _score_labels(rows: list[dict], acts: np.ndarray, concepts: np.ndarray, names: list[str],
+                  metric_names: list[str], taken: list[str], alpha: float) -> list[str]:
+    """Add to every labelled row one score per metric of its unit for its label's concept vector (an INVERT
+    row's formula, else the concept named by the label); unlabelled rows get no value. A metric whose name is
+    already a column (INVERT's ``auc``) is written as ``neuroneval_<name>``. Returns the new column names."""
+    from lwtakit.evaluation.label_vectors import label_vectors
+    from lwtakit.evaluation.metrics import score_columns
+
+    labelled = [r for r in rows if r.get("label")]
+    C = torch.from_numpy(concepts)
+    vectors = [r["formula"].evaluate(C) if r.get("formula") is not None else label_vectors([r["label"]], C, names)[:, 0]
+               for r in labelled]
+    units = [int(r["unit"]) for r in labelled]
+    columns = []
+    for name in metric_names:
+        column = f"neuroneval_{name}" if name in taken else name
+        columns.append(column)
+        if not labelled:
+            continue
+        values = score_columns(name, acts[:, units], torch.stack(vectors, 1), alpha=alpha)
+        for r, v in zip(labelled, values.tolist(), strict=True):
+            r[column] = v
+    return columns
 
 
 def _check_concepts(acts: np.ndarray, matrix: np.ndarray, names: list[str], path: str) -> None:
@@ -176,6 +226,52 @@ def _check_concepts(acts: np.ndarray, matrix: np.ndarray, names: list[str], path
                         f"({acts.shape[0]}) and one column per concept")
     if matrix.shape[1] != len(names):
         raise UserError(f"{path} has {matrix.shape[1]} concept columns but the names file has {len(names)} names")
+
+
+# -------------------------------------------------------------------------------------------- sanity
+def _unit_labels(path: str, concepts: np.ndarray, names: list[str], n_units: int):
+    """Units and their label vectors ``[N, U]`` from a labels.csv (columns ``unit``, ``label``; rows without a
+    label are skipped)."""
+    from lwtakit.evaluation.label_vectors import label_vectors
+    from lwtakit.io import read_csv
+
+    if not Path(path).is_file():
+        raise UserError(f"labels file {path} does not exist")
+    rows = read_csv(path)
+    if not rows or not {"unit", "label"} <= rows[0].keys():
+        raise UserError(f"labels file {path} needs columns unit and label (as written by analyze.py label)")
+    layers = {r.get("layer") for r in rows}
+    if len(layers) > 1:
+        raise UserError(f"labels file {path} has units of {len(layers)} layers; keep the rows of one layer")
+    rows = [r for r in rows if r["label"]]
+    if not rows:
+        raise UserError(f"labels file {path} has no labelled unit")
+    try:
+        units = [int(r["unit"]) for r in rows]
+    except ValueError:
+        raise UserError(f"labels file {path}: column unit must hold unit numbers") from None
+    bad = [u for u in units if not 0 <= u < n_units]
+    if bad:
+        raise UserError(f"labels file {path} names unit {bad[0]}, but the activations have {n_units} units")
+    return units, label_vectors([r["label"] for r in rows], torch.from_numpy(concepts), names)
+
+
+def cmd_sanity(args) -> Path:
+    """NeuronEval's missing/extra-labels tests of the label metrics on these activations and concepts."""
+    from lwtakit.evaluation.sanity import SanityConfig, sanity_check
+    from lwtakit.io import write_csv
+
+    config = SanityConfig(metrics=tuple(_metric_names(args)), alpha=args.alpha, repeats=args.repeats,
+                          seed=args.seed)
+    acts = _load_npy(args.activations, "activations")
+    if acts.ndim != 2 or not np.issubdtype(acts.dtype, np.number):
+        raise UserError(f"activations {args.activations} must be a numeric [N, C] array, got shape {acts.shape}")
+    names = _read_names(args.concept_names)
+    concepts = _load_concept_labels(args.concept_labels, acts, names)
+    units, vectors = (None, None) if args.labels is None else _unit_labels(args.labels, concepts, names,
+                                                                             acts.shape[1])
+    result = sanity_check(acts.astype(np.float64), concepts, config, units=units, label_vectors=vectors)
+    return write_csv(args.out, result.as_dicts(), ["metric", "missing_decrease", "extra_decrease", "passes"])
 
 
 # ------------------------------------------------------------------------------------------- explain
@@ -264,7 +360,24 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--concept-names", required=True, help="text file, one concept a line")
     lab.add_argument("--max-length", type=int, default=1)
     lab.add_argument("--beam", type=int, default=5)
+    lab.add_argument("--metrics", help="also score each unit's label by these NeuronEval metrics (comma-separated "
+                     "names, or all); needs --concept-labels; a name already taken (auc) becomes neuroneval_<name>")
+    lab.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+                     help="top fraction of images a unit fires on (default %(default)s, NeuronEval's)")
     lab.add_argument("--out", required=True)
+
+    san = sub.add_parser("sanity", help="NeuronEval's missing/extra-labels tests of the label metrics on your data")
+    san.add_argument("--activations", required=True, help="A.npy [N, C]")
+    san.add_argument("--concept-labels", required=True, help="bool [N, K] .npy")
+    san.add_argument("--concept-names", required=True, help="text file, one concept a line")
+    san.add_argument("--labels", help="labels.csv (unit, label) whose labels are tested; default: each unit's best "
+                     "concept by the metric under test")
+    san.add_argument("--metrics", help="comma-separated metric names (default: all)")
+    san.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+                     help="top fraction of images a unit fires on (default %(default)s, NeuronEval's)")
+    san.add_argument("--repeats", type=int, default=10, help="perturbations averaged per unit")
+    san.add_argument("--seed", type=int, default=0)
+    san.add_argument("--out", required=True, help="sanity.csv: metric,missing_decrease,extra_decrease,passes")
 
     e = sub.add_parser("explain", help="the winning units of a layer for one image, with their labels")
     src = e.add_mutually_exclusive_group(required=True)
@@ -289,8 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        out = {"dissect": cmd_dissect, "label": cmd_label, "explain": cmd_explain, "compare": cmd_compare}[
-            args.command](args)
+        out = {"dissect": cmd_dissect, "label": cmd_label, "explain": cmd_explain, "compare": cmd_compare,
+               "sanity": cmd_sanity}[args.command](args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

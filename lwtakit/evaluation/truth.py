@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 
 
 def normalise(name) -> str:
