@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -66,7 +67,7 @@ from torch import Tensor
 
 from lwtakit.errors import UserError
 from lwtakit.labelers.base import CLIP, Context, Labeler, Target, register_labeler, rows_from_dicts
-from lwtakit.labelers.configs import ClipDissectConfig
+from lwtakit.labelers.configs import SIMILARITIES, ClipDissectConfig
 from lwtakit.labels import LabelRow
 
 # The reference implementation's defaults; n_perm and seed fix its random baseline (E3).
@@ -77,7 +78,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "cos": {},
     "cos_cubed": {"min_norm": 1e-3},
 }
-METHODS = tuple(DEFAULTS)
+METHODS = SIMILARITIES
+assert tuple(DEFAULTS) == SIMILARITIES, "every similarity function needs its defaults here"
 DEFAULT_MAX_BYTES = 512 * 2**20
 
 
@@ -157,6 +159,19 @@ def _chunks(total: int, size: int):
         yield s, min(s + size, total)
 
 
+@dataclass
+class _Chunks:
+    """How the similarity is streamed: ``concepts`` per chunk, and units per chunk (``units``, or what fits
+    ``max_bytes``) inside a concept chunk."""
+
+    concepts: int
+    units: int | None
+    max_bytes: int
+
+    def unit_chunk(self, per_unit: int, elsize: int, copies: int = 3) -> int:
+        return _unit_chunk(per_unit, elsize, self.units, self.max_bytes, copies)
+
+
 def _concept_chunk(n: int, elsize: int, chunk_size: int | None, max_bytes: int, copies: int = 3) -> int:
     if chunk_size is not None:
         if chunk_size < 1:
@@ -182,9 +197,11 @@ def _log_softmax_normaliser(P: ConceptActivations, a: float, chunk: int) -> Tens
     return lse
 
 
-def _wpmi(A: Tensor, P: ConceptActivations, K: int, member: Tensor | None, a: float, lam: float,
-          min_prob: float, chunk: int, unit_chunk: int | None, max_bytes: int) -> Tensor:
-    """E4 (``member`` None) / E5 (``member`` = p_r, [K]) of the module docstring; K top images per unit."""
+def _wpmi(A: Tensor, P: ConceptActivations, K: int, member: Tensor | None, cfg: dict, chunks: _Chunks) -> Tensor:
+    """E4 (``member`` None) / E5 (``member`` = p_r, [K]) of the module docstring; K top images per unit;
+    ``cfg`` holds ``a``, ``lam`` and ``min_prob``."""
+    a, lam, min_prob = float(cfg["a"]), float(cfg["lam"]), float(cfg["min_prob"])
+    chunk = chunks.concepts
     C = A.shape[1]
     dt = P.dtype
     top_idx = torch.topk(A, K, dim=0).indices.T.contiguous()  # [C, K], most activating first
@@ -198,7 +215,7 @@ def _wpmi(A: Tensor, P: ConceptActivations, K: int, member: Tensor | None, a: fl
     out = torch.empty((C, P.m), dtype=dt)
     for s, e in _chunks(P.m, chunk):
         probs = P.columns(s, e).mul_(a).sub_(lse[:, None]).exp_()  # S[:, s:e]
-        uc = _unit_chunk(K * (e - s), probs.element_size(), unit_chunk, max_bytes)
+        uc = chunks.unit_chunk(K * (e - s), probs.element_size())
         for us, ue in _chunks(C, uc):
             g = probs.index_select(0, top_idx[us:ue].reshape(-1)).view(ue - us, K, e - s)
             if member is None:
@@ -258,23 +275,23 @@ def _rank_reorder_baseline(values: Tensor, p: float, n_perm: int, seed: int) -> 
     return base
 
 
-def _rank_reorder(A: Tensor, P: ConceptActivations, top_fraction: float, p: float, scale_p: float,
-                  n_perm: int, seed: int, chunk: int, unit_chunk: int | None, max_bytes: int) -> Tensor:
-    """E3 of the module docstring."""
+def _rank_reorder(A: Tensor, P: ConceptActivations, cfg: dict, chunks: _Chunks) -> Tensor:
+    """E3 of the module docstring; ``cfg`` holds ``top_fraction, p, scale_p, n_perm, seed``."""
+    top_fraction, p, scale_p = float(cfg["top_fraction"]), float(cfg["p"]), float(cfg["scale_p"])
     N, C = A.shape
     n = max(1, min(N, int(N * top_fraction)))
     values, top_idx = torch.topk(A, n, dim=0)
     values, top_idx = values.T.contiguous(), top_idx.T.contiguous()  # [C, n], descending
     asc = values.flip(1)
-    base = _rank_reorder_baseline(values, p, n_perm, seed)
+    base = _rank_reorder_baseline(values, p, int(cfg["n_perm"]), int(cfg["seed"]))
     flat = base == 0  # all n top activations equal: err := 1 (see the module docstring)
     base = torch.where(flat, torch.ones_like(base), base)
     positions = torch.arange(n).view(1, n, 1)
     out = torch.empty((C, P.m), dtype=P.dtype)
-    for s, e in _chunks(P.m, chunk):
+    for s, e in _chunks(P.m, chunks.concepts):
         block = P.columns(s, e)
         mc = e - s
-        uc = _unit_chunk(n * mc, 8, unit_chunk, max_bytes, copies=5)  # int64 ranks dominate
+        uc = chunks.unit_chunk(n * mc, 8, copies=5)  # int64 ranks dominate
         for us, ue in _chunks(C, uc):
             u = ue - us
             c = block.index_select(0, top_idx[us:ue].reshape(-1)).view(u, n, mc)  # c_r
@@ -320,6 +337,7 @@ def similarity(acts, P_or_factors, method: str = "soft_wpmi", chunk_size: int | 
     N = A.shape[0]
     elsize = torch.finfo(P.dtype).bits // 8
     chunk = _concept_chunk(N, elsize, chunk_size, max_bytes)
+    chunks = _Chunks(chunk, unit_chunk, max_bytes)
     if A.shape[1] == 0:
         return torch.empty((0, P.m), dtype=P.dtype)
     with torch.inference_mode():
@@ -336,8 +354,7 @@ def similarity(acts, P_or_factors, method: str = "soft_wpmi", chunk_size: int | 
                     raise UserError("soft_wpmi p_start and p_end must lie in [0, 1]")
                 r = torch.arange(K, dtype=torch.float64)
                 member = cfg["p_start"] - r / top_k * (cfg["p_start"] - cfg["p_end"])
-            return _wpmi(A, P, K, member, float(cfg["a"]), float(cfg["lam"]), float(cfg["min_prob"]),
-                         chunk, unit_chunk, max_bytes)
+            return _wpmi(A, P, K, member, cfg, chunks)
         if method == "cos":
             return _cos(A, P, chunk)
         if method == "cos_cubed":
@@ -348,8 +365,7 @@ def similarity(acts, P_or_factors, method: str = "soft_wpmi", chunk_size: int | 
             raise UserError(f"rank_reorder.top_fraction must lie in (0, 1], got {cfg['top_fraction']}")
         if int(cfg["n_perm"]) < 1:
             raise UserError(f"rank_reorder.n_perm must be >= 1, got {cfg['n_perm']}")
-        return _rank_reorder(A, P, float(cfg["top_fraction"]), float(cfg["p"]), float(cfg["scale_p"]),
-                             int(cfg["n_perm"]), int(cfg["seed"]), chunk, unit_chunk, max_bytes)
+        return _rank_reorder(A, P, cfg, chunks)
 
 
 def label_units(acts, P_or_factors, concept_names: Sequence[str], method: str = "soft_wpmi", top: int = 5,

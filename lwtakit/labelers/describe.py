@@ -19,6 +19,7 @@ and deterministically, without a language-model service or generated images:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections import Counter
@@ -34,6 +35,8 @@ from lwtakit.labelers.configs import DescribeConfig
 from lwtakit.labels import LabelRow
 
 CaptionFn = Callable[[Tensor], Sequence[str]]
+
+TOP = 5  # candidates listed per unit ("top5")
 
 STOP_WORDS = frozenset("""
 a an the this that these those there here it its it's is are was were be been being am of in on at to from
@@ -114,70 +117,65 @@ def caption_images(images, indices: Sequence[int], caption_fn: CaptionFn, batch_
     return captions
 
 
-def label_units(acts, images, clip, caption_fn: CaptionFn, *, image_emb: Tensor | None = None,
-                n_images: int = 10, max_candidates: int = 20, max_words: int = 3, method: str = "soft_wpmi",
-                top: int = 5, cache_dir: str | os.PathLike | None = None, caption_batch: int = 16,
-                chunk_size: int | None = None, **sim_params) -> list[dict]:
-    """Describe labels, one row per unit: ``unit, label, score`` (CLIP-Dissect ``method`` score of the label),
-    ``caption`` (caption of the unit's most activating image), ``count`` (how many of the unit's
-    ``n_images`` captions contain the label) and ``top5`` (best candidates by score, ``|``-joined).
+def label_units(acts, images, clip, caption_fn: CaptionFn, config: DescribeConfig | None = None, *,
+                image_emb: Tensor | None = None, cache_dir: str | os.PathLike | None = None,
+                caption_batch: int = 16, **params) -> list[dict]:
+    """Describe labels, one row per unit: ``unit, label, score`` (CLIP-Dissect score of the label by
+    ``config.similarity``), ``caption`` (caption of the unit's most activating image), ``count`` (how many of the
+    unit's ``config.n_images`` captions contain the label) and ``top5`` (best candidates by score, ``|``-joined).
 
     ``images``: the probe set (tensor [N, 3, H, W] in [0, 1] or dataset of ``(image, label)``) that
     ``acts`` [N, C] were recorded on; ``clip``: a :class:`lwtakit.clip.Clip` for the rescoring;
-    ``image_emb``: its image embeddings of the probe set if already computed.
+    ``image_emb``: its image embeddings of the probe set if already computed. ``params``: fields of
+    :class:`DescribeConfig` (``n_images=8``) override ``config``; the others go to the similarity function
+    (:func:`lwtakit.labelers.clip_dissect.similarity`, e.g. ``top_k`` or ``chunk_size``).
     """
-    from lwtakit import clip as lclip
-
+    fields = {f.name for f in dataclasses.fields(DescribeConfig)}
+    config = dataclasses.replace(config or DescribeConfig(), **{k: v for k, v in params.items() if k in fields})
+    sim_params = {k: v for k, v in params.items() if k not in fields}
     A = torch.as_tensor(acts).detach().float().cpu()
     if A.ndim != 2:
         raise UserError(f"activations must be [N images, C units]; got shape {tuple(A.shape)}")
     N, C = A.shape
     if len(images) != N:
         raise UserError(f"activations have {N} images but the probe set has {len(images)}; use the same probe set")
-    if n_images < 1 or max_candidates < 1:
-        raise UserError("describe needs n_images >= 1 and max_candidates >= 1")
-    k = min(n_images, N)
-    top_idx = torch.topk(A, k, dim=0).indices.T  # [C, k], most activating first
+    top_idx = torch.topk(A, min(config.n_images, N), dim=0).indices.T  # [C, k], most activating first
     captions = caption_images(images, top_idx.reshape(-1).tolist(), caption_fn, caption_batch)
-
-    per_unit: list[list[tuple[str, int]]] = []
-    vocabulary: dict[str, int] = {}
-    for unit in range(C):
-        cands = candidate_phrases([captions[i] for i in top_idx[unit].tolist()], max_words, max_candidates)
-        per_unit.append(cands)
-        for phrase, _ in cands:
-            vocabulary.setdefault(phrase, len(vocabulary))
+    per_unit = [candidate_phrases([captions[i] for i in top_idx[unit].tolist()], config.max_words,
+                                  config.max_candidates) for unit in range(C)]
+    vocabulary = {phrase: None for cands in per_unit for phrase, _ in cands}
     if not vocabulary:
         raise UserError("the captions gave no candidate phrases (only stop words?); check the caption function")
     phrases = list(vocabulary)
+    sim = _phrase_similarity(A, images, clip, phrases, config.similarity, image_emb, cache_dir, sim_params)
+    column = {p: j for j, p in enumerate(phrases)}
+    return [_best_candidate(unit, per_unit[unit], sim[unit], column, captions[int(top_idx[unit, 0])])
+            for unit in range(C)]
+
+
+def _phrase_similarity(A: Tensor, images, clip, phrases: list[str], similarity: str, image_emb, cache_dir,
+                       sim_params: dict) -> Tensor:
+    """CLIP-Dissect similarity [C, len(phrases)] of the units to the candidate phrases."""
+    from lwtakit import clip as lclip
 
     if image_emb is None:
         image_emb = (lclip.embed_dataset_cached(clip, images, cache_dir) if cache_dir is not None
                      else clip.encode_images(images))
     text_emb = (lclip.embed_texts_cached(clip, phrases, cache_dir) if cache_dir is not None
                 else clip.encode_texts(phrases))
-    sim = clip_dissect.similarity(A, (image_emb, text_emb), method, chunk_size=chunk_size, **sim_params)
+    return clip_dissect.similarity(A, (image_emb, text_emb), similarity, **sim_params)
 
-    rows = []
-    for unit in range(C):
-        cands = per_unit[unit]
-        if not cands:
-            rows.append({"unit": unit, "label": "", "score": float("nan"),
-                         "caption": captions[int(top_idx[unit, 0])], "count": 0, "top5": ""})
-            continue
-        cols = torch.tensor([vocabulary[p] for p, _ in cands])
-        scores = sim[unit, cols]
-        order = torch.argsort(scores, descending=True, stable=True).tolist()
-        best = order[0]
-        rows.append({
-            "unit": unit,
-            "label": cands[best][0],
-            "score": float(scores[best]),
-            "caption": captions[int(top_idx[unit, 0])],
-            "count": cands[best][1],
-            "top5": "|".join(cands[j][0] for j in order[:top]),
-        })
-    return rows
+
+def _best_candidate(unit: int, cands: list[tuple[str, int]], sims: Tensor, column: dict[str, int],
+                    caption: str) -> dict:
+    """The row of one unit: its best candidate phrase by similarity, the best five, and its top caption."""
+    if not cands:
+        return {"unit": unit, "label": "", "score": float("nan"), "caption": caption, "count": 0, "top5": ""}
+    scores = sims[torch.tensor([column[p] for p, _ in cands])]
+    order = torch.argsort(scores, descending=True, stable=True).tolist()
+    best = order[0]
+    return {"unit": unit, "label": cands[best][0], "score": float(scores[best]), "caption": caption,
+            "count": cands[best][1], "top5": "|".join(cands[j][0] for j in order[:TOP])}
 
 
 class CocaCaptioner:
@@ -228,8 +226,6 @@ class DescribeLabeler(Labeler):
     needs = frozenset({CAPTIONER})
 
     def label(self, target: Target, ctx: Context) -> list[LabelRow]:
-        c = self.config
-        dicts = label_units(target.acts, ctx.probe, ctx.concepts.clip, ctx.concepts.captioner,
-                            image_emb=ctx.clip_embeddings()[0], n_images=c.n_images, max_candidates=c.max_candidates,
-                            max_words=c.max_words, method=c.similarity, cache_dir=ctx.concepts.clip_cache_dir)
+        dicts = label_units(target.acts, ctx.probe, ctx.concepts.clip, ctx.concepts.captioner, self.config,
+                            image_emb=ctx.clip_embeddings()[0], cache_dir=ctx.concepts.clip_cache_dir)
         return rows_from_dicts(dicts, target, self.name)
