@@ -64,9 +64,6 @@ def accuracy_by_mode(model: nn.Module, dataset, modes: list[str], mc_samples: in
 
 def summarize_run(spec: str, probe_size: int = 1000, eval_size: int = 1000, seed: int = 0, device="cpu"):
     """Everything :func:`compare` shows about one run, as a :class:`lwtakit.report.RunSummary`."""
-    from lwtakit.drift import agreement
-    from lwtakit.drift import stability as label_stability
-    from lwtakit.evaluation import concept_coverage, final_layer_accuracy
     from lwtakit.io import read_csv
     from lwtakit.labelers.pca import variance_curves
     from lwtakit.models import default_layers
@@ -93,27 +90,10 @@ def summarize_run(spec: str, probe_size: int = 1000, eval_size: int = 1000, seed
                                  progress=False)
         table = dissect(model, probe, labelled, ["invert"], ConceptSource.from_dataset(probe),
                         DissectOptions(progress=False), recording=rec).table
-    classifier = labelled[-1]
-    quality = {f"final-layer label {k}": v for k, v in
-               final_layer_accuracy(table.select(classifier).records(), loaded.class_names).items() if k != "n"}
-    if getattr(probe, "concept_groups", None):
-        quality.update(concept_coverage(table.records(), probe.concept_groups))
-    scores = [r.score for r in table if r.score is not None]
-    quality["mean AUC"] = float(np.mean(scores)) if scores else float("nan")
-    quality[f"share p<{SIGNIFICANT_P:g}"] = float(np.mean([r.p_value is not None and r.p_value < SIGNIFICANT_P
-                                                           for r in table]))
-    summaries = table.summaries()
-    layer_stats = {layer: {"units": float(s.units), "mean score": s.mean_score,
-                           "distinct labels": float(s.distinct_labels), f"share p<{SIGNIFICANT_P:g}": s.significant}
-                   for (layer, _), s in summaries.items()}
+    quality, layer_stats = label_quality(table, loaded.class_names, probe)
     stability = None
     if run_dir is not None and (run_dir / "labels.csv").is_file():
-        history = read_csv(run_dir / "labels.csv")
-        stability = agreement(history, "invert") or None
-        for layer, values in label_stability(history, "invert").items():
-            if layer in layer_stats:  # how settled the labels of the training-time dissections are
-                layer_stats[layer]["stable fraction"] = values["stable_fraction"]
-                layer_stats[layer]["mean settle epoch"] = values["mean_settle_epoch"]
+        stability = training_stability(read_csv(run_dir / "labels.csv"), layer_stats)
     explained = act_layers[-1]
     v = variance_curves(rec.acts[explained])
     completeness = {explained: {"k": v["k"].tolist(), "pca_variance": v["pca"].tolist(),
@@ -125,6 +105,38 @@ def summarize_run(spec: str, probe_size: int = 1000, eval_size: int = 1000, seed
                       sparsity={n: float(rec.firing[n].mean()) for n in act_layers}, label_quality=quality,
                       layer_stats=layer_stats, stability=stability, completeness=completeness,
                       active_counts=active_counts)
+
+
+def label_quality(table, class_names: list[str], probe) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """INVERT label quality of a run: over all labelled layers (final-layer label accuracy, planted-concept
+    coverage, mean AUC, share of significant labels) and per layer (:meth:`LabelTable.summaries`)."""
+    from lwtakit.evaluation import concept_coverage, final_layer_accuracy
+
+    classifier = table.layers[-1]
+    quality = {f"final-layer label {k}": v for k, v in
+               final_layer_accuracy(table.select(classifier).records(), class_names).items() if k != "n"}
+    if getattr(probe, "concept_groups", None):
+        quality.update(concept_coverage(table.records(), probe.concept_groups))
+    scores = [r.score for r in table if r.score is not None]
+    quality["mean AUC"] = float(np.mean(scores)) if scores else float("nan")
+    quality[f"share p<{SIGNIFICANT_P:g}"] = float(np.mean([r.p_value is not None and r.p_value < SIGNIFICANT_P
+                                                           for r in table]))
+    layer_stats = {layer: {"units": float(s.units), "mean score": s.mean_score,
+                           "distinct labels": float(s.distinct_labels), f"share p<{SIGNIFICANT_P:g}": s.significant}
+                   for (layer, _), s in table.summaries().items()}
+    return quality, layer_stats
+
+
+def training_stability(history: list[dict], layer_stats: dict[str, dict[str, float]]):
+    """Label agreement between the run's training-time INVERT dissections per layer (None without any); adds
+    each labelled layer's stable fraction and mean settle epoch to ``layer_stats``."""
+    from lwtakit.drift import agreement, stability
+
+    for layer, values in stability(history, "invert").items():
+        if layer in layer_stats:  # how settled the labels of the training-time dissections are
+            layer_stats[layer]["stable fraction"] = values["stable_fraction"]
+            layer_stats[layer]["mean settle epoch"] = values["mean_settle_epoch"]
+    return agreement(history, "invert") or None
 
 
 def compare(specs: list[str], out: str | Path, probe_size: int = 1000, eval_size: int = 1000, seed: int = 0,

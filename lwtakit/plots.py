@@ -158,19 +158,10 @@ def completeness_curves(curves: Mapping[str, Mapping[str, Any]], split_runs: boo
             if name not in layer_names:
                 layer_names.append(name)
             color = palette(layer_names.index(name) % 10)
-            k = np.asarray(c["k"], dtype=np.float64).ravel()
-            marker = "o" if k.size <= 40 else None
-            for key, style, lab in (("pca_variance", "-", "PCA"), ("neuron_variance", "--", "neurons")):
-                y = _series(c, key, name, k.size)
-                if y is not None:
-                    ax_var.plot(k, y, style, color=color, marker=marker, markersize=2.5, label=f"{name} {lab}")
+            _plot_bases(ax_var, c, name, c["k"], ("pca_variance", "neuron_variance"), color)
             if ax_abl is not None:
-                ka = np.asarray(c.get("k_ablation", c["k"]), dtype=np.float64).ravel()
-                marker = "o" if ka.size <= 40 else None
-                for key, style, lab in (("pca_ablation_acc", "-", "PCA"), ("neuron_ablation_acc", "--", "neurons")):
-                    y = _series(c, key, name, ka.size)
-                    if y is not None:
-                        ax_abl.plot(ka, y, style, color=color, marker=marker, markersize=2.5, label=f"{name} {lab}")
+                _plot_bases(ax_abl, c, name, c.get("k_ablation", c["k"]), ("pca_ablation_acc", "neuron_ablation_acc"),
+                            color)
         prefix = f"{run}\n" if run else ""  # run names can be long: on a line of their own
         ax_var.set_title(f"{prefix}explained variance of top-k directions", fontsize=9)
         ax_var.set_ylim(-0.02, 1.02)
@@ -181,19 +172,34 @@ def completeness_curves(curves: Mapping[str, Mapping[str, Any]], split_runs: boo
             if ax_abl is not None:
                 ax_abl.set_ylabel("top-1 accuracy", fontsize=8)
     for ax in axes.ravel():
-        ax.set_xlabel("k", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
-        lines = ax.get_lines()
-        if lines:
-            ax.legend(fontsize=7, frameon=False)
-            if max(float(np.nanmax(line.get_xdata())) for line in lines) > 64:
-                # log k; symlog only where k = 0 (the unablated model) is on the axis
-                if min(float(np.nanmin(line.get_xdata())) for line in lines) >= 1:
-                    ax.set_xscale("log")
-                else:
-                    ax.set_xscale("symlog", linthresh=1)
+        _finish_k_axis(ax)
     return fig
+
+
+def _plot_bases(ax, curve: Mapping[str, Any], name: str, k, keys: tuple[str, str], color) -> None:
+    """The PCA (solid) and neuron (dashed) series ``keys`` of one curve against ``k``."""
+    k = np.asarray(k, dtype=np.float64).ravel()
+    marker = "o" if k.size <= 40 else None
+    for key, style, basis in zip(keys, ("-", "--"), ("PCA", "neurons"), strict=True):
+        y = _series(curve, key, name, k.size)
+        if y is not None:
+            ax.plot(k, y, style, color=color, marker=marker, markersize=2.5, label=f"{name} {basis}")
+
+
+def _finish_k_axis(ax) -> None:
+    """Axis labels, grid and legend; a log k axis when k reaches past 64 (symlog when k = 0, the unablated
+    model, is on the axis)."""
+    ax.set_xlabel("k", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+    lines = ax.get_lines()
+    if lines:
+        ax.legend(fontsize=7, frameon=False)
+        if max(float(np.nanmax(line.get_xdata())) for line in lines) > 64:
+            if min(float(np.nanmin(line.get_xdata())) for line in lines) >= 1:
+                ax.set_xscale("log")
+            else:
+                ax.set_xscale("symlog", linthresh=1)
 
 
 def label_agreement(agreement: Mapping[str, Sequence[tuple[int, float]]]) -> Figure:
