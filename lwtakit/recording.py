@@ -14,6 +14,7 @@ never changes the training trajectory.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import random
 from collections.abc import Iterator, Sequence
@@ -103,9 +104,14 @@ class _LayerHook:
             mask = _active_mask(module, out).float()
             self.per_image.append(mask.mean(dim=positions) if positions else mask)
 
-    def flush(self, start: int) -> None:
-        """Move the pieces recorded since index ``start`` to the CPU (after a forward pass)."""
+    def flush(self, start: int, passes: int = 1) -> None:
+        """Move the pieces recorded since index ``start`` to the CPU (after the forward passes of a batch); with
+        ``passes`` > 1 those pieces are the same batch's passes, replaced by their mean."""
         for pieces in (self.outputs, self.maxes, self.per_image):
+            if passes > 1 and len(pieces) > start:
+                mean = torch.stack(pieces[start:]).mean(0)
+                del pieces[start:]
+                pieces.append(mean)
             for i in range(start, len(pieces)):
                 pieces[i] = pieces[i].cpu()
 
@@ -223,44 +229,72 @@ class Recording:
         return next(iter(self.acts.values())).shape[0] if self.acts else 0
 
 
-def record_activations(model: nn.Module, dataset_or_loader, layers: Sequence[str], *, batch_size: int = 256,
-                       reduce: str = "mean", tokens: str = "cls", topk: int = 16, device="cpu",
-                       progress: bool = True) -> Recording:
+@dataclass
+class RecordOptions:
+    """How :func:`record_activations` runs: probe ``batch_size``, the reduction of conv maps (``reduce``: spatial
+    mean or max) and of tokens (``tokens``: CLS or mean), ``topk`` image indices kept per unit, the ``device``, a
+    progress bar, and ``passes`` forward passes per batch whose recordings are averaged (with a stochastic
+    network, e.g. LWTA in ``sample`` mode: the Monte-Carlo estimate of its expected activation)."""
+
+    batch_size: int = 256
+    reduce: str = "mean"
+    tokens: str = "cls"
+    topk: int = 16
+    device: str | torch.device = "cpu"
+    progress: bool = True
+    passes: int = 1
+
+    def __post_init__(self) -> None:
+        if self.reduce == "none":
+            raise UserError("record_activations keeps [N, C] per layer; use reduce='mean' or 'max'")
+        if self.passes < 1:
+            raise UserError(f"passes must be >= 1, got {self.passes}")
+
+
+def record_activations(model: nn.Module, dataset_or_loader, layers: Sequence[str],
+                       options: RecordOptions | None = None, **overrides) -> Recording:
     """Run the probe set through ``model`` once and record the reduced activations of ``layers``.
 
-    See :class:`Recording` for what is kept. Model in eval mode and ``torch.inference_mode()`` inside;
-    training flags and RNG states restored afterwards (:func:`analysis_mode`).
+    See :class:`Recording` for what is kept and :class:`RecordOptions` for how (``overrides`` are its fields,
+    e.g. ``batch_size=64``). Model in eval mode and ``torch.inference_mode()`` inside; training flags and RNG
+    states restored afterwards (:func:`analysis_mode`).
     """
-    if reduce == "none":
-        raise UserError("record_activations keeps [N, C] per layer; use reduce='mean' or 'max'")
     from tqdm.auto import tqdm
 
+    opts = dataclasses.replace(options or RecordOptions(), **overrides)
     if isinstance(layers, str):
         layers = [layers]
-    loader = make_loader(dataset_or_loader, batch_size)
-    device = torch.device(device)
+    loader = make_loader(dataset_or_loader, opts.batch_size)
+    device = torch.device(opts.device)
     labels: list[torch.Tensor] = []
     stats: dict[str, UnitStats] = {}
     seen = 0
-    with analysis_mode(model), _hooks(model, layers, reduce, tokens, extras=True) as hooks:
-        for batch in tqdm(loader, desc="recording", disable=not progress, leave=False):
+    with analysis_mode(model), _hooks(model, layers, opts.reduce, opts.tokens, extras=True) as hooks:
+        for batch in tqdm(loader, desc="recording", disable=not opts.progress, leave=False):
             images, batch_labels = split_batch(batch)
             starts = {name: len(hook.outputs) for name, hook in hooks.items()}
-            model(images.to(device, non_blocking=True))
+            x = images.to(device, non_blocking=True)
+            for _ in range(opts.passes):
+                model(x)
             B = images.shape[0]
             index = torch.arange(seen, seen + B)
             for name, hook in hooks.items():
-                hook.flush(starts[name])
+                hook.flush(starts[name], opts.passes)
                 if not hook.outputs:
                     continue
                 if name not in stats:
-                    stats[name] = UnitStats(hook.outputs[-1].shape[1], topk)
+                    stats[name] = UnitStats(hook.outputs[-1].shape[1], opts.topk)
                 stats[name].update(hook.outputs[-1], index)
             if batch_labels is not None:
                 labels.append(torch.as_tensor(batch_labels).reshape(-1).cpu())
             seen += B
     if seen == 0:
         raise UserError("the probe set is empty")
+    return _recording(hooks, stats, labels, seen)
+
+
+def _recording(hooks: dict[str, _LayerHook], stats: dict[str, UnitStats], labels: list[torch.Tensor],
+               seen: int) -> Recording:
     rec = Recording(stats=stats)
     # torch.cat outside inference_mode turns inference tensors into ordinary ones.
     for name, hook in hooks.items():
