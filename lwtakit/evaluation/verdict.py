@@ -1,0 +1,160 @@
+"""Is one run's layer more interpretable than another's? Intervals, a test and one sentence (issue 8, item 7).
+
+The units of a layer are the sample: each has a held-out score (:mod:`.heldout`), and two runs (an LWTA
+network and its dense twin) are compared through the distributions of their units' scores.
+
+* :func:`bootstrap_ci`: the percentile bootstrap interval of the mean (or median) over units (Efron &
+  Tibshirani, "An Introduction to the Bootstrap", 1993, ch. 13).
+* :func:`compare_samples`: the two-sided Mann-Whitney U test of the two runs' per-unit values (Mann & Whitney
+  1947): rank-based, so it needs no normality of scores bounded in [0, 1] and piled up at 0 or 1.
+* :func:`verdict`: both, in one plain sentence.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+from ..errors import UserError
+
+__all__ = ["Verdict", "bootstrap_ci", "compare_samples", "format_p", "verdict"]
+
+_BUDGET = 1 << 22  # resampled values held at once
+
+
+def _values(values) -> np.ndarray:
+    """The finite entries of a 1-d array: NaN marks a unit without a value (no label, an undefined score)."""
+    x = np.asarray(values.cpu() if hasattr(values, "cpu") else values, dtype=np.float64).reshape(-1)
+    return x[~np.isnan(x)]
+
+
+def bootstrap_ci(values, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
+                 stat: str = "mean") -> tuple[float, float, float]:
+    """``(estimate, low, high)``: the mean (or median) of ``values`` over units and its percentile bootstrap
+    interval: ``n_boot`` resamples of the n units with replacement (indices from
+    ``numpy.random.default_rng(seed).integers(0, n, size=n)``, one draw after another), the statistic of
+    each, and the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of those (``numpy.quantile``, linear
+    interpolation). NaN values are dropped first; with fewer than 2 values left the interval is
+    ``(nan, nan)`` (the estimate is the one value, or NaN)."""
+    if stat not in ("mean", "median"):
+        raise UserError(f"bootstrap statistic must be mean or median, got {stat!r}")
+    if not 0 < level < 1:
+        raise UserError(f"confidence level must be in (0, 1), got {level}")
+    if n_boot < 1:
+        raise UserError(f"the bootstrap needs at least 1 resample, got n_boot = {n_boot}")
+    x = _values(values)
+    reduce = np.mean if stat == "mean" else np.median
+    estimate = float(reduce(x)) if len(x) else math.nan
+    if len(x) < 2:
+        return estimate, math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    step = max(1, _BUDGET // len(x))
+    # draws in blocks read the generator's stream in the same order as one draw per resample
+    boot = np.concatenate([reduce(x[rng.integers(0, len(x), size=(min(step, n_boot - b0), len(x)))], axis=1)
+                           for b0 in range(0, n_boot, step)])
+    low, high = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
+    return estimate, float(low), float(high)
+
+
+def _mann_whitney(a, b) -> tuple[float, float]:
+    """``(p, superiority)``: two-sided Mann-Whitney p-value and ``U_a / (n_a n_b)``, the probability that a
+    unit of ``a`` scores above one of ``b`` (ties one half). NaN both when a side has fewer than 2 values."""
+    a, b = _values(a), _values(b)
+    if len(a) < 2 or len(b) < 2:
+        return math.nan, math.nan
+    result = stats.mannwhitneyu(a, b, alternative="two-sided", method="asymptotic", use_continuity=True)
+    return float(result.pvalue), float(result.statistic) / (len(a) * len(b))
+
+
+def compare_samples(a, b) -> float:
+    """Two-sided Mann-Whitney U test that two runs' per-unit values come from the same distribution
+    (``scipy.stats.mannwhitneyu``, normal approximation with tie and continuity corrections): the p-value.
+    NaN values are dropped; NaN when either side has fewer than 2 values."""
+    return _mann_whitney(a, b)[0]
+
+
+def format_p(p: float) -> str:
+    """``p = 0.41``, ``p = 0.0012`` (3 significant digits) or, below 1e-3, ``p = 3.2e-5`` (2 significant
+    digits, exponent without padding); ``p < 1e-300`` when it underflowed to 0."""
+    if math.isnan(p):
+        return "p = nan"
+    if p == 0:
+        return "p < 1e-300"
+    if p >= 1e-3:
+        return f"p = {p:.3g}"
+    mantissa, exponent = f"{p:.2g}".split("e")
+    return f"p = {mantissa}e{int(exponent)}"
+
+
+def _interval(t: tuple[float, float, float]) -> str:
+    estimate, low, high = t
+    text = f"{estimate:.3g}"
+    return text if math.isnan(low) else f"{text} [{low:.3g}, {high:.3g}]"
+
+
+def _units(n: int) -> str:
+    return f"{n} unit" if n == 1 else f"{n} units"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Two runs' values of one metric in one layer: ``a`` and ``b`` are ``(mean, ci_low, ci_high)`` over units
+    (:func:`bootstrap_ci`), ``n_a`` / ``n_b`` the units with a value, ``p`` the two-sided Mann-Whitney p-value
+    (:func:`compare_samples`), ``higher`` the run whose units score higher when ``p <= alpha`` (the direction of
+    the test: ``U_a > n_a n_b / 2``), else None."""
+
+    layer: str
+    metric: str
+    run_a: str
+    run_b: str
+    a: tuple[float, float, float]
+    b: tuple[float, float, float]
+    p: float
+    higher: str | None
+    n_a: int
+    n_b: int
+    alpha: float = 0.05
+    heldout: bool = True
+
+    @property
+    def quantity(self) -> str:
+        return f"held-out {self.metric}" if self.heldout else self.metric
+
+    def sentence(self) -> str:
+        """One plain sentence: which run is higher, both means with 95% intervals, and the p-value."""
+        if math.isnan(self.p):
+            return (f"{self.layer}: {self.quantity} cannot be compared between {self.run_a} ({_units(self.n_a)}) "
+                    f"and {self.run_b} ({_units(self.n_b)}): each run needs at least 2 units with a value")
+        if self.higher is None:
+            return (f"{self.layer}: no significant difference in {self.quantity} between {self.run_a} "
+                    f"({_interval(self.a)}) and {self.run_b} ({_interval(self.b)}), {format_p(self.p)}")
+        first, second = (self.a, self.b) if self.higher == self.run_a else (self.b, self.a)
+        lower = self.run_b if self.higher == self.run_a else self.run_a
+        return (f"{self.layer}: {self.higher} higher {self.quantity} than {lower}, {_interval(first)} vs "
+                f"{_interval(second)}, {format_p(self.p)}")
+
+    def record(self) -> dict:
+        """compare.csv's row for this pair (issue 8.7): metric ``verdict/<layer>/<metric>``, run ``A vs B``,
+        value the p-value, no interval."""
+        return {"run": f"{self.run_a} vs {self.run_b}", "metric": f"verdict/{self.layer}/{self.metric}",
+                "value": self.p, "ci_low": None, "ci_high": None}
+
+
+def verdict(layer: str, metric: str, run_a: str, values_a, run_b: str, values_b, alpha: float = 0.05,
+            seed: int = 0, heldout: bool = True) -> Verdict:
+    """Compare two runs' per-unit values of ``metric`` in ``layer`` (NaN = unit without a value): means with
+    95% percentile bootstrap intervals (:func:`bootstrap_ci`, 2000 resamples, ``seed``) and a two-sided
+    Mann-Whitney test (:func:`compare_samples`) at level ``alpha``. ``heldout``: the values were computed on
+    the evaluation part of the probe split (the sentence says "held-out")."""
+    if not 0 < alpha < 1:
+        raise UserError(f"significance level alpha must be in (0, 1), got {alpha}")
+    p, superiority = _mann_whitney(values_a, values_b)
+    higher = None
+    if p <= alpha and superiority != 0.5:
+        higher = run_a if superiority > 0.5 else run_b
+    return Verdict(layer=layer, metric=metric, run_a=run_a, run_b=run_b, a=bootstrap_ci(values_a, seed=seed),
+                   b=bootstrap_ci(values_b, seed=seed), p=p, higher=higher, n_a=len(_values(values_a)),
+                   n_b=len(_values(values_b)), alpha=alpha, heldout=heldout)
