@@ -76,7 +76,7 @@ class LabelRow:
     def from_record(cls, record: Mapping[str, Any], *, concept_names: Sequence[str] | None = None) -> LabelRow:
         """A row from a CSV record (strings) or a :meth:`record` dict; a multi-term INVERT label becomes a
         :class:`~lwtakit.labelers.invert.Formula` again. Columns outside the row's fields go to ``extra``
-        (the history's ``epoch`` and ``step`` included)."""
+        (the history's ``epoch`` and ``step`` included; empty cells dropped, values kept as read)."""
         known = set(COLUMNS)
         length = record.get("length")
         length = None if length in (None, "") else int(length)
@@ -93,7 +93,7 @@ class LabelRow:
                    score=optional_float(record.get("score")), firing_rate=optional_float(record.get("firing_rate")),
                    auc=optional_float(record.get("auc")), p_value=optional_float(record.get("p_value")), length=length,
                    top5=None if top5 is None else tuple(top5), formula=formula,
-                   extra={k: v for k, v in record.items() if k not in known})
+                   extra={k: v for k, v in record.items() if k not in known and v not in (None, "")})
 
 
 @dataclass
