@@ -173,8 +173,10 @@ def test_firing_and_active_units_per_image_of_a_dense_layer():
 
 def test_lwta_resnet_firing_rate_is_one_over_u():
     models = pytest.importorskip("lwtakit.models")
+    from lwtakit.lwta import LWTAOptions
+
     torch.manual_seed(0)
-    net = models.build_model("resnet18", num_classes=4, act="lwta", U=4, width=0.25, img_size=16)
+    net = models.build_model("resnet18", num_classes=4, act="lwta", lwta=LWTAOptions(U=4), width=0.25, img_size=16)
     layers = models.default_layers(net)
     rec = record_activations(net, _data(n=6, size=16), layers, batch_size=3, progress=False)
     lwta_layers = [n for n in layers if hasattr(net.get_submodule(n), "winner_mask")]
