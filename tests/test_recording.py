@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from lwtakit.errors import UserError
-from lwtakit.recording import capture, record_activations
+from lwtakit.recording import analysis_mode, capture, record_activations
 
 
 class TinyNet(nn.Module):
@@ -111,6 +111,20 @@ def test_training_flags_and_rng_restored():
     got = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]) and got[2] == expected[2]
     assert [m.training for m in net.modules()] == flags
+
+
+def test_analysis_mode_with_a_seed_restores_flags_and_rng_after_an_exception():
+    net = TinyNet().train()
+    torch.manual_seed(2)
+    expected = torch.rand(3)
+    seeded = torch.rand(2)
+    torch.manual_seed(2)
+    with pytest.raises(RuntimeError, match="inside"):
+        with analysis_mode(net, seed=2):
+            assert not net.training and torch.equal(torch.rand(3), expected)  # the block starts at the seed
+            raise RuntimeError("inside")
+    assert net.training
+    assert torch.equal(torch.rand(3), expected) and torch.equal(torch.rand(2), seeded)
 
 
 def test_memory_is_n_by_c_whatever_the_spatial_size():
