@@ -87,14 +87,13 @@ def cmd_dissect(args) -> Path:
     from lwtakit.dissect import ConceptSource, check_methods, dissect
     from lwtakit.evaluation import class_name_similarity, concept_coverage, final_layer_accuracy
     from lwtakit.io import staged_dir, write_csv
-    from lwtakit.lwta import set_inference
+    from lwtakit.lwta import lwta_inference
     from lwtakit.models import default_layers
+    from lwtakit.rng import fork_rng
 
     device = _device(args.device)
     loaded = load_model(args.ckpt or args.model)
     model = loaded.model.to(device)
-    if args.inference:
-        set_inference(model, args.inference)
     probe = _probe(args.probe, loaded, args.probe_size, args.seed)
     clip = _clip(args, device) if {"clip_dissect", "describe"} & set(args.methods) else None
     clip_concepts = load_concepts(args.concepts) if clip is not None else None
@@ -109,11 +108,13 @@ def cmd_dissect(args) -> Path:
     if args.top_images > len(probe):
         raise UserError(f"--top-images {args.top_images} exceeds the probe set's {len(probe)} images; "
                         "lower --top-images or raise --probe-size")
-    torch.manual_seed(args.seed)
     started = time.perf_counter()
-    result = dissect(model, probe, layers, args.methods, concepts, pca_components=args.pca,
-                     max_length=args.max_length, beam=args.beam, clip_method=args.clip_method, topk=args.top_images,
-                     batch_size=args.batch_size, device=device)
+    # every pass over the model in --inference mode (None: the checkpoint's own), from --seed
+    with lwta_inference(model, args.inference), fork_rng(args.seed):
+        result = dissect(model, probe, layers, args.methods, concepts, pca_components=args.pca,
+                         max_length=args.max_length, beam=args.beam, clip_method=args.clip_method,
+                         topk=args.top_images, batch_size=args.batch_size, device=device)
+        completeness = _completeness(model, probe, layers[:-1] or layers, result, args, device) if args.pca else None
     rows = result.rows
     evaluation = {}
     classifier = layers[-1]
@@ -132,9 +133,6 @@ def cmd_dissect(args) -> Path:
             evaluation.update({f"{k} ({method})": v for k, v in
                                concept_coverage([r for r in rows if r["method"] == method],
                                                 probe.concept_groups).items()})
-    completeness = None
-    if args.pca:
-        completeness = _completeness(model, probe, layers[:-1] or layers, result, args, device)
     infos = []
     for layer in layers:
         firing = result.recording.firing[layer].numpy()

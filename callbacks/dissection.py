@@ -15,7 +15,7 @@ from lightning_modules.classifier import network_of
 from lwtakit.dissect import METHODS, ConceptSource, DissectionResult, dissect
 from lwtakit.drift import agreement, dissection_key, stability
 from lwtakit.io import append_csv, write_csv
-from lwtakit.lwta import lwta_layers, set_inference
+from lwtakit.lwta import lwta_inference
 from lwtakit.recording import analysis_mode
 
 HISTORY_COLUMNS = ("epoch", "step", "layer", "unit", "method", "label", "score", "firing_rate", "auc", "p_value",
@@ -214,16 +214,10 @@ class DissectionCallback(pl.Callback):
         started = time.perf_counter()
         model = network_of(pl_module)
         layers = self.layers or _default_layers(model)
-        with analysis_mode(model):
-            torch.manual_seed(self.seed)  # same noise on every rank and at every dissection (sample mode)
-            modes = {name: layer.inference for name, layer in lwta_layers(model).items()}
-            set_inference(model, self.inference)
-            try:
-                result = dissect(model, self.probe, layers, self.methods, self.concepts, device=pl_module.device,
-                                 progress=False, **self.kwargs)
-            finally:
-                for name, mode in modes.items():
-                    model.get_submodule(name).inference = mode
+        # the same seed: the same noise on every rank and at every dissection (sample mode)
+        with analysis_mode(model, seed=self.seed), lwta_inference(model, self.inference):
+            result = dissect(model, self.probe, layers, self.methods, self.concepts, device=pl_module.device,
+                             progress=False, **self.kwargs)
         rows = [{"epoch": self._epoch(trainer), "step": step, **r} for r in result.rows]
         previous = list(self.history)
         self.history.extend(rows)

@@ -13,15 +13,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
 from lwtakit.checkpoint import load_checkpoint
 from lwtakit.data import probe_subset
 from lwtakit.dissect import ConceptSource, dissect
 from lwtakit.errors import UserError
-from lwtakit.lwta import LWTA, lwta_layers, mc_predict, set_inference
+from lwtakit.lwta import LWTA, lwta_inference, lwta_layers, mc_predict
 from lwtakit.recording import analysis_mode, make_loader, record_activations, split_batch
+from lwtakit.rng import fork_rng
 
 SIGNIFICANT_P = 1e-3
 
@@ -46,30 +46,23 @@ def activation_layers(model: nn.Module) -> list[str]:
 
 def accuracy_by_mode(model: nn.Module, dataset, modes: list[str], mc_samples: int = 4, seed: int = 0,
                      batch_size: int = 256, device="cpu") -> dict[str, float]:
-    """Top-1 accuracy of ``model`` on ``dataset`` under each LWTA inference mode (sample, argmax, mc)."""
-    layers = lwta_layers(model)
-    saved = {n: m.inference for n, m in layers.items()}
+    """Top-1 accuracy of ``model`` on ``dataset`` under each LWTA inference mode (sample, argmax, mc), each
+    from the same seed; the model's training flag, LWTA modes and the global RNGs are left as they were."""
+    has_lwta = bool(lwta_layers(model))
     out = {}
-    try:
-        with analysis_mode(model):
-            for mode in modes:
-                torch.manual_seed(seed)
+    with analysis_mode(model):
+        for mode in modes:
+            # mc_predict samples on its own; without LWTA layers the mode names the dense evaluation
+            fixed = mode if has_lwta and mode != "mc" else None
+            with fork_rng(seed), lwta_inference(model, fixed):
                 correct = total = 0
                 for batch in make_loader(dataset, batch_size):
                     x, y = split_batch(batch)
                     x = x.to(device)
-                    if mode == "mc":
-                        probs = mc_predict(model, x, mc_samples)
-                    else:
-                        if layers:
-                            set_inference(model, mode)
-                        probs = model(x)
+                    probs = mc_predict(model, x, mc_samples) if mode == "mc" else model(x)
                     correct += int((probs.argmax(-1).cpu() == y).sum())
                     total += len(y)
-                out[mode] = correct / max(total, 1)
-    finally:
-        for name, mode in saved.items():
-            layers[name].inference = mode
+            out[mode] = correct / max(total, 1)
     return out
 
 
@@ -97,13 +90,12 @@ def summarize_run(spec: str, probe_size: int = 1000, eval_size: int = 1000, seed
     probe = probe_subset(loaded.dataset("val"), probe_size, seed)
     labelled = default_layers(model)
     act_layers = activation_layers(model)
-    if has_lwta:
-        set_inference(model, "argmax")  # deterministic labels, as the training-time dissection
-    torch.manual_seed(seed)
-    rec = record_activations(model, probe, list(dict.fromkeys(act_layers + labelled)), device=device,
-                             progress=False)
-    result = dissect(model, probe, labelled, ["invert"], ConceptSource.from_dataset(probe), recording=rec,
-                     progress=False)
+    # deterministic labels, as the training-time dissection
+    with lwta_inference(model, "argmax" if has_lwta else None), fork_rng(seed):
+        rec = record_activations(model, probe, list(dict.fromkeys(act_layers + labelled)), device=device,
+                                 progress=False)
+        result = dissect(model, probe, labelled, ["invert"], ConceptSource.from_dataset(probe), recording=rec,
+                         progress=False)
     rows = result.rows
     classifier = labelled[-1]
     quality = {f"final-layer label {k}": v for k, v in
