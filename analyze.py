@@ -88,15 +88,13 @@ def cmd_dissect(args) -> Path:
     from lwtakit.checkpoint import load_model
     from lwtakit.concept_sets import load_concepts
     from lwtakit.dissect import ConceptSource, DissectOptions, check_labelers
-    from lwtakit.lwta import set_inference
+    from lwtakit.lwta import lwta_inference
     from lwtakit.models import default_layers
 
     device = _device(args.device)
     labelers = _labelers(args)
     loaded = load_model(args.ckpt or args.model)
     model = loaded.model.to(device)
-    if args.inference:
-        set_inference(model, args.inference)
     probe = _probe(args.probe, loaded, args.probe_size, args.seed)
     clip = _clip(args, device) if any("clip" in lab.needs or "captioner" in lab.needs for lab in labelers) else None
     clip_concepts = load_concepts(args.concepts) if clip is not None else None
@@ -116,7 +114,8 @@ def cmd_dissect(args) -> Path:
         options=DissectOptions(pca_components=args.pca, batch_size=args.batch_size, topk=args.top_images,
                                device=device),
         history=history, probe_name=args.probe or "")
-    return dissect_to_report(loaded, probe, concepts, request, args.out)
+    with lwta_inference(model, args.inference):  # None: the checkpoint's own mode
+        return dissect_to_report(loaded, probe, concepts, request, args.out)
 
 
 def _labelers(args) -> list:

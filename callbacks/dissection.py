@@ -182,8 +182,8 @@ class DissectionCallback(pl.Callback):
         model = network_of(pl_module)
         layers = self.layers or _default_layers(model)
         options = dataclasses.replace(self.options, device=pl_module.device)
-        with analysis_mode(model), lwta_inference(model, self.inference):
-            torch.manual_seed(self.seed)  # same noise on every rank and at every dissection (sample mode)
+        # the same seed: the same noise on every rank and at every dissection (sample mode)
+        with analysis_mode(model, seed=self.seed), lwta_inference(model, self.inference):
             result = dissect(model, self.probe, layers, self.labelers, self.concepts, options)
         rows = result.table.records(epoch=self._epoch(trainer), step=step)
         previous = list(self.history)

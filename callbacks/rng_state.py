@@ -2,40 +2,11 @@
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
-import torch
 
-
-def collect_rng_states() -> dict[str, Any]:
-    """torch (CPU and CUDA), numpy and python RNG states as tensors and plain Python values.
-
-    Plain types only, so the checkpoint still loads with ``torch.load(weights_only=True)``.
-    """
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    version, inner, gauss = random.getstate()
-    states = {
-        "torch": torch.get_rng_state(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
-        "python": [int(version), list(inner), gauss],
-    }
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def restore_rng_states(states: dict[str, Any]) -> None:
-    """Inverse of :func:`collect_rng_states`."""
-    torch.set_rng_state(states["torch"])
-    kind, keys, pos, has_gauss, cached = states["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    version, inner, gauss = states["python"]
-    random.setstate((version, tuple(inner), gauss))
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+from lwtakit.rng import collect_rng_states, restore_rng_states
 
 
 class RNGStateCheckpoint(pl.Callback):

@@ -12,8 +12,8 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lwtakit import config as config_lib
 from lwtakit.checkpoint import CONFIG_KEY, build_network
-from lwtakit.lwta import lwta_layers, mc_predict, set_inference, set_temperature, total_kl
-from lwtakit.temperature import SCHEDULE_ARGS, make_schedule
+from lwtakit.lwta import lwta_inference, lwta_layers, mc_predict, set_temperature, total_kl
+from lwtakit.lwta.temperature import SCHEDULE_ARGS, make_schedule
 
 
 class LitClassifier(pl.LightningModule):
@@ -95,11 +95,8 @@ class LitClassifier(pl.LightningModule):
             return self.model(x).softmax(-1)
         if mode == "mc":
             return mc_predict(self.model, x, self.cfg.eval.mc_samples)
-        set_inference(self.model, mode)
-        try:
+        with lwta_inference(self.model, mode):
             return self.model(x).softmax(-1)
-        finally:
-            set_inference(self.model, self.cfg.model.inference)
 
     def _eval_step(self, batch, stage: str, top1, top5) -> None:
         x, y = batch[0], batch[1]

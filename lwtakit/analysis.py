@@ -17,6 +17,7 @@ import torch
 
 from lwtakit.dissect import ConceptSource, DissectionResult, DissectOptions, dissect
 from lwtakit.labelers.base import Labeler
+from lwtakit.rng import fork_rng
 
 
 @dataclass
@@ -41,13 +42,13 @@ def dissect_to_report(loaded, probe, concepts: ConceptSource, request: DissectRe
     from lwtakit.io import staged_dir
 
     model, opts = loaded.model, request.options
-    torch.manual_seed(request.seed)
     started = time.perf_counter()
-    result = dissect(model, probe, request.layers, request.labelers, concepts, opts)
+    with fork_rng(request.seed):  # every pass over the model from the request's seed, the caller's RNGs untouched
+        result = dissect(model, probe, request.layers, request.labelers, concepts, opts)
+        completeness = None
+        if opts.pca_components:
+            completeness = completeness_curves(model, probe, request.layers[:-1] or request.layers, result, request)
     evaluation = label_evaluation(result, loaded, probe, concepts.clip, request)
-    completeness = None
-    if opts.pca_components:
-        completeness = completeness_curves(model, probe, request.layers[:-1] or request.layers, result, request)
     infos = layer_infos(result, probe, request)
     meta = {"model": loaded.name, "probe": f"{request.probe_name or 'training data (val)'}, {len(probe)} images",
             "methods": ", ".join(labeler.name for labeler in request.labelers),

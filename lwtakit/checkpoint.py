@@ -15,6 +15,7 @@ from torch import nn
 
 from lwtakit import config as config_lib
 from lwtakit.errors import UserError
+from lwtakit.lwta import LWTAOptions
 from lwtakit.models import build_model
 
 CONFIG_KEY = "lwtakit_config"
@@ -44,11 +45,11 @@ class LoadedModel:
 def build_network(cfg: DictConfig, num_classes: int, in_chans: int, mean, std) -> nn.Module:
     """The network a training config describes."""
     m = cfg.model
+    lwta = LWTAOptions(U=m.U, temperature=m.temperature.t0, temperature_on=m.temperature.on, inference=m.inference,
+                       kl=m.kl)
     return build_model(
-        m.name, num_classes=num_classes, act=m.act, U=m.U, temperature=m.temperature.t0,
-        inference=m.inference, kl=m.kl, width=m.width, stem=m.stem, in_chans=in_chans,
+        m.name, num_classes=num_classes, act=m.act, lwta=lwta, width=m.width, stem=m.stem, in_chans=in_chans,
         img_size=cfg.data.img_size, patch_size=m.patch_size, depth=m.depth, mean=tuple(mean), std=tuple(std),
-        temperature_on=m.temperature.on,
     )
 
 

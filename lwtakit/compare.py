@@ -13,7 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
 from lwtakit.checkpoint import load_checkpoint
@@ -23,6 +22,7 @@ from lwtakit.errors import UserError
 from lwtakit.labels import SIGNIFICANT_P
 from lwtakit.lwta import LWTA, lwta_inference, lwta_layers, mc_predict
 from lwtakit.recording import analysis_mode, make_loader, record_activations, split_batch
+from lwtakit.rng import fork_rng
 
 
 def resolve_run(spec: str) -> tuple[Path | None, Path]:
@@ -45,13 +45,16 @@ def activation_layers(model: nn.Module) -> list[str]:
 
 def accuracy_by_mode(model: nn.Module, dataset, modes: list[str], mc_samples: int = 4, seed: int = 0,
                      batch_size: int = 256, device="cpu") -> dict[str, float]:
-    """Top-1 accuracy of ``model`` on ``dataset`` under each LWTA inference mode (sample, argmax, mc)."""
+    """Top-1 accuracy of ``model`` on ``dataset`` under each LWTA inference mode (sample, argmax, mc), each
+    from the same seed; the model's training flag, LWTA modes and the global RNGs are left as they were."""
+    has_lwta = bool(lwta_layers(model))
     out = {}
     with analysis_mode(model):
         for mode in modes:
-            torch.manual_seed(seed)
-            correct = total = 0
-            with lwta_inference(model, None if mode == "mc" else mode):
+            # mc_predict samples on its own; without LWTA layers the mode names the dense evaluation
+            fixed = mode if has_lwta and mode != "mc" else None
+            with fork_rng(seed), lwta_inference(model, fixed):
+                correct = total = 0
                 for batch in make_loader(dataset, batch_size):
                     x, y = split_batch(batch)
                     x = x.to(device)
@@ -84,8 +87,7 @@ def summarize_run(spec: str, probe_size: int = 1000, eval_size: int = 1000, seed
     labelled = default_layers(model)
     act_layers = activation_layers(model)
     # deterministic labels, as the training-time dissection
-    with lwta_inference(model, "argmax" if has_lwta else None):
-        torch.manual_seed(seed)
+    with lwta_inference(model, "argmax" if has_lwta else None), fork_rng(seed):
         rec = record_activations(model, probe, list(dict.fromkeys(act_layers + labelled)), device=device,
                                  progress=False)
         table = dissect(model, probe, labelled, ["invert"], ConceptSource.from_dataset(probe),

@@ -32,7 +32,7 @@ GROUPS = ("model", "data", "optim", "trainer", "dissection")
 
 @dataclass
 class TemperatureConfig:
-    """LWTA temperature T and its schedule over epochs (see :mod:`lwtakit.temperature`)."""
+    """LWTA temperature T and its schedule over epochs (see :mod:`lwtakit.lwta.temperature`)."""
 
     t0: float = 1.0
     schedule: str = "constant"  # constant | step | exponential | cosine

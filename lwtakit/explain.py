@@ -38,8 +38,7 @@ def active_neurons(model: nn.Module, image: torch.Tensor, layer: str, labels: Ma
         raise UserError(f"explain takes one image [C, H, W], got shape {tuple(image.shape)}")
     if tokens not in ("cls", "mean"):
         raise UserError(f"tokens must be 'cls' or 'mean', got {tokens!r}")
-    with analysis_mode(model), capture(model, [layer], reduce="none") as out:
-        torch.manual_seed(seed)
+    with analysis_mode(model, seed=seed), capture(model, [layer], reduce="none") as out:
         model(image.to(device))
         mask_fn = getattr(module, "winner_mask", None)
         mask = mask_fn() if callable(mask_fn) and getattr(module, "U", 2) != 1 else None

@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import random
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 
 from .errors import UserError
+from .rng import fork_rng
 from .stats import UnitStats
 
 REDUCE_MODES = ("mean", "max", "none")
@@ -159,25 +158,19 @@ def capture(model: nn.Module, layers: Sequence[str], reduce: str = "mean",
 
 
 @contextmanager
-def analysis_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode + ``torch.inference_mode()``; restores every submodule's training flag and the global
-    RNG states (python ``random``, numpy, torch CPU, torch CUDA when initialised) on exit."""
+def analysis_mode(model: nn.Module, seed: int | None = None) -> Iterator[None]:
+    """Eval mode + ``torch.inference_mode()`` on a fork of the global RNGs (:func:`lwtakit.rng.fork_rng`,
+    ``torch.manual_seed(seed)`` at entry when a seed is given); restores every submodule's training flag and
+    the RNG states (python ``random``, numpy, torch CPU, torch CUDA when initialised) on exit."""
     flags = [(m, m.training) for m in model.modules()]
-    py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
-    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() \
-        else None
     try:
-        model.eval()
-        with torch.inference_mode():
-            yield
+        with fork_rng(seed):
+            model.eval()
+            with torch.inference_mode():
+                yield
     finally:
         for module, flag in flags:
             module.training = flag
-        random.setstate(py_state)
-        np.random.set_state(np_state)
-        torch.random.set_rng_state(torch_state)
-        if cuda_states is not None:
-            torch.cuda.set_rng_state_all(cuda_states)
 
 
 def make_loader(dataset_or_loader, batch_size: int) -> torch.utils.data.DataLoader | object:

@@ -9,7 +9,16 @@ import torch.nn.functional as F
 from scipy import stats
 
 from lwtakit.errors import UserError
-from lwtakit.lwta import LWTA, lwta_layers, mc_predict, set_inference, set_temperature, total_kl
+from lwtakit.lwta import (
+    LWTA,
+    LWTAOptions,
+    lwta_inference,
+    lwta_layers,
+    mc_predict,
+    set_inference,
+    set_temperature,
+    total_kl,
+)
 
 
 def _blocks(x, U, dim):
@@ -264,3 +273,40 @@ def test_argmax_mode_matches_a_direct_per_block_argmax(U, shape):
     expected = (blocks * torch.nn.functional.one_hot(blocks.argmax(-1), U)).flatten(-2).movedim(-1, d)
     assert torch.equal(layer(x), expected)
     assert torch.equal(layer.winner_mask(), expected != 0) or (x == 0).any()
+
+
+def test_lwta_inference_restores_each_layers_mode_also_after_an_exception():
+    model = torch.nn.Sequential(LWTA(2, inference="argmax"), LWTA(2, inference="sample"))
+    with pytest.raises(RuntimeError, match="inside"):
+        with lwta_inference(model, "argmax"):
+            assert [m.inference for m in model] == ["argmax", "argmax"]
+            raise RuntimeError("inside")
+    assert [m.inference for m in model] == ["argmax", "sample"]
+    with lwta_inference(model, "sample"):
+        with lwta_inference(model, "argmax"):
+            assert [m.inference for m in model] == ["argmax", "argmax"]
+        assert [m.inference for m in model] == ["sample", "sample"]
+    assert [m.inference for m in model] == ["argmax", "sample"]
+    with lwta_inference(model, None):  # None: as they are
+        assert [m.inference for m in model] == ["argmax", "sample"]
+    with pytest.raises(UserError, match="inference mode"):
+        with lwta_inference(model, "mean"):
+            pass
+    assert [m.inference for m in model] == ["argmax", "sample"]
+
+
+def test_options_build_the_layer_and_hold_the_defaults():
+    layer = LWTAOptions(U=4, temperature=0.5, inference="argmax", kl=True, temperature_on="relaxation").build()
+    assert (layer.U, layer.temperature, layer.inference, layer.kl, layer.temperature_on) == \
+        (4, 0.5, "argmax", True, "relaxation")
+    default = LWTA()
+    assert (default.U, default.temperature, default.inference, default.dense, default.fused) == \
+        (LWTAOptions.U, LWTAOptions.temperature, LWTAOptions.inference, "relu", LWTAOptions.fused)
+    assert LWTAOptions(U=1, dense="gelu").build()(torch.tensor([-1.0])).item() == pytest.approx(F.gelu(
+        torch.tensor([-1.0])).item())
+    with pytest.raises(UserError, match="block size"):
+        LWTAOptions(U=0)
+    with pytest.raises(UserError, match="temperature"):
+        LWTAOptions(temperature=float("inf"))
+    with pytest.raises(TypeError):
+        LWTA(2, bogus=1)

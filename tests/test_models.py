@@ -8,7 +8,7 @@ import torchvision
 from torch import nn
 
 from lwtakit.errors import UserError
-from lwtakit.lwta import LWTA, lwta_layers
+from lwtakit.lwta import LWTA, LWTAOptions, lwta_layers
 from lwtakit.models import MODELS, build_model, convert_activations, default_layers
 
 ACT_TYPES = (LWTA, nn.ReLU, nn.GELU)
@@ -56,9 +56,9 @@ def test_every_model_builds_and_every_activation_fires_once(name, act):
 
 
 def test_resnet_width_multiplier_and_imagenet_stem():
-    m = build_model("resnet18", 10, width=0.25, U=4)
+    m = build_model("resnet18", 10, lwta=LWTAOptions(U=4), width=0.25)
     assert [getattr(m, f"layer{i}")[0].conv1.out_channels for i in range(1, 5)] == [16, 32, 64, 128]
-    m = build_model("resnet18", 10, width=0.1, U=4)  # 6.4 -> rounded to a multiple of U
+    m = build_model("resnet18", 10, lwta=LWTAOptions(U=4), width=0.1)  # 6.4 -> rounded to a multiple of U
     assert all(c.out_channels % 4 == 0 for c in m.modules() if isinstance(c, nn.Conv2d))
     m = build_model("resnet18", 10, width=0.25, stem="imagenet", act="relu")
     assert m.conv1.kernel_size == (7, 7) and isinstance(m.maxpool, nn.MaxPool2d)
@@ -77,7 +77,7 @@ def test_normalisation_is_the_first_op():
 
 
 def test_vit_lwta_competes_over_hidden_units_per_token():
-    m = build_model("vit_tiny", 5, U=4, depth=1, img_size=8, patch_size=4)
+    m = build_model("vit_tiny", 5, lwta=LWTAOptions(U=4), depth=1, img_size=8, patch_size=4)
     act = m.blocks[0].mlp.act
     m(torch.rand(2, 3, 8, 8))
     mask = act.winner_mask()
@@ -91,14 +91,14 @@ def test_bad_names_and_widths():
     with pytest.raises(UserError, match="activation"):
         build_model("resnet18", 10, act="tanh")
     with pytest.raises(UserError, match="U=5"):
-        build_model("vit_tiny", 10, U=5, depth=1)  # hidden 768 not divisible by 5
+        build_model("vit_tiny", 10, lwta=LWTAOptions(U=5), depth=1)  # hidden 768 not divisible by 5
 
 
 @pytest.mark.parametrize("U", [2, 4])
 def test_convert_torchvision_resnet18(U):
     torch.manual_seed(0)
     tv = torchvision.models.resnet18(weights=None, num_classes=10)
-    model = convert_activations(tv, U, temperature=1.0)
+    model = convert_activations(tv, LWTAOptions(U=U, temperature=1.0))
     assert not any(isinstance(m, nn.ReLU) for m in model.modules())
     layers = lwta_layers(model)
     assert len(layers) == 17  # stem + 2 call sites in each of 8 BasicBlocks
@@ -116,8 +116,8 @@ def test_convert_torchvision_resnet18(U):
 def test_convert_rejects_or_skips_indivisible_widths():
     net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 8), nn.GELU(), nn.Linear(8, 2))
     with pytest.raises(UserError, match="width 6"):
-        convert_activations(net, 4, example_input=torch.rand(1, 4))
-    conv = convert_activations(net, 4, example_input=torch.rand(1, 4), skip_indivisible=True)
+        convert_activations(net, LWTAOptions(U=4), example_input=torch.rand(1, 4))
+    conv = convert_activations(net, LWTAOptions(U=4), example_input=torch.rand(1, 4), skip_indivisible=True)
     assert isinstance(conv.get_submodule("1"), nn.ReLU)
     assert isinstance(conv.get_submodule("3"), LWTA) and conv.get_submodule("3").dense == "gelu"
 
@@ -137,7 +137,7 @@ class _Untraceable(nn.Module):
 def test_untraceable_model_falls_back_with_warning():
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        model = convert_activations(_Untraceable(), 2)
+        model = convert_activations(_Untraceable(), LWTAOptions(U=2))
     assert any("could not trace" in str(x.message) for x in w)
     assert isinstance(model.relu, LWTA)
     assert model(torch.rand(3, 4)).shape == (3, 4)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from lwtakit.errors import UserError
-from lwtakit.recording import capture, record_activations
+from lwtakit.recording import analysis_mode, capture, record_activations
 
 
 class TinyNet(nn.Module):
@@ -113,6 +113,20 @@ def test_training_flags_and_rng_restored():
     assert [m.training for m in net.modules()] == flags
 
 
+def test_analysis_mode_with_a_seed_restores_flags_and_rng_after_an_exception():
+    net = TinyNet().train()
+    torch.manual_seed(2)
+    expected = torch.rand(3)
+    seeded = torch.rand(2)
+    torch.manual_seed(2)
+    with pytest.raises(RuntimeError, match="inside"):
+        with analysis_mode(net, seed=2):
+            assert not net.training and torch.equal(torch.rand(3), expected)  # the block starts at the seed
+            raise RuntimeError("inside")
+    assert net.training
+    assert torch.equal(torch.rand(3), expected) and torch.equal(torch.rand(2), seeded)
+
+
 def test_memory_is_n_by_c_whatever_the_spatial_size():
     net = TinyNet()
     big = _data(n=8, size=40)
@@ -173,8 +187,10 @@ def test_firing_and_active_units_per_image_of_a_dense_layer():
 
 def test_lwta_resnet_firing_rate_is_one_over_u():
     models = pytest.importorskip("lwtakit.models")
+    from lwtakit.lwta import LWTAOptions
+
     torch.manual_seed(0)
-    net = models.build_model("resnet18", num_classes=4, act="lwta", U=4, width=0.25, img_size=16)
+    net = models.build_model("resnet18", num_classes=4, act="lwta", lwta=LWTAOptions(U=4), width=0.25, img_size=16)
     layers = models.default_layers(net)
     rec = record_activations(net, _data(n=6, size=16), layers, batch_size=3, progress=False)
     lwta_layers = [n for n in layers if hasattr(net.get_submodule(n), "winner_mask")]

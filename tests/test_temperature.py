@@ -5,7 +5,7 @@ import math
 import pytest
 
 from lwtakit.errors import UserError
-from lwtakit.temperature import make_schedule
+from lwtakit.lwta.temperature import make_schedule
 
 
 def test_constant():

@@ -1,6 +1,6 @@
 """Model builders: ResNet-18/34/50 and ViT-Tiny/Small with ReLU / GELU / LWTA activations.
 
-``build_model(name, num_classes, act="lwta", U=2, ...)`` looks ``name`` up in ``MODELS``;
+``build_model(name, num_classes, act="lwta", lwta=LWTAOptions(U=2, ...), ...)`` looks ``name`` up in ``MODELS``;
 ``convert_activations`` swaps the activations of any module; ``default_layers`` names the
 activation modules of the last stage plus the classifier (what dissection looks at by default).
 """
@@ -8,11 +8,12 @@ activation modules of the last stage plus the classifier (what dissection looks 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from torch import nn
 
 from lwtakit.errors import UserError
-from lwtakit.lwta import LWTA
+from lwtakit.lwta import LWTA, LWTAOptions
 from lwtakit.models.convert import convert_activations
 from lwtakit.models.resnet import ResNet, resnet18, resnet34, resnet50
 from lwtakit.models.vit import VisionTransformer, vit_small, vit_tiny
@@ -30,20 +31,22 @@ __all__ = ["MODELS", "build_model", "convert_activations", "default_layers", "ma
            "ResNet", "VisionTransformer"]
 
 
-def make_act_layer(act: str, U: int = 2, temperature: float = 1.0, inference: str = "sample",
-                   kl: bool = False, dense: str = "relu", temperature_on: str = "logits") -> Callable[[int], nn.Module]:
-    """Factory ``width -> module`` for ``act`` in relu | gelu | lwta (LWTA checks U | width)."""
+def make_act_layer(act: str, lwta: LWTAOptions | None = None) -> Callable[[int], nn.Module]:
+    """Factory ``width -> module`` for ``act`` in relu | gelu | lwta (LWTA layers built from ``lwta``, default
+    :class:`LWTAOptions`; U must divide each width; with U = 1 the layer is the dense activation)."""
     if act == "relu":
         return lambda width: nn.ReLU()
     if act == "gelu":
         return lambda width: nn.GELU()
     if act == "lwta":
-        def lwta(width: int) -> nn.Module:
-            if width % U:
-                raise UserError(f"LWTA U={U} does not divide layer width {width}; choose U dividing every width")
-            return LWTA(U, temperature=temperature, inference=inference, kl=kl, dense=dense,
-                        temperature_on=temperature_on)
-        return lwta
+        options = lwta if lwta is not None else LWTAOptions()
+
+        def lwta_layer(width: int) -> nn.Module:
+            if width % options.U:
+                raise UserError(f"LWTA U={options.U} does not divide layer width {width}; "
+                                "choose U dividing every width")
+            return options.build()
+        return lwta_layer
     raise UserError(f"unknown activation {act!r}; use one of {', '.join(ACTS)}")
 
 
@@ -51,10 +54,8 @@ def build_model(
     name: str,
     num_classes: int,
     act: str = "lwta",
-    U: int = 2,
-    temperature: float = 1.0,
-    inference: str = "sample",
-    kl: bool = False,
+    lwta: LWTAOptions | None = None,
+    *,
     width: float = 1.0,
     stem: str = "cifar",
     in_chans: int = 3,
@@ -63,11 +64,12 @@ def build_model(
     depth: int | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
-    temperature_on: str = "logits",
 ) -> nn.Module:
     """Build a registered model. ResNets: every activation site (stem, act1/act2[/act3]) uses ``act``;
-    ViTs: the MLP activation only (``act="lwta"`` competes over the hidden 4*dim units per token,
-    U=1 / dense falls back to GELU). ``mean``/``std`` default to 0.5/0.25 per input channel."""
+    ViTs: the MLP activation only (``act="lwta"`` competes over the hidden 4*dim units per token).
+    ``lwta``: the options of every LWTA layer (default :class:`LWTAOptions`); ``lwta.dense=None`` falls back
+    to the architecture's activation for U=1 (ReLU in ResNets, GELU in ViTs). ``mean``/``std`` default to
+    0.5/0.25 per input channel."""
     if name not in MODELS:
         raise UserError(f"unknown model {name!r}; available: {', '.join(MODELS)}")
     if int(num_classes) < 1:
@@ -77,8 +79,10 @@ def build_model(
     mean = tuple(mean) if mean is not None else (0.5,) * in_chans
     std = tuple(std) if std is not None else (0.25,) * in_chans
     is_vit = name.startswith("vit")
-    act_layer = make_act_layer(act, U, temperature, inference, kl, dense="gelu" if is_vit else "relu",
-                               temperature_on=temperature_on)
+    lwta = lwta if lwta is not None else LWTAOptions()
+    if lwta.dense is None:
+        lwta = replace(lwta, dense="gelu" if is_vit else "relu")
+    act_layer = make_act_layer(act, lwta)
     if is_vit:
         kw = dict(num_classes=num_classes, act_layer=act_layer, img_size=img_size, patch_size=patch_size,
                   in_chans=in_chans, mean=mean, std=std)
@@ -88,7 +92,7 @@ def build_model(
     if depth is not None:
         raise UserError(f"depth applies to ViTs only; pick resnet18/34/50 for {name!r} instead")
     return MODELS[name](num_classes=num_classes, act_layer=act_layer, width=width, stem=stem,
-                        in_chans=in_chans, mean=mean, std=std, channel_multiple=U if act == "lwta" else 1)
+                        in_chans=in_chans, mean=mean, std=std, channel_multiple=lwta.U if act == "lwta" else 1)
 
 
 _ACT_TYPES = (LWTA, nn.ReLU, nn.GELU)

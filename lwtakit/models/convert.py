@@ -12,20 +12,22 @@ from __future__ import annotations
 
 import copy
 import warnings
+from dataclasses import replace
 
 import torch
 from torch import nn
 
 from lwtakit.errors import UserError
-from lwtakit.lwta import LWTA
+from lwtakit.lwta import LWTAOptions
 
 _ACTS = (nn.ReLU, nn.GELU)
 
 
-def _new_act(old: nn.Module, U: int, lwta_kwargs: dict) -> nn.Module:
-    kw = dict(lwta_kwargs)
-    kw.setdefault("dense", "gelu" if isinstance(old, nn.GELU) else "relu")
-    return LWTA(U, **kw)
+def _new_act(old: nn.Module, lwta: LWTAOptions) -> nn.Module:
+    """The LWTA layer replacing ``old``; with ``dense=None`` its U=1 activation is the one it replaces."""
+    if lwta.dense is None:
+        lwta = replace(lwta, dense="gelu" if isinstance(old, nn.GELU) else "relu")
+    return lwta.build()
 
 
 def _example_input(model: nn.Module) -> torch.Tensor | None:
@@ -61,25 +63,25 @@ def _widths(gm: torch.fx.GraphModule, example: torch.Tensor | None) -> dict[str,
 
 def convert_activations(
     model: nn.Module,
-    U: int,
+    lwta: LWTAOptions,
     *,
     skip_indivisible: bool = False,
     example_input: torch.Tensor | None = None,
-    **lwta_kwargs,
 ) -> nn.Module:
     """Return a copy of ``model`` whose ``nn.ReLU`` / ``nn.GELU`` call sites are each an own ``LWTA``.
 
-    ``lwta_kwargs`` go to :class:`lwtakit.lwta.LWTA` (temperature, inference, kl, ...). A call site
-    whose width U does not divide raises ``UserError`` naming it, unless ``skip_indivisible`` keeps
-    its original activation. Widths are found by one shape-propagation pass on ``example_input``
-    (default: a 64x64 random image with the first conv's channel count). The result of a traced model
-    is a ``torch.fx.GraphModule`` with the original module hierarchy (``layer1.0.conv1`` ...).
+    ``lwta``: the options of every new layer (U, temperature, inference, kl, ...; ``dense=None``: with U=1
+    each site keeps its own ReLU / GELU). A call site whose width U does not divide raises ``UserError`` naming
+    it, unless ``skip_indivisible`` keeps its original activation. Widths are found by one shape-propagation
+    pass on ``example_input`` (default: a 64x64 random image with the first conv's channel count). The result
+    of a traced model is a ``torch.fx.GraphModule`` with the original module hierarchy (``layer1.0.conv1`` ...).
     """
     try:
         gm = torch.fx.symbolic_trace(copy.deepcopy(model))
     except Exception as exc:  # dynamic control flow etc.
-        return _convert_in_place(copy.deepcopy(model), U, skip_indivisible, lwta_kwargs, reason=str(exc))
+        return _convert_in_place(copy.deepcopy(model), lwta, skip_indivisible, reason=str(exc))
     widths = _widths(gm, example_input if example_input is not None else _example_input(gm))
+    U = lwta.U
     uses: dict[str, int] = {}
     # collect the call sites first: replacing a module must not hide its later call sites
     sites = [(n, gm.get_submodule(n.target)) for n in gm.graph.nodes if n.op == "call_module"]
@@ -100,7 +102,7 @@ def convert_activations(
         if k > 0:
             while _has(gm, name):
                 name += "_"
-        gm.add_submodule(name, _new_act(old, U, lwta_kwargs))
+        gm.add_submodule(name, _new_act(old, lwta))
         node.target = name
     gm.graph.lint()
     gm.recompile()
@@ -115,8 +117,7 @@ def _has(gm: nn.Module, name: str) -> bool:
         return False
 
 
-def _convert_in_place(model: nn.Module, U: int, skip_indivisible: bool, lwta_kwargs: dict,
-                      reason: str) -> nn.Module:
+def _convert_in_place(model: nn.Module, lwta: LWTAOptions, skip_indivisible: bool, reason: str) -> nn.Module:
     names: dict[int, list[str]] = {}
     for name, m in model.named_modules(remove_duplicate=False):
         if isinstance(m, _ACTS) and name:
@@ -133,7 +134,7 @@ def _convert_in_place(model: nn.Module, U: int, skip_indivisible: bool, lwta_kwa
     replaced: dict[int, nn.Module] = {}
     for name, m in list(model.named_modules(remove_duplicate=False)):
         if isinstance(m, _ACTS) and name:
-            new = replaced.setdefault(id(m), _new_act(m, U, lwta_kwargs))
+            new = replaced.setdefault(id(m), _new_act(m, lwta))
             parent, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, attr, new)
     return model

@@ -1,6 +1,6 @@
-"""U = 2 LWTA as two hand-written Triton kernels: the fused path of ``lwtakit.lwta`` on CUDA.
+"""U = 2 LWTA as two hand-written Triton kernels: the fused path of :mod:`lwtakit.lwta.kernels` on CUDA.
 
-The arithmetic is :class:`lwtakit.lwta._LWTAPair`'s (module docstring of ``lwtakit.lwta``, eqs. 1-2 and the
+The arithmetic is :class:`lwtakit.lwta.kernels._LWTAPair`'s (module docstring of the kernels, eqs. 1-2 and the
 U = 2 fast path): one uniform u per pair, ``z = (h0 - h1)/T - logit(u)``, unit 1 wins iff z < 0, and the
 saved ``ks = +-s0 (1 - s0)/T`` whose sign is the winner. Why not ``torch.compile`` as on the CPU: on a GPU a
 ResNet step is launch-bound, and a compiled region costs ~150 us of host time per call (guards, symbolic

@@ -4,18 +4,21 @@ softmax(h/T + g)). The reference code meant to anneal T every 5 epochs but wrote
 tests check that each one changes T.
 
 ``make_schedule(kind, t0, **kw)`` returns ``f(epoch) -> T`` (epoch counted from 0), floored at
-``t_min`` (default 0.01):
+``t_min``:
 - ``constant``: t0
-- ``step``: t0 * gamma ** (epoch // step_size)            (kw: step_size=5, gamma=0.5)
-- ``exponential``: t0 * gamma ** epoch                    (kw: gamma=0.95)
+- ``step``: t0 * gamma ** (epoch // step_size)            (kw: step_size, gamma)
+- ``exponential``: t0 * gamma ** epoch                    (kw: gamma)
 - ``cosine``: t_min + (t0 - t_min) (1 + cos(pi e / epochs)) / 2, e = min(epoch, epochs)  (kw: epochs)
-"""
+
+A keyword left out takes the config schema's default (the field of the same name in
+:class:`lwtakit.config.TemperatureConfig`, what training uses unless a config sets it); ``epochs`` has none."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
 
+from lwtakit.config import TemperatureConfig
 from lwtakit.errors import UserError
 
 KINDS = ("constant", "step", "exponential", "cosine")
@@ -25,6 +28,7 @@ SCHEDULE_ARGS = {
     "exponential": {"t_min", "gamma"},
     "cosine": {"t_min", "epochs"},
 }
+_DEFAULTS = TemperatureConfig()  # the one set of defaults: the config schema's
 
 
 def make_schedule(kind: str, t0: float, **kw) -> Callable[[int], float]:
@@ -35,13 +39,13 @@ def make_schedule(kind: str, t0: float, **kw) -> Callable[[int], float]:
     if unknown:
         raise UserError(f"schedule {kind!r} takes {sorted(SCHEDULE_ARGS[kind])}, not {sorted(unknown)}")
     t0 = float(t0)
-    t_min = float(kw.get("t_min", 0.01))
+    t_min = float(kw.get("t_min", _DEFAULTS.t_min))
     if not (t0 > 0 and t_min > 0):
         raise UserError(f"temperatures must be positive, got t0={t0} t_min={t_min}")
-    gamma = float(kw.get("gamma", 0.5 if kind == "step" else 0.95))
+    gamma = float(kw.get("gamma", _DEFAULTS.gamma))
     if kind in ("step", "exponential") and not 0 < gamma:
         raise UserError(f"gamma must be > 0, got {gamma}")
-    step_size = int(kw.get("step_size", 5))
+    step_size = int(kw.get("step_size", _DEFAULTS.step_size))
     if step_size < 1:
         raise UserError(f"step_size must be >= 1 epoch, got {step_size}")
     epochs = kw.get("epochs")
