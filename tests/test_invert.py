@@ -181,3 +181,60 @@ def test_vectorised_single_concept_labels_equal_the_beam_search():
         assert f["label"] == b["label"] and f["top5"] == b["top5"], (f, b)
         assert f["auc"] == pytest.approx(b["auc"], nan_ok=True)
         assert f["p_value"] == pytest.approx(b["p_value"], rel=1e-9, nan_ok=True)
+
+
+def _random_formula(rng, names):
+    concepts = rng.permutation(len(names))[:rng.integers(1, 6)]
+    f = Formula.atom(concepts[0], rng.random() < 0.5, names)
+    for c in concepts[1:]:
+        f = f.extend(str(rng.choice(["AND", "OR"])), c, rng.random() < 0.5)
+    return f
+
+
+def test_formula_parse_inverts_str_for_random_formulas():
+    names = ("red", "dark blue", "striped_shirt", "a b_c d", "mouse (animal)", "(odd", "x", "sky blue_2")
+    rng = np.random.default_rng(0)
+    labels = torch.rand(64, len(names), generator=torch.Generator().manual_seed(0)) < 0.5
+    for _ in range(300):
+        f = _random_formula(rng, names)
+        assert Formula.parse(str(f), f.names) == f, str(f)
+        g = Formula.parse(str(f))  # names in order of appearance
+        assert str(g) == str(f) and g.ops() == f.ops()
+        assert [n for n in g.names] == list(dict.fromkeys(f.names[c] for c, _ in f.atoms()))
+        columns = [names.index(n) for n in g.names]
+        assert torch.equal(g.evaluate(labels[:, columns]), f.evaluate(labels))
+
+
+def test_formula_parse_examples_and_errors():
+    f = Formula.parse("((red OR NOT blue) AND striped) OR NOT dark green")
+    assert f.names == ("red", "blue", "striped", "dark green")
+    assert f.atoms() == [(0, False), (1, True), (2, False), (3, True)] and f.ops() == ["OR", "AND", "OR"]
+    assert Formula.parse("NOT c1", ["c0", "c1"]) == Formula.atom(1, True, ["c0", "c1"])
+    for bad in ["red AND (blue OR green)", "(red OR blue AND green", "red OR blue) AND green", "red AND NOT "]:
+        with pytest.raises(UserError):
+            Formula.parse(bad)
+    with pytest.raises(UserError, match="unknown"):
+        Formula.parse("red AND blue", ["red", "green"])
+
+
+def test_invert_config_equals_keywords_and_validates():
+    from lwtakit.labelers.invert import InvertConfig
+
+    C, names = _concepts()
+    g = torch.Generator().manual_seed(4)
+    acts = C[:, :3].float() @ torch.rand(3, 4, generator=g) + torch.randn(C.shape[0], 4, generator=g)
+    config = InvertConfig(max_length=3, beam=4, term_alpha=None)
+    by_config = label_units(acts, C, names, config)
+    by_keywords = label_units(acts, C, names, max_length=3, beam=4, term_alpha=None)
+    overridden = label_units(acts, C, names, InvertConfig(max_length=2), max_length=3, beam=4, term_alpha=None)
+    for rows in (by_keywords, overridden):
+        assert [(r["label"], r["auc"], r["p_value"]) for r in rows] == \
+            [(r["label"], r["auc"], r["p_value"]) for r in by_config]
+    for bad in [dict(max_length=0), dict(beam=0), dict(min_fraction=0.6), dict(max_fraction=1.5),
+                dict(min_gain=-0.1)]:
+        with pytest.raises(UserError):
+            InvertConfig(**bad)
+        with pytest.raises(UserError):
+            label_units(acts, C, names, **bad)
+    with pytest.raises(TypeError):
+        label_units(acts, C, names, no_such_setting=1)

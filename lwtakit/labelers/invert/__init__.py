@@ -1,0 +1,19 @@
+"""INVERT: label units by the AUC of their activations for (compositional) binary concepts.
+
+Bykov et al., "Labeling Neural Representations with Inverse Recognition", NeurIPS 2023. A unit's score
+for a concept is the AUROC of the unit's activation as a classifier of the concept (sec. 3, eq. 2),
+compositional labels are formulas of concepts and their negations joined by AND / OR found by beam
+search up to length L with a bound on the concept's positive fraction, and the significance of a label is
+a Mann-Whitney U test.
+
+* :mod:`.ranks`: ranks, the AUROC of all units x all concepts from rank sums, Mann-Whitney p-values;
+* :mod:`.formula`: :class:`Formula`, printing and parsing labels;
+* :mod:`.search`: :func:`label_units`, the beam search with parsimony, set by one :class:`InvertConfig`.
+"""
+
+from .formula import Formula
+from .ranks import auc_matrix, mann_whitney_pvalues, rank_data
+from .search import InvertConfig, _extension_logp, label_units, order_top
+
+__all__ = ["Formula", "InvertConfig", "auc_matrix", "rank_data", "mann_whitney_pvalues", "label_units",
+           "order_top", "_extension_logp"]
