@@ -67,7 +67,7 @@ class LabelRow:
         out: dict[str, Any] = {"layer": self.layer, "unit": self.unit, "method": self.method, "label": self.label,
                                "score": self.score, "firing_rate": self.firing_rate}
         out.update({key: getattr(self, key) for key in ("auc", "p_value", "length") if getattr(self, key) is not None})
-        if self.top5 is not None:
+        if self.top5:
             out["top5"] = "|".join(self.top5)
         out.update(self.extra)
         return out

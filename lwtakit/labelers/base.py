@@ -193,4 +193,4 @@ def create_labelers(names, settings: Any = None) -> list[Labeler]:
 
 def _load_builtins() -> None:
     # Importing the modules registers the built-in labelers; lazily, so that the registry costs no import time.
-    from lwtakit.labelers import clip_dissect, describe, invert_labeler, iou  # noqa: F401
+    from lwtakit.labelers import clip_dissect, describe, invert, iou  # noqa: F401

@@ -45,6 +45,11 @@ class InvertConfig:
         if self.term_alpha is not None and not 0 < self.term_alpha < 1:
             raise UserError(f"term_alpha must lie in (0, 1) or be null, got {self.term_alpha}")
 
+    def admissible(self, n, N: int):
+        """Whether formulas with ``n`` positives of ``N`` may become labels (within the fraction bounds and
+        neither empty nor everything); ``n`` a number or a tensor of counts."""
+        return (n >= max(self.min_fraction * N, 1)) & (n <= min(self.max_fraction * N, N - 1))
+
 
 @dataclass
 class ClipDissectConfig:

@@ -8,12 +8,16 @@ a Mann-Whitney U test.
 
 * :mod:`.ranks`: ranks, the AUROC of all units x all concepts from rank sums, Mann-Whitney p-values;
 * :mod:`.formula`: :class:`Formula`, printing and parsing labels;
-* :mod:`.search`: :func:`label_units`, the beam search with parsimony, set by one :class:`InvertConfig`.
+* :mod:`.search`: :func:`label_units`, the beam search with parsimony, set by one :class:`InvertConfig`
+  (:mod:`lwtakit.labelers.configs`);
+* :mod:`.labeler`: :class:`InvertLabeler`, registered as ``invert`` for :func:`lwtakit.dissect.dissect`.
 """
 
+from ..configs import InvertConfig
 from .formula import Formula
+from .labeler import InvertLabeler
 from .ranks import auc_matrix, mann_whitney_pvalues, rank_data
-from .search import InvertConfig, _extension_logp, label_units, order_top
+from .search import _extension_logp, label_units, order_top
 
-__all__ = ["Formula", "InvertConfig", "auc_matrix", "rank_data", "mann_whitney_pvalues", "label_units",
+__all__ = ["Formula", "InvertConfig", "InvertLabeler", "auc_matrix", "rank_data", "mann_whitney_pvalues", "label_units",
            "order_top", "_extension_logp"]

@@ -22,41 +22,11 @@ import numpy as np
 import torch
 
 from ...errors import UserError
+from ..configs import InvertConfig
 from .formula import Formula
 from .ranks import _auc_from, _check_inputs, _chunk_size, _mwu_logp, _one_sided_logp, rank_data
 
 __all__ = ["InvertConfig", "label_units", "order_top"]
-
-
-@dataclass(frozen=True)
-class InvertConfig:
-    """Settings of the INVERT search (see :func:`label_units` for what each does).
-
-    ``max_length`` atoms per formula, ``beam`` formulas kept per length, admissible positive fraction
-    ``[min_fraction, max_fraction]`` (reference defaults 0 and 0.5), parsimony ``min_gain`` (AUC) and
-    ``term_alpha`` (family-wise level of the term test; None switches it off).
-    """
-
-    max_length: int = 1
-    beam: int = 5
-    min_fraction: float = 0.0
-    max_fraction: float = 0.5
-    min_gain: float = 0.01
-    term_alpha: float | None = 0.01
-
-    def __post_init__(self):
-        if self.max_length < 1 or self.beam < 1:
-            raise UserError(f"max_length and beam must be >= 1, got {self.max_length}, {self.beam}")
-        if not 0 <= self.min_fraction <= self.max_fraction <= 1:
-            raise UserError(f"need 0 <= min_fraction <= max_fraction <= 1, got {self.min_fraction}, "
-                            f"{self.max_fraction}")
-        if self.min_gain < 0:
-            raise UserError(f"min_gain must be >= 0, got {self.min_gain}")
-
-    def admissible(self, n, N: int):
-        """Whether formulas with ``n`` positives of ``N`` may become labels (within the fraction bounds and
-        neither empty nor everything)."""
-        return (n >= max(self.min_fraction * N, 1)) & (n <= min(self.max_fraction * N, N - 1))
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from lwtakit.labelers.base import CONCEPT_LABELS, Context, Labeler, Target, register_labeler, rows_from_dicts
 from lwtakit.labelers.configs import InvertConfig
 from lwtakit.labels import LabelRow
+
+from .search import label_units
 
 
 @register_labeler
@@ -18,8 +18,5 @@ class InvertLabeler(Labeler):
     needs = frozenset({CONCEPT_LABELS})
 
     def label(self, target: Target, ctx: Context) -> list[LabelRow]:
-        from lwtakit.labelers.invert import label_units
-
-        dicts = label_units(target.acts, ctx.concepts.labels, ctx.concepts.names,
-                            **dataclasses.asdict(self.config))
+        dicts = label_units(target.acts, ctx.concepts.labels, ctx.concepts.names, self.config)
         return rows_from_dicts(dicts, target, self.name)
