@@ -59,6 +59,7 @@ class PendingPlots:
         self.figures.append(Figure(data_uri(png), alt, Markup(caption), width))
 
     def commit(self, out_dir: Path) -> None:
+        """Write every rendered plot to ``out_dir/plots/<name>.png``, each atomically."""
         for name, png in self.pngs.items():
             with atomic_write(out_dir / "plots" / f"{name}.png", "wb") as fh:
                 fh.write(png)
@@ -83,8 +84,9 @@ def _escape(value: Any) -> Any:
 
 
 @cache
-def environment():
+def environment() -> Environment:
     """The jinja environment of the report templates, with the number formats as filters."""
+    # keep_trailing_newline: report.css and report.js end with a newline that the page keeps.
     env = Environment(loader=PackageLoader("lwtakit.report", "templates"), autoescape=select_autoescape(["html"]),
                       extensions=[_JoinLines], finalize=_escape, keep_trailing_newline=True,
                       undefined=StrictUndefined)
@@ -96,6 +98,7 @@ def environment():
 
 
 def _now() -> str:
+    """The generation time shown in a report's subtitle."""
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
