@@ -305,6 +305,17 @@ def test_dissection_report_from_csv_strings(tmp_path):
     assert f"{p0:.1e}" in [c[2] for c in table["rows"][1]]
 
 
+def test_underflowed_p_value_is_escaped_text(tmp_path):
+    # fmt_p(0) is "<1e-300": text like any other, so the page must carry it escaped, not as raw markup.
+    rows = [{"layer": "l", "unit": 0, "method": "invert", "label": "red", "score": 0.9, "auc": 0.9, "p_value": 0.0}]
+    li = LayerInfo("l", 1, top_images={0: _images(1, 0)})
+    path = dissection_report(tmp_path, title="p0", rows=rows, layers=[li])
+    raw = path.read_text(encoding="utf-8")
+    assert "<1e-300" not in raw and raw.count("&lt;1e-300") == 2  # the unit table and the unit's card
+    (table,) = _table(_parse(path), "units")
+    assert "<1e-300" in [c[2] for c in table["rows"][1]]
+
+
 # --------------------------------------------------------------------------------------------------
 # Compare report
 # --------------------------------------------------------------------------------------------------

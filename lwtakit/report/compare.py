@@ -1,0 +1,139 @@
+"""The report of ``analyze.py compare``: runs (checkpoints) side by side, one column each."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lwtakit import plots
+from lwtakit.errors import UserError
+from lwtakit.io import ensure_writable_dir
+from lwtakit.report.formatting import as_float
+from lwtakit.report.page import PendingPlots, write_report
+
+
+@dataclass
+class RunSummary:
+    """Everything the comparison report shows for one run (one checkpoint)."""
+
+    name: str
+    meta: dict  # checkpoint path, model, U, dataset
+    accuracy: dict[str, float]  # inference mode -> top-1 accuracy
+    sparsity: dict[str, float]  # layer -> measured active fraction
+    label_quality: dict[str, float]  # e.g. final-layer label accuracy, planted recovery, mean score
+    layer_stats: dict[str, dict[str, float]]  # layer -> {"mean score": ..., "distinct labels": ..., ...}
+    stability: dict[str, list[tuple[int, float]]] | None = None  # layer -> [(epoch, label agreement)]
+    completeness: dict[str, dict] | None = None  # layer -> completeness curves (see plots.completeness_curves)
+    active_counts: np.ndarray | None = None  # per probe image: active units per position in the explained layer
+
+
+@dataclass
+class _Metric:
+    name: str
+    values: list[Any]  # per run, None where a run lacks the metric
+    diff: float | None  # second run minus first, when exactly two runs both have it
+
+
+def _union(runs: Sequence[RunSummary], get: Callable[[RunSummary], Mapping[str, Any] | None]) -> list[str]:
+    """Keys of ``get(run)`` over all runs, in first-seen order."""
+    keys: list[str] = []
+    for r in runs:
+        for k in get(r) or {}:
+            if k not in keys:
+                keys.append(k)
+    return keys
+
+
+def _metric(name: str, values: list[Any], two: bool) -> _Metric:
+    a, b = (as_float(values[0]), as_float(values[1])) if two else (None, None)
+    return _Metric(name, values, b - a if a is not None and b is not None else None)
+
+
+def _metric_groups(runs: Sequence[RunSummary]) -> list[tuple[str, list[_Metric]]]:
+    """Groups of metrics with one value per run, the union of metrics over runs in first-seen order."""
+    two = len(runs) == 2
+
+    def group(get: Callable[[RunSummary], Mapping[str, Any] | None]) -> list[_Metric]:
+        return [_metric(k, [(get(r) or {}).get(k) for r in runs], two) for k in _union(runs, get)]
+
+    layer_keys: list[tuple[str, str]] = []
+    for r in runs:
+        for layer, st in (r.layer_stats or {}).items():
+            for s in st:
+                if (layer, s) not in layer_keys:
+                    layer_keys.append((layer, s))
+    groups = [
+        ("Accuracy (top-1) per inference mode", group(lambda r: r.accuracy)),
+        ("Measured active fraction per layer", group(lambda r: r.sparsity)),
+        ("Label quality", group(lambda r: r.label_quality)),
+        ("Label statistics per layer", [
+            _metric(f"{layer} · {s}", [((r.layer_stats or {}).get(layer) or {}).get(s) for r in runs], two)
+            for layer, s in layer_keys]),
+    ]
+    return [(g, items) for g, items in groups if items]
+
+
+def _plots(runs: Sequence[RunSummary]) -> PendingPlots:
+    figs = PendingPlots()
+    if any(r.accuracy for r in runs):
+        figs.add("accuracy", lambda: plots.bar_compare(
+            {r.name: r.accuracy for r in runs}, "Top-1 accuracy per inference mode", "accuracy"),
+            "accuracy", "Top-1 accuracy of each run per inference mode.")
+    if any(r.sparsity for r in runs):
+        figs.add("sparsity", lambda: plots.bar_compare(
+            {r.name: r.sparsity for r in runs}, "Measured active fraction", "fraction of outputs non-zero"),
+            "sparsity", "Measured fraction of non-zero outputs per layer (LWTA with U competitors: about 1/U).")
+    if any(r.label_quality for r in runs):
+        figs.add("label_quality", lambda: plots.bar_compare(
+            {r.name: r.label_quality for r in runs}, "Label quality", "value"),
+            "label quality", "Label-quality metrics of each run.")
+    mean_scores = {r.name: {layer: st["mean score"] for layer, st in (r.layer_stats or {}).items()
+                            if "mean score" in st} for r in runs}
+    if any(mean_scores.values()):
+        figs.add("mean_score", lambda: plots.bar_compare(mean_scores, "Mean label score per layer", "mean score"),
+                 "mean score", "Mean best-label score over the units of each layer.")
+    stab = {f"{r.name}/{layer}": pts for r in runs for layer, pts in (r.stability or {}).items() if pts}
+    if stab:
+        figs.add("stability", lambda: plots.label_agreement(stab), "label stability",
+                 "Label stability over training: fraction of units whose label equals the previous dissection's.")
+    comp = {f"{r.name}/{layer}": c for r in runs for layer, c in (r.completeness or {}).items()}
+    if comp:
+        figs.add("completeness", lambda: plots.completeness_curves(comp, split_runs=True), "completeness",
+                 "Completeness (Dey et al. 2020), runs side by side: variance explained by the top-k PCA "
+                 "directions (solid) vs the top-k neurons (dashed); analyze.py dissect --pca K adds the accuracy "
+                 "after ablating them.")
+    counts = {r.name: r.active_counts for r in runs if r.active_counts is not None}
+    if counts:
+        figs.add("active_counts", lambda: plots.active_counts(counts), "active neurons per image",
+                 "Active neurons per probe image in the explained layer: the units that fire (LWTA winners / "
+                 "non-zero), averaged over the positions of the feature map (C/U for an LWTA layer).")
+    return figs
+
+
+def compare_report(out_dir: str | os.PathLike, runs: Sequence[RunSummary], *, title: str = "Sparse vs dense") -> Path:
+    """Write ``out_dir/report.html`` comparing runs side by side (plots also in ``out_dir/plots/``).
+
+    Sections: runs (meta as a table, one column per run); all metrics (accuracy per inference mode,
+    measured active fraction per layer, label quality, per-layer label statistics; one column per run,
+    plus the difference when there are exactly two); bar charts of those; label stability over training
+    when histories exist; completeness curves (Dey et al. 2020) of every run and layer; histograms of
+    the number of active neurons per image.
+    """
+    runs = list(runs)
+    if not runs:
+        raise UserError("compare needs at least one run; give two checkpoints to compare")
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise UserError(f"run names must be unique to compare them, got {names}")
+    out_dir = ensure_writable_dir(out_dir)
+
+    figs = _plots(runs)
+    nav = [("runs", "runs"), ("metrics", "metrics")] + [("plots", "plots")] * bool(figs.figures)
+    return write_report(out_dir, "compare.html", figs, title=title, nav=nav, names=names,
+                        metas=[r.meta or {} for r in runs], meta_keys=_union(runs, lambda r: r.meta),
+                        groups=_metric_groups(runs))

@@ -1,0 +1,211 @@
+"""The report of ``analyze.py dissect``: every labelled unit of every layer, with plots and image cards."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lwtakit import plots
+from lwtakit.io import ensure_writable_dir
+from lwtakit.report.formatting import as_float, slug
+from lwtakit.report.images import data_uri, image_grid, png_width
+from lwtakit.report.page import PendingPlots, write_report
+
+Row = Mapping[str, Any]
+
+
+@dataclass
+class LayerInfo:
+    """What the report shows for one layer besides its label rows."""
+
+    name: str
+    units: int
+    active_fraction: float | None = None  # measured: fraction of non-zero outputs over the probe set
+    firing: np.ndarray | None = None  # [C] per-unit firing (LWTA: win) rate
+    top_images: dict[int, Any] = field(default_factory=dict)  # unit -> [k, 3, H, W] top-activating images
+
+
+@dataclass
+class _Method:
+    """One labelling method's rows in one layer."""
+
+    name: str
+    rows: list[Row]  # every row, in order: the overview counts these
+    by_unit: dict[tuple, Row]  # unit key -> its (last) row: the layer section shows these
+    show_auc: bool  # an AUC column, when some AUC differs from the score
+    show_p: bool  # a p-value column, when some row has one
+    overview: dict[str, Any]  # _method_summary of ``rows``
+    summary: dict[str, Any]  # _method_summary of ``by_unit``
+
+
+@dataclass
+class _UnitRow:
+    unit: Any  # as shown: an int, or the unit's name when it is not one
+    sort: float | None
+    firing: float  # NaN where the layer has no rate for this unit
+    labels: list[tuple[_Method, Row | None]]  # per method, None where it did not label this unit
+    has_card: bool
+
+
+@dataclass
+class _Card:
+    unit: Any
+    k: int  # number of images
+    width: int  # card width in pixels: its image row, at least room for the labels
+    uri: str
+    firing: float | None
+    labels: list[tuple[_Method, Row]]
+
+
+@dataclass
+class _Layer:
+    name: str
+    anchor: str
+    info: LayerInfo | None
+    firing: np.ndarray | None
+    methods: list[_Method]
+    units: list[_UnitRow]
+    cards: list[_Card]
+    is_pca: bool  # a "<layer>#pca" pseudo-layer: its units are principal directions
+    dead: int | None = None  # units that never fire
+    median_firing: float | None = None
+
+    @property
+    def unit_word(self) -> str:
+        return "component" if self.is_pca else "unit"
+
+
+def _unit_key(u: Any) -> tuple[int, Any]:
+    # Units sort numerically, names (e.g. attention heads) after them.
+    try:
+        return (0, int(u))
+    except (TypeError, ValueError):
+        return (1, str(u))
+
+
+def _method_summary(rows: Sequence[Row]) -> dict[str, Any]:
+    """Labelled units, mean / median finite score, distinct labels, share with p < 0.001 (None without p-values)."""
+    scores = np.array([v for v in (as_float(r.get("score")) for r in rows) if v is not None], dtype=float)
+    scores = scores[np.isfinite(scores)]
+    ps = [p for p in (as_float(r.get("p_value")) for r in rows) if p is not None and not math.isnan(p)]
+    return {
+        "n": len(rows),
+        "mean": float(scores.mean()) if scores.size else float("nan"),
+        "median": float(np.median(scores)) if scores.size else float("nan"),
+        "distinct": len({str(r.get("label", "")) for r in rows}),
+        "sig": (sum(p < 1e-3 for p in ps) / len(ps)) if ps else None,
+    }
+
+
+def _methods(rows: Sequence[Row]) -> list[_Method]:
+    grouped: dict[str, list[Row]] = {}
+    for r in rows:
+        grouped.setdefault(str(r.get("method", "")), []).append(r)
+    out = []
+    for name, mrows in grouped.items():
+        by_unit = {_unit_key(r.get("unit")): r for r in mrows}
+        shown = list(by_unit.values())
+        out.append(_Method(
+            name, mrows, by_unit,
+            show_auc=any(as_float(r.get("auc")) is not None and as_float(r.get("auc")) != as_float(r.get("score"))
+                         for r in shown),
+            show_p=any(as_float(r.get("p_value")) is not None for r in shown),
+            overview=_method_summary(mrows), summary=_method_summary(shown)))
+    return out
+
+
+def _cards(top: Mapping[Any, Any], methods: Sequence[_Method], firing: np.ndarray | None) -> list[_Card]:
+    cards = []
+    for u, imgs in top.items():
+        labels = [(m, r) for m in methods if (r := m.by_unit.get(_unit_key(u))) is not None]
+        k = int(np.shape(plots._to_numpy(imgs))[0]) if np.ndim(plots._to_numpy(imgs)) else 0
+        rate = None
+        if firing is not None and isinstance(u, (int, np.integer)) and 0 <= u < firing.size:
+            rate = float(firing[u])
+        png = image_grid(imgs)
+        # Card as wide as its image row (at least room for the labels), so images keep their size.
+        cards.append(_Card(u, k, max(300, png_width(png)) + 22, data_uri(png), rate, labels))
+    return cards
+
+
+def _layer(name: str, info: LayerInfo | None, rows: Sequence[Row], anchor: str) -> _Layer:
+    """Everything the overview row and the section of one layer show."""
+    methods = _methods(rows)
+    firing = None if info is None or info.firing is None else np.asarray(plots._to_numpy(info.firing)).ravel()
+    top = {} if info is None else {_unit_key(u)[1]: v for u, v in (info.top_images or {}).items()}
+    keys = {k for m in methods for k in m.by_unit} | {_unit_key(u) for u in top}
+    if not keys and firing is not None:
+        keys = {(0, i) for i in range(firing.size)}
+    units = []
+    for is_name, u in sorted(keys):
+        numeric = is_name == 0
+        rate = float(firing[u]) if firing is not None and numeric and 0 <= u < firing.size else float("nan")
+        units.append(_UnitRow(u, float(u) if numeric else None, rate,
+                              [(m, m.by_unit.get((is_name, u))) for m in methods], u in top))
+    layer = _Layer(name, anchor, info, firing, methods, units, _cards(top, methods, firing), name.endswith("#pca"))
+    if firing is not None:
+        layer.dead = int((firing <= 0).sum())
+        if firing.size:
+            layer.median_firing = float(np.median(firing))
+    return layer
+
+
+def _plots(rows: Sequence[Row], layers: Sequence[LayerInfo], completeness: Mapping[str, Mapping[str, Any]] | None,
+           drift: Mapping[str, Sequence[tuple[int, float]]] | None) -> PendingPlots:
+    figs = PendingPlots()
+    if rows:
+        figs.add("score_histograms", lambda: plots.score_histograms(rows), "label score histograms",
+                 "Distribution of the best label's score per layer and method.")
+    firing = {li.name: li.firing for li in layers if li.firing is not None}
+    if firing:
+        figs.add("firing_rates", lambda: plots.firing_rates(firing), "firing rates",
+                 "Per-unit firing rates sorted from most to least active; a tail at zero means dead units.", 720)
+    if completeness:
+        figs.add("completeness", lambda: plots.completeness_curves(completeness), "completeness curves",
+                 "Completeness (Dey et al. 2020): variance explained by, and accuracy after ablating, the top-k "
+                 "principal components (solid) vs the top-k neurons (dashed).")
+    if drift:
+        figs.add("label_agreement", lambda: plots.label_agreement(drift), "label agreement",
+                 "Fraction of units whose label is unchanged since the previous dissection during training.", 720)
+    return figs
+
+
+def dissection_report(out_dir: str | os.PathLike, *, title: str, rows: Sequence[Mapping[str, Any]],
+                      layers: Sequence[LayerInfo], evaluation: Mapping[str, Any] | None = None,
+                      completeness: Mapping[str, Mapping[str, Any]] | None = None,
+                      drift: Mapping[str, Sequence[tuple[int, float]]] | None = None,
+                      meta: Mapping[str, Any] | None = None) -> Path:
+    """Write ``out_dir/report.html`` (plots also as ``out_dir/plots/*.png``) and return its path.
+
+    Sections: meta; evaluation summary; layer overview (units, measured active fraction, dead units,
+    per method mean score / distinct labels / share significant); plots (label-score histograms, sorted
+    firing rates, PCA-vs-neuron completeness after Dey et al. 2020, label drift over training); then
+    one section per layer: a sortable table of every labelled unit (label and score per method,
+    INVERT Mann-Whitney p-value) and, for the units given in ``LayerInfo.top_images``, a card with the
+    unit's labels next to its top-activating images. Layers present only in ``rows`` (e.g.
+    ``"<layer>#pca"``) get a section too.
+    """
+    out_dir = ensure_writable_dir(out_dir)
+    rows = list(rows)
+    infos = {li.name: li for li in layers}
+    rows_by_layer: dict[str, list[Row]] = {}
+    for r in rows:
+        rows_by_layer.setdefault(str(r.get("layer", "")), []).append(r)
+    order = list(infos) + [n for n in rows_by_layer if n not in infos]
+    used: set[str] = {"meta", "evaluation", "overview", "plots"}
+    anchors = {n: slug("layer-" + n, used) for n in order}
+
+    figs = _plots(rows, layers, completeness, drift)
+    views = [_layer(n, infos.get(n), rows_by_layer.get(n, []), anchors[n]) for n in order]
+    nav = [("meta", "run")] * bool(meta) + [("evaluation", "evaluation")] * bool(evaluation)
+    nav += [("overview", "layers")] + [("plots", "plots")] * bool(figs.figures)
+    nav += [(v.anchor, v.name) for v in views]
+    return write_report(out_dir, "dissect.html", figs, title=title, nav=nav, meta=meta, evaluation=evaluation,
+                        layers=views, n_units=len({(str(r.get("layer")), str(r.get("unit"))) for r in rows}),
+                        methods=sorted({str(r.get("method", "")) for r in rows}))
