@@ -1,0 +1,185 @@
+"""The golden cases: fixed inputs, the commands a user runs on them, and how their outputs are normalised.
+
+Each case runs real entry points (`analyze.py dissect | label | compare`) on committed runs or on data made
+here from fixed seeds, and returns ``{file name: text}``: CSV files as written, and each HTML report reduced
+to its visible text (tags, embedded images and the generation time removed), which holds every figure a
+reader sees. :func:`compare_outputs` compares CSV cells exactly for text and to a relative 1e-9 for numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RUNS = HERE / "runs"
+EXPECTED = HERE / "expected"
+REL_TOL = 1e-9
+TIME = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC")
+
+
+class _Text(HTMLParser):
+    """Visible text of a page, one line per text node; script and style bodies skipped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+        self._skip = 0
+
+    def handle_starttag(self, tag, attrs):
+        self._skip += tag in ("script", "style")
+        for key, value in attrs:  # captions and titles a reader sees on hover
+            if key in ("title", "alt") and value:
+                self.lines.append(f"[{key}] {value}")
+
+    def handle_endtag(self, tag):
+        self._skip -= tag in ("script", "style")
+
+    def handle_data(self, data):
+        text = " ".join(data.split())
+        if text and not self._skip:
+            self.lines.append(text)
+
+
+def report_text(path: Path, drop: tuple[str, ...] = ()) -> str:
+    parser = _Text()
+    parser.feed(path.read_text(encoding="utf-8"))
+    lines = [TIME.sub("<time>", line) for line in parser.lines]
+    out, skip_next = [], False
+    for line in lines:
+        if skip_next:  # the value cell after a dropped key (wall-clock seconds)
+            skip_next = False
+            continue
+        if line in drop:
+            skip_next = True
+            continue
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def _cli(*argv) -> None:
+    import analyze
+
+    code = analyze.main([str(a) for a in argv])
+    if code != 0:
+        raise AssertionError(f"analyze.py {' '.join(map(str, argv))} exited {code}")
+
+
+@dataclass
+class Case:
+    name: str
+    run: Callable[[Path], dict[str, str]]
+
+
+# ------------------------------------------------------------------------------------------------ dissect
+def tiny_clip(folder: Path) -> Path:
+    """A tiny open_clip model with seeded random weights in open_clip's local-dir layout."""
+    import open_clip
+    import torch
+
+    from lwtakit.clip import save_local_dir
+    from tests.test_clip import TINY_CFG
+
+    torch.manual_seed(0)
+    return save_local_dir(open_clip.CLIP(**TINY_CFG), TINY_CFG, folder)
+
+
+def run_dissect(work: Path) -> dict[str, str]:
+    clip = tiny_clip(work / "clip")
+    out = work / "dissect"
+    _cli("dissect", "--ckpt", RUNS / "default" / "checkpoints" / "last.ckpt", "--methods", "invert",
+         "clip_dissect", "iou", "--layers", "layer4.1.act2", "fc", "--clip-model", f"local-dir:{clip}", "--clip-cache", work / "cache",
+         "--concepts", "synthetic", "--pca", 4, "--max-length", 2, "--probe-size", 240, "--top-images", 4,
+         "--grid-units", 2, "--device", "cpu", "--out", out)
+    return {"labels.csv": (out / "labels.csv").read_text(),
+            "report.txt": report_text(out / "report.html", drop=("seconds",))}
+
+
+# -------------------------------------------------------------------------------------------------- label
+def label_data(n: int = 300, units: int = 10, concepts: int = 8, seed: int = 0):
+    """Activations with ties (rounded), planted concept detectors, concept labels and CLIP-like scores."""
+    rng = np.random.default_rng(seed)
+    labels = rng.random((n, concepts)) < rng.uniform(0.1, 0.45, concepts)
+    weights = rng.normal(size=(concepts, units)) * (rng.random((concepts, units)) < 0.3)
+    acts = np.round(labels @ weights * 2 + rng.normal(size=(n, units)), 1)
+    scores = labels * 0.3 + rng.normal(scale=0.1, size=(n, concepts))
+    names = [f"concept {i}" if i % 2 else f"concept_{i}" for i in range(concepts)]
+    return acts, labels, scores.astype(np.float32), names
+
+
+LABEL_METHODS = ("invert", "invert3", "soft_wpmi", "wpmi", "rank_reorder", "cos", "cos_cubed")
+
+
+def run_label(work: Path) -> dict[str, str]:
+    acts, labels, scores, names = label_data()
+    work.mkdir(parents=True, exist_ok=True)
+    np.save(work / "A.npy", acts)
+    np.save(work / "L.npy", labels)
+    np.save(work / "P.npy", scores)
+    (work / "names.txt").write_text("\n".join(names) + "\n")
+    out = {}
+    for method in LABEL_METHODS:
+        args = ["label", "--activations", work / "A.npy", "--concept-names", work / "names.txt",
+                "--out", work / f"{method}.csv"]
+        if method.startswith("invert"):
+            args += ["--method", "invert", "--concept-labels", work / "L.npy"]
+            if method == "invert3":
+                args += ["--max-length", 3]
+        else:
+            args += ["--method", method, "--concept-scores", work / "P.npy"]
+        _cli(*args)
+        out[f"{method}.csv"] = (work / f"{method}.csv").read_text()
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ compare
+def run_compare(work: Path) -> dict[str, str]:
+    out = work / "compare"
+    _cli("compare", RUNS / "default", RUNS / "default_dense", "--probe-size", 200, "--eval-size", 200,
+         "--device", "cpu", "--out", out)
+    return {"compare.csv": (out / "compare.csv").read_text(), "report.txt": report_text(out / "report.html")}
+
+
+CASES = [Case("dissect", run_dissect), Case("label", run_label), Case("compare", run_compare)]
+
+
+# ------------------------------------------------------------------------------------------------ compare
+def _cell_equal(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    try:
+        x, y = float(a), float(b)
+    except ValueError:
+        return False
+    return (math.isnan(x) and math.isnan(y)) or math.isclose(x, y, rel_tol=REL_TOL, abs_tol=1e-12)
+
+
+def compare_outputs(name: str, expected: str, actual: str) -> list[str]:
+    """Differences between two outputs, as readable lines (empty when they agree)."""
+    if not name.endswith(".csv"):
+        if expected == actual:
+            return []
+        import difflib
+
+        return list(difflib.unified_diff(expected.splitlines(), actual.splitlines(), "expected", "actual",
+                                         lineterm="", n=1))[:40]
+    exp = list(csv.reader(io.StringIO(expected)))
+    act = list(csv.reader(io.StringIO(actual)))
+    if exp[:1] != act[:1]:
+        return [f"{name}: columns {act[:1]} != expected {exp[:1]}"]
+    if len(exp) != len(act):
+        return [f"{name}: {len(act) - 1} rows, expected {len(exp) - 1}"]
+    diffs = []
+    for i, (re_, ra) in enumerate(zip(exp, act, strict=True)):
+        for col, a, b in zip(exp[0], re_, ra, strict=True):
+            if not _cell_equal(a, b):
+                diffs.append(f"{name} row {i} {col}: {b!r} != expected {a!r}")
+    return diffs[:40]

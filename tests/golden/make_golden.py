@@ -1,0 +1,58 @@
+"""Record the golden outputs that tests/test_golden.py compares against.
+
+    python tests/golden/make_golden.py [--runs DIR]
+
+The golden runs (`tests/golden/runs/{default,default_dense}`) are the README's `default` and `default_dense`
+experiments trained for 2 epochs (`trainer.max_epochs=2 logger=csv`), their checkpoints stripped to what
+`analyze.py` reads (weights, config, hyper-parameters: no optimiser state). With `--runs DIR` they are copied
+from DIR (a `run_dir` holding both runs); without it the committed ones are used.
+
+Re-record only when a change is *meant* to change what a user sees, and say so in the commit: the point of the
+goldens is that a refactor leaves every label, score and report figure exactly as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent.parent))
+
+from tests.golden import cases  # noqa: E402
+
+KEEP = ("state_dict", "lwtakit_config", "hyper_parameters")
+
+
+def copy_run(src: Path, dst: Path) -> None:
+    ckpt = torch.load(src / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    (dst / "checkpoints").mkdir(parents=True, exist_ok=True)
+    torch.save({k: ckpt[k] for k in KEEP}, dst / "checkpoints" / "last.ckpt")
+    shutil.copy(src / "labels.csv", dst / "labels.csv")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", type=Path, help="run_dir holding freshly trained default and default_dense runs")
+    args = p.parse_args()
+    if args.runs:
+        for name in ("default", "default_dense"):
+            copy_run(args.runs / name, cases.RUNS / name)
+    for case in cases.CASES:
+        out = cases.EXPECTED / case.name
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        produced = case.run(out.parent / (case.name + ".tmp"))
+        for name, text in produced.items():
+            (out / name).write_text(text)
+        shutil.rmtree(out.parent / (case.name + ".tmp"), ignore_errors=True)
+        print(f"recorded {case.name}: {', '.join(produced)}")
+
+
+if __name__ == "__main__":
+    main()
