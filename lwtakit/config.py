@@ -187,9 +187,31 @@ CHOICES = {
 }
 
 
+# Keys that moved (labeler settings now sit under their labeler): a stored config of an earlier version is read
+# with them in their new place; in YAML files and on the command line the old key is an error naming the new one.
+MOVED = {"dissection.max_length": ("dissection.invert.max_length",),
+         "dissection.beam": ("dissection.invert.beam",),
+         "dissection.clip_method": ("dissection.clip_dissect.similarity", "dissection.describe.similarity")}
+
+
+def _move_keys(data: dict) -> dict:
+    """``data`` (a plain config dict) with the :data:`MOVED` keys in their new places."""
+    data = OmegaConf.create(data)
+    for old, new in MOVED.items():
+        parent, _, leaf = old.rpartition(".")
+        node = OmegaConf.select(data, parent)
+        if node is not None and leaf in node:
+            value = node.pop(leaf)
+            for key in new:
+                OmegaConf.update(data, key, value, force_add=True)
+    return OmegaConf.to_container(data)
+
+
 def _one_line_omegaconf_error(exc: OmegaConfBaseException, where: str) -> UserError:
     """Turn an OmegaConf error into one line naming the key (and close matches for unknown keys)."""
     key = getattr(exc, "full_key", None) or "?"
+    if key in MOVED:
+        return UserError(f"config key '{key}' is now '{MOVED[key][0]}' ({where})")
     if isinstance(exc, ConfigKeyError) or "not in" in str(exc):
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.structured(Config)
@@ -322,7 +344,7 @@ def from_dict(data: dict) -> DictConfig:
     cfg = OmegaConf.structured(Config)
     OmegaConf.set_struct(cfg, True)
     try:
-        cfg = OmegaConf.merge(cfg, data)
+        cfg = OmegaConf.merge(cfg, _move_keys(data))
     except OmegaConfBaseException as exc:
         raise _one_line_omegaconf_error(exc, "stored config") from None
     return cfg

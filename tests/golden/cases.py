@@ -52,7 +52,7 @@ class _Text(HTMLParser):
 def report_text(path: Path, drop: tuple[str, ...] = ()) -> str:
     parser = _Text()
     parser.feed(path.read_text(encoding="utf-8"))
-    lines = [TIME.sub("<time>", line) for line in parser.lines]
+    lines = [TIME.sub("<time>", line).replace(str(HERE), "<golden>") for line in parser.lines]
     out, skip_next = [], False
     for line in lines:
         if skip_next:  # the value cell after a dropped key (wall-clock seconds)
