@@ -72,7 +72,7 @@ def label_evaluation(result: DissectionResult, loaded, probe, clip, request: Dis
     classifier = request.layers[-1]
     if classifier in default_layers(loaded.model)[-1:]:
         for method in methods:
-            final = table.select(classifier, method).records()
+            final = table.select(classifier, method).rows
             if not final:
                 continue  # e.g. IoU has no labels for a linear layer
             acc = final_layer_accuracy(final, loaded.class_names)
@@ -82,7 +82,7 @@ def label_evaluation(result: DissectionResult, loaded, probe, clip, request: Dis
                                                                                      clip.encode_texts)
     if getattr(probe, "concept_groups", None):
         for method in methods:
-            coverage = concept_coverage(table.select(method=method).records(), probe.concept_groups)
+            coverage = concept_coverage(table.select(method=method).rows, probe.concept_groups)
             out.update({f"{k} ({method})": v for k, v in coverage.items()})
     return out
 

@@ -116,9 +116,9 @@ def label_quality(table, class_names: list[str], probe) -> tuple[dict[str, float
 
     classifier = table.layers[-1]
     quality = {f"final-layer label {k}": v for k, v in
-               final_layer_accuracy(table.select(classifier).records(), class_names).items() if k != "n"}
+               final_layer_accuracy(table.select(classifier).rows, class_names).items() if k != "n"}
     if getattr(probe, "concept_groups", None):
-        quality.update(concept_coverage(table.records(), probe.concept_groups))
+        quality.update(concept_coverage(table.rows, probe.concept_groups))
     scores = [r.score for r in table if r.score is not None]
     quality["mean AUC"] = float(np.mean(scores)) if scores else float("nan")
     quality[f"share p<{SIGNIFICANT_P:g}"] = float(np.mean([r.p_value is not None and r.p_value < SIGNIFICANT_P

@@ -13,11 +13,10 @@ from .truth import (
     class_name_similarity,
     concept_coverage,
     final_layer_accuracy,
-    first_term,
     label_similarity,
     normalise,
     planted_recovery,
 )
 
-__all__ = ["class_name_similarity", "concept_coverage", "final_layer_accuracy", "first_term", "label_similarity",
+__all__ = ["class_name_similarity", "concept_coverage", "final_layer_accuracy", "label_similarity",
            "normalise", "planted_recovery"]

@@ -20,7 +20,8 @@ import torch
 from scipy import special
 
 from ..errors import UserError
-from ..labelers.invert import _mwu_logp, mann_whitney_pvalues, rank_data
+from ..labelers.invert import mann_whitney_pvalues, rank_data
+from ..labelers.invert.ranks import _mwu_logp
 from .label_vectors import label_vectors
 from .metrics import DEFAULT_ALPHA, check_alpha, get_metric, score, score_columns
 

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 
 from ..errors import UserError
+from ..labels import LabelRow
 
 
 def normalise(name) -> str:
@@ -27,21 +28,12 @@ def normalise(name) -> str:
     return " ".join(re.sub(r"[_\-]", " ", str(name)).lower().split())
 
 
-def first_term(label) -> str | None:
-    """The first term of a label or formula string: ``"(red OR blue) AND striped"`` -> ``"red"``;
-    ``"NOT red AND circle"`` -> ``"NOT red"`` (a negated first term is not the concept)."""
-    if label is None:
-        return None
-    text = str(label).strip().lstrip("(").strip()
-    return re.split(r"\s+(?:AND|OR)\s+|\)", text, maxsplit=1)[0].strip()
-
-
-def final_layer_accuracy(rows: Sequence[Mapping] | None, class_names: Sequence[str], *,
+def final_layer_accuracy(rows: Sequence[LabelRow] | None, class_names: Sequence[str], *,
                          scores=None, concept_names: Sequence[str] | None = None, k: int = 5) -> dict:
     """Top-1 / top-k label accuracy of a classifier's output units (unit i <-> ``class_names[i]``).
 
-    Either ``rows`` (one per unit with ``unit`` and ``label``; top-k uses the row's ``top5`` list when every
-    row has one, else NaN), or ``scores [C, M]`` with ``concept_names`` (M), ranking the concepts per unit.
+    Either ``rows`` (:class:`~lwtakit.labels.LabelRow`, one per unit; top-k uses the rows' ``top5`` when every
+    row has them, else NaN), or ``scores [C, M]`` with ``concept_names`` (M), ranking the concepts per unit.
     Returns ``{"top1", "top5", "n"}`` (``top5`` is top-``k``).
     """
     classes = [normalise(c) for c in class_names]
@@ -62,33 +54,30 @@ def final_layer_accuracy(rows: Sequence[Mapping] | None, class_names: Sequence[s
     if not rows:
         raise UserError("final_layer_accuracy needs label rows or a score matrix")
     hits1, hitsk = [], []
-    # top5 as a list, or "|"-joined as in labels.csv
-    rows = [{**r, "top5": r["top5"].split("|")} if isinstance(r.get("top5"), str) else r for r in rows]
-    have_top = all(isinstance(r.get("top5"), (list, tuple)) for r in rows)
+    have_top = all(r.top5 is not None for r in rows)
     for r in rows:
-        u = int(r["unit"])
+        u = int(r.unit)
         if not 0 <= u < len(classes):
             raise UserError(f"unit {u} has no class name ({len(classes)} classes); label the classifier layer")
-        hits1.append(normalise(r.get("label")) == classes[u] if r.get("label") is not None else False)
+        hits1.append(bool(r.label) and normalise(r.label) == classes[u])
         if have_top:
-            hitsk.append(classes[u] in {normalise(x) for x in list(r["top5"])[:k]})
+            hitsk.append(classes[u] in {normalise(x) for x in r.top5[:k]})
     n = len(rows)
     return {"top1": sum(hits1) / n, "top5": sum(hitsk) / n if have_top else float("nan"), "n": n}
 
 
-def planted_recovery(rows: Sequence[Mapping], truth: Mapping[int, str]) -> float:
+def planted_recovery(rows: Sequence[LabelRow], truth: Mapping[int, str]) -> float:
     """Fraction of the units in ``truth`` (unit -> planted concept) whose label, or the first term of
     their formula, is that concept. A unit without a row, or with a negated first term, counts as a miss."""
     if not truth:
         raise UserError("planted_recovery needs at least one unit with a known concept")
-    by_unit = {int(r["unit"]): r for r in rows}
+    by_unit = {int(r.unit): r for r in rows}
     hits = 0
     for unit, concept in truth.items():
         row = by_unit.get(int(unit))
         if row is None:
             continue
-        term = first_term(row.get("label"))
-        hits += term is not None and normalise(term) == normalise(concept)
+        hits += row.concept is not None and normalise(row.concept) == normalise(concept)
     return hits / len(truth)
 
 
@@ -102,23 +91,22 @@ def label_similarity(label_embeddings, class_embeddings) -> torch.Tensor:
     return torch.nn.functional.cosine_similarity(a, b, dim=1)
 
 
-def class_name_similarity(rows: Sequence[Mapping], class_names: Sequence[str],
+def class_name_similarity(rows: Sequence[LabelRow], class_names: Sequence[str],
                           embed: Callable[[list[str]], torch.Tensor]) -> float:
     """Mean cosine similarity, in the text space of ``embed`` (list of strings -> [n, D]), between each
     unit's label and its class name (units of a classifier layer)."""
-    labels = [str(r.get("label") or "") for r in rows]
-    classes = [class_names[int(r["unit"])] for r in rows]
+    labels = [r.label for r in rows]
+    classes = [class_names[r.unit] for r in rows]
     return float(label_similarity(embed(labels), embed(classes)).mean())
 
 
-def concept_coverage(rows: Sequence[Mapping], concept_groups: Mapping[str, Sequence[str]],
+def concept_coverage(rows: Sequence[LabelRow], concept_groups: Mapping[str, Sequence[str]],
                      min_score: float = 0.9) -> dict[str, float]:
     """Planted-concept recovery of a trained network: per concept group of the synthetic data (shape,
     colour, ...), the fraction of its concepts that are the label (first formula term) of at least one
     unit with ``score >= min_score`` (AUC for INVERT). Returns ``{"<group> concepts found": fraction}``
     and ``"concepts found"`` over all groups."""
-    found = {normalise(first_term(r.get("label")) or "") for r in rows
-             if r.get("score") is not None and float(r["score"]) >= min_score}
+    found = {normalise(r.concept or "") for r in rows if r.score is not None and r.score >= min_score}
     out, hits, total = {}, 0, 0
     for group, names in concept_groups.items():
         got = sum(normalise(n) in found for n in names)
