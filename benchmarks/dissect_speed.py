@@ -55,9 +55,10 @@ def _best_of_interleaved(fns, repeats: int) -> list[float]:
 # --------------------------------------------------------------------------------------------------
 def _small_resnet(num_classes: int = 10) -> tuple[torch.nn.Module, str]:
     from lwtakit.lwta import LWTAOptions
-    from lwtakit.models import build_model
+    from lwtakit.models import ArchOptions, build_model
 
-    model = build_model("resnet18", num_classes=num_classes, act="lwta", lwta=LWTAOptions(U=2), width=0.5)
+    model = build_model("resnet18", num_classes=num_classes, act="lwta", lwta=LWTAOptions(U=2),
+                        arch=ArchOptions(width=0.5))
     return model, "lwtakit resnet18 (lwta U=2, width .5)"
 
 

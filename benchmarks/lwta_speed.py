@@ -38,6 +38,7 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from lwtakit.lwta import LWTA  # noqa: E402
+from lwtakit.models.options import ArchOptions  # noqa: E402
 from lwtakit.models.resnet import resnet18  # noqa: E402
 
 
@@ -62,7 +63,8 @@ def build(variant: str, width: float, U: int) -> nn.Module:
         act = lambda c: NaiveLWTA(U)  # noqa: E731
     else:
         act = lambda c: LWTA(U)  # noqa: E731
-    return resnet18(num_classes=10, act_layer=act, width=width, stem="cifar", channel_multiple=U)
+    return resnet18(num_classes=10, act_layer=act, arch=ArchOptions(width=width, stem="cifar"),
+                    channel_multiple=U)
 
 
 def make_step(model, batch, device, cuda_graphs: bool = False):

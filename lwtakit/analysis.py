@@ -91,7 +91,9 @@ def completeness_curves(model, probe, layers: list[str], result: DissectionResul
                         request: DissectRequest) -> dict[str, dict[str, Any]]:
     """Dey et al. 2020: variance explained and accuracy under ablation, top-k PCs vs top-k neurons."""
     from lwtakit.labelers.pca import ablation_curve, variance_curves
+    from lwtakit.labelers.run_options import RunOptions
 
+    run = RunOptions(batch_size=request.options.batch_size, device=request.options.device, seed=request.seed)
     curves = {}
     for layer in layers:
         acts = result.recording.acts[layer]
@@ -102,8 +104,7 @@ def completeness_curves(model, probe, layers: list[str], result: DissectionResul
             ks = sorted({0, *[int(round(C * f)) for f in (0.05, 0.1, 0.25, 0.5, 0.75)], C})
             entry["k_ablation"] = ks
             for basis, key in (("pca", "pca_ablation_acc"), ("neurons", "neuron_ablation_acc")):
-                entry[key] = ablation_curve(model, layer, probe, basis, ks, acts=acts, seed=request.seed,
-                                            batch_size=request.options.batch_size, device=request.options.device)
+                entry[key] = ablation_curve(model, layer, probe, basis, ks, acts=acts, run=run)
         curves[layer] = entry
     return curves
 

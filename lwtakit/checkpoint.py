@@ -16,7 +16,7 @@ from torch import nn
 from lwtakit import config as config_lib
 from lwtakit.errors import UserError
 from lwtakit.lwta import LWTAOptions
-from lwtakit.models import build_model
+from lwtakit.models import ArchOptions, build_model
 
 CONFIG_KEY = "lwtakit_config"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -47,10 +47,9 @@ def build_network(cfg: DictConfig, num_classes: int, in_chans: int, mean, std) -
     m = cfg.model
     lwta = LWTAOptions(U=m.U, temperature=m.temperature.t0, temperature_on=m.temperature.on, inference=m.inference,
                        kl=m.kl)
-    return build_model(
-        m.name, num_classes=num_classes, act=m.act, lwta=lwta, width=m.width, stem=m.stem, in_chans=in_chans,
-        img_size=cfg.data.img_size, patch_size=m.patch_size, depth=m.depth, mean=tuple(mean), std=tuple(std),
-    )
+    arch = ArchOptions(width=m.width, stem=m.stem, in_chans=in_chans, img_size=cfg.data.img_size,
+                       patch_size=m.patch_size, depth=m.depth, mean=tuple(mean), std=tuple(std))
+    return build_model(m.name, num_classes=num_classes, act=m.act, lwta=lwta, arch=arch)
 
 
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> LoadedModel:

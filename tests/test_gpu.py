@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from scipy import stats
 
 from lwtakit.lwta import LWTA, lwta_layers, set_inference
+from lwtakit.models.options import ArchOptions
 from lwtakit.models.resnet import resnet18
 from lwtakit.recording import record_activations
 
@@ -85,7 +86,8 @@ def test_mixed_precision_train_step_keeps_one_winner_per_block(dtype, U):
     """Under autocast the LWTA layers see half-precision maps: still one winner per block (firing exactly
     1/U), output = input at the winner, finite gradients for every parameter."""
     torch.manual_seed(2)
-    model = resnet18(num_classes=6, act_layer=lambda c: LWTA(U), width=0.25, channel_multiple=U).cuda().train()
+    model = resnet18(num_classes=6, act_layer=lambda c: LWTA(U), arch=ArchOptions(width=0.25),
+                     channel_multiple=U).cuda().train()
     x = torch.rand(32, 3, 32, 32, device="cuda")
     y = torch.randint(0, 6, (32,), device="cuda")
     seen = {}
@@ -115,7 +117,8 @@ def test_recording_on_cuda_equals_recording_on_cpu(monkeypatch):
 
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # TF32 convs differ from the CPU at 1e-3
     torch.manual_seed(3)
-    model = resnet18(num_classes=6, act_layer=lambda c: LWTA(2), width=0.25, channel_multiple=2).eval()
+    model = resnet18(num_classes=6, act_layer=lambda c: LWTA(2), arch=ArchOptions(width=0.25),
+                     channel_multiple=2).eval()
     set_inference(model, "argmax")
     probe = ConceptShapes(size=96, seed=0)
     # early layers: deeper ones amplify the rare winner flips at near-ties (float rounding differs by device)

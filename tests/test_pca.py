@@ -7,6 +7,7 @@ from torch import nn
 
 from lwtakit.errors import UserError
 from lwtakit.labelers.pca import ablation_curve, fit_pca, neuron_basis, variance_curves
+from lwtakit.labelers.run_options import RunOptions
 
 
 def _acts(N=300, C=6, seed=0):
@@ -65,7 +66,7 @@ def test_ablation_endpoints_and_middle_vs_direct():
     y[:40] = (y[:40] + 1) % 3  # unablated accuracy 0.8, not 1
     ds = torch.utils.data.TensorDataset(x, y)
     for basis in ("pca", "neurons"):
-        accs = ablation_curve(model, "act", ds, basis=basis, ks=[0, 3, 8], acts=h, batch_size=64)
+        accs = ablation_curve(model, "act", ds, basis=basis, ks=[0, 3, 8], acts=h, run=RunOptions(batch_size=64))
         assert accs[0] == pytest.approx(0.8)
         with torch.no_grad():
             const = model.fc2(h.mean(0, keepdim=True)).argmax(1)  # every input maps to the mean

@@ -76,13 +76,13 @@ def test_format_p():
 def test_sentence_significant_either_way():
     rng = np.random.default_rng(5)
     high, low = rng.normal(0.6, 0.1, 200), rng.normal(0.5, 0.1, 200)
-    v = V.verdict("layer4", "f1", "default", high, "default_dense", low)
+    v = V.verdict("layer4", "f1", ("default", high), ("default_dense", low))
     assert v.higher == "default" and v.p < 1e-5
     a, b = V.bootstrap_ci(high), V.bootstrap_ci(low)
     fmt = "{:.3g} [{:.3g}, {:.3g}]"
     assert v.sentence() == (f"layer4: default higher held-out f1 than default_dense, {fmt.format(*a)} vs "
                             f"{fmt.format(*b)}, {V.format_p(V.compare_samples(high, low))}")
-    w = V.verdict("layer4", "f1", "default", low, "default_dense", high, heldout=False)
+    w = V.verdict("layer4", "f1", ("default", low), ("default_dense", high), heldout=False)
     assert w.higher == "default_dense"
     assert w.sentence().startswith(f"layer4: default_dense higher f1 than default, {fmt.format(*a)} vs")
     assert w.record() == {"run": "default vs default_dense", "metric": "verdict/layer4/f1", "value": w.p,
@@ -92,15 +92,15 @@ def test_sentence_significant_either_way():
 def test_sentence_not_significant_and_too_few():
     rng = np.random.default_rng(6)
     a, b = rng.normal(0.6, 0.1, 50), rng.normal(0.6, 0.1, 50)
-    v = V.verdict("layer4", "correlation", "A", a, "B", b)
+    v = V.verdict("layer4", "correlation", ("A", a), ("B", b))
     assert v.p > 0.05 and v.higher is None
     ia, ib = V.bootstrap_ci(a), V.bootstrap_ci(b)
     assert v.sentence() == (f"layer4: no significant difference in held-out correlation between A "
                             f"({ia[0]:.3g} [{ia[1]:.3g}, {ia[2]:.3g}]) and B ({ib[0]:.3g} [{ib[1]:.3g}, {ib[2]:.3g}]), "
                             f"p = {v.p:.3g}")
-    few = V.verdict("fc", "f1", "A", [0.5, np.nan], "B", b)
+    few = V.verdict("fc", "f1", ("A", [0.5, np.nan]), ("B", b))
     assert math.isnan(few.p) and few.higher is None
     assert few.sentence() == ("fc: held-out f1 cannot be compared between A (1 unit) and B (50 units): each run "
                               "needs at least 2 units with a value")
     with pytest.raises(UserError, match="alpha"):
-        V.verdict("fc", "f1", "A", a, "B", b, alpha=0)
+        V.verdict("fc", "f1", ("A", a), ("B", b), alpha=0)

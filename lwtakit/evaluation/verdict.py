@@ -143,14 +143,15 @@ class Verdict:
                 "value": self.p, "ci_low": None, "ci_high": None}
 
 
-def verdict(layer: str, metric: str, run_a: str, values_a, run_b: str, values_b, alpha: float = 0.05,
+def verdict(layer: str, metric: str, a: tuple[str, object], b: tuple[str, object], *, alpha: float = 0.05,
             seed: int = 0, heldout: bool = True) -> Verdict:
-    """Compare two runs' per-unit values of ``metric`` in ``layer`` (NaN = unit without a value): means with
-    95% percentile bootstrap intervals (:func:`bootstrap_ci`, 2000 resamples, ``seed``) and a two-sided
-    Mann-Whitney test (:func:`compare_samples`) at level ``alpha``. ``heldout``: the values were computed on
-    the evaluation part of the probe split (the sentence says "held-out")."""
+    """Compare two runs' per-unit values of ``metric`` in ``layer``, each run given as ``(name, values)`` (NaN =
+    unit without a value): means with 95% percentile bootstrap intervals (:func:`bootstrap_ci`, 2000 resamples,
+    ``seed``) and a two-sided Mann-Whitney test (:func:`compare_samples`) at level ``alpha``. ``heldout``: the
+    values were computed on the evaluation part of the probe split (the sentence says "held-out")."""
     if not 0 < alpha < 1:
         raise UserError(f"significance level alpha must be in (0, 1), got {alpha}")
+    (run_a, values_a), (run_b, values_b) = a, b
     p, superiority = _mann_whitney(values_a, values_b)
     higher = None
     if p <= alpha and superiority != 0.5:

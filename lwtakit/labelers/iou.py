@@ -27,6 +27,7 @@ directions are dissected exactly like k units.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -38,6 +39,7 @@ from ..labels import LabelRow
 from ..recording import analysis_mode, capture, resolve_module, split_batch
 from .base import MASKS, SPATIAL, Context, Labeler, Target, register_labeler, rows_from_dicts
 from .configs import IoUConfig
+from .run_options import RunOptions
 
 
 def _batches(n: int, batch_size: int):
@@ -64,74 +66,104 @@ def _images(dataset, idx: Sequence[int]) -> torch.Tensor:
     return images
 
 
-def iou_matrix(model: torch.nn.Module, dataset, layer: str, quantile: float = 0.005, batch_size: int = 32,
-               device="cpu", seed: int = 0, progress: bool = False, max_elements: int = 1 << 26,
-               directions: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dataset-level IoU ``[C, K]`` (float64; NaN for concepts whose masks are empty on the whole probe
-    set) and the thresholds ``T_k [C]`` of Network Dissection (see the module docstring).
+def _settings(config: IoUConfig | None, run: RunOptions | None, overrides: dict) -> tuple[IoUConfig, RunOptions]:
+    """``config`` and ``run`` (defaults :class:`IoUConfig`, :class:`RunOptions`) with ``overrides`` applied, each
+    keyword to the one of the two that has such a field (``quantile=...``, ``batch_size=...``)."""
+    names = {f.name for f in dataclasses.fields(IoUConfig)}
+    config = dataclasses.replace(config or IoUConfig(), **{k: v for k, v in overrides.items() if k in names})
+    run = dataclasses.replace(run or RunOptions(), **{k: v for k, v in overrides.items() if k not in names})
+    return config, run
 
-    ``dataset[i]`` gives ``(image, label)`` and ``dataset.concept_masks(i)`` bool ``[K, H, W]``. A
-    stochastic model (LWTA sampling) is run with the same seed in both passes so they see the same maps.
-    ``directions = (mean [C], V [k, C])`` dissects the k directions instead of the C units (module docstring).
-    """
-    from tqdm.auto import tqdm
 
+def _check_probe(model: torch.nn.Module, dataset, layer: str) -> None:
     if not hasattr(dataset, "concept_masks"):
         raise UserError("IoU labels need a probe set with segmentation masks (dataset.concept_masks(i)), "
                         "e.g. the synthetic ConceptShapes dataset")
-    if not 0 < quantile < 1:
-        raise UserError(f"quantile must be in (0, 1), got {quantile}")
     resolve_module(model, layer)
-    N = len(dataset)
-    if N == 0:
+    if len(dataset) == 0:
         raise UserError("the probe set is empty")
-    device = torch.device(device)
-    with analysis_mode(model):
-        # Pass 1: exact top-m activations per unit -> threshold.
-        torch.manual_seed(seed)
-        top = unit_min = None
-        m = None
-        for idx in tqdm(list(_batches(N, batch_size)), desc="IoU thresholds", disable=not progress,
-                        leave=False):
-            maps = _maps(model, layer, _images(dataset, idx), device, directions)
-            B, C, h, w = maps.shape
-            if m is None:
-                m = max(1, int(round(quantile * N * h * w)))
-                top = torch.empty(C, 0, device=maps.device)
-                unit_min = torch.full((C,), float("inf"), device=maps.device)
-            flat = maps.transpose(0, 1).reshape(C, -1)
-            unit_min = torch.minimum(unit_min, flat.amin(1))
-            both = torch.cat([top, flat], 1)
-            top = torch.topk(both, min(m, both.shape[1]), dim=1).values
-        thresholds = top[:, -1].clone()
 
-        # Pass 2: intersections and unions at mask resolution.
-        torch.manual_seed(seed)
-        inter = act_area = mask_area = None
-        for idx in tqdm(list(_batches(N, batch_size)), desc="IoU overlaps", disable=not progress,
-                        leave=False):
-            maps = _maps(model, layer, _images(dataset, idx), device, directions)
-            masks = torch.from_numpy(np.stack([np.asarray(dataset.concept_masks(i), bool) for i in idx]))
-            masks = masks.to(maps.device)
-            B, C = maps.shape[:2]
-            K, H, W = masks.shape[1:]
-            if inter is None:
-                inter = torch.zeros(C, K, dtype=torch.float64, device=maps.device)
-                act_area = torch.zeros(C, dtype=torch.float64, device=maps.device)
-                mask_area = torch.zeros(K, dtype=torch.float64, device=maps.device)
-            L = masks.permute(1, 0, 2, 3).reshape(K, -1).t().float()  # [B*H*W, K]
-            mask_area += L.sum(0).double()
-            chunk = max(1, max_elements // (B * H * W))
-            for lo in range(0, C, chunk):
-                part = maps[:, lo:lo + chunk]
-                if part.shape[2:] != (H, W):
-                    part = F.interpolate(part, size=(H, W), mode="bilinear", align_corners=False)
-                t = thresholds[lo:lo + chunk].view(1, -1, 1, 1)
-                lowest = unit_min[lo:lo + chunk].view(1, -1, 1, 1)
-                on = (part >= t) & (part > lowest)
-                on = on.transpose(0, 1).reshape(on.shape[1], -1).float()  # [chunk, B*H*W]
-                act_area[lo:lo + chunk] += on.sum(1).double()
-                inter[lo:lo + chunk] += (on @ L).double()
+
+def _probe_maps(model: torch.nn.Module, dataset, layer: str, run: RunOptions, directions, desc: str):
+    """``(indices, maps [B, C, h, w])`` per batch of the probe set, after seeding torch with ``run.seed`` so that
+    every pass over a stochastic model sees the same maps."""
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(run.seed)
+    device = torch.device(run.device)
+    for idx in tqdm(list(_batches(len(dataset), run.batch_size)), desc=desc, disable=not run.progress,
+                    leave=False):
+        yield idx, _maps(model, layer, _images(dataset, idx), device, directions)
+
+
+def _threshold_pass(batches, quantile: float, N: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pass 1: ``(T_k [C], min_k [C])``, the smallest of each unit's exact top ``m = max(1, round(quantile * N *
+    h * w))`` activations (a running ``topk``) and its minimum activation, over ``batches`` of maps."""
+    top = unit_min = m = None
+    for _, maps in batches:
+        B, C, h, w = maps.shape
+        if m is None:
+            m = max(1, int(round(quantile * N * h * w)))
+            top = torch.empty(C, 0, device=maps.device)
+            unit_min = torch.full((C,), float("inf"), device=maps.device)
+        flat = maps.transpose(0, 1).reshape(C, -1)
+        unit_min = torch.minimum(unit_min, flat.amin(1))
+        both = torch.cat([top, flat], 1)
+        top = torch.topk(both, min(m, both.shape[1]), dim=1).values
+    return top[:, -1].clone(), unit_min
+
+
+def _overlap_pass(batches, dataset, thresholds: torch.Tensor, unit_min: torch.Tensor,
+                  max_elements: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pass 2: float64 ``(sum_x |M_k ∩ L_c| [C, K], sum_x |M_k| [C], sum_x |L_c| [K])`` with ``M_k`` the map
+    upsampled (bilinear) to mask resolution and binarised at ``T_k`` (never at the unit's minimum); units are
+    chunked so that at most about ``max_elements`` upsampled values exist at once."""
+    inter = act_area = mask_area = None
+    for idx, maps in batches:
+        masks = torch.from_numpy(np.stack([np.asarray(dataset.concept_masks(i), bool) for i in idx]))
+        masks = masks.to(maps.device)
+        B, C = maps.shape[:2]
+        K, H, W = masks.shape[1:]
+        if inter is None:
+            inter = torch.zeros(C, K, dtype=torch.float64, device=maps.device)
+            act_area = torch.zeros(C, dtype=torch.float64, device=maps.device)
+            mask_area = torch.zeros(K, dtype=torch.float64, device=maps.device)
+        L = masks.permute(1, 0, 2, 3).reshape(K, -1).t().float()  # [B*H*W, K]
+        mask_area += L.sum(0).double()
+        chunk = max(1, max_elements // (B * H * W))
+        for lo in range(0, C, chunk):
+            part = maps[:, lo:lo + chunk]
+            if part.shape[2:] != (H, W):
+                part = F.interpolate(part, size=(H, W), mode="bilinear", align_corners=False)
+            t = thresholds[lo:lo + chunk].view(1, -1, 1, 1)
+            lowest = unit_min[lo:lo + chunk].view(1, -1, 1, 1)
+            on = (part >= t) & (part > lowest)
+            on = on.transpose(0, 1).reshape(on.shape[1], -1).float()  # [chunk, B*H*W]
+            act_area[lo:lo + chunk] += on.sum(1).double()
+            inter[lo:lo + chunk] += (on @ L).double()
+    return inter, act_area, mask_area
+
+
+def iou_matrix(model: torch.nn.Module, dataset, layer: str, config: IoUConfig | None = None,
+               run: RunOptions | None = None, *, directions: tuple[torch.Tensor, torch.Tensor] | None = None,
+               max_elements: int = 1 << 26, **overrides) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dataset-level IoU ``[C, K]`` (float64; NaN for concepts whose masks are empty on the whole probe
+    set) and the thresholds ``T_k [C]`` of Network Dissection (Bau et al. 2017, eq. 1; see the module docstring).
+
+    ``dataset[i]`` gives ``(image, label)`` and ``dataset.concept_masks(i)`` bool ``[K, H, W]``. ``config``: the
+    quantile (:class:`IoUConfig`); ``run``: batch size, device, seed, progress (:class:`RunOptions`);
+    ``overrides``: fields of either (``quantile=0.01, batch_size=16``). A stochastic model (LWTA sampling) is
+    run with the same seed in both passes so they see the same maps. ``directions = (mean [C], V [k, C])``
+    dissects the k directions instead of the C units (module docstring).
+    """
+    config, run = _settings(config, run, overrides)
+    _check_probe(model, dataset, layer)
+    with analysis_mode(model):
+        thresholds, unit_min = _threshold_pass(
+            _probe_maps(model, dataset, layer, run, directions, "IoU thresholds"), config.quantile, len(dataset))
+        inter, act_area, mask_area = _overlap_pass(
+            _probe_maps(model, dataset, layer, run, directions, "IoU overlaps"), dataset, thresholds, unit_min,
+            max_elements)
     union = act_area[:, None] + mask_area[None, :] - inter
     iou = torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(inter))
     iou[:, mask_area == 0] = float("nan")
@@ -139,15 +171,15 @@ def iou_matrix(model: torch.nn.Module, dataset, layer: str, quantile: float = 0.
 
 
 def label_units(model: torch.nn.Module, dataset, layer: str, concept_names: Sequence[str] | None = None,
-                quantile: float = 0.005, batch_size: int = 32, device="cpu", seed: int = 0,
-                progress: bool = False, directions: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[dict]:
+                config: IoUConfig | None = None, run: RunOptions | None = None, *,
+                directions: tuple[torch.Tensor, torch.Tensor] | None = None, **overrides) -> list[dict]:
     """One row per unit of ``layer``: ``unit, label, score (= iou), iou, threshold, top5`` with the
     concept of highest dataset-level IoU (Network Dissection, Bau et al. 2017); concepts whose masks are
-    empty on the probe set are skipped. ``concept_names`` default to ``dataset.concept_names``. With
-    ``directions`` the rows are those directions (e.g. PCA components) instead of the layer's units."""
+    empty on the probe set are skipped. ``concept_names`` default to ``dataset.concept_names``; ``config``,
+    ``run`` and ``overrides`` as in :func:`iou_matrix`. With ``directions`` the rows are those directions
+    (e.g. PCA components) instead of the layer's units."""
     names = list(concept_names if concept_names is not None else getattr(dataset, "concept_names", []))
-    iou, thresholds = iou_matrix(model, dataset, layer, quantile=quantile, batch_size=batch_size,
-                                 device=device, seed=seed, progress=progress, directions=directions)
+    iou, thresholds = iou_matrix(model, dataset, layer, config, run, directions=directions, **overrides)
     if len(names) != iou.shape[1]:
         raise UserError(f"{len(names)} concept names for {iou.shape[1]} concept masks")
     valid = ~torch.isnan(iou[0]) if iou.shape[0] else torch.zeros(0, dtype=torch.bool)
@@ -174,7 +206,7 @@ class IoULabeler(Labeler):
     needs = frozenset({MASKS, SPATIAL})
 
     def label(self, target: Target, ctx: Context) -> list[LabelRow]:
-        dicts = label_units(ctx.model, ctx.probe, target.layer, list(ctx.probe.concept_names),
-                            quantile=self.config.quantile, batch_size=ctx.batch_size, device=ctx.device,
+        run = RunOptions(batch_size=ctx.batch_size, device=ctx.device)
+        dicts = label_units(ctx.model, ctx.probe, target.layer, list(ctx.probe.concept_names), self.config, run,
                             directions=target.directions)
         return rows_from_dicts(dicts, target, self.name)

@@ -25,6 +25,7 @@ import torch
 
 from ..errors import UserError
 from ..recording import analysis_mode, make_loader, record_activations, resolve_module, split_batch
+from .run_options import RunOptions
 
 
 @dataclass
@@ -131,9 +132,50 @@ class _ProjectOut:
         return out.movedim(-1, 1) if output.dim() == 4 else out
 
 
+_ABLATION_RUN = RunOptions(batch_size=256)
+
+
+def _ablation_basis(model: torch.nn.Module, layer: str, dataset, basis, acts, mean,
+                    run: RunOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(directions [m, C], centre [C])`` of :func:`ablation_curve`'s ``basis`` (fitted on ``acts``, recorded
+    from ``dataset`` when needed and not given)."""
+    if isinstance(basis, str):
+        if basis not in ("pca", "neurons"):
+            raise UserError(f"basis must be 'pca', 'neurons' or a [m, C] tensor, got {basis!r}")
+        if acts is None:
+            acts = record_activations(model, dataset, [layer], batch_size=run.batch_size, device=run.device,
+                                      progress=False).acts[layer]
+        directions, centre = (pca_basis if basis == "pca" else neuron_basis)(acts)
+        if mean is not None:
+            centre = torch.as_tensor(mean).float()
+        return directions, centre
+    directions = torch.as_tensor(basis).float()
+    if directions.dim() != 2:
+        raise UserError(f"basis tensor must be [m, C], got shape {tuple(directions.shape)}")
+    if mean is not None:
+        centre = torch.as_tensor(mean).float()
+    elif acts is not None:
+        centre = torch.as_tensor(acts).float().mean(0)
+    else:
+        centre = torch.zeros(directions.shape[1])
+    return directions, centre
+
+
+def _accuracy(model: torch.nn.Module, loader, device: torch.device) -> float:
+    """Top-1 accuracy of ``model`` over ``loader``'s ``(image, label)`` batches."""
+    correct = total = 0
+    for batch in loader:
+        images, labels = split_batch(batch)
+        if labels is None:
+            raise UserError("ablation accuracy needs a dataset of (image, label) items")
+        pred = model(images.to(device)).argmax(1).cpu()
+        correct += int((pred == labels.reshape(-1)).sum())
+        total += labels.numel()
+    return correct / max(total, 1)
+
+
 def ablation_curve(model: torch.nn.Module, layer: str, dataset, basis="pca", ks: Sequence[int] | None = None,
-                   *, acts=None, mean=None, batch_size: int = 256, device="cpu", seed: int = 0,
-                   progress: bool = False) -> list[float]:
+                   *, acts=None, mean=None, run: RunOptions | None = None) -> list[float]:
     """Completeness 2 (Dey et al. 2020): top-1 accuracy of ``model`` on ``dataset`` when the top-k
     directions of ``basis`` are projected out of ``layer``'s output, for each k in ``ks``.
 
@@ -141,52 +183,28 @@ def ablation_curve(model: torch.nn.Module, layer: str, dataset, basis="pca", ks:
     recorded from ``dataset`` when not given), or a tensor ``[m, C]`` of orthonormal directions ordered
     by importance (then ``mean`` [C] is the centre; default the mean of ``acts`` or zero). k = 0 is the
     unablated model; k = C with a complete basis replaces the output by the mean (chance-level accuracy).
-    Stochastic models run with the same seed for every k.
+    ``run``: batch size, device, seed and progress bar (default ``RunOptions(batch_size=256)``); stochastic
+    models run with the same seed for every k.
     """
+    from tqdm.auto import tqdm
+
+    run = run if run is not None else _ABLATION_RUN
     resolve_module(model, layer)
-    if isinstance(basis, str):
-        if basis not in ("pca", "neurons"):
-            raise UserError(f"basis must be 'pca', 'neurons' or a [m, C] tensor, got {basis!r}")
-        if acts is None:
-            acts = record_activations(model, dataset, [layer], batch_size=batch_size, device=device,
-                                      progress=False).acts[layer]
-        directions, centre = (pca_basis if basis == "pca" else neuron_basis)(acts)
-        if mean is not None:
-            centre = torch.as_tensor(mean).float()
-    else:
-        directions = torch.as_tensor(basis).float()
-        if directions.dim() != 2:
-            raise UserError(f"basis tensor must be [m, C], got shape {tuple(directions.shape)}")
-        if mean is not None:
-            centre = torch.as_tensor(mean).float()
-        elif acts is not None:
-            centre = torch.as_tensor(acts).float().mean(0)
-        else:
-            centre = torch.zeros(directions.shape[1])
+    directions, centre = _ablation_basis(model, layer, dataset, basis, acts, mean, run)
     ks = list(range(directions.shape[0] + 1)) if ks is None else [int(k) for k in ks]
     if any(k < 0 or k > directions.shape[0] for k in ks):
         raise UserError(f"ks must lie in [0, {directions.shape[0]}] (the basis size), got {ks}")
     module = model.get_submodule(layer)
-    loader = make_loader(dataset, batch_size)
-    device = torch.device(device)
-    from tqdm.auto import tqdm
-
+    loader = make_loader(dataset, run.batch_size)
+    device = torch.device(run.device)
     accuracies = []
     with analysis_mode(model):
-        for k in tqdm(ks, desc="ablation", disable=not progress, leave=False):
-            torch.manual_seed(seed)
+        for k in tqdm(ks, desc="ablation", disable=not run.progress, leave=False):
+            torch.manual_seed(run.seed)
             handle = module.register_forward_hook(_ProjectOut(directions[:k], centre)) if k else None
-            correct = total = 0
             try:
-                for batch in loader:
-                    images, labels = split_batch(batch)
-                    if labels is None:
-                        raise UserError("ablation accuracy needs a dataset of (image, label) items")
-                    pred = model(images.to(device)).argmax(1).cpu()
-                    correct += int((pred == labels.reshape(-1)).sum())
-                    total += labels.numel()
+                accuracies.append(_accuracy(model, loader, device))
             finally:
                 if handle is not None:
                     handle.remove()
-            accuracies.append(correct / max(total, 1))
     return accuracies

@@ -1,13 +1,14 @@
 """Model builders: ResNet-18/34/50 and ViT-Tiny/Small with ReLU / GELU / LWTA activations.
 
-``build_model(name, num_classes, act="lwta", lwta=LWTAOptions(U=2, ...), ...)`` looks ``name`` up in ``MODELS``;
+``build_model(name, num_classes, act="lwta", lwta=LWTAOptions(U=2, ...), arch=ArchOptions(width=0.5, ...))``
+looks ``name`` up in ``MODELS``;
 ``convert_activations`` swaps the activations of any module; ``default_layers`` names the
 activation modules of the last stage plus the classifier (what dissection looks at by default).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import replace
 
 from torch import nn
@@ -15,6 +16,7 @@ from torch import nn
 from lwtakit.errors import UserError
 from lwtakit.lwta import LWTA, LWTAOptions
 from lwtakit.models.convert import convert_activations
+from lwtakit.models.options import ArchOptions
 from lwtakit.models.resnet import ResNet, resnet18, resnet34, resnet50
 from lwtakit.models.vit import VisionTransformer, vit_small, vit_tiny
 
@@ -27,7 +29,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 ACTS = ("relu", "gelu", "lwta")
 
-__all__ = ["MODELS", "build_model", "convert_activations", "default_layers", "make_act_layer",
+__all__ = ["MODELS", "ArchOptions", "build_model", "convert_activations", "default_layers", "make_act_layer",
            "ResNet", "VisionTransformer"]
 
 
@@ -50,49 +52,30 @@ def make_act_layer(act: str, lwta: LWTAOptions | None = None) -> Callable[[int],
     raise UserError(f"unknown activation {act!r}; use one of {', '.join(ACTS)}")
 
 
-def build_model(
-    name: str,
-    num_classes: int,
-    act: str = "lwta",
-    lwta: LWTAOptions | None = None,
-    *,
-    width: float = 1.0,
-    stem: str = "cifar",
-    in_chans: int = 3,
-    img_size: int = 32,
-    patch_size: int = 4,
-    depth: int | None = None,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-) -> nn.Module:
+def build_model(name: str, num_classes: int, act: str = "lwta", lwta: LWTAOptions | None = None, *,
+                arch: ArchOptions | None = None, **overrides) -> nn.Module:
     """Build a registered model. ResNets: every activation site (stem, act1/act2[/act3]) uses ``act``;
     ViTs: the MLP activation only (``act="lwta"`` competes over the hidden 4*dim units per token).
     ``lwta``: the options of every LWTA layer (default :class:`LWTAOptions`); ``lwta.dense=None`` falls back
-    to the architecture's activation for U=1 (ReLU in ResNets, GELU in ViTs). ``mean``/``std`` default to
-    0.5/0.25 per input channel."""
+    to the architecture's activation for U=1 (ReLU in ResNets, GELU in ViTs). ``arch``: width, stem, input
+    size and channels, depth, normalisation (default :class:`ArchOptions`); ``overrides`` are its fields
+    (``width=0.25``)."""
     if name not in MODELS:
         raise UserError(f"unknown model {name!r}; available: {', '.join(MODELS)}")
     if int(num_classes) < 1:
         raise UserError(f"num_classes must be >= 1, got {num_classes!r}")
-    if not width > 0:
-        raise UserError(f"width multiplier must be > 0, got {width!r}")
-    mean = tuple(mean) if mean is not None else (0.5,) * in_chans
-    std = tuple(std) if std is not None else (0.25,) * in_chans
+    arch = replace(arch or ArchOptions(), **overrides)
     is_vit = name.startswith("vit")
     lwta = lwta if lwta is not None else LWTAOptions()
     if lwta.dense is None:
         lwta = replace(lwta, dense="gelu" if is_vit else "relu")
     act_layer = make_act_layer(act, lwta)
     if is_vit:
-        kw = dict(num_classes=num_classes, act_layer=act_layer, img_size=img_size, patch_size=patch_size,
-                  in_chans=in_chans, mean=mean, std=std)
-        if depth is not None:
-            kw["depth"] = int(depth)
-        return MODELS[name](**kw)
-    if depth is not None:
+        return MODELS[name](num_classes=num_classes, act_layer=act_layer, arch=arch)
+    if arch.depth is not None:
         raise UserError(f"depth applies to ViTs only; pick resnet18/34/50 for {name!r} instead")
-    return MODELS[name](num_classes=num_classes, act_layer=act_layer, width=width, stem=stem,
-                        in_chans=in_chans, mean=mean, std=std, channel_multiple=lwta.U if act == "lwta" else 1)
+    return MODELS[name](num_classes=num_classes, act_layer=act_layer, arch=arch,
+                        channel_multiple=lwta.U if act == "lwta" else 1)
 
 
 _ACT_TYPES = (LWTA, nn.ReLU, nn.GELU)

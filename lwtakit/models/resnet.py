@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from lwtakit.errors import UserError
+from lwtakit.models.options import ArchOptions
 
 ActLayer = Callable[[int], nn.Module]
 
@@ -103,30 +104,21 @@ def _downsample(in_ch: int, out_ch: int, stride: int) -> nn.Module | None:
 
 
 class ResNet(nn.Module):
-    """ResNet with stages ``layer1..layer4``, global average pool and classifier ``fc``."""
+    """ResNet with stages ``layer1..layer4``, global average pool and classifier ``fc``; ``arch`` gives the width
+    multiplier, stem, input channels and normalisation, ``channel_multiple`` the LWTA U every width is rounded to."""
 
-    def __init__(
-        self,
-        block: type[BasicBlock] | type[Bottleneck],
-        layers: Sequence[int],
-        num_classes: int,
-        act_layer: ActLayer,
-        width: float = 1.0,
-        stem: str = "cifar",
-        in_chans: int = 3,
-        mean: Sequence[float] = (0.5, 0.5, 0.5),
-        std: Sequence[float] = (0.25, 0.25, 0.25),
-        channel_multiple: int = 1,
-    ):
+    def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: Sequence[int], num_classes: int,
+                 act_layer: ActLayer, arch: ArchOptions | None = None, channel_multiple: int = 1):
         super().__init__()
-        if stem not in ("cifar", "imagenet"):
-            raise UserError(f"unknown stem {stem!r}; use 'cifar' (3x3, no max-pool) or 'imagenet' (7x7/2 + max-pool)")
-        if len(mean) != in_chans or len(std) != in_chans:
-            raise UserError(f"mean/std need {in_chans} values (one per input channel), got {len(mean)}/{len(std)}")
-        self.normalize = Normalize(mean, std)
+        arch = arch if arch is not None else ArchOptions()
+        if arch.stem not in ("cifar", "imagenet"):
+            raise UserError(f"unknown stem {arch.stem!r}; use 'cifar' (3x3, no max-pool) or 'imagenet' "
+                            "(7x7/2 + max-pool)")
+        self.normalize = Normalize(*arch.normalization())
+        width, in_chans = arch.width, arch.in_chans
         widths = [scaled_channels(64 * 2**i, width, channel_multiple) for i in range(4)]
         c0 = widths[0]
-        if stem == "cifar":
+        if arch.stem == "cifar":
             self.conv1 = nn.Conv2d(in_chans, c0, 3, 1, 1, bias=False)
             self.maxpool = nn.Identity()
         else:

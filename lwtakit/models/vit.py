@@ -8,12 +8,13 @@ Images come in [0, 1] and are normalised inside (buffers ``mean``/``std``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from lwtakit.errors import UserError
+from lwtakit.models.options import ArchOptions
 from lwtakit.models.resnet import Normalize
 
 ActLayer = Callable[[int], nn.Module]
@@ -60,27 +61,18 @@ class Block(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    """ViT with CLS token; ``blocks`` (nn.Sequential), final ``norm`` and classifier ``head``."""
+    """ViT with CLS token; ``blocks`` (nn.Sequential), final ``norm`` and classifier ``head``. ``arch`` gives the
+    image and patch size, depth, input channels and normalisation; ``dim``/``heads`` the width (ViT-Tiny's)."""
 
-    def __init__(
-        self,
-        num_classes: int,
-        act_layer: ActLayer,
-        dim: int = 192,
-        depth: int = 12,
-        heads: int = 3,
-        mlp_ratio: float = 4.0,
-        img_size: int = 32,
-        patch_size: int = 4,
-        in_chans: int = 3,
-        mean: Sequence[float] = (0.5, 0.5, 0.5),
-        std: Sequence[float] = (0.25, 0.25, 0.25),
-    ):
+    def __init__(self, num_classes: int, act_layer: ActLayer, arch: ArchOptions | None = None, dim: int = 192,
+                 heads: int = 3, mlp_ratio: float = 4.0):
         super().__init__()
+        arch = arch if arch is not None else ArchOptions()
+        img_size, patch_size, in_chans = arch.img_size, arch.patch_size, arch.in_chans
+        depth = int(arch.depth) if arch.depth is not None else 12
         if img_size % patch_size:
             raise UserError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
-        if len(mean) != in_chans or len(std) != in_chans:
-            raise UserError(f"mean/std need {in_chans} values (one per input channel), got {len(mean)}/{len(std)}")
+        mean, std = arch.normalization()
         self.img_size = img_size
         self.normalize = Normalize(mean, std)
         self.patch_embed = nn.Conv2d(in_chans, dim, patch_size, patch_size)

@@ -1,0 +1,18 @@
+"""How an analysis streams the probe set through the network: one small options object for every pass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """``batch_size`` probe images per forward pass on ``device``; ``seed`` is the torch seed set before each
+    pass, so a stochastic network (LWTA sampling) makes the same draws in every pass that must agree (the two
+    passes of IoU, every k of an ablation curve); ``progress`` shows a progress bar."""
+
+    batch_size: int = 32
+    device: Any = "cpu"
+    seed: int = 0
+    progress: bool = False
