@@ -71,8 +71,7 @@ def augmentation(name: str, img_size: int) -> RandomCropFlip | None:
 
 
 def build_dataset(name: str, split: str = "train", root: str | None = None, download: bool = False,
-                  img_size: int | None = None, augment: bool = False, seed: int = 0, size: int | None = None,
-                  **kw) -> Dataset:
+                  img_size: int | None = None, augment: bool = False, **kw) -> Dataset:
     """Build dataset ``name`` for ``split`` ("train" | "val" | "test").
 
     Args:
@@ -81,13 +80,14 @@ def build_dataset(name: str, split: str = "train", root: str | None = None, down
         download: allow torchvision to download mnist / cifar into ``root``.
         img_size: output side (default per dataset: synthetic/cifar 32, mnist 28, folders 224).
         augment: apply the dataset's training augmentation (only to the train split).
-        seed, size: synthetic only (size defaults to 10k / 2k / 2k for train / val / test).
-        kw: synthetic: target, second_object, attributes; mnist: channels.
+        kw: synthetic: seed (0), size (10k / 2k / 2k for train / val / test), target, second_object,
+            attributes; mnist: channels. Other datasets accept ``seed`` and ``size`` and ignore them.
     """
     name = _check_name(name)
     if split not in ("train", "val", "test"):
         raise UserError(f"unknown split {split!r}; use train, val or test")
     img_size = int(img_size or DEFAULT_IMG_SIZE[name])
+    seed, size = kw.pop("seed", 0), kw.pop("size", None)
     if name == "synthetic":
         _check_kw(name, kw, _SYNTHETIC_KW)
         ds = synthetic.ConceptShapes(size=int(size or SYNTHETIC_SIZES[split]), seed=seed, split=split,

@@ -369,16 +369,15 @@ def similarity(acts, P_or_factors, method: str = "soft_wpmi", chunk_size: int | 
 
 
 def label_units(acts, P_or_factors, concept_names: Sequence[str], method: str = "soft_wpmi", top: int = 5,
-                chunk_size: int | None = None, unit_chunk: int | None = None,
-                max_bytes: int = DEFAULT_MAX_BYTES, **params) -> list[dict]:
+                **params) -> list[dict]:
     """One row per unit: ``unit, label, score`` (best concept by ``method``) and ``top5``: the ``top`` best
-    concepts joined by ``|`` (best first)."""
+    concepts joined by ``|`` (best first). ``params`` go to :func:`similarity` (chunking and the function's
+    parameters)."""
     concept_names = list(concept_names)
     m = ConceptActivations(P_or_factors).m  # checked before the (long) similarity computation
     if len(concept_names) != m:
         raise UserError(f"{len(concept_names)} concept names for {m} concepts in P; give one name per concept")
-    sim = similarity(acts, P_or_factors, method, chunk_size=chunk_size, unit_chunk=unit_chunk,
-                     max_bytes=max_bytes, **params)
+    sim = similarity(acts, P_or_factors, method, **params)
     values, index = sim.topk(min(top, sim.shape[1]), dim=1)
     rows = []
     for unit in range(sim.shape[0]):
@@ -390,23 +389,6 @@ def label_units(acts, P_or_factors, concept_names: Sequence[str], method: str = 
             "top5": "|".join(concept_names[j] for j in best),
         })
     return rows
-
-
-def label_with_clip(acts, clip, images, concept_names: Sequence[str], method: str = "soft_wpmi", *,
-                    cache_dir=None, template: str = "{}", top: int = 5, **params) -> list[dict]:
-    """CLIP-Dissect end to end: embed the probe ``images`` and ``concept_names`` with ``clip`` (a
-    :class:`lwtakit.clip.Clip`; cached on disk by content when ``cache_dir`` is given) and label the units
-    of ``acts`` [N, C] recorded on the same images. Rows as :func:`label_units`."""
-    from lwtakit import clip as lclip
-
-    concept_names = list(concept_names)
-    if cache_dir is not None:
-        image_emb = lclip.embed_dataset_cached(clip, images, cache_dir)
-        text_emb = lclip.embed_texts_cached(clip, concept_names, cache_dir, template=template)
-    else:
-        image_emb = clip.encode_images(images)
-        text_emb = clip.encode_texts(concept_names, template=template)
-    return label_units(acts, (image_emb, text_emb), concept_names, method=method, top=top, **params)
 
 
 @register_labeler

@@ -76,18 +76,19 @@ class IoUConfig:
 
 @dataclass
 class DescribeConfig:
-    """Captions of each unit's ``n_images`` top images turned into up to ``max_candidates`` phrases of at most
-    ``max_words`` words, rescored by the CLIP-Dissect ``similarity``."""
+    """Captions of each unit's ``n_images`` top images (captioned ``caption_batch`` at a time) turned into up to
+    ``max_candidates`` phrases of at most ``max_words`` words, rescored by the CLIP-Dissect ``similarity``."""
 
     similarity: str = "soft_wpmi"
     n_images: int = 10
     max_candidates: int = 20
     max_words: int = 3
+    caption_batch: int = 16
 
     def __post_init__(self) -> None:
         _check_similarity(self.similarity)
-        if self.n_images < 1 or self.max_candidates < 1 or self.max_words < 1:
-            raise UserError("describe needs n_images, max_candidates and max_words >= 1")
+        if min(self.n_images, self.max_candidates, self.max_words, self.caption_batch) < 1:
+            raise UserError("describe needs n_images, max_candidates, max_words and caption_batch >= 1")
 
 
 def _check_similarity(name: str) -> None:

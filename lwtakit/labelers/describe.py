@@ -118,8 +118,7 @@ def caption_images(images, indices: Sequence[int], caption_fn: CaptionFn, batch_
 
 
 def label_units(acts, images, clip, caption_fn: CaptionFn, config: DescribeConfig | None = None, *,
-                image_emb: Tensor | None = None, cache_dir: str | os.PathLike | None = None,
-                caption_batch: int = 16, **params) -> list[dict]:
+                image_emb: Tensor | None = None, cache_dir: str | os.PathLike | None = None, **params) -> list[dict]:
     """Describe labels, one row per unit: ``unit, label, score`` (CLIP-Dissect score of the label by
     ``config.similarity``), ``caption`` (caption of the unit's most activating image), ``count`` (how many of the
     unit's ``config.n_images`` captions contain the label) and ``top5`` (best candidates by score, ``|``-joined).
@@ -140,7 +139,7 @@ def label_units(acts, images, clip, caption_fn: CaptionFn, config: DescribeConfi
     if len(images) != N:
         raise UserError(f"activations have {N} images but the probe set has {len(images)}; use the same probe set")
     top_idx = torch.topk(A, min(config.n_images, N), dim=0).indices.T  # [C, k], most activating first
-    captions = caption_images(images, top_idx.reshape(-1).tolist(), caption_fn, caption_batch)
+    captions = caption_images(images, top_idx.reshape(-1).tolist(), caption_fn, config.caption_batch)
     per_unit = [candidate_phrases([captions[i] for i in top_idx[unit].tolist()], config.max_words,
                                   config.max_candidates) for unit in range(C)]
     vocabulary = {phrase: None for cands in per_unit for phrase, _ in cands}

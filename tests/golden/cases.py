@@ -96,7 +96,8 @@ def run_dissect(work: Path) -> dict[str, str]:
     clip = tiny_clip(work / "clip")
     out = work / "dissect"
     _cli("dissect", "--ckpt", RUNS / "default" / "checkpoints" / "last.ckpt", "--methods", "invert",
-         "clip_dissect", "iou", "--layers", "layer4.1.act2", "fc", "--clip-model", f"local-dir:{clip}", "--clip-cache", work / "cache",
+         "clip_dissect", "iou", "--layers", "layer4.1.act2", "fc", "--clip-model", f"local-dir:{clip}",
+         "--clip-cache", work / "cache",
          "--concepts", "synthetic", "--pca", 4, "--max-length", 2, "--probe-size", 240, "--top-images", 4,
          "--grid-units", 2, "--device", "cpu", "--out", out)
     return {"labels.csv": (out / "labels.csv").read_text(),

@@ -1,0 +1,73 @@
+"""Held-out assessment of a dissection's labels: what every reported label-quality number is computed on.
+
+Labels are chosen on the explanation part of the probe set (:mod:`~lwtakit.evaluation.split`); here each unit's
+label is scored on the disjoint evaluation part, so a label that won among ~2K candidates by chance is not
+rewarded for it (selection bias). Per unit, added to its row's ``extra``:
+
+* ``heldout_<metric>`` for each metric of :class:`HeldOutOptions` (NeuronEval's metrics, default F1, AUPRC and
+  Pearson correlation: the three the framework's verdicts use, which pass the missing- and extra-labels tests in
+  the paper's settings; ``analyze.py sanity`` checks them on your data);
+* ``heldout_p``: one-sided Mann-Whitney p-value of the label on the evaluation part;
+* ``simulation``: Pearson correlation of the activation with the label's concept vector (how well the label
+  predicts the activation; the "simulation" idea of Oikarinen & Weng 2024);
+* ``concepts``: how many concepts the unit detects significantly on the evaluation part (polysemanticity;
+  one-sided correlation test per concept, Benjamini-Hochberg at ``q`` over the unit's concepts).
+
+A label that is not a concept of the probe's annotations (a CLIP-Dissect word from another concept set, a caption)
+has no held-out scores: it cannot be evaluated on concept labels the probe does not have.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import UserError
+from ..labels import LabelRow
+from .heldout import concepts_per_unit, heldout_scores, label_vectors_for, simulation
+from .metrics import DEFAULT_ALPHA, parse_metrics
+
+HELDOUT_PREFIX = "heldout_"
+
+
+@dataclass
+class HeldOutOptions:
+    """How labels are assessed: ``fraction`` of the probe set (seeded by ``seed``) is the explanation part where
+    labels are chosen, the rest the evaluation part where they are scored by ``metrics`` (top-``alpha``
+    binarisation for the binary metrics), and ``q`` the false-discovery rate of the concepts-per-unit count."""
+
+    fraction: float = 0.5
+    seed: int = 0
+    metrics: tuple[str, ...] = ("f1", "auprc", "correlation")
+    alpha: float = DEFAULT_ALPHA
+    q: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fraction < 1:
+            raise UserError(f"held-out fraction must lie in (0, 1), got {self.fraction}")
+        if not 0 < self.q < 1:
+            raise UserError(f"q must lie in (0, 1), got {self.q}")
+        self.metrics = tuple(parse_metrics(",".join(self.metrics)))
+
+
+def assess(rows: list[LabelRow], acts_eval: torch.Tensor, concepts_eval: torch.Tensor, names: list[str],
+           options: HeldOutOptions) -> None:
+    """Add the held-out values (module docstring) to the ``extra`` of ``rows``: the rows of one target, any
+    methods; ``acts_eval [N_e, C]`` its activations and ``concepts_eval [N_e, K]`` the concept labels of the
+    evaluation images."""
+    concepts_eval = torch.as_tensor(concepts_eval).bool()
+    counts = concepts_per_unit(acts_eval, concepts_eval, q=options.q)
+    by_method: dict[str, list[LabelRow]] = {}
+    for r in rows:
+        by_method.setdefault(r.method, []).append(r)
+    C = acts_eval.shape[1]
+    for method_rows in by_method.values():
+        vectors, labelled = label_vectors_for(method_rows, concepts_eval, names, n_units=C, skip_unknown=True)
+        values = heldout_scores(acts_eval, vectors, list(options.metrics), options.alpha, labelled=labelled)
+        values = {f"{HELDOUT_PREFIX}{k}" if k != "p_value" else "heldout_p": v for k, v in values.items()}
+        values["simulation"] = simulation(acts_eval, vectors, labelled=labelled)
+        for r in method_rows:
+            r.extra["concepts"] = int(counts[r.unit])
+            if bool(labelled[r.unit]):
+                r.extra.update({k: float(v[r.unit]) for k, v in values.items()})
