@@ -88,7 +88,6 @@ def cmd_dissect(args) -> Path:
     from lwtakit.checkpoint import load_model
     from lwtakit.concept_sets import load_concepts
     from lwtakit.dissect import ConceptSource, DissectOptions, check_labelers
-    from lwtakit.lwta import lwta_inference
     from lwtakit.models import default_layers
 
     device = _device(args.device)
@@ -112,10 +111,18 @@ def cmd_dissect(args) -> Path:
     request = DissectRequest(
         layers=args.layers or default_layers(model), labelers=labelers, grid_units=args.grid_units, seed=args.seed,
         options=DissectOptions(pca_components=args.pca, batch_size=args.batch_size, topk=args.top_images,
-                               device=device),
+                               device=device, mode=args.mode, passes=args.passes, heldout=_heldout(args)),
         history=history, probe_name=args.probe or "")
-    with lwta_inference(model, args.inference):  # None: the checkpoint's own mode
-        return dissect_to_report(loaded, probe, concepts, request, args.out)
+    return dissect_to_report(loaded, probe, concepts, request, args.out)
+
+
+def _heldout(args):
+    """The held-out assessment of ``--heldout`` (None for 0)."""
+    from lwtakit.evaluation.options import HeldOutOptions
+
+    if args.heldout == 0:
+        return None
+    return HeldOutOptions(fraction=args.heldout, seed=args.seed)
 
 
 def _labelers(args) -> list:
@@ -342,7 +349,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--caption-model", default="coca_ViT-B-32", help="open_clip CoCa model (describe)")
     d.add_argument("--caption-pretrained", default="mscoco_finetuned_laion2b_s13b_b90k",
                    help="CoCa weights: tag, file or local-dir: (describe)")
-    d.add_argument("--inference", choices=["sample", "argmax"], help="LWTA mode while recording")
+    d.add_argument("--mode", "--inference", dest="mode", choices=["mc", "sample", "argmax"], default="mc",
+                   help="LWTA network dissected as: mc = mean of --passes seeded stochastic passes (the function it "
+                        "is evaluated as), sample = one seeded pass, argmax = most likely winners (default: mc)")
+    d.add_argument("--passes", type=int, default=4, help="stochastic passes averaged in mc mode (default: 4)")
+    d.add_argument("--heldout", type=float, default=0.5, metavar="FRACTION",
+                   help="choose labels on this seeded fraction of the probe set and score them on the rest "
+                        "(0: label and score on all of it, in-sample; default: 0.5)")
     d.add_argument("--top-images", type=int, default=8)
     d.add_argument("--grid-units", type=int, default=12,
                    help="best-scoring units per layer shown with their top images (0: every unit)")

@@ -18,11 +18,11 @@ from lwtakit.drift import agreement, dissection_key, stability
 from lwtakit.io import append_csv, write_csv
 from lwtakit.labelers.base import create_labelers
 from lwtakit.labels import LabelRow, LabelTable
-from lwtakit.lwta import lwta_inference
 from lwtakit.recording import analysis_mode
 
-HISTORY_COLUMNS = ("epoch", "step", "layer", "unit", "method", "label", "score", "firing_rate", "auc", "p_value",
-                   "length", "top5")
+HISTORY_COLUMNS = ("epoch", "step", "layer", "unit", "method", "mode", "label", "score", "firing_rate", "auc",
+                   "p_value", "length", "top5")  # + the held-out columns of the configured metrics
+HELDOUT_COLUMNS = ("heldout_p", "concepts")
 STABILITY_COLUMNS = ("layer", "method", "dissections", "stable_fraction", "mean_settle_epoch")
 
 
@@ -35,8 +35,11 @@ class DissectionCallback(pl.Callback):
 
     What stays untouched: the model is analysed in eval mode under ``inference_mode`` and the global RNG
     states are restored afterwards, so a run with the callback follows exactly the trajectory of a run
-    without it. LWTA layers are dissected in ``inference`` mode (``argmax`` by default: deterministic labels,
-    so drift measures learning rather than sampling noise; ``sample`` uses a fixed seed).
+    without it. LWTA layers are dissected in ``settings.mode`` (``mc`` by default: the mean of ``settings.passes``
+    seeded stochastic passes, the function the network is evaluated as; the same seed at every dissection, so drift
+    measures learning rather than sampling noise). With ``settings.heldout`` labels are chosen on half the probe
+    set and their held-out F1 / AUPRC / correlation, significance and concepts per unit measured on the other half
+    go to the loggers, labels.csv and the W&B table with every dissection.
 
     Distributed: every rank dissects the whole (small, fixed) probe set with the same weights and seed, so
     results are identical on 1 and N processes and no collective is needed; only global rank 0 writes
@@ -55,28 +58,30 @@ class DissectionCallback(pl.Callback):
         settings: the ``dissection`` config group (:class:`lwtakit.config.DissectionConfig`, or its OmegaConf
             node): cadence, layers, labelers and their settings, grid sizes.
         run_dir: where ``labels.csv`` and the stability / drift files go (None: loggers only).
-        inference: the LWTA inference mode while dissecting (``argmax`` | ``sample``).
         seed: the seed of every dissection (sampled winners in ``sample`` mode).
     """
 
     def __init__(self, probe: torch.utils.data.Dataset, concepts: ConceptSource, settings: Any = None, *,
-                 run_dir: str | Path | None = None, inference: str = "argmax", seed: int = 0,
+                 run_dir: str | Path | None = None, seed: int = 0,
                  batch_size: int = 128) -> None:
         from lwtakit.config import DissectionConfig
 
         s = settings if settings is not None else DissectionConfig()
         if s.every_n_epochs < 0:
             raise ValueError(f"every_n_epochs must be >= 0 (0 = never by epoch), got {s.every_n_epochs}")
-        if inference not in ("argmax", "sample"):
-            raise ValueError(f"inference must be 'argmax' or 'sample', got {inference!r}")
         if len(probe) < s.top_images:
             raise ValueError(f"probe set has {len(probe)} images, fewer than top_images={s.top_images}")
         self.labelers = create_labelers(list(s.methods), s)  # unknown names and bad settings fail here
         self.probe, self.concepts, self.settings = probe, concepts, s
         self.layers = list(s.layers) or None
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.inference, self.seed = inference, seed
-        self.options = DissectOptions(batch_size=batch_size, topk=s.top_images, progress=False)
+        self.seed = seed
+        heldout = s.heldout if s.heldout.enabled else None
+        self.options = DissectOptions(batch_size=batch_size, topk=s.top_images, progress=False, mode=s.mode,
+                                      passes=s.passes, heldout=heldout)
+        self.columns = list(HISTORY_COLUMNS)
+        if heldout is not None:
+            self.columns += [f"heldout_{m}" for m in heldout.metrics] + list(HELDOUT_COLUMNS)
         self.history: list[dict] = []  # labels.csv rows of every dissection so far (plain values: checkpointable)
         self.done: list[int] = []  # global steps already dissected
         self._last_epoch_end: tuple[int, int] | None = None
@@ -135,7 +140,7 @@ class DissectionCallback(pl.Callback):
         if trainer.is_global_zero and path is not None and (self.history or path.exists()):
             # The file mirrors the history restored from the checkpoint: rows of a dissection that ran
             # after that checkpoint (before a crash) are dropped, as they will be redone.
-            write_csv(path, self.history, HISTORY_COLUMNS)
+            write_csv(path, self.history, self.columns)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # ModelCheckpoint saves here (it runs after the other callbacks) when validation runs at the epoch's
@@ -183,7 +188,7 @@ class DissectionCallback(pl.Callback):
         layers = self.layers or _default_layers(model)
         options = dataclasses.replace(self.options, device=pl_module.device)
         # the same seed: the same noise on every rank and at every dissection (sample mode)
-        with analysis_mode(model, seed=self.seed), lwta_inference(model, self.inference):
+        with analysis_mode(model, seed=self.seed):
             result = dissect(model, self.probe, layers, self.labelers, self.concepts, options)
         rows = result.table.records(epoch=self._epoch(trainer), step=step)
         previous = list(self.history)
@@ -192,7 +197,7 @@ class DissectionCallback(pl.Callback):
         self.seconds += time.perf_counter() - started
         if trainer.is_global_zero:
             if self.run_dir is not None:
-                append_csv(self.run_dir / "labels.csv", rows, HISTORY_COLUMNS)
+                append_csv(self.run_dir / "labels.csv", rows, self.columns)
             self._log(trainer, rows, previous, result)
         return rows
 
@@ -245,7 +250,7 @@ class DissectionCallback(pl.Callback):
         every time); for a wandb without ``log_mode``, a fresh table per dissection under its own key."""
         import wandb
 
-        columns = list(HISTORY_COLUMNS)
+        columns = self.columns
         data = [[r.get(c) for c in columns] for r in rows]
         if not data:
             return None
@@ -282,10 +287,11 @@ class DissectionCallback(pl.Callback):
 
 
 def layer_summaries(rows: list[dict], previous: list[dict]) -> dict[tuple[str, str], dict[str, float]]:
-    """Per (layer, method) of one dissection's rows: mean score, number of distinct labels and (when there is a
+    """Per (layer, method) of one dissection's rows: mean score, number of distinct labels, the held-out means
+    (``heldout_<metric>``, ``heldout_significant``, ``concepts`` per unit) and (when there is a
     previous dissection) the fraction of units whose label changed since it."""
     table = LabelTable(LabelRow.from_record(r) for r in rows)
-    out = {key: {"mean_score": s.mean_score, "distinct_labels": float(s.distinct_labels)}
+    out = {key: {"mean_score": s.mean_score, "distinct_labels": float(s.distinct_labels), **s.heldout}
            for key, s in table.summaries().items()}
     if previous:
         last = max(dissection_key(r) for r in previous)  # the previous dissection: (epoch, step)

@@ -49,10 +49,13 @@ def dissect_to_report(loaded, probe, concepts: ConceptSource, request: DissectRe
         if opts.pca_components:
             completeness = completeness_curves(model, probe, request.layers[:-1] or request.layers, result, request)
     evaluation = label_evaluation(result, loaded, probe, concepts.clip, request)
+    evaluation.update(heldout_evaluation(result, concepts, request))
     infos = layer_infos(result, probe, request)
     meta = {"model": loaded.name, "probe": f"{request.probe_name or 'training data (val)'}, {len(probe)} images",
             "methods": ", ".join(labeler.name for labeler in request.labelers),
-            "layers": ", ".join(request.layers), "seconds": f"{time.perf_counter() - started:.1f}"}
+            "layers": ", ".join(request.layers), "LWTA mode": _mode_text(result, opts),
+            "labels chosen / scored on": _split_text(result, len(probe)),
+            "seconds": f"{time.perf_counter() - started:.1f}"}
     with staged_dir(out) as stage:
         result.table.write_csv(stage / "labels.csv")
         report.dissection_report(stage, title=f"Dissection of {loaded.name}", rows=result.table.records(),
@@ -85,6 +88,60 @@ def label_evaluation(result: DissectionResult, loaded, probe, clip, request: Dis
             coverage = concept_coverage(table.select(method=method).rows, probe.concept_groups)
             out.update({f"{k} ({method})": v for k, v in coverage.items()})
     return out
+
+
+def _mode_text(result: DissectionResult, opts: DissectOptions) -> str:
+    if result.mode is None:
+        return "none (no LWTA layers, or their own mode)"
+    return f"mc (mean of {opts.passes} seeded stochastic passes)" if result.mode == "mc" else result.mode
+
+
+def _split_text(result: DissectionResult, n: int) -> str:
+    if result.split is None:
+        return f"all {n} images (in-sample: scores are optimistic)"
+    return (f"{len(result.split.explain)} / {len(result.split.evaluate)} images (seeded split; every held-out "
+            "score is on images the label was not chosen on)")
+
+
+def heldout_evaluation(result: DissectionResult, concepts: ConceptSource, request: DissectRequest) -> dict[str, Any]:
+    """Per (layer, method): the held-out means of the labels (F1, AUPRC, correlation, share significant,
+    concepts per unit); and the NeuronEval sanity tests of every metric on the evaluation part with
+    each INVERT-labelled unit's label (share of units whose score drops when half the label's positives go
+    missing / when random positives double them; a metric passes at >= 90% on both)."""
+    out: dict[str, Any] = {}
+    for (layer, method), s in result.table.summaries().items():
+        for key, value in s.heldout.items():
+            out[f"{key.replace('_', ' ')}, {layer} ({method})"] = value
+    if result.split is None or concepts.labels is None:
+        return out
+    for row in _sanity(result, concepts, request):
+        verdict = "passes" if row.passes else "fails"
+        out[f"sanity {row.metric}: drops (missing / extra)"] = (
+            f"{row.missing_decrease:.2f} / {row.extra_decrease:.2f}: {verdict}")
+    return out
+
+
+def _sanity(result: DissectionResult, concepts: ConceptSource, request: DissectRequest):
+    """NeuronEval's tests on the evaluation part, every labelled layer's INVERT units side by side."""
+    from lwtakit.evaluation.heldout import label_vectors_for
+    from lwtakit.evaluation.sanity import SanityConfig, sanity_check
+
+    resolved = concepts.resolved(result.recording)
+    concepts_eval = torch.as_tensor(result.split.parts(resolved.labels)[1])
+    acts, vectors = [], []
+    for layer in request.layers:
+        rows = result.table.select(layer, "invert").rows
+        if not rows:
+            continue
+        v, labelled = label_vectors_for(rows, concepts_eval, list(resolved.names), skip_unknown=True)
+        acts.append(result.split.parts(result.recording.acts[layer])[1][:, [r.unit for r in rows]][:, labelled])
+        vectors.append(v[:, labelled])
+    if not acts:
+        return []
+    acts = torch.cat(acts, 1)
+    config = SanityConfig(seed=request.seed, alpha=request.options.heldout.alpha)
+    return sanity_check(acts, concepts_eval, config, units=range(acts.shape[1]),
+                        label_vectors=torch.cat(vectors, 1)).rows
 
 
 def completeness_curves(model, probe, layers: list[str], result: DissectionResult,

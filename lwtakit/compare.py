@@ -19,10 +19,17 @@ from lwtakit.checkpoint import load_checkpoint
 from lwtakit.data import probe_subset
 from lwtakit.dissect import ConceptSource, DissectOptions, dissect
 from lwtakit.errors import UserError
+from lwtakit.evaluation.options import HeldOutOptions
 from lwtakit.labels import SIGNIFICANT_P
 from lwtakit.lwta import LWTA, lwta_inference, lwta_layers, mc_predict
 from lwtakit.recording import analysis_mode, make_loader, record_activations, split_batch
 from lwtakit.rng import fork_rng
+
+SIGNIFICANT = "heldout_significant"
+# What the verdicts compare: held-out label quality (correlation is also how well the label predicts the
+# activation, "simulation"), significance, and concepts detected per unit (polysemanticity: fewer is more focused).
+VERDICT_METRICS = {"heldout_f1": "f1", "heldout_auprc": "auprc", "heldout_correlation": "correlation",
+                   SIGNIFICANT: "share of units with a significant label", "concepts": "concepts per unit"}
 
 
 def resolve_run(spec: str) -> tuple[Path | None, Path]:
@@ -86,13 +93,15 @@ def summarize_run(spec: str, probe_size: int = 1000, eval_size: int = 1000, seed
     probe = probe_subset(loaded.dataset("val"), probe_size, seed)
     labelled = default_layers(model)
     act_layers = activation_layers(model)
-    # deterministic labels, as the training-time dissection
-    with lwta_inference(model, "argmax" if has_lwta else None), fork_rng(seed):
+    # the network as it is evaluated (mc: the mean of seeded stochastic passes); labels held out
+    opts = DissectOptions(progress=False, heldout=HeldOutOptions(seed=seed))
+    with lwta_inference(model, "sample" if has_lwta else None), fork_rng(seed):
         rec = record_activations(model, probe, list(dict.fromkeys(act_layers + labelled)), device=device,
-                                 progress=False)
-        table = dissect(model, probe, labelled, ["invert"], ConceptSource.from_dataset(probe),
-                        DissectOptions(progress=False), recording=rec).table
+                                 progress=False, passes=opts.passes if has_lwta else 1)
+        table = dissect(model, probe, labelled, ["invert"], ConceptSource.from_dataset(probe), opts,
+                        recording=rec).table
     quality, layer_stats = label_quality(table, loaded.class_names, probe)
+    interpretability, unit_values = interpretability_of(table, seed)
     stability = None
     if run_dir is not None and (run_dir / "labels.csv").is_file():
         stability = training_stability(read_csv(run_dir / "labels.csv"), layer_stats)
@@ -106,7 +115,7 @@ def summarize_run(spec: str, probe_size: int = 1000, eval_size: int = 1000, seed
     return RunSummary(name=run_dir.name if run_dir else ckpt.stem, meta=meta, accuracy=accuracy,
                       sparsity={n: float(rec.firing[n].mean()) for n in act_layers}, label_quality=quality,
                       layer_stats=layer_stats, stability=stability, completeness=completeness,
-                      active_counts=active_counts)
+                      active_counts=active_counts, interpretability=interpretability, unit_values=unit_values)
 
 
 def label_quality(table, class_names: list[str], probe) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
@@ -127,6 +136,42 @@ def label_quality(table, class_names: list[str], probe) -> tuple[dict[str, float
                            "distinct labels": float(s.distinct_labels), f"share p<{SIGNIFICANT_P:g}": s.significant}
                    for (layer, _), s in table.summaries().items()}
     return quality, layer_stats
+
+
+def interpretability_of(table, seed: int = 0):
+    """Per labelled layer, the held-out quality of its INVERT labels over units: each of :data:`VERDICT_METRICS`
+    as ``(mean, ci_low, ci_high)`` (95% percentile bootstrap over units) and the per-unit values the verdicts
+    test. ``heldout_significant`` is 1 for a unit whose label has held-out p < 0.001, else 0."""
+    from lwtakit.evaluation.verdict import bootstrap_ci
+
+    summary, values = {}, {}
+    for layer in table.layers:
+        per_metric = {key: table.values(layer, "invert", key) for key in VERDICT_METRICS if key != SIGNIFICANT}
+        p = [r.extra.get("heldout_p") for r in table.select(layer, "invert")]
+        if any(v is not None for v in p):
+            per_metric[SIGNIFICANT] = [float(v is not None and v < SIGNIFICANT_P) for v in p]
+        values[layer] = {k: v for k, v in per_metric.items() if v}
+        summary[layer] = {k: bootstrap_ci(v, seed=seed) for k, v in values[layer].items()}
+        summary[layer].update({f"{k} median": bootstrap_ci(v, seed=seed, stat="median")
+                               for k, v in values[layer].items() if k.startswith("heldout_") and k != SIGNIFICANT})
+    return summary, values
+
+
+def verdicts(summaries, alpha: float = 0.05, seed: int = 0) -> list:
+    """For each pair of runs, each layer both labelled and each of :data:`VERDICT_METRICS` (under its readable
+    name): a :class:`~lwtakit.evaluation.verdict.Verdict` (two-sided Mann-Whitney test over units, bootstrap
+    intervals); every one of them is measured on the held-out images."""
+    from lwtakit.evaluation.verdict import verdict
+
+    out = []
+    for i, a in enumerate(summaries):
+        for b in summaries[i + 1:]:
+            for layer in [la for la in a.unit_values if la in b.unit_values]:
+                for metric, name in VERDICT_METRICS.items():
+                    if metric in a.unit_values[layer] and metric in b.unit_values[layer]:
+                        out.append(verdict(layer, name, (a.name, a.unit_values[layer][metric]),
+                                           (b.name, b.unit_values[layer][metric]), alpha=alpha, seed=seed))
+    return out
 
 
 def training_stability(history: list[dict], layer_stats: dict[str, dict[str, float]]):
@@ -158,7 +203,13 @@ def compare(specs: list[str], out: str | Path, probe_size: int = 1000, eval_size
             rows += [{"run": s.name, "metric": f"layer/{layer}/{k}", "value": v} for k, v in stats.items()]
         for layer, points in (s.stability or {}).items():
             rows += [{"run": s.name, "metric": f"stability/{layer}/agreement@{e}", "value": a} for e, a in points]
+        for layer, metrics in s.interpretability.items():
+            rows += [{"run": s.name, "metric": f"interpretability/{layer}/{k}", "value": est, "ci_low": lo,
+                      "ci_high": hi} for k, (est, lo, hi) in metrics.items()]
+    found = verdicts(summaries, seed=seed)
+    rows += [v.record() for v in found]
     with staged_dir(out) as stage:
-        write_csv(stage / "compare.csv", rows, ["run", "metric", "value"])
-        compare_report(stage, summaries, title="Sparse vs dense: " + " vs ".join(s.name for s in summaries))
+        write_csv(stage / "compare.csv", rows, ["run", "metric", "value", "ci_low", "ci_high"])
+        compare_report(stage, summaries, title="Sparse vs dense: " + " vs ".join(s.name for s in summaries),
+                       verdicts=[v.sentence() for v in found])
     return Path(out) / "report.html"

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from lwtakit.errors import UserError
+from lwtakit.evaluation.options import HeldOutOptions
 from lwtakit.labelers.configs import ClipDissectConfig, DescribeConfig, InvertConfig, IoUConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -147,6 +148,9 @@ class DissectionConfig:
     top_images: int = 8  # images per unit in grids
     grid_units: int = 8  # units shown per layer in image grids
     clip: ClipConfig = field(default_factory=ClipConfig)
+    mode: str = "mc"  # LWTA network dissected as: mc (mean of `passes` seeded samples) | sample | argmax
+    passes: int = 4
+    heldout: HeldOutOptions = field(default_factory=HeldOutOptions)  # labels chosen on one part, scored on the rest
     # Settings of each built-in labeler (lwtakit/labelers/configs.py), e.g. dissection.invert.max_length=3.
     invert: InvertConfig = field(default_factory=InvertConfig)
     clip_dissect: ClipDissectConfig = field(default_factory=ClipDissectConfig)
@@ -177,6 +181,7 @@ CHOICES = {
     "model.act": ("relu", "gelu", "lwta"),
     "model.stem": ("cifar", "imagenet"),
     "model.inference": ("sample", "argmax"),
+    "dissection.mode": ("mc", "sample", "argmax"),
     "model.temperature.schedule": ("constant", "step", "exponential", "cosine"),
     "model.temperature.on": ("logits", "relaxation"),
     "data.name": ("synthetic", "mnist", "cifar10", "cifar100", "imagefolder"),

@@ -17,6 +17,7 @@ training, it does not reimplement it.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,10 +27,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from lwtakit.data import ProbeSubset
 from lwtakit.errors import UserError
-from lwtakit.labelers.base import Context, Labeler, Target, create_labelers
+from lwtakit.evaluation.assess import assess
+from lwtakit.evaluation.options import HeldOutOptions
+from lwtakit.evaluation.split import ProbeSplit, split_probe
+from lwtakit.labelers.base import CAPTIONER, CLIP, Context, Labeler, Target, create_labelers
 from lwtakit.labels import LabelTable
-from lwtakit.recording import Recording, record_activations
+from lwtakit.lwta import lwta_inference, lwta_layers
+from lwtakit.recording import Recording, RecordOptions, record_activations
 
 PCA_SUFFIX = "#pca"
 
@@ -75,23 +81,48 @@ class ConceptSource:
         return ConceptSource(**{**self.__dict__, "labels_from_classes": False, "labels": labels})
 
 
+MODES = ("mc", "sample", "argmax")
+
+
 @dataclass
 class DissectOptions:
     """How one dissection runs: ``pca_components`` principal directions labelled per layer besides its units,
-    ``topk`` top images kept per unit, the probe ``batch_size``, the ``device`` and a progress bar."""
+    ``topk`` top images kept per unit, the probe ``batch_size``, the ``device`` and a progress bar.
+
+    ``mode``: which function of an LWTA network is dissected. ``mc`` (default) records the activation averaged
+    over ``passes`` seeded stochastic passes, its expected output, the function it is evaluated as (Monte-Carlo,
+    as DISCOVER evaluates); ``sample`` one seeded stochastic pass; ``argmax`` the deterministic most-likely winner
+    (a different function: its accuracy lags); None keeps the layers' own mode. Networks without LWTA layers
+    ignore it. ``heldout``: labels are chosen on one part of the probe set and assessed on the other
+    (:class:`~lwtakit.evaluation.assess.HeldOutOptions`); None labels and scores on the whole probe set.
+    """
 
     pca_components: int = 0
     batch_size: int = 128
     topk: int = 16
     device: str | torch.device = "cpu"
     progress: bool = True
+    mode: str | None = "mc"
+    passes: int = 4
+    heldout: HeldOutOptions | None = field(default_factory=HeldOutOptions)
+
+    def __post_init__(self) -> None:
+        if self.mode is not None and self.mode not in MODES:
+            raise UserError(f"unknown dissection mode {self.mode!r}; choose from {', '.join(MODES)}")
+        if self.passes < 1:
+            raise UserError(f"mc passes must be >= 1, got {self.passes}")
 
 
 @dataclass
 class DissectionResult:
+    """The labels, the recording they came from (whole probe set), seconds per stage, the LWTA ``mode`` the
+    network was dissected in (None: no LWTA layers or their own mode) and the held-out ``split`` (None: none)."""
+
     table: LabelTable
     recording: Recording
     seconds: dict[str, float] = field(default_factory=dict)
+    mode: str | None = None
+    split: ProbeSplit | None = None
 
     def top_images(self, layer: str, unit: int, k: int = 8) -> list[int]:
         """Probe indices of the unit's ``k`` most activating images (from the streaming top-k)."""
@@ -112,48 +143,87 @@ def dissect(model: nn.Module, probe, layers: Sequence[str], labelers: Sequence[s
             recording: Recording | None = None) -> DissectionResult:
     """Label every unit of ``layers`` (and ``options.pca_components`` principal directions per layer) with each
     labeler (a registered name or a :class:`Labeler`; names take their settings from ``settings.<name>``, e.g.
-    the ``dissection`` config group).
+    the ``dissection`` config group), on the network in ``options.mode``.
 
-    ``probe`` is a map-style dataset of ``(image, label)`` items, images in [0, 1]. A ``recording`` of the
-    same probe set that already holds ``layers`` is reused instead of a new pass.
+    With ``options.heldout``, labels are chosen on the explanation part of the probe set and every label is then
+    assessed on the evaluation part (:func:`lwtakit.evaluation.assess.assess`; needs concept labels). ``probe`` is
+    a map-style dataset of ``(image, label)`` items, images in [0, 1]. A ``recording`` of the same probe set that
+    already holds ``layers`` is reused instead of a new pass.
     """
     options = options or DissectOptions()
     labelers = create_labelers(labelers, settings)
     check_labelers(labelers, concepts, probe)
+    mode = options.mode if lwta_layers(model) else None
+    split = _split(len(probe), options)
     seconds: dict[str, float] = {}
-    t = time.perf_counter()
-    rec = recording or record_activations(model, probe, list(layers), batch_size=options.batch_size,
-                                          topk=options.topk, device=options.device, progress=options.progress)
-    missing = [name for name in layers if name not in rec.acts]
-    if missing:
-        raise ValueError(f"the given recording lacks layers {missing}")
-    seconds["record"] = time.perf_counter() - t
-    ctx = Context(model, probe, rec, concepts.resolved(rec), options.device, options.batch_size)
-    if any("clip" in labeler.needs or "captioner" in labeler.needs for labeler in labelers):
-        t = time.perf_counter()
-        ctx.clip_embeddings()
-        seconds["clip_embed"] = time.perf_counter() - t
-
     table = LabelTable()
-    for layer in layers:
-        for target in _targets(layer, rec, options.pca_components):
+    with lwta_inference(model, "sample" if mode == "mc" else mode):
+        t = time.perf_counter()
+        rec = recording or record_activations(model, probe, list(layers), RecordOptions(
+            batch_size=options.batch_size, topk=options.topk, device=options.device, progress=options.progress,
+            passes=options.passes if mode == "mc" else 1))
+        missing = [name for name in layers if name not in rec.acts]
+        if missing:
+            raise ValueError(f"the given recording lacks layers {missing}")
+        seconds["record"] = time.perf_counter() - t
+        ctx = _context(model, probe, rec, concepts, options, split)
+        if any(CLIP in labeler.needs or CAPTIONER in labeler.needs for labeler in labelers):
+            t = time.perf_counter()
+            ctx.clip_embeddings()
+            seconds["clip_embed"] = time.perf_counter() - t
+        targets = [target for layer in layers for target in _targets(layer, rec, options.pca_components, split)]
+        for target in targets:
             for labeler in labelers:
-                if not labeler.applies_to(target):
-                    continue
-                t = time.perf_counter()
-                table.rows += labeler.label(target, ctx)
-                seconds[labeler.name] = seconds.get(labeler.name, 0.0) + time.perf_counter() - t
-    return DissectionResult(table=table, recording=rec, seconds=seconds)
+                if labeler.applies_to(target):
+                    t = time.perf_counter()
+                    table.rows += labeler.label(target, ctx)
+                    seconds[labeler.name] = seconds.get(labeler.name, 0.0) + time.perf_counter() - t
+    for r in table:
+        r.mode = mode
+    if split is not None and ctx.concepts.labels is not None:
+        t = time.perf_counter()
+        _assess(table, targets, concepts.resolved(rec), split, options.heldout)
+        seconds["heldout"] = time.perf_counter() - t
+    return DissectionResult(table=table, recording=rec, seconds=seconds, mode=mode, split=split)
 
 
-def _targets(layer: str, rec: Recording, pca_components: int) -> list[Target]:
-    """The layer's units and, with ``pca_components``, its top principal directions (Dey et al. 2020)."""
-    acts = rec.acts[layer]
-    targets = [Target(layer, layer, acts, rec.firing[layer], spatial=rec.spatial.get(layer, False))]
+def _split(n: int, options: DissectOptions) -> ProbeSplit | None:
+    if options.heldout is None or not options.heldout.enabled:
+        return None
+    h = options.heldout
+    return split_probe(n, h.fraction, h.seed, min_part=max(2, options.topk))
+
+
+def _context(model, probe, rec: Recording, concepts: ConceptSource, options: DissectOptions,
+             split: ProbeSplit | None) -> Context:
+    """What the labelers read: the whole probe set, or its explanation part when labels are assessed held out."""
+    concepts = concepts.resolved(rec)
+    if split is not None:
+        probe = ProbeSubset(probe, split.explain)
+        if concepts.labels is not None:
+            concepts = dataclasses.replace(concepts, labels=concepts.labels[split.explain])
+    return Context(model, probe, rec, concepts, options.device, options.batch_size)
+
+
+def _targets(layer: str, rec: Recording, pca_components: int, split: ProbeSplit | None) -> list[Target]:
+    """The layer's units and, with ``pca_components``, its top principal directions (Dey et al. 2020, fitted on
+    the explanation part); with a split, ``acts`` are the explanation part's and ``holdout`` the evaluation's."""
+    acts, holdout = (rec.acts[layer], None) if split is None else split.parts(rec.acts[layer])
+    spatial = rec.spatial.get(layer, False)
+    targets = [Target(layer, layer, acts, rec.firing[layer], spatial=spatial, holdout=holdout)]
     if pca_components > 0:
         from lwtakit.labelers.pca import fit_pca
 
         pca = fit_pca(acts, k=pca_components)
         targets.append(Target(layer + PCA_SUFFIX, layer, pca.project(acts), None, (pca.mean, pca.components),
-                              spatial=rec.spatial.get(layer, False)))
+                              spatial=spatial, holdout=None if holdout is None else pca.project(holdout)))
     return targets
+
+
+def _assess(table: LabelTable, targets: list[Target], concepts: ConceptSource, split: ProbeSplit,
+            heldout: HeldOutOptions) -> None:
+    """Each target's labels assessed on the evaluation part (:func:`lwtakit.evaluation.assess.assess`)."""
+    concepts_eval = split.parts(concepts.labels)[1]
+    for target in targets:
+        rows = [r for r in table if r.layer == target.name]
+        assess(rows, target.holdout, torch.as_tensor(concepts_eval), list(concepts.names), heldout)

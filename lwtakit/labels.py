@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-COLUMNS = ("layer", "unit", "method", "label", "score", "firing_rate", "auc", "p_value", "length", "top5")
+COLUMNS = ("layer", "unit", "method", "mode", "label", "score", "firing_rate", "auc", "p_value", "length", "top5")
 SIGNIFICANT_P = 1e-3  # "significant label" in summaries and reports
+HELDOUT_KEYS = ("concepts",)  # besides heldout_<metric> and heldout_p (lwtakit.evaluation.assess)
 
 
 def optional_float(value) -> float | None:
@@ -52,6 +53,7 @@ class LabelRow:
     length: int | None = None
     top5: tuple[str, ...] | None = None
     formula: Any = None  # lwtakit.labelers.invert.Formula
+    mode: str | None = None  # the LWTA mode the network was dissected in (mc, sample, argmax); None: no LWTA
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -66,6 +68,8 @@ class LabelRow:
         """Plain values for CSV files and W&B tables: only the fields this row's method sets."""
         out: dict[str, Any] = {"layer": self.layer, "unit": self.unit, "method": self.method, "label": self.label,
                                "score": self.score, "firing_rate": self.firing_rate}
+        if self.mode is not None:
+            out["mode"] = self.mode
         out.update({key: getattr(self, key) for key in ("auc", "p_value", "length") if getattr(self, key) is not None})
         if self.top5:
             out["top5"] = "|".join(self.top5)
@@ -92,7 +96,7 @@ class LabelRow:
         return cls(layer=str(record["layer"]), unit=int(record["unit"]), method=str(record["method"]), label=label,
                    score=optional_float(record.get("score")), firing_rate=optional_float(record.get("firing_rate")),
                    auc=optional_float(record.get("auc")), p_value=optional_float(record.get("p_value")), length=length,
-                   top5=None if top5 is None else tuple(top5), formula=formula,
+                   top5=None if top5 is None else tuple(top5), formula=formula, mode=record.get("mode") or None,
                    extra={k: v for k, v in record.items() if k not in known and v not in (None, "")})
 
 
@@ -105,6 +109,9 @@ class LayerSummary:
     median_score: float
     distinct_labels: int
     significant: float | None  # share of units with a label of p < SIGNIFICANT_P (methods with p-values), else None
+    # held-out assessment (lwtakit.evaluation.assess): mean of each heldout_<metric> and concepts over
+    # the units that have it, and heldout_significant, the share of units whose label has held-out p < SIGNIFICANT_P
+    heldout: dict[str, float] = field(default_factory=dict)
 
 
 class LabelTable:
@@ -133,6 +140,17 @@ class LabelTable:
     def select(self, layer: str | None = None, method: str | None = None) -> LabelTable:
         return LabelTable(r for r in self.rows if (layer is None or r.layer == layer)
                           and (method is None or r.method == method))
+
+    def values(self, layer: str, method: str, key: str) -> list[float]:
+        """One value per unit of (layer, method): a row field (``score``, ``p_value``) or extra (``heldout_f1``,
+        ``concepts``); units without it are left out."""
+        out = []
+        for r in self.rows:
+            if r.layer == layer and r.method == method:
+                v = getattr(r, key) if key in COLUMNS else r.extra.get(key)
+                if v not in (None, "") and not math.isnan(float(v)):
+                    out.append(float(v))
+        return out
 
     def labels(self, method: str | None = None) -> dict[tuple[str, int], str]:
         """``{(layer, unit): label}`` of one method's rows."""
@@ -166,7 +184,8 @@ class LabelTable:
                 distinct_labels=len({r.label for r in rows}),
                 # a unit without a label (no p-value) is not significant
                 significant=sum(r.p_value is not None and r.p_value < SIGNIFICANT_P for r in rows) / len(rows)
-                if has_p else None)
+                if has_p else None,
+                heldout=_heldout_means(rows))
         return out
 
     # --- files -------------------------------------------------------------------------------------
@@ -190,6 +209,19 @@ class LabelTable:
         from lwtakit.io import read_csv
 
         return cls(LabelRow.from_record(r, concept_names=concept_names) for r in read_csv(path))
+
+
+def _heldout_means(rows: list[LabelRow]) -> dict[str, float]:
+    keys = dict.fromkeys(k for r in rows for k in r.extra if k in HELDOUT_KEYS or k.startswith("heldout_"))
+    out = {}
+    for key in keys:
+        values = [float(r.extra[key]) for r in rows if key in r.extra and r.extra[key] not in ("", None)]
+        values = [v for v in values if not math.isnan(v)]
+        if key != "heldout_p":
+            out[key] = sum(values) / len(values) if values else float("nan")
+    if "heldout_p" in keys:  # a unit without a held-out p-value (its label is not a probe concept) is not significant
+        out["heldout_significant"] = sum(float(r.extra.get("heldout_p") or 1) < SIGNIFICANT_P for r in rows) / len(rows)
+    return out
 
 
 def _median(sorted_values: list[float]) -> float:

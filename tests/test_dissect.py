@@ -57,7 +57,7 @@ def test_one_pass_feeds_invert_clip_and_describe_like_each_labeler_alone(probe, 
     calls = []
     model.conv.register_forward_hook(lambda *a: calls.append(1))
     result = dissect(model, probe, ["act", "fc"], ["invert", "clip_dissect", "describe"], concepts,
-                     DissectOptions(batch_size=100, progress=False))
+                     DissectOptions(batch_size=100, progress=False, heldout=None))
     assert len(calls) == 3  # one pass of 300 images in batches of 100, whatever the number of methods
     by = {(r.layer, r.method): [] for r in result.table}
     for r in result.table:
@@ -116,7 +116,7 @@ def test_classes_stand_in_for_concepts_when_the_probe_has_none():
             return self.fc(x.mean(dim=(1, 2, 3)).unsqueeze(1))
 
     table = dissect(Brightness(), Plain(), ["fc"], ["invert"], ConceptSource.from_dataset(Plain()),
-                    DissectOptions(progress=False)).table
+                    DissectOptions(progress=False, heldout=None)).table
     assert [r.label for r in table] == ["dark", "bright"]
 
 

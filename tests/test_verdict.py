@@ -71,6 +71,7 @@ def test_format_p():
     assert V.format_p(3e-5) == "p = 3e-5"
     assert V.format_p(3.24e-12) == "p = 3.2e-12"
     assert V.format_p(0.0) == "p < 1e-300"
+    assert V.format_p(0.000999) == "p = 0.001"  # rounds up to 1e-3: printed plainly, not split at an "e"
 
 
 def test_sentence_significant_either_way():

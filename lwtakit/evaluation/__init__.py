@@ -5,18 +5,21 @@
 * :mod:`.metrics`: NeuronEval's metric family (Oikarinen, Yan & Weng, ICML 2025) scoring how well a binary
   concept vector explains a unit's activations.
 * :mod:`.sanity`: NeuronEval's missing-labels and extra-labels tests of those metrics on the user's data.
+* :mod:`.split`, :mod:`.heldout`, :mod:`.assess` (settings in :mod:`.options`): labels chosen on one part of the
+  probe set and assessed on the other; polysemanticity and simulation per unit.
+* :mod:`.verdict`: bootstrap intervals over units, two-run tests and plain sentences for ``compare``.
 
-The names of :mod:`.truth` are re-exported here (``lwtakit.evaluation`` was one module before).
+The names of :mod:`.truth` are re-exported here (``lwtakit.evaluation`` was one module before), loaded on first
+use so that the torch-free :mod:`.options` can be imported by the config schema without torch.
 """
-
-from .truth import (
-    class_name_similarity,
-    concept_coverage,
-    final_layer_accuracy,
-    label_similarity,
-    normalise,
-    planted_recovery,
-)
 
 __all__ = ["class_name_similarity", "concept_coverage", "final_layer_accuracy", "label_similarity",
            "normalise", "planted_recovery"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from . import truth
+
+        return getattr(truth, name)
+    raise AttributeError(f"module 'lwtakit.evaluation' has no attribute {name!r}")

@@ -8,8 +8,8 @@ rewarded for it (selection bias). Per unit, added to its row's ``extra``:
   Pearson correlation: the three the framework's verdicts use, which pass the missing- and extra-labels tests in
   the paper's settings; ``analyze.py sanity`` checks them on your data);
 * ``heldout_p``: one-sided Mann-Whitney p-value of the label on the evaluation part;
-* ``simulation``: Pearson correlation of the activation with the label's concept vector (how well the label
-  predicts the activation; the "simulation" idea of Oikarinen & Weng 2024);
+  (``heldout_correlation``, the Pearson correlation of the activation with the label's concept vector, is also
+  how well the label predicts the activation: the "simulation" score of Oikarinen & Weng 2024);
 * ``concepts``: how many concepts the unit detects significantly on the evaluation part (polysemanticity;
   one-sided correlation test per concept, Benjamini-Hochberg at ``q`` over the unit's concepts).
 
@@ -19,36 +19,14 @@ has no held-out scores: it cannot be evaluated on concept labels the probe does 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from ..errors import UserError
 from ..labels import LabelRow
-from .heldout import concepts_per_unit, heldout_scores, label_vectors_for, simulation
-from .metrics import DEFAULT_ALPHA, parse_metrics
+from .heldout import concepts_per_unit, heldout_scores, label_vectors_for
+from .metrics import parse_metrics
+from .options import HeldOutOptions
 
 HELDOUT_PREFIX = "heldout_"
-
-
-@dataclass
-class HeldOutOptions:
-    """How labels are assessed: ``fraction`` of the probe set (seeded by ``seed``) is the explanation part where
-    labels are chosen, the rest the evaluation part where they are scored by ``metrics`` (top-``alpha``
-    binarisation for the binary metrics), and ``q`` the false-discovery rate of the concepts-per-unit count."""
-
-    fraction: float = 0.5
-    seed: int = 0
-    metrics: tuple[str, ...] = ("f1", "auprc", "correlation")
-    alpha: float = DEFAULT_ALPHA
-    q: float = 0.05
-
-    def __post_init__(self) -> None:
-        if not 0 < self.fraction < 1:
-            raise UserError(f"held-out fraction must lie in (0, 1), got {self.fraction}")
-        if not 0 < self.q < 1:
-            raise UserError(f"q must lie in (0, 1), got {self.q}")
-        self.metrics = tuple(parse_metrics(",".join(self.metrics)))
 
 
 def assess(rows: list[LabelRow], acts_eval: torch.Tensor, concepts_eval: torch.Tensor, names: list[str],
@@ -64,9 +42,9 @@ def assess(rows: list[LabelRow], acts_eval: torch.Tensor, concepts_eval: torch.T
     C = acts_eval.shape[1]
     for method_rows in by_method.values():
         vectors, labelled = label_vectors_for(method_rows, concepts_eval, names, n_units=C, skip_unknown=True)
-        values = heldout_scores(acts_eval, vectors, list(options.metrics), options.alpha, labelled=labelled)
+        values = heldout_scores(acts_eval, vectors, parse_metrics(",".join(options.metrics)), options.alpha,
+                                labelled=labelled)
         values = {f"{HELDOUT_PREFIX}{k}" if k != "p_value" else "heldout_p": v for k, v in values.items()}
-        values["simulation"] = simulation(acts_eval, vectors, labelled=labelled)
         for r in method_rows:
             r.extra["concepts"] = int(counts[r.unit])
             if bool(labelled[r.unit]):

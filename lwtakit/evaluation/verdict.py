@@ -85,7 +85,10 @@ def format_p(p: float) -> str:
         return "p < 1e-300"
     if p >= 1e-3:
         return f"p = {p:.3g}"
-    mantissa, exponent = f"{p:.2g}".split("e")
+    text = f"{p:.2g}"
+    if "e" not in text:  # just below 1e-3, rounded up to 0.001
+        return f"p = {text}"
+    mantissa, exponent = text.split("e")
     return f"p = {mantissa}e{int(exponent)}"
 
 

@@ -44,7 +44,8 @@ SPATIAL = "spatial"                # spatial maps: layers without them are skipp
 @dataclass
 class Target:
     """What one labeler call labels: the units of ``layer`` or, with ``directions = (mean, components)``, its
-    principal directions; ``name`` is the row's layer name (``layer`` or ``layer#pca``); ``acts`` [N, C]."""
+    principal directions; ``name`` is the row's layer name (``layer`` or ``layer#pca``); ``acts`` [N, C] on the
+    images the labels are chosen on (``ctx.probe``)."""
 
     name: str
     layer: str
@@ -52,6 +53,7 @@ class Target:
     firing: torch.Tensor | None = None
     directions: tuple[torch.Tensor, torch.Tensor] | None = None
     spatial: bool = True
+    holdout: torch.Tensor | None = None  # the evaluation part's activations (held-out assessment), not for labeling
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,15 @@ from lwtakit.errors import UserError
 from lwtakit.io import ensure_writable_dir
 from lwtakit.report.formatting import as_float
 from lwtakit.report.page import PendingPlots, write_report
+
+INTERPRETABILITY_NOTE = (
+    "Each run's INVERT labels are chosen on half of its probe set and scored on the other half (held-out), with "
+    "the network dissected as it is evaluated (LWTA: the mean of seeded stochastic passes). Values are means over "
+    "units with 95% bootstrap intervals; each pair of runs is compared per layer and metric with a two-sided "
+    "Mann-Whitney test over units at level 0.05. F1 binarises a unit at its top 5% of images; correlation is also "
+    "how well the label predicts the activation; a significant label has held-out p < 0.001; concepts per unit "
+    "counts the concepts a unit detects significantly on the held-out images (Benjamini-Hochberg, q = 0.05): "
+    "fewer is more focused.")
 
 
 @dataclass
@@ -30,6 +39,9 @@ class RunSummary:
     stability: dict[str, list[tuple[int, float]]] | None = None  # layer -> [(epoch, label agreement)]
     completeness: dict[str, dict] | None = None  # layer -> completeness curves (see plots.completeness_curves)
     active_counts: np.ndarray | None = None  # per probe image: active units per position in the explained layer
+    # layer -> metric -> (mean, ci_low, ci_high) of the held-out label quality over units, and the per-unit values
+    interpretability: dict[str, dict[str, tuple[float, float, float]]] = field(default_factory=dict)
+    unit_values: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -115,10 +127,13 @@ def _plots(runs: Sequence[RunSummary]) -> PendingPlots:
     return figs
 
 
-def compare_report(out_dir: str | os.PathLike, runs: Sequence[RunSummary], *, title: str = "Sparse vs dense") -> Path:
+def compare_report(out_dir: str | os.PathLike, runs: Sequence[RunSummary], *, title: str = "Sparse vs dense",
+                   verdicts: Sequence[str] = ()) -> Path:
     """Write ``out_dir/report.html`` comparing runs side by side (plots also in ``out_dir/plots/``).
 
-    Sections: runs (meta as a table, one column per run); all metrics (accuracy per inference mode,
+    Sections: the verdicts (one sentence per pair of runs, layer and metric) and the interpretability table
+    (held-out label quality per run and layer, with 95% bootstrap intervals over units); runs (meta as a
+    table, one column per run); all metrics (accuracy per inference mode,
     measured active fraction per layer, label quality, per-layer label statistics; one column per run,
     plus the difference when there are exactly two); bar charts of those; label stability over training
     when histories exist; completeness curves (Dey et al. 2020) of every run and layer; histograms of
@@ -133,7 +148,16 @@ def compare_report(out_dir: str | os.PathLike, runs: Sequence[RunSummary], *, ti
     out_dir = ensure_writable_dir(out_dir)
 
     figs = _plots(runs)
-    nav = [("runs", "runs"), ("metrics", "metrics")] + [("plots", "plots")] * bool(figs.figures)
+    interp = _interpretability_rows(runs)
+    nav = [("interpretability", "interpretability")] * bool(interp or verdicts)
+    nav += [("runs", "runs"), ("metrics", "metrics")] + [("plots", "plots")] * bool(figs.figures)
     return write_report(out_dir, "compare.html", figs, title=title, nav=nav, names=names,
                         metas=[r.meta or {} for r in runs], meta_keys=_union(runs, lambda r: r.meta),
-                        groups=_metric_groups(runs))
+                        groups=_metric_groups(runs), verdicts=list(verdicts), interpretability=interp,
+                        interpretability_note=INTERPRETABILITY_NOTE)
+
+
+def _interpretability_rows(runs: Sequence[RunSummary]) -> list[tuple[str, str, list]]:
+    """``(layer, metric, [(mean, low, high) per run or None])`` for every layer and metric any run has."""
+    keys = dict.fromkeys((layer, metric) for r in runs for layer, ms in r.interpretability.items() for metric in ms)
+    return [(layer, metric, [r.interpretability.get(layer, {}).get(metric) for r in runs]) for layer, metric in keys]
