@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
 
 import train as train_script
-from callbacks.dissection import HISTORY_COLUMNS, DissectionCallback, clip_configured, layer_summaries
+from callbacks.dissection import DissectionCallback, clip_configured, layer_summaries
 from lwtakit import plots
 from lwtakit.config import DissectionConfig
 from lwtakit.drift import agreement, settle_epochs, stability
@@ -34,9 +34,9 @@ def _blocks(rows) -> collections.Counter:
     return collections.Counter((int(r["epoch"]), int(r["step"])) for r in rows)
 
 
-def _as_csv(rows) -> list[dict[str, str]]:
+def _as_csv(rows, columns) -> list[dict[str, str]]:
     """History rows as read back from labels.csv (every value a string, None as '')."""
-    return [{c: "" if r.get(c) is None else str(r.get(c)) for c in HISTORY_COLUMNS} for r in rows]
+    return [{c: "" if r.get(c) is None else str(r.get(c)) for c in columns} for r in rows]
 
 
 # ---------------------------------------------------------------------------------------- W&B logging
@@ -142,7 +142,7 @@ def test_checkpoint_dissections_one_block_each_mid_epoch_ones_kept_apart_and_nev
     blocks = _blocks(rows)
     assert sorted(blocks) == [(0, 1), (0, 2), (0, 3)]  # one block per checkpointed step
     assert len(set(blocks.values())) == 1  # and every block complete, none duplicated
-    assert rows == _as_csv(_callback(result).history)
+    assert rows == _as_csv(_callback(result).history, _callback(result).columns)
     # Each checkpoint holds the history up to and including its own dissection.
     for ckpt in sorted((result.run_dir / "steps").glob("*.ckpt")):
         state = torch.load(ckpt, weights_only=True)
@@ -177,14 +177,14 @@ def test_resume_restores_history_and_rewrites_labels_csv_without_lost_or_duplica
     labels = first.run_dir / "labels.csv"
     extra = [dict(r, epoch="1", step="99") for r in read_csv(labels)]
     with labels.open("a") as fh:
-        fh.writelines(",".join(r[c] for c in HISTORY_COLUMNS) + "\n" for r in extra)
+        fh.writelines(",".join(r[c] for c in cb.columns) + "\n" for r in extra)
     assert len(_blocks(read_csv(labels))) == 2
 
     resumed = train_script.train(tiny_cfg(tmp_path, "trainer.max_epochs=2", "ckpt_path=last", *common))
     history = _callback(resumed).history
     rows = read_csv(resumed.run_dir / "labels.csv")
     assert sorted(_blocks(rows)) == [(0, 2), (1, 4)]  # the stray step-99 block is gone
-    assert rows == _as_csv(history)  # exactly the history: nothing lost, nothing twice
+    assert rows == _as_csv(history, cb.columns)  # exactly the history: nothing lost, nothing twice
     assert history[: len(cb.history)] == cb.history
 
 
