@@ -27,7 +27,8 @@ from lwtakit.errors import UserError
 from lwtakit.evaluation.options import HeldOutOptions
 from lwtakit.labelers.configs import ClipDissectConfig, DescribeConfig, InvertConfig, IoUConfig
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# The repository's configs/, reached through the link lwtakit/configs in a checkout and installed as package data.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 GROUPS = ("model", "data", "optim", "trainer", "dissection")
 
 
