@@ -93,6 +93,10 @@ def test_wandb_label_table_is_one_growing_incremental_table_and_grids_are_logged
         assert any(key in p for p in payloads), key
     header = (run / "logs" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {f"dissection/{layer}/invert/mean_settle_epoch" for layer in layers} <= set(header)
+    # Held-out interpretability with every dissection, next to accuracy (issue 8.8), and the mode in each row.
+    for name in ("heldout_f1", "heldout_auprc", "heldout_correlation", "heldout_significant", "concepts"):
+        assert {f"dissection/{layer}/invert/{name}" for layer in layers} <= set(header), name
+    assert {r["mode"] for r in history} == {"mc"} and all("heldout_f1" in r for r in history)
 
 
 # ---------------------------------------------------------------------------------------- when it runs
