@@ -47,7 +47,7 @@ def test_run_folder_holds_config_checkpoint_metrics_labels_and_offline_wandb(tmp
     assert (run / "logs" / "metrics.csv").read_text().count("\n") > 1
     assert list((run / "wandb").glob("offline-run-*/run-*.wandb")), "no offline W&B run"
     labels = (run / "labels.csv").read_text().splitlines()
-    assert labels[0].startswith("epoch,step,layer,unit,method,label,score,firing_rate")
+    assert labels[0].startswith("epoch,step,layer,unit,method,mode,label,score,firing_rate")
     assert len(labels) > 1
     results = json.loads((run / "results.json").read_text())
     assert 0 <= results["test/acc_argmax"] <= 1
