@@ -17,12 +17,12 @@ from torch import nn
 
 from lwtakit.checkpoint import load_checkpoint
 from lwtakit.data import probe_subset
-from lwtakit.dissect import ConceptSource, DissectOptions, dissect
+from lwtakit.dissect import ConceptSource, DissectOptions, dissect, record
 from lwtakit.errors import UserError
 from lwtakit.evaluation.options import HeldOutOptions
 from lwtakit.labels import SIGNIFICANT_P
 from lwtakit.lwta import LWTA, lwta_inference, lwta_layers, mc_predict
-from lwtakit.recording import analysis_mode, make_loader, record_activations, split_batch
+from lwtakit.recording import analysis_mode, make_loader, split_batch
 from lwtakit.rng import fork_rng
 
 SIGNIFICANT = "heldout_significant"
@@ -94,10 +94,9 @@ def summarize_run(spec: str, probe_size: int = 1000, eval_size: int = 1000, seed
     labelled = default_layers(model)
     act_layers = activation_layers(model)
     # the network as it is evaluated (mc: the mean of seeded stochastic passes); labels held out
-    opts = DissectOptions(progress=False, heldout=HeldOutOptions(seed=seed))
-    with lwta_inference(model, "sample" if has_lwta else None), fork_rng(seed):
-        rec = record_activations(model, probe, list(dict.fromkeys(act_layers + labelled)), device=device,
-                                 progress=False, passes=opts.passes if has_lwta else 1)
+    opts = DissectOptions(batch_size=256, device=device, progress=False, heldout=HeldOutOptions(seed=seed))
+    with fork_rng(seed):  # sparsity and completeness need every activation layer, the labels only `labelled`
+        rec = record(model, probe, list(dict.fromkeys(act_layers + labelled)), opts)
         table = dissect(model, probe, labelled, ["invert"], ConceptSource.from_dataset(probe), opts,
                         recording=rec).table
     quality, layer_stats = label_quality(table, loaded.class_names, probe)
@@ -141,15 +140,12 @@ def label_quality(table, class_names: list[str], probe) -> tuple[dict[str, float
 def interpretability_of(table, seed: int = 0):
     """Per labelled layer, the held-out quality of its INVERT labels over units: each of :data:`VERDICT_METRICS`
     as ``(mean, ci_low, ci_high)`` (95% percentile bootstrap over units) and the per-unit values the verdicts
-    test. ``heldout_significant`` is 1 for a unit whose label has held-out p < 0.001, else 0."""
+    test (:meth:`LabelTable.values`)."""
     from lwtakit.evaluation.verdict import bootstrap_ci
 
     summary, values = {}, {}
     for layer in table.layers:
-        per_metric = {key: table.values(layer, "invert", key) for key in VERDICT_METRICS if key != SIGNIFICANT}
-        p = [r.extra.get("heldout_p") for r in table.select(layer, "invert")]
-        if any(v is not None for v in p):
-            per_metric[SIGNIFICANT] = [float(v is not None and v < SIGNIFICANT_P) for v in p]
+        per_metric = {key: table.values(layer, "invert", key) for key in VERDICT_METRICS}
         values[layer] = {k: v for k, v in per_metric.items() if v}
         summary[layer] = {k: bootstrap_ci(v, seed=seed) for k, v in values[layer].items()}
         summary[layer].update({f"{k} median": bootstrap_ci(v, seed=seed, stat="median")

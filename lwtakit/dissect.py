@@ -153,15 +153,13 @@ def dissect(model: nn.Module, probe, layers: Sequence[str], labelers: Sequence[s
     options = options or DissectOptions()
     labelers = create_labelers(labelers, settings)
     check_labelers(labelers, concepts, probe)
-    mode = options.mode if lwta_layers(model) else None
+    mode = _mode(model, options)
     split = _split(len(probe), options)
     seconds: dict[str, float] = {}
     table = LabelTable()
     with lwta_inference(model, "sample" if mode == "mc" else mode):
         t = time.perf_counter()
-        rec = recording or record_activations(model, probe, list(layers), RecordOptions(
-            batch_size=options.batch_size, topk=options.topk, device=options.device, progress=options.progress,
-            passes=options.passes if mode == "mc" else 1))
+        rec = recording or record(model, probe, layers, options)
         missing = [name for name in layers if name not in rec.acts]
         if missing:
             raise ValueError(f"the given recording lacks layers {missing}")
@@ -185,6 +183,21 @@ def dissect(model: nn.Module, probe, layers: Sequence[str], labelers: Sequence[s
         _assess(table, targets, concepts.resolved(rec), split, options.heldout)
         seconds["heldout"] = time.perf_counter() - t
     return DissectionResult(table=table, recording=rec, seconds=seconds, mode=mode, split=split)
+
+
+def record(model: nn.Module, probe, layers: Sequence[str], options: DissectOptions) -> Recording:
+    """One pass over the probe set recording ``layers`` of the network in ``options.mode`` (mc: each batch's
+    ``options.passes`` sampled passes averaged); what :func:`dissect` labels, also for callers that record more
+    layers than they label (``compare``)."""
+    mode = _mode(model, options)
+    with lwta_inference(model, "sample" if mode == "mc" else mode):
+        return record_activations(model, probe, list(layers), RecordOptions(
+            batch_size=options.batch_size, topk=options.topk, device=options.device, progress=options.progress,
+            passes=options.passes if mode == "mc" else 1))
+
+
+def _mode(model: nn.Module, options: DissectOptions) -> str | None:
+    return options.mode if lwta_layers(model) else None
 
 
 def _split(n: int, options: DissectOptions) -> ProbeSplit | None:

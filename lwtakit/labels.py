@@ -142,15 +142,10 @@ class LabelTable:
                           and (method is None or r.method == method))
 
     def values(self, layer: str, method: str, key: str) -> list[float]:
-        """One value per unit of (layer, method): a row field (``score``, ``p_value``) or extra (``heldout_f1``,
-        ``concepts``); units without it are left out."""
-        out = []
-        for r in self.rows:
-            if r.layer == layer and r.method == method:
-                v = getattr(r, key) if key in COLUMNS else r.extra.get(key)
-                if v not in (None, "") and not math.isnan(float(v)):
-                    out.append(float(v))
-        return out
+        """One value per unit of (layer, method): a row field (``score``, ``p_value``), an extra (``heldout_f1``,
+        ``concepts``) or ``heldout_significant`` (:func:`value`); units without it are left out."""
+        out = [value(r, key) for r in self.rows if r.layer == layer and r.method == method]
+        return [v for v in out if v is not None]
 
     def labels(self, method: str | None = None) -> dict[tuple[str, int], str]:
         """``{(layer, unit): label}`` of one method's rows."""
@@ -211,16 +206,27 @@ class LabelTable:
         return cls(LabelRow.from_record(r, concept_names=concept_names) for r in read_csv(path))
 
 
+def value(row: LabelRow, key: str) -> float | None:
+    """A row's number under ``key`` (a field or an extra; None when missing or NaN). ``heldout_significant`` is
+    derived: 1 when the label's held-out p < :data:`SIGNIFICANT_P`, 0 for any other assessed row (a label that
+    is not a probe concept has no held-out p and is not significant), None when the row was not assessed."""
+    if key == "heldout_significant":
+        if "concepts" not in row.extra:  # lwtakit.evaluation.assess writes it for every row it assesses
+            return None
+        return float(optional_float(row.extra.get("heldout_p")) is not None
+                     and optional_float(row.extra["heldout_p"]) < SIGNIFICANT_P)
+    return optional_float(getattr(row, key) if key in COLUMNS else row.extra.get(key))
+
+
 def _heldout_means(rows: list[LabelRow]) -> dict[str, float]:
-    keys = dict.fromkeys(k for r in rows for k in r.extra if k in HELDOUT_KEYS or k.startswith("heldout_"))
+    keys = dict.fromkeys(k for r in rows for k in r.extra
+                         if k in HELDOUT_KEYS or (k.startswith("heldout_") and k != "heldout_p"))
+    if keys:
+        keys["heldout_significant"] = None
     out = {}
     for key in keys:
-        values = [float(r.extra[key]) for r in rows if key in r.extra and r.extra[key] not in ("", None)]
-        values = [v for v in values if not math.isnan(v)]
-        if key != "heldout_p":
-            out[key] = sum(values) / len(values) if values else float("nan")
-    if "heldout_p" in keys:  # a unit without a held-out p-value (its label is not a probe concept) is not significant
-        out["heldout_significant"] = sum(float(r.extra.get("heldout_p") or 1) < SIGNIFICANT_P for r in rows) / len(rows)
+        values = [v for v in (value(r, key) for r in rows) if v is not None]
+        out[key] = sum(values) / len(values) if values else float("nan")
     return out
 
 
