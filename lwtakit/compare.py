@@ -20,16 +20,11 @@ from lwtakit.data import probe_subset
 from lwtakit.dissect import ConceptSource, DissectOptions, dissect, record
 from lwtakit.errors import UserError
 from lwtakit.evaluation.options import HeldOutOptions
+from lwtakit.evaluation.verdict import SIGNIFICANT, VERDICT_METRICS
 from lwtakit.labels import SIGNIFICANT_P
 from lwtakit.lwta import LWTA, lwta_inference, lwta_layers, mc_predict
 from lwtakit.recording import analysis_mode, make_loader, split_batch
 from lwtakit.rng import fork_rng
-
-SIGNIFICANT = "heldout_significant"
-# What the verdicts compare: held-out label quality (correlation is also how well the label predicts the
-# activation, "simulation"), significance, and concepts detected per unit (polysemanticity: fewer is more focused).
-VERDICT_METRICS = {"heldout_f1": "f1", "heldout_auprc": "auprc", "heldout_correlation": "correlation",
-                   SIGNIFICANT: "share of units with a significant label", "concepts": "concepts per unit"}
 
 
 def resolve_run(spec: str) -> tuple[Path | None, Path]:

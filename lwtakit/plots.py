@@ -38,6 +38,7 @@ __all__ = [
     "firing_rates",
     "active_counts",
     "bar_compare",
+    "unit_distributions",
     "save_png",
     "png_bytes",
     "DPI",
@@ -325,6 +326,47 @@ def bar_compare(values: Mapping[str, Mapping[str, float]], title: str, ylabel: s
         ax.grid(axis="y", alpha=0.3)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig
+
+
+def unit_distributions(values: Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]],
+                       metrics: Mapping[str, str]) -> Figure:
+    """Per-unit distributions side by side: one panel per metric (``metrics``: key -> title), one group of
+    boxes per layer and one box per run within it (``values[run][layer][metric]`` = one value per unit).
+    Boxes span the quartiles, whiskers 1.5 IQR, the white dot is the mean; runs lacking a layer leave a gap."""
+    runs = list(values)
+    layers = list(dict.fromkeys(layer for r in runs for layer in values[r]))
+    panels = [(k, t) for k, t in metrics.items() if any(k in values[r].get(la, {}) for r in runs for la in layers)]
+    if not panels:
+        return _empty("no per-unit values")
+    fig, axes = _new_figure(len(panels), max_cols=2, panel=(max(_PANEL_W, 1.2 + 0.9 * len(layers) * len(runs)),
+                                                             _PANEL_H))
+    palette = matplotlib.colormaps["tab10"]
+    width = 0.8 / len(runs)
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        for i, run in enumerate(runs):
+            pos, data = [], []
+            for j, layer in enumerate(layers):
+                v = _finite(values[run].get(layer, {}).get(key, []), f"{run}/{layer}/{key}")
+                if v.size:
+                    pos.append(j - 0.4 + width * (i + 0.5))
+                    data.append(v)
+            if not data:
+                continue
+            color = palette(i % 10)
+            ax.boxplot(data, positions=pos, widths=width * 0.85, patch_artist=True, showfliers=False,
+                       showmeans=True, boxprops={"facecolor": color, "alpha": 0.45, "edgecolor": color},
+                       medianprops={"color": color}, whiskerprops={"color": color}, capprops={"color": color},
+                       meanprops={"marker": "o", "markerfacecolor": "white", "markeredgecolor": color,
+                                  "markersize": 4})
+            ax.plot([], [], color=color, linewidth=6, alpha=0.45, label=run)  # legend entry per run
+        ax.set_xticks(range(len(layers)), [_short(la, 18) for la in layers], fontsize=7,
+                      rotation=20 if len(layers) > 2 else 0, ha="right" if len(layers) > 2 else "center")
+        ax.set_xlim(-0.6, len(layers) - 0.4)
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=7, frameon=False)
     return fig
 
 

@@ -20,9 +20,15 @@ from scipy import stats
 
 from ..errors import UserError
 
-__all__ = ["Verdict", "bootstrap_ci", "compare_samples", "format_p", "verdict"]
+__all__ = ["SIGNIFICANT", "VERDICT_METRICS", "Verdict", "bootstrap_ci", "compare_samples", "format_p", "verdict"]
 
 _BUDGET = 1 << 22  # resampled values held at once
+
+SIGNIFICANT = "heldout_significant"
+# What the verdicts compare: held-out label quality (correlation is also how well the label predicts the
+# activation, "simulation"), significance, and concepts detected per unit (polysemanticity: fewer is more focused).
+VERDICT_METRICS = {"heldout_f1": "f1", "heldout_auprc": "auprc", "heldout_correlation": "correlation",
+                   SIGNIFICANT: "share of units with a significant label", "concepts": "concepts per unit"}
 
 
 def _values(values) -> np.ndarray:
