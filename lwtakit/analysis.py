@@ -49,7 +49,6 @@ def dissect_to_report(loaded, probe, concepts: ConceptSource, request: DissectRe
         if opts.pca_components:
             completeness = completeness_curves(model, probe, request.layers[:-1] or request.layers, result, request)
     evaluation = label_evaluation(result, loaded, probe, concepts.clip, request)
-    evaluation.update(heldout_evaluation(result, concepts, request))
     infos = layer_infos(result, probe, request)
     meta = {"model": loaded.name, "probe": f"{request.probe_name or 'training data (val)'}, {len(probe)} images",
             "methods": ", ".join(labeler.name for labeler in request.labelers),
@@ -60,7 +59,8 @@ def dissect_to_report(loaded, probe, concepts: ConceptSource, request: DissectRe
         result.table.write_csv(stage / "labels.csv")
         report.dissection_report(stage, title=f"Dissection of {loaded.name}", rows=result.table.records(),
                                  layers=infos, evaluation=evaluation, completeness=completeness,
-                                 drift=drift_curves(request.history), meta=meta)
+                                 drift=drift_curves(request.history), meta=meta,
+                                 heldout=heldout_evaluation(result, concepts, request))
     return Path(out) / "report.html"
 
 
@@ -103,22 +103,20 @@ def _split_text(result: DissectionResult, n: int) -> str:
             "score is on images the label was not chosen on)")
 
 
-def heldout_evaluation(result: DissectionResult, concepts: ConceptSource, request: DissectRequest) -> dict[str, Any]:
-    """Per (layer, method): the held-out means of the labels (F1, AUPRC, correlation, share significant,
-    concepts per unit); and the NeuronEval sanity tests of every metric on the evaluation part with
-    each INVERT-labelled unit's label (share of units whose score drops when half the label's positives go
-    missing / when random positives double them; a metric passes at >= 90% on both)."""
-    out: dict[str, Any] = {}
-    for (layer, method), s in result.table.summaries().items():
-        for key, value in s.heldout.items():
-            out[f"{key.replace('_', ' ')}, {layer} ({method})"] = value
-    if result.split is None or concepts.labels is None:
-        return out
-    for row in _sanity(result, concepts, request):
-        verdict = "passes" if row.passes else "fails"
-        out[f"sanity {row.metric}: drops (missing / extra)"] = (
-            f"{row.missing_decrease:.2f} / {row.extra_decrease:.2f}: {verdict}")
-    return out
+def heldout_evaluation(result: DissectionResult, concepts: ConceptSource, request: DissectRequest):
+    """The report's :class:`lwtakit.report.dissect.HeldOut` (None for an in-sample dissection): per (layer,
+    method) the held-out means of the labels (F1, AUPRC, correlation, share significant, concepts per unit); and
+    the NeuronEval sanity tests of every metric on the evaluation part with each INVERT-labelled unit's label
+    (share of units whose score drops when half the label's positives go missing / when random positives double
+    them; a metric passes at >= 90% on both)."""
+    from lwtakit.report.dissect import HeldOut
+
+    if result.split is None:
+        return None
+    means = {key: s.heldout for key, s in result.table.summaries().items() if s.heldout}
+    sanity = _sanity(result, concepts, request) if concepts.labels is not None else []
+    return HeldOut(split=_split_text(result, len(result.split.explain) + len(result.split.evaluate)), means=means,
+                   sanity=sanity)
 
 
 def _sanity(result: DissectionResult, concepts: ConceptSource, request: DissectRequest):

@@ -204,6 +204,7 @@ def test_compare_sparse_and_dense_writes_report_and_csv(runs, tmp_path, capsys):
     assert 0 < lwta["layer/fc/stable fraction"] <= 1 and 0 <= lwta["layer/fc/mean settle epoch"] <= 3
     assert (runs["lwta"] / "label_drift.png").stat().st_size > 1000  # written by the callback at fit end
     assert "lwta" in (out / "report.html").read_text()
+    assert (out / "plots" / "distributions.png").stat().st_size > 1000  # per-unit held-out values side by side
 
 
 # --- analyze.py label ---------------------------------------------------------------------------

@@ -389,3 +389,52 @@ def test_bar_compare_of_many_groups_is_horizontal_and_keeps_the_values():
     widths = sorted(round(p.get_width(), 6) for p in ax.patches)
     assert widths == sorted([0.5] * 12 + [round(i / 20, 6) for i in range(12)])
     plots._close(fig)
+
+
+def test_unit_distributions_one_panel_per_metric_and_box_per_run_and_layer():
+    """Each (run, layer) box is drawn from that run's per-unit values: its mean marker sits at their mean; a
+    metric no run has gets no panel; a run without a layer leaves a gap."""
+    rng = np.random.default_rng(0)
+    values = {"lwta": {"l3": {"f1": rng.uniform(0, 1, 40), "concepts": rng.integers(0, 5, 40)},
+                       "l4": {"f1": rng.uniform(0, 1, 30)}},
+              "dense": {"l4": {"f1": rng.uniform(0, 1, 20)}}}
+    fig = plots.unit_distributions(values, {"f1": "f1 (held-out)", "auprc": "auprc", "concepts": "concepts"})
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in axes] == ["f1 (held-out)", "concepts"]
+    assert [t.get_text() for t in axes[0].get_xticklabels()] == ["l3", "l4"]
+    means = sorted(float(line.get_ydata()[0]) for line in axes[0].lines if line.get_marker() == "o")
+    expected = [np.mean(values["lwta"]["l3"]["f1"]), np.mean(values["lwta"]["l4"]["f1"]),
+                np.mean(values["dense"]["l4"]["f1"])]
+    np.testing.assert_allclose(means, sorted(expected))
+    assert [t.get_text() for t in axes[0].get_legend().get_texts()] == ["lwta", "dense"]
+    plots._close(fig)
+
+
+def test_dissection_report_shows_the_heldout_assessment(tmp_path):
+    """The held-out section: a row per (layer, method) with its means, the sanity table with each metric's
+    verdict, held-out columns in the units table, and a per-unit distribution plot."""
+    from lwtakit.evaluation.sanity import SanityRow
+    from lwtakit.report.dissect import HeldOut
+
+    rows = [r for r in _rows("layer4", 6) if r["method"] == "invert"]
+    for r in rows:
+        r.update(heldout_f1=0.1 * r["unit"], heldout_auprc=0.5, heldout_correlation=0.2, heldout_p=1e-4,
+                 concepts=r["unit"] % 3)
+    heldout = HeldOut(split="250 / 250 images", means={("layer4", "invert"): {
+        "heldout_f1": 0.25, "heldout_auprc": 0.5, "heldout_correlation": 0.2, "heldout_significant": 1.0,
+        "concepts": 1.0}}, sanity=[SanityRow("f1", 0.97, 0.95, True), SanityRow("recall", 0.98, 0.0, False)])
+    path, _, _ = _dissection(tmp_path, rows=rows, layers=[LayerInfo("layer4", 6)], completeness=None, drift=None,
+                             heldout=heldout)
+    doc = _parse(path)
+    tables = {tuple(c[2] for c in t["rows"][0]): t["rows"][1:] for t in doc.tables if t["rows"]}
+    means = tables[("layer", "method", "f1", "auprc", "correlation", "share of units with a significant label",
+                    "concepts per unit")]
+    assert [[c[2] for c in r] for r in means] == [["layer4", "invert", "0.25", "0.5", "0.2", "1", "1"]]
+    sanity = tables[("metric", "drops, missing labels", "drops, extra labels", "verdict")]
+    assert [[c[2] for c in r] for r in sanity] == [["f1", "97%", "95%", "passes"],
+                                                   ["recall", "98%", "0%", "fails"]]
+    (units,) = _table(doc, "units")
+    header = [c[2] for c in units["rows"][0]]
+    assert header[-3:] == ["F1invert, held-out", "corrinvert, held-out", "conceptsinvert, held-out"]
+    assert [[c[2] for c in r][-3:] for r in units["rows"][1:3]] == [["0", "0.2", "0"], ["0.1", "0.2", "1"]]
+    assert (tmp_path / "out" / "plots" / "heldout.png").stat().st_size > 1000

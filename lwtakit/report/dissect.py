@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from lwtakit import plots
+from lwtakit.evaluation.verdict import SIGNIFICANT, VERDICT_METRICS
 from lwtakit.io import ensure_writable_dir
 from lwtakit.report.formatting import as_float, slug
 from lwtakit.report.images import data_uri, image_grid, png_width
@@ -32,6 +33,30 @@ class LayerInfo:
 
 
 @dataclass
+class HeldOut:
+    """The held-out assessment a dissection report shows: how the probe set was split (``split``), per (layer,
+    method) the means over units of each of :data:`~lwtakit.evaluation.verdict.VERDICT_METRICS` (``means``,
+    from :meth:`lwtakit.labels.LabelTable.summaries`) and the NeuronEval sanity tests of the metrics on the
+    evaluation images (``sanity``: :class:`lwtakit.evaluation.sanity.SanityRow`)."""
+
+    split: str
+    means: dict[tuple[str, str], dict[str, float]]
+    sanity: Sequence[Any] = ()
+
+
+HELDOUT_NOTE = ("Means over the labelled units; a significant label has held-out p < 0.001; concepts per unit counts "
+                "the concepts a unit detects significantly on the held-out images (Benjamini-Hochberg): fewer is "
+                "more focused.")
+SANITY_NOTE = ("NeuronEval's sanity tests (Oikarinen et al. 2025) on the held-out images with each unit's INVERT "
+               "label: the share of units whose score drops when half of the label's positive images are removed "
+               "(missing labels) and when random positives double them (extra labels). A metric passes at 90% or "
+               "more on both; only a passing metric can show that a unit answers to one concept and not more.")
+
+# per-unit held-out columns of the units table, and the header they get
+_UNIT_HELDOUT = {"heldout_f1": "F1", "heldout_correlation": "corr", "concepts": "concepts"}
+
+
+@dataclass
 class _Method:
     """One labelling method's rows in one layer."""
 
@@ -40,6 +65,7 @@ class _Method:
     by_unit: dict[tuple, Row]  # unit key -> its (last) row: the layer section shows these
     show_auc: bool  # an AUC column, when some AUC differs from the score
     show_p: bool  # a p-value column, when some row has one
+    heldout: list[tuple[str, str]]  # (key, header) of the held-out columns some row has
     overview: dict[str, Any]  # _method_summary of ``rows``
     summary: dict[str, Any]  # _method_summary of ``by_unit``
 
@@ -116,6 +142,7 @@ def _methods(rows: Sequence[Row]) -> list[_Method]:
             show_auc=any(as_float(r.get("auc")) is not None and as_float(r.get("auc")) != as_float(r.get("score"))
                          for r in shown),
             show_p=any(as_float(r.get("p_value")) is not None for r in shown),
+            heldout=[(k, h) for k, h in _UNIT_HELDOUT.items() if any(as_float(r.get(k)) is not None for r in shown)],
             overview=_method_summary(mrows), summary=_method_summary(shown)))
     return out
 
@@ -156,12 +183,30 @@ def _layer(name: str, info: LayerInfo | None, rows: Sequence[Row], anchor: str) 
     return layer
 
 
+def _heldout_values(rows: Sequence[Row]) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """``method -> layer -> metric -> per-unit values`` of the held-out metrics the rows carry."""
+    out: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for r in rows:
+        for key in VERDICT_METRICS:
+            v = as_float(r.get(key))
+            if key != SIGNIFICANT and v is not None and not math.isnan(v):
+                layers = out.setdefault(str(r.get("method", "")), {})
+                layers.setdefault(str(r.get("layer", "")), {}).setdefault(key, []).append(v)
+    return out
+
+
 def _plots(rows: Sequence[Row], layers: Sequence[LayerInfo], completeness: Mapping[str, Mapping[str, Any]] | None,
            drift: Mapping[str, Sequence[tuple[int, float]]] | None) -> PendingPlots:
     figs = PendingPlots()
     if rows:
         figs.add("score_histograms", lambda: plots.score_histograms(rows), "label score histograms",
                  "Distribution of the best label's score per layer and method.")
+    heldout = _heldout_values(rows)
+    if heldout:
+        shown = {k: f"{v} (held-out)" for k, v in VERDICT_METRICS.items() if k != SIGNIFICANT}
+        figs.add("heldout", lambda: plots.unit_distributions(heldout, shown), "held-out label quality per unit",
+                 "Each unit's label scored on the held-out images, per layer (boxes: quartiles; whiskers: 1.5 IQR; "
+                 "white dot: mean). Concepts per unit counts the concepts a unit detects significantly there.")
     firing = {li.name: li.firing for li in layers if li.firing is not None}
     if firing:
         figs.add("firing_rates", lambda: plots.firing_rates(firing), "firing rates",
@@ -180,10 +225,11 @@ def dissection_report(out_dir: str | os.PathLike, *, title: str, rows: Sequence[
                       layers: Sequence[LayerInfo], evaluation: Mapping[str, Any] | None = None,
                       completeness: Mapping[str, Mapping[str, Any]] | None = None,
                       drift: Mapping[str, Sequence[tuple[int, float]]] | None = None,
-                      meta: Mapping[str, Any] | None = None) -> Path:
+                      meta: Mapping[str, Any] | None = None, heldout: HeldOut | None = None) -> Path:
     """Write ``out_dir/report.html`` (plots also as ``out_dir/plots/*.png``) and return its path.
 
-    Sections: meta; evaluation summary; layer overview (units, measured active fraction, dead units,
+    Sections: meta; evaluation summary; the held-out assessment (:class:`HeldOut`: means per layer and
+    method, the metrics' sanity tests); layer overview (units, measured active fraction, dead units,
     per method mean score / distinct labels / share significant); plots (label-score histograms, sorted
     firing rates, PCA-vs-neuron completeness after Dey et al. 2020, label drift over training); then
     one section per layer: a sortable table of every labelled unit (label and score per method,
@@ -198,14 +244,17 @@ def dissection_report(out_dir: str | os.PathLike, *, title: str, rows: Sequence[
     for r in rows:
         rows_by_layer.setdefault(str(r.get("layer", "")), []).append(r)
     order = list(infos) + [n for n in rows_by_layer if n not in infos]
-    used: set[str] = {"meta", "evaluation", "overview", "plots"}
+    used: set[str] = {"meta", "evaluation", "heldout", "overview", "plots"}
     anchors = {n: slug("layer-" + n, used) for n in order}
 
     figs = _plots(rows, layers, completeness, drift)
     views = [_layer(n, infos.get(n), rows_by_layer.get(n, []), anchors[n]) for n in order]
     nav = [("meta", "run")] * bool(meta) + [("evaluation", "evaluation")] * bool(evaluation)
+    nav += [("heldout", "held-out")] * bool(heldout)
     nav += [("overview", "layers")] + [("plots", "plots")] * bool(figs.figures)
     nav += [(v.anchor, v.name) for v in views]
     return write_report(out_dir, "dissect.html", figs, title=title, nav=nav, meta=meta, evaluation=evaluation,
+                        heldout=heldout, heldout_columns=VERDICT_METRICS, heldout_note=HELDOUT_NOTE,
+                        sanity_note=SANITY_NOTE,
                         layers=views, n_units=len({(str(r.get("layer")), str(r.get("unit"))) for r in rows}),
                         methods=sorted({str(r.get("method", "")) for r in rows}))
