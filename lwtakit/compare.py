@@ -151,17 +151,19 @@ def interpretability_of(table, seed: int = 0):
 def verdicts(summaries, alpha: float = 0.05, seed: int = 0) -> list:
     """For each pair of runs, each layer both labelled and each of :data:`VERDICT_METRICS` (under its readable
     name): a :class:`~lwtakit.evaluation.verdict.Verdict` (two-sided Mann-Whitney test over units, bootstrap
-    intervals); every one of them is measured on the held-out images."""
-    from lwtakit.evaluation.verdict import verdict
+    intervals), every one measured on the held-out images; a pair's verdicts are one family, Holm-adjusted."""
+    from lwtakit.evaluation.verdict import holm_adjust, verdict
 
     out = []
     for i, a in enumerate(summaries):
         for b in summaries[i + 1:]:
+            family = []
             for layer in [la for la in a.unit_values if la in b.unit_values]:
                 for metric, name in VERDICT_METRICS.items():
                     if metric in a.unit_values[layer] and metric in b.unit_values[layer]:
-                        out.append(verdict(layer, name, (a.name, a.unit_values[layer][metric]),
-                                           (b.name, b.unit_values[layer][metric]), alpha=alpha, seed=seed))
+                        family.append(verdict(layer, name, (a.name, a.unit_values[layer][metric]),
+                                              (b.name, b.unit_values[layer][metric]), alpha=alpha, seed=seed))
+            out += holm_adjust(family)
     return out
 
 
@@ -198,7 +200,7 @@ def compare(specs: list[str], out: str | Path, probe_size: int = 1000, eval_size
             rows += [{"run": s.name, "metric": f"interpretability/{layer}/{k}", "value": est, "ci_low": lo,
                       "ci_high": hi} for k, (est, lo, hi) in metrics.items()]
     found = verdicts(summaries, seed=seed)
-    rows += [v.record() for v in found]
+    rows += [row for v in found for row in v.records()]
     with staged_dir(out) as stage:
         write_csv(stage / "compare.csv", rows, ["run", "metric", "value", "ci_low", "ci_high"])
         compare_report(stage, summaries, title="Sparse vs dense: " + " vs ".join(s.name for s in summaries),

@@ -86,8 +86,8 @@ def test_sentence_significant_either_way():
     w = V.verdict("layer4", "f1", ("default", low), ("default_dense", high), heldout=False)
     assert w.higher == "default_dense"
     assert w.sentence().startswith(f"layer4: default_dense higher f1 than default, {fmt.format(*a)} vs")
-    assert w.record() == {"run": "default vs default_dense", "metric": "verdict/layer4/f1", "value": w.p,
-                          "ci_low": None, "ci_high": None}
+    assert w.records() == [{"run": "default vs default_dense", "metric": "verdict/layer4/f1", "value": w.p,
+                            "ci_low": None, "ci_high": None}]
 
 
 def test_sentence_not_significant_and_too_few():
@@ -105,3 +105,49 @@ def test_sentence_not_significant_and_too_few():
                               "needs at least 2 units with a value")
     with pytest.raises(UserError, match="alpha"):
         V.verdict("fc", "f1", ("A", a), ("B", b), alpha=0)
+
+
+def _holm_rejects(ps, alpha):
+    """Holm's procedure as he states it: walk the p-values up from the smallest, rejecting while
+    p_(j) <= alpha / (m - j + 1); stop at the first that is not."""
+    order = sorted((p, i) for i, p in enumerate(ps) if not math.isnan(p))
+    m, rejected = len(order), set()
+    for j, (p, i) in enumerate(order):
+        if p > alpha / (m - j):
+            break
+        rejected.add(i)
+    return rejected
+
+
+def test_holm_adjusted_p_rejects_exactly_what_the_sequential_procedure_rejects():
+    rng = np.random.default_rng(7)
+    for trial in range(50):
+        ps = list(rng.uniform(0, 0.2, 12) ** 2)
+        if trial % 5 == 0:
+            ps[3] = math.nan  # a test that could not be run is not part of the family
+        ps[5] = ps[6]  # ties
+        adjusted = V.holm(ps)
+        assert math.isnan(adjusted[3]) == math.isnan(ps[3])
+        assert all(q >= p for p, q in zip(ps, adjusted, strict=True) if not math.isnan(p))
+        for alpha in (0.001, 0.01, 0.05, 0.1):
+            assert {i for i, q in enumerate(adjusted) if q <= alpha} == _holm_rejects(ps, alpha)
+    assert V.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+
+
+def test_a_family_decides_on_the_adjusted_p():
+    """One difference that is significant alone (p ~ 0.01) is not once it is one of 25 tests; a strong one stays."""
+    rng = np.random.default_rng(8)
+    a = rng.normal(0.5, 0.1, 128)
+    weak = next(v for seed in range(200)
+                if 0.005 < (v := V.verdict("l", "f1", ("A", a + np.random.default_rng(seed).normal(0.035, 0.1, 128)),
+                                           ("B", a))).p < 0.02)
+    strong = V.verdict("l", "auprc", ("A", a + 0.1), ("B", a))
+    nulls = [V.verdict(f"l{i}", "f1", ("A", rng.normal(0.5, 0.1, 128)), ("B", rng.normal(0.5, 0.1, 128)))
+             for i in range(23)]
+    family = V.holm_adjust([weak, strong, *nulls])
+    assert weak.higher == "A" and family[0].higher is None and family[0].p_adjusted == pytest.approx(
+        V.holm([v.p for v in [weak, strong, *nulls]])[0])
+    assert family[1].higher == "A" and family[1].family == 25
+    assert family[0].sentence().endswith(f"{V.format_p(weak.p)} (Holm-adjusted over 25 tests: "
+                                         f"{V.format_p(family[0].p_adjusted)[4:]})")
+    assert [r["metric"] for r in family[0].records()] == ["verdict/l/f1", "verdict_holm/l/f1"]

@@ -8,19 +8,24 @@ network and its dense twin) are compared through the distributions of their unit
 * :func:`compare_samples`: the two-sided Mann-Whitney U test of the two runs' per-unit values (Mann & Whitney
   1947): rank-based, so it needs no normality of scores bounded in [0, 1] and piled up at 0 or 1.
 * :func:`verdict`: both, in one plain sentence.
+* :func:`holm_adjust`: a pair of runs is compared on every layer and metric at once (25 tests for 5 layers x 5
+  metrics); Holm's step-down correction (Holm 1979) keeps the chance of any false "higher" over the whole family
+  at alpha, and the sentences decide on the adjusted p-value.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import stats
 
 from ..errors import UserError
 
-__all__ = ["SIGNIFICANT", "VERDICT_METRICS", "Verdict", "bootstrap_ci", "compare_samples", "format_p", "verdict"]
+__all__ = ["SIGNIFICANT", "VERDICT_METRICS", "Verdict", "bootstrap_ci", "compare_samples", "format_p", "holm",
+           "holm_adjust", "verdict"]
 
 _BUDGET = 1 << 22  # resampled values held at once
 
@@ -108,12 +113,27 @@ def _units(n: int) -> str:
     return f"{n} unit" if n == 1 else f"{n} units"
 
 
+def holm(ps: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (Holm 1979, "A simple sequentially rejective multiple test procedure"):
+    with the m finite p-values sorted, p_(1) <= ... <= p_(m), the adjusted value of p_(i) is
+    ``min(1, max_{j <= i} (m - j + 1) p_(j))``; rejecting where it is <= alpha keeps the family-wise error at
+    alpha under any dependence. NaN entries stay NaN and do not count in m."""
+    finite = [i for i, p in enumerate(ps) if not math.isnan(p)]
+    out = [math.nan] * len(ps)
+    running, m = 0.0, len(finite)
+    for rank, i in enumerate(sorted(finite, key=lambda i: ps[i])):
+        running = max(running, min(1.0, (m - rank) * ps[i]))
+        out[i] = running
+    return out
+
+
 @dataclass(frozen=True)
 class Verdict:
     """Two runs' values of one metric in one layer: ``a`` and ``b`` are ``(mean, ci_low, ci_high)`` over units
     (:func:`bootstrap_ci`), ``n_a`` / ``n_b`` the units with a value, ``p`` the two-sided Mann-Whitney p-value
-    (:func:`compare_samples`), ``higher`` the run whose units score higher when ``p <= alpha`` (the direction of
-    the test: ``U_a > n_a n_b / 2``), else None."""
+    (:func:`compare_samples`), ``superiority`` the probability that a unit of ``a`` scores above one of ``b``
+    (ties one half), ``p_adjusted`` the family-wise adjusted p-value (:func:`holm_adjust`; None: not adjusted)
+    out of ``family`` tests. :attr:`higher` is the run whose units score higher when the (adjusted) p <= alpha."""
 
     layer: str
     metric: str
@@ -122,34 +142,64 @@ class Verdict:
     a: tuple[float, float, float]
     b: tuple[float, float, float]
     p: float
-    higher: str | None
+    superiority: float
     n_a: int
     n_b: int
     alpha: float = 0.05
     heldout: bool = True
+    p_adjusted: float | None = None
+    family: int = 1
+
+    @property
+    def decisive_p(self) -> float:
+        return self.p if self.p_adjusted is None else self.p_adjusted
+
+    @property
+    def higher(self) -> str | None:
+        if math.isnan(self.decisive_p) or self.decisive_p > self.alpha or self.superiority == 0.5:
+            return None
+        return self.run_a if self.superiority > 0.5 else self.run_b
 
     @property
     def quantity(self) -> str:
         return f"held-out {self.metric}" if self.heldout else self.metric
 
+    def _p_text(self) -> str:
+        if self.p_adjusted is None:
+            return format_p(self.p)
+        return f"{format_p(self.p)} (Holm-adjusted over {self.family} tests: {format_p(self.p_adjusted)[4:]})"
+
     def sentence(self) -> str:
-        """One plain sentence: which run is higher, both means with 95% intervals, and the p-value."""
+        """One plain sentence: which run is higher, both means with 95% intervals, and the p-value (with its
+        adjusted value when the verdict is one of a family)."""
         if math.isnan(self.p):
             return (f"{self.layer}: {self.quantity} cannot be compared between {self.run_a} ({_units(self.n_a)}) "
                     f"and {self.run_b} ({_units(self.n_b)}): each run needs at least 2 units with a value")
         if self.higher is None:
             return (f"{self.layer}: no significant difference in {self.quantity} between {self.run_a} "
-                    f"({_interval(self.a)}) and {self.run_b} ({_interval(self.b)}), {format_p(self.p)}")
+                    f"({_interval(self.a)}) and {self.run_b} ({_interval(self.b)}), {self._p_text()}")
         first, second = (self.a, self.b) if self.higher == self.run_a else (self.b, self.a)
         lower = self.run_b if self.higher == self.run_a else self.run_a
         return (f"{self.layer}: {self.higher} higher {self.quantity} than {lower}, {_interval(first)} vs "
-                f"{_interval(second)}, {format_p(self.p)}")
+                f"{_interval(second)}, {self._p_text()}")
 
-    def record(self) -> dict:
-        """compare.csv's row for this pair (issue 8.7): metric ``verdict/<layer>/<metric>``, run ``A vs B``,
-        value the p-value, no interval."""
-        return {"run": f"{self.run_a} vs {self.run_b}", "metric": f"verdict/{self.layer}/{self.metric}",
-                "value": self.p, "ci_low": None, "ci_high": None}
+    def records(self) -> list[dict]:
+        """compare.csv's rows for this pair (issue 8.7): metric ``verdict/<layer>/<metric>``, run ``A vs B``, value
+        the p-value, no interval; when adjusted, also ``verdict_holm/<layer>/<metric>`` with the adjusted p."""
+        rows = [{"run": f"{self.run_a} vs {self.run_b}", "metric": f"verdict/{self.layer}/{self.metric}",
+                 "value": self.p, "ci_low": None, "ci_high": None}]
+        if self.p_adjusted is not None:
+            rows.append({**rows[0], "metric": f"verdict_holm/{self.layer}/{self.metric}", "value": self.p_adjusted})
+        return rows
+
+
+def holm_adjust(verdicts: Sequence[Verdict]) -> list[Verdict]:
+    """The verdicts of one family (one pair of runs, every layer and metric) with :func:`holm` adjusted p-values:
+    a run is called higher only where the adjusted p <= alpha."""
+    adjusted = holm([v.p for v in verdicts])
+    family = sum(not math.isnan(v.p) for v in verdicts)
+    return [replace(v, p_adjusted=q if not math.isnan(q) else None, family=family)
+            for v, q in zip(verdicts, adjusted, strict=True)]
 
 
 def verdict(layer: str, metric: str, a: tuple[str, object], b: tuple[str, object], *, alpha: float = 0.05,
@@ -162,9 +212,6 @@ def verdict(layer: str, metric: str, a: tuple[str, object], b: tuple[str, object
         raise UserError(f"significance level alpha must be in (0, 1), got {alpha}")
     (run_a, values_a), (run_b, values_b) = a, b
     p, superiority = _mann_whitney(values_a, values_b)
-    higher = None
-    if p <= alpha and superiority != 0.5:
-        higher = run_a if superiority > 0.5 else run_b
     return Verdict(layer=layer, metric=metric, run_a=run_a, run_b=run_b, a=bootstrap_ci(values_a, seed=seed),
-                   b=bootstrap_ci(values_b, seed=seed), p=p, higher=higher, n_a=len(_values(values_a)),
+                   b=bootstrap_ci(values_b, seed=seed), p=p, superiority=superiority, n_a=len(_values(values_a)),
                    n_b=len(_values(values_b)), alpha=alpha, heldout=heldout)

@@ -21,7 +21,8 @@ INTERPRETABILITY_NOTE = (
     "Each run's INVERT labels are chosen on half of its probe set and scored on the other half (held-out), with "
     "the network dissected as it is evaluated (LWTA: the mean of seeded stochastic passes). Values are means over "
     "units with 95% bootstrap intervals; each pair of runs is compared per layer and metric with a two-sided "
-    "Mann-Whitney test over units at level 0.05. F1 binarises a unit at its top 5% of images; correlation is also "
+    "Mann-Whitney test over units, and a difference is called only where its p-value, Holm-adjusted over all of "
+    "the pair's tests, is at most 0.05. F1 binarises a unit at its top 5% of images; correlation is also "
     "how well the label predicts the activation; a significant label has held-out p < 0.001; concepts per unit "
     "counts the concepts a unit detects significantly on the held-out images (Benjamini-Hochberg, q = 0.05): "
     "fewer is more focused.")
