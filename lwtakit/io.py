@@ -18,7 +18,7 @@ from lwtakit.errors import UserError
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -> Iterator[IO]:
     """Open a temporary file beside ``path``; rename it onto ``path`` only if the block succeeds."""
-    path = Path(path)
+    path = check_output_file(path)
     ensure_writable_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -104,6 +104,15 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def check_output_file(path: str | os.PathLike) -> Path:
+    """``path`` as a Path, or a :class:`UserError` when it is an existing folder (os.replace onto it would fail
+    with a traceback, after the work); commands call it up front too."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"output {path} is a folder; give a file name (e.g. {path / 'out.csv'})")
+    return path
 
 
 def ensure_writable_dir(path: str | os.PathLike) -> Path:
