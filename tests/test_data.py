@@ -376,3 +376,9 @@ def test_imagefolder_skips_and_counts_a_decompression_bomb(tmp_path, monkeypatch
         x, y = ds[3]
         assert y == 1 and torch.equal(x, ds[4][0])  # the next readable dog image stands in
     assert ds.num_skipped == 1
+
+
+def test_a_size_of_zero_is_an_error_not_the_default_size():
+    with pytest.raises(UserError, match="size must be >= 1"):
+        build_dataset("synthetic", "train", size=0)
+    assert len(build_dataset("synthetic", "val", size=3)) == 3

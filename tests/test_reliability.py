@@ -361,3 +361,12 @@ def test_explain_takes_the_labels_of_analyze_label_for_the_layer_it_is_told(tmp_
     out = capsys.readouterr().out.splitlines()
     assert code == 0 and len(out) == 6
     assert all(line.split()[2:] == ["concept", line.split()[0]] for line in out[1:]), out
+
+
+def test_resume_from_a_checkpoint_of_the_same_architecture_passes_the_checks(tmp_path, ckpt):
+    """The resume checks accept the run's own settings (other keys, like the epochs, may change)."""
+    cfg = load_config("default", [f"run_dir={tmp_path}", "run_name=resumed", *TINY, "trainer.max_epochs=2",
+                                  "logger=none", "dissection.enabled=false", "data.train_size=32",
+                                  f"ckpt_path={ckpt}"])
+    result = train_script.train(cfg)
+    assert result.trainer.current_epoch == 2 and result.last_ckpt.exists()
