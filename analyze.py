@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lwtakit.errors import ArgumentParser, UserError
+from lwtakit.errors import ArgumentParser, UserError, int_at_least
 from lwtakit.evaluation.metrics import DEFAULT_ALPHA
 from lwtakit.labelers.configs import SIMILARITIES
 
@@ -74,12 +74,37 @@ def _read_names(path: str) -> list[str]:
 
 
 def _load_npy(path: str, what: str) -> np.ndarray:
+    """The array saved in the .npy file ``path``; an empty, truncated or non-.npy file is a UserError."""
     if not Path(path).is_file():
         raise UserError(f"{what} file {path} does not exist")
     try:
-        return np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        raise UserError(f"{what} file {path} is not a plain .npy array ({exc})") from None
+        data = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as exc:
+        detail = "it is empty" if Path(path).stat().st_size == 0 else str(exc).splitlines()[0]
+        raise UserError(f"{what} file {path} is not a plain .npy array ({detail}); save it with np.save") from None
+    if not isinstance(data, np.ndarray):  # np.load sniffs the content: an .npz archive under a .npy name
+        data.close()
+        raise UserError(f"{what} file {path} is an .npz archive, not a .npy array; save one array with np.save")
+    return data
+
+
+def _load_activations(path: str) -> np.ndarray:
+    """Activations ``[N, C]``: numeric, finite, at least two images (one cannot rank images) and one unit."""
+    acts = _load_npy(path, "activations")
+    if acts.ndim != 2 or not np.issubdtype(acts.dtype, np.number):
+        raise UserError(f"activations {path} must be a numeric [N, C] array, got shape {acts.shape}")
+    if acts.shape[0] < 2 or acts.shape[1] < 1:
+        raise UserError(f"activations {path} have shape {acts.shape}; labelling needs at least 2 images (rows) "
+                        "and 1 unit (column)")
+    _check_finite(acts, path, "activations")
+    return acts
+
+
+def _check_finite(matrix: np.ndarray, path: str, what: str) -> None:
+    if np.issubdtype(matrix.dtype, np.floating) and not np.isfinite(matrix).all():
+        row, col = np.argwhere(~np.isfinite(matrix))[0]
+        raise UserError(f"{what} {path} hold NaN or infinite values (first at row {row}, column {col}); "
+                        "replace them before labelling")
 
 
 # ------------------------------------------------------------------------------------------- dissect
@@ -139,12 +164,11 @@ def _labelers(args) -> list:
 
 # --------------------------------------------------------------------------------------------- label
 def cmd_label(args) -> Path:
-    from lwtakit.io import write_csv
+    from lwtakit.io import check_output_file, write_csv
 
+    check_output_file(args.out)
     metric_names = _metric_names(args) if args.metrics is not None else []
-    acts = _load_npy(args.activations, "activations")
-    if acts.ndim != 2 or not np.issubdtype(acts.dtype, np.number):
-        raise UserError(f"activations {args.activations} must be a numeric [N, C] array, got shape {acts.shape}")
+    acts = _load_activations(args.activations)
     names = _read_names(args.concept_names)
     if metric_names and args.concept_labels is None:
         raise UserError("--metrics scores labels against concept labels; give --concept-labels L.npy (bool [N, K])")
@@ -155,12 +179,9 @@ def cmd_label(args) -> Path:
         from lwtakit.labelers.configs import InvertConfig
         from lwtakit.labelers.invert import label_units
 
-        labels = _load_npy(args.concept_labels, "concept labels")
-        _check_concepts(acts, labels, names, args.concept_labels)
-        if labels.dtype != bool and not np.isin(labels, (0, 1)).all():
-            raise UserError(f"concept labels {args.concept_labels} must be boolean (or 0/1)")
+        labels = _load_concept_labels(args.concept_labels, acts, names)
         config = InvertConfig(max_length=args.max_length, beam=args.beam)
-        rows = label_units(torch.from_numpy(acts.astype(np.float64)), torch.from_numpy(labels.astype(bool)), names,
+        rows = label_units(torch.from_numpy(acts.astype(np.float64)), torch.from_numpy(labels), names,
                            **dataclasses.asdict(config))
         columns = ["unit", "label", "score", "auc", "p_value", "length"]
     elif args.method in SIMILARITIES:
@@ -171,6 +192,7 @@ def cmd_label(args) -> Path:
 
         scores = _load_npy(args.concept_scores, "concept scores")
         _check_concepts(acts, scores, names, args.concept_scores)
+        _check_finite(scores, args.concept_scores, "concept scores")
         rows = label_units(torch.from_numpy(acts.astype(np.float32)), torch.from_numpy(scores.astype(np.float32)),
                            names, method=args.method)
         columns = ["unit", "label", "score", "top5"]
@@ -198,6 +220,8 @@ def _load_concept_labels(path: str, acts: np.ndarray, names: list[str]) -> np.nd
     _check_concepts(acts, labels, names, path)
     if labels.dtype != bool and not np.isin(labels, (0, 1)).all():
         raise UserError(f"concept labels {path} must be boolean (or 0/1)")
+    if not labels.any():  # every unit would get an empty label and NaN scores
+        raise UserError(f"concept labels {path} are all false: no concept occurs in any image")
     return labels.astype(bool)
 
 
@@ -265,13 +289,12 @@ def _unit_labels(path: str, concepts: np.ndarray, names: list[str], n_units: int
 def cmd_sanity(args) -> Path:
     """NeuronEval's missing/extra-labels tests of the label metrics on these activations and concepts."""
     from lwtakit.evaluation.sanity import SanityConfig, sanity_check
-    from lwtakit.io import write_csv
+    from lwtakit.io import check_output_file, write_csv
 
+    check_output_file(args.out)
     config = SanityConfig(metrics=tuple(_metric_names(args)), alpha=args.alpha, repeats=args.repeats,
                           seed=args.seed)
-    acts = _load_npy(args.activations, "activations")
-    if acts.ndim != 2 or not np.issubdtype(acts.dtype, np.number):
-        raise UserError(f"activations {args.activations} must be a numeric [N, C] array, got shape {acts.shape}")
+    acts = _load_activations(args.activations)
     names = _read_names(args.concept_names)
     concepts = _load_concept_labels(args.concept_labels, acts, names)
     units, vectors = (None, None) if args.labels is None else _unit_labels(args.labels, concepts, names,
@@ -285,8 +308,8 @@ def cmd_explain(args) -> list[dict]:
     from PIL import Image, UnidentifiedImageError
 
     from lwtakit.checkpoint import load_model
+    from lwtakit.data.folders import ImageTooLarge, open_image
     from lwtakit.explain import active_neurons
-    from lwtakit.io import read_csv
     from lwtakit.lwta import lwta_layers
 
     device = _device(args.device)
@@ -294,7 +317,9 @@ def cmd_explain(args) -> list[dict]:
     if not Path(args.image).is_file():
         raise UserError(f"image {args.image} does not exist")
     try:
-        img = Image.open(args.image).convert("L" if loaded.in_chans == 1 else "RGB")
+        img = open_image(args.image, "L" if loaded.in_chans == 1 else "RGB")
+    except ImageTooLarge as exc:
+        raise UserError(f"{exc}; shrink the image first") from None
     except (UnidentifiedImageError, OSError):
         raise UserError(f"{args.image} is not a readable image file") from None
     img = img.resize((loaded.img_size, loaded.img_size), Image.BILINEAR)
@@ -303,16 +328,36 @@ def cmd_explain(args) -> list[dict]:
     layer = args.layer or (list(lwta_layers(loaded.model)) or [None])[-1]
     if layer is None:
         raise UserError("the model has no LWTA layer; name one with --layer")
-    labels = None
-    if args.labels:
-        if not Path(args.labels).is_file():
-            raise UserError(f"labels file {args.labels} does not exist")
-        labels = {int(r["unit"]): r["label"] for r in read_csv(args.labels) if r["layer"] == layer}
+    labels = _explain_labels(args.labels, layer, layer_given=args.layer is not None) if args.labels else None
     rows = active_neurons(loaded.model.to(device), x, layer, labels=labels, top=args.top, device=device)
     print(f"{'unit':>6} {'activation':>11}  label")
     for r in rows:
         print(f"{r['unit']:>6} {r['activation']:>11.4f}  {r.get('label') or ''}")
     return rows
+
+
+def _explain_labels(path: str, layer: str, layer_given: bool) -> dict[int, str]:
+    """Unit -> label of ``layer`` from a labels.csv: dissect's (a ``layer`` column) or ``analyze.py label``'s (no
+    ``layer`` column: its rows are one layer's, taken as ``layer`` when the user named it with --layer)."""
+    from lwtakit.io import read_csv
+
+    if not Path(path).is_file():
+        raise UserError(f"labels file {path} does not exist")
+    rows = read_csv(path)
+    columns = set(rows[0]) if rows else set()
+    missing = [c for c in ("unit", "label") if c not in columns]
+    if missing:
+        raise UserError(f"labels file {path} lacks column {missing[0]} (it needs unit and label, as analyze.py "
+                        "label and dissect write them)")
+    if "layer" not in columns:
+        if not layer_given:
+            raise UserError(f"labels file {path} has no layer column, so which layer its units belong to is "
+                            "ambiguous; name it with --layer")
+        rows = [{**r, "layer": layer} for r in rows]
+    try:
+        return {int(r["unit"]): r["label"] for r in rows if r["layer"] == layer}
+    except ValueError:
+        raise UserError(f"labels file {path}: column unit must hold unit numbers") from None
 
 
 # ------------------------------------------------------------------------------------------- compare
@@ -336,11 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--methods", nargs="+", default=["invert"],
                    help="invert clip_dissect iou describe (default: invert)")
     d.add_argument("--probe", help="synthetic | mnist:PATH | cifar10:ROOT | imagefolder:ROOT | folder:PATH")
-    d.add_argument("--probe-size", type=int, default=1000)
+    d.add_argument("--probe-size", type=int_at_least(1), default=1000)
     d.add_argument("--concepts", default="synthetic", help="concept set for CLIP: builtin name or text file")
-    d.add_argument("--pca", type=int, default=0, help="also label the top-k principal directions; completeness")
-    d.add_argument("--max-length", type=int, default=1, help="INVERT formula length")
-    d.add_argument("--beam", type=int, default=5)
+    d.add_argument("--pca", type=int_at_least(0), default=0,
+                   help="also label the top-k principal directions; completeness")
+    d.add_argument("--max-length", type=int_at_least(1), default=1, help="INVERT formula length")
+    d.add_argument("--beam", type=int_at_least(1), default=5)
     d.add_argument("--clip-model", default="ViT-B-16")
     d.add_argument("--clip-pretrained", help="open_clip tag (online), weights file, or local-dir:FOLDER")
     d.add_argument("--clip-cache", help="folder for cached CLIP embeddings")
@@ -352,14 +398,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--mode", "--inference", dest="mode", choices=["mc", "sample", "argmax"], default="mc",
                    help="LWTA network dissected as: mc = mean of --passes seeded stochastic passes (the function it "
                         "is evaluated as), sample = one seeded pass, argmax = most likely winners (default: mc)")
-    d.add_argument("--passes", type=int, default=4, help="stochastic passes averaged in mc mode (default: 4)")
+    d.add_argument("--passes", type=int_at_least(1), default=4,
+                   help="stochastic passes averaged in mc mode (default: 4)")
     d.add_argument("--heldout", type=float, default=0.5, metavar="FRACTION",
                    help="choose labels on this seeded fraction of the probe set and score them on the rest "
                         "(0: label and score on all of it, in-sample; default: 0.5)")
-    d.add_argument("--top-images", type=int, default=8)
-    d.add_argument("--grid-units", type=int, default=12,
+    d.add_argument("--top-images", type=int_at_least(1), default=8)
+    d.add_argument("--grid-units", type=int_at_least(0), default=12,
                    help="best-scoring units per layer shown with their top images (0: every unit)")
-    d.add_argument("--batch-size", type=int, default=128)
+    d.add_argument("--batch-size", type=int_at_least(1), default=128)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--device", default="auto", help=DEVICE_HELP)
     d.add_argument("--out", required=True)
@@ -370,8 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--concept-labels", help="bool [N, K] .npy (invert)")
     lab.add_argument("--concept-scores", help="float [N, K] .npy image-concept similarity (CLIP functions)")
     lab.add_argument("--concept-names", required=True, help="text file, one concept a line")
-    lab.add_argument("--max-length", type=int, default=1)
-    lab.add_argument("--beam", type=int, default=5)
+    lab.add_argument("--max-length", type=int_at_least(1), default=1)
+    lab.add_argument("--beam", type=int_at_least(1), default=5)
     lab.add_argument("--metrics", help="also score each unit's label by these NeuronEval metrics (comma-separated "
                      "names, or all); needs --concept-labels; a name already taken (auc) becomes neuroneval_<name>")
     lab.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
@@ -398,13 +445,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--image", required=True)
     e.add_argument("--layer", help="default: the last LWTA layer")
     e.add_argument("--labels", help="labels.csv from dissect (or a run folder's)")
-    e.add_argument("--top", type=int, default=20)
+    e.add_argument("--top", type=int_at_least(1), default=20)
     e.add_argument("--device", default="auto", help=DEVICE_HELP)
 
     c = sub.add_parser("compare", help="put runs (e.g. sparse and dense) side by side; HTML report + CSV")
     c.add_argument("runs", nargs="+", help="run folders or checkpoints")
-    c.add_argument("--probe-size", type=int, default=1000)
-    c.add_argument("--eval-size", type=int, default=1000, help="test images for accuracy per inference mode")
+    c.add_argument("--probe-size", type=int_at_least(1), default=1000)
+    c.add_argument("--eval-size", type=int_at_least(1), default=1000,
+                   help="test images for accuracy per inference mode")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device", default="auto", help=DEVICE_HELP)
     c.add_argument("--out", required=True)

@@ -30,7 +30,8 @@ from callbacks.rng_state import RNGStateCheckpoint
 from callbacks.sparsity import SparsityMonitor
 from lightning_modules.classifier import LitClassifier
 from lightning_modules.datamodules import VisionDataModule
-from lwtakit.config import load_config, save_config, to_dict
+from lwtakit.checkpoint import check_resume
+from lwtakit.config import check_machine, load_config, save_config, to_dict
 from lwtakit.errors import ArgumentParser, UserError
 from lwtakit.io import atomic_write, ensure_writable_dir
 
@@ -139,6 +140,7 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, datamodule: VisionDataModule
 
 def train(cfg: DictConfig) -> TrainResult:
     """Fit (and test) the model a resolved config describes; returns the run folder and final metrics."""
+    check_machine(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = resolve_run_dir(cfg)
     ensure_writable_dir(run_dir)
@@ -162,6 +164,9 @@ def _fit(cfg: DictConfig, run_dir: Path) -> TrainResult:
         ckpt_path = str(last)
     elif ckpt_path and not Path(ckpt_path).exists():
         raise UserError(f"checkpoint {ckpt_path} does not exist (config key ckpt_path)")
+    if ckpt_path:
+        # Before the Trainer exists: a bad file or another architecture fails as one line, not a traceback.
+        check_resume(ckpt_path, cfg, module.state_dict())
     t = cfg.trainer
     trainer = pl.Trainer(
         default_root_dir=str(run_dir), max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices,

@@ -52,19 +52,47 @@ def build_network(cfg: DictConfig, num_classes: int, in_chans: int, mean, std) -
     return build_model(m.name, num_classes=num_classes, act=m.act, lwta=lwta, arch=arch)
 
 
-def load_checkpoint(path: str | Path, map_location: str = "cpu") -> LoadedModel:
-    """The network of a ``train.py`` checkpoint, with the weights it was saved with, in eval mode."""
+# The model keys whose values fix the architecture (and so which weights a checkpoint holds and what they mean).
+ARCH_KEYS = ("name", "act", "U", "width", "stem", "patch_size", "depth")
+
+
+def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:
+    """The contents of a ``train.py`` checkpoint (``weights_only=True``); a missing, unreadable or foreign file is
+    a :class:`UserError` naming it."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-        raise UserError(f"{path} is not a readable checkpoint ({type(exc).__name__}); give a .ckpt written "
-                        "by train.py") from None
+        raise UserError(f"{path} is not a readable checkpoint ({type(exc).__name__}: truncated, corrupt or not a "
+                        "checkpoint); give a .ckpt written by train.py") from None
     if not isinstance(ckpt, dict) or CONFIG_KEY not in ckpt or "state_dict" not in ckpt:
         raise UserError(f"{path} is not a train.py checkpoint (no stored config); give a .ckpt written by "
                         "train.py or use --model torchvision:NAME")
+    return ckpt
+
+
+def check_resume(path: str | Path, cfg: DictConfig, expected: dict[str, torch.Tensor]) -> None:
+    """Check that the checkpoint at ``path`` can resume the run ``cfg`` describes, whose module has the state
+    ``expected``: readable, of the same architecture and with weights of the same shapes. (Lightning would load an
+    LWTA checkpoint into a dense network of equal shapes without a word.)"""
+    ckpt = read_checkpoint(path)
+    stored = config_lib.from_dict(ckpt[CONFIG_KEY]).model
+    diff = [f"model.{k} {stored[k]} in the checkpoint, {cfg.model[k]} in the config" for k in ARCH_KEYS
+            if stored[k] != cfg.model[k]]
+    state = ckpt["state_dict"]
+    diff += [f"weight {k} {tuple(v.shape)} in the checkpoint, {tuple(expected[k].shape)} in the config"
+             for k, v in state.items() if k in expected and expected[k].shape != v.shape][:2]
+    if diff:
+        raise UserError(f"checkpoint {path} does not match the config: {'; '.join(diff)}; resume with the "
+                        "checkpoint's settings (its run's config.yaml) or start a new run")
+
+
+def load_checkpoint(path: str | Path, map_location: str = "cpu") -> LoadedModel:
+    """The network of a ``train.py`` checkpoint, with the weights it was saved with, in eval mode."""
+    path = Path(path)
+    ckpt = read_checkpoint(path, map_location)
     cfg = config_lib.from_dict(ckpt[CONFIG_KEY])
     hp = ckpt.get("hyper_parameters", {})
     try:

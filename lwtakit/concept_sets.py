@@ -62,10 +62,10 @@ BUILTINS = {
 
 
 def read_concept_file(path: str | os.PathLike) -> list[str]:
-    """One concept a line: stripped, blank lines and repeats dropped (first occurrence kept)."""
+    """One concept a line: stripped, blank lines and repeats dropped (first occurrence kept); a UTF-8 BOM is dropped."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # files saved by Windows editors start with a BOM
     except UnicodeDecodeError as exc:
         raise UserError(f"concept file {path} is not UTF-8 text; give one concept per line") from exc
     except OSError as exc:

@@ -14,6 +14,7 @@ unknown key or a value of the wrong type is an error that names the key. Configs
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,7 +191,14 @@ CHOICES = {
     "optim.schedule": ("none", "step", "cosine"),
     "logger": ("wandb", "csv", "none"),
     "wandb.mode": ("offline", "online", "disabled"),
+    # Lightning's accepted precisions (lightning.fabric.connector._PRECISION_INPUT, as strings: the key is a str);
+    # checked here so that a typo fails before a run folder is made, not inside pl.Trainer with a traceback.
+    "trainer.precision": ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "32", "16",
+                          "bf16", "64", "transformer-engine", "transformer-engine-float16"),
 }
+# Keys that must be at least 1 (a size of 0 used to fall back silently to the data set's default size).
+AT_LEAST_ONE = ("data.batch_size", "data.train_size", "data.val_size", "data.test_size", "data.img_size",
+                "trainer.max_epochs", "trainer.num_nodes", "eval.mc_samples", "dissection.passes")
 
 
 # Keys that moved (labeler settings now sit under their labeler): a stored config of an earlier version is read
@@ -295,7 +303,7 @@ def load_config(config: str | None = "default", overrides: list[str] | None = No
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UserError(f"override '{item}' must look like key=value (e.g. trainer.max_epochs=3)")
-        if key in GROUPS and (CONFIG_DIR / key / f"{value}.yaml").exists():
+        if key in GROUPS:  # a group node takes a group file's name, never a plain value
             layers.append((f"{key}={value}", {key: _read_yaml(_group_file(key, value))}))
         else:
             dotlist.append(item)
@@ -325,11 +333,56 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"config key 'model.U' must be >= 1, got {cfg.model.U}")
     if cfg.model.act != "lwta" and cfg.model.U != 1:
         cfg.model.U = 1  # a dense twin has no competition; keep the field honest in the saved config
-    if cfg.data.batch_size < 1:
-        raise UserError(f"config key 'data.batch_size' must be >= 1, got {cfg.data.batch_size}")
+    for key in AT_LEAST_ONE:
+        if OmegaConf.select(cfg, key) < 1:
+            raise UserError(f"config key '{key}' must be >= 1, got {OmegaConf.select(cfg, key)}")
+    _validate_numbers(cfg)
     if cfg.dissection.probe_size < max(2, cfg.dissection.top_images):
         raise UserError(f"config key 'dissection.probe_size' ({cfg.dissection.probe_size}) must be >= 2 and >= "
                         f"dissection.top_images ({cfg.dissection.top_images})")
+
+
+def _validate_numbers(cfg: DictConfig) -> None:
+    """Ranges of the values handed to the optimiser, the RNGs and Lightning's device selection."""
+    for key in ("optim.lr", "optim.weight_decay", "optim.momentum", "optim.warmup_epochs", "optim.label_smoothing",
+                "optim.kl_weight"):
+        value = OmegaConf.select(cfg, key)
+        if not math.isfinite(value) or value < 0:
+            raise UserError(f"config key '{key}' must be a finite number >= 0, got {value}")
+    if cfg.optim.lr == 0:
+        raise UserError("config key 'optim.lr' must be > 0, got 0")
+    if not 0 <= cfg.seed < 2**32:  # numpy's and the data loaders' seeds are unsigned 32-bit
+        raise UserError(f"config key 'seed' must be in [0, 2**32), got {cfg.seed}")
+    devices = cfg.trainer.devices
+    if not _devices_ok(devices):
+        raise UserError(f"config key 'trainer.devices' is {devices!r}; give auto, a count >= 1, -1 (all) or a list "
+                        "of device indices like [0,1]")
+
+
+def _devices_ok(devices: Any) -> bool:
+    """Whether ``devices`` is one of Lightning's forms: ``auto``, a count >= 1, -1, ``"0,1"`` or ``[0, 1]``."""
+    if devices == "auto":
+        return True
+    if isinstance(devices, str):
+        parts = [p.strip() for p in devices.split(",") if p.strip()]
+        if len(parts) == 1:
+            return parts[0].lstrip("-").isdigit() and (int(parts[0]) >= 1 or int(parts[0]) == -1)
+        return bool(parts) and all(p.isdigit() for p in parts)
+    if isinstance(devices, bool):
+        return False
+    if isinstance(devices, int):
+        return devices >= 1 or devices == -1
+    return len(devices) > 0 and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in devices)
+
+
+def check_machine(cfg: DictConfig) -> None:
+    """Check what depends on this machine rather than on the config (a config naming a GPU is valid, but it
+    cannot run where none is visible)."""
+    import torch
+
+    if cfg.trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError(f"config key 'trainer.accelerator' is {cfg.trainer.accelerator!r} but no GPU is visible; "
+                        "use trainer.accelerator=cpu (or auto), or trainer=cpu")
 
 
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:

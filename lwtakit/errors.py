@@ -26,3 +26,20 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"error: {self.prog}: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
+def int_at_least(minimum: int):
+    """An argparse ``type``: an integer >= ``minimum``, so that a count like ``--top-images -1`` is rejected before
+    any work starts, as the one-line usage error of :class:`ArgumentParser`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"int >= {minimum}"  # argparse names the type in some messages
+    return parse

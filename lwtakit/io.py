@@ -7,6 +7,7 @@ import csv
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -17,7 +18,7 @@ from lwtakit.errors import UserError
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -> Iterator[IO]:
     """Open a temporary file beside ``path``; rename it onto ``path`` only if the block succeeds."""
-    path = Path(path)
+    path = check_output_file(path)
     ensure_writable_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -33,32 +34,85 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -
         raise
 
 
+# The files a staged command wrote into its output folder, one relative path a line: the next run into the same
+# folder removes those it does not write again (stale plots of layers no longer dissected), and nothing else.
+MANIFEST = ".lwtakit-outputs"
+
+
 @contextlib.contextmanager
 def staged_dir(out: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder beside ``out``; when the block succeeds, move its files into ``out``.
+    """Yield a temporary folder beside ``out``; when the block succeeds, its files replace the last run's in ``out``.
 
-    A command that fails half-way therefore leaves ``out`` as it was (no partial report next to an old one).
+    A command that fails half-way therefore leaves ``out`` as it was (no partial report next to an old one). On
+    success, files an earlier staged run wrote (listed in ``out/.lwtakit-outputs``) and this one did not are removed;
+    files of any other origin are kept, with a warning when they sit in a folder the report writes (e.g. ``plots/``
+    of a report made before the list existed), as they may be stale.
     """
     out = Path(out)
     ensure_writable_dir(out)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
         yield stage
-        for src in sorted(stage.rglob("*")):
-            dst = out / src.relative_to(stage)
-            if src.is_dir():
-                dst.mkdir(parents=True, exist_ok=True)
-            else:
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(src, dst)
+        _publish(stage, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def _publish(stage: Path, out: Path) -> None:
+    """Move the files of ``stage`` into ``out``, drop our stale files there and record the new list."""
+    written = sorted(src.relative_to(stage).as_posix() for src in stage.rglob("*") if not src.is_dir())
+    previous = _manifest(out)
+    for rel in written:
+        dst = out / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(stage / rel, dst)
+    for rel in sorted(previous - set(written)):
+        with contextlib.suppress(FileNotFoundError):
+            (out / rel).unlink()
+        _drop_empty_parents(out / rel, out)
+    with atomic_write(out / MANIFEST) as fh:
+        fh.write("".join(f"{rel}\n" for rel in written))
+    folders = {Path(rel).parent for rel in written} - {Path(".")}
+    foreign = sorted(p.relative_to(out).as_posix() for folder in folders for p in (out / folder).iterdir()
+                     if p.is_file() and p.relative_to(out).as_posix() not in written)
+    if foreign:
+        warnings.warn(f"{out} keeps {len(foreign)} file(s) this command did not write and may be stale "
+                      f"(e.g. {foreign[0]}); remove them if they are not yours", stacklevel=3)
+
+
+def _manifest(out: Path) -> set[str]:
+    """Relative paths an earlier staged run wrote into ``out`` (none when it has no list)."""
+    path = out / MANIFEST
+    if not path.is_file():
+        return set()
+    # Only plain relative paths inside ``out``: an edited list must not make us delete elsewhere.
+    return {line for line in path.read_text(encoding="utf-8").splitlines()
+            if line and not Path(line).is_absolute() and ".." not in Path(line).parts}
+
+
+def _drop_empty_parents(path: Path, root: Path) -> None:
+    for parent in path.parents:
+        if parent == root or root not in parent.parents:
+            return
+        try:
+            parent.rmdir()
+        except OSError:  # not empty: other files live there
+            return
 
 
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def check_output_file(path: str | os.PathLike) -> Path:
+    """``path`` as a Path, or a :class:`UserError` when it is an existing folder (os.replace onto it would fail
+    with a traceback, after the work); commands call it up front too."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"output {path} is a folder; give a file name (e.g. {path / 'out.csv'})")
+    return path
 
 
 def ensure_writable_dir(path: str | os.PathLike) -> Path:
@@ -73,15 +127,51 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     return path
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection); a leading quote makes it
+# text. Cells that already start with quotes before such a character get one more, so that reading strips exactly one.
+_FORMULA_START = ("=", "+", "-", "@")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def escape_cell(value: Any) -> Any:
+    """``value`` safe for a spreadsheet: text starting with ``= + - @`` (after any quotes) gets a leading ``'``;
+    numbers, including negative ones written as text, are left as they are."""
+    if not isinstance(value, str):
+        return value
+    if value.lstrip("'")[:1] in _FORMULA_START and not _is_number(value):
+        return "'" + value
+    return value
+
+
+def unescape_cell(text: str) -> str:
+    """The value :func:`escape_cell` was given (read back from our own CSV)."""
+    if text.startswith("'") and text.lstrip("'")[:1] in _FORMULA_START:
+        return text[1:]
+    return text
+
+
+def _escaped(rows: Iterable[Mapping[str, Any]]) -> Iterator[dict[str, Any]]:
+    for row in rows:
+        yield {k: escape_cell(v) for k, v in row.items()}
+
+
 def write_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]], columns: Sequence[str] | None = None) -> Path:
-    """Write ``rows`` (dicts) to ``path`` atomically; columns default to the keys of the first row in order."""
+    """Write ``rows`` (dicts) to ``path`` atomically; columns default to the keys of the first row in order.
+    Text cells are escaped for spreadsheets (:func:`escape_cell`); :func:`read_csv` undoes it."""
     rows = list(rows)
     if columns is None:
         columns = list(rows[0].keys()) if rows else []
-    with atomic_write(path, newline="") as fh:
+    with atomic_write(path, newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(_escaped(rows))
     return Path(path)
 
 
@@ -91,18 +181,20 @@ def append_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]], colum
     The whole file is rewritten, so a crash mid-write leaves the previous complete file in place.
     """
     path = Path(path)
-    old = path.read_text() if path.exists() else ""
-    with atomic_write(path, newline="") as fh:
+    old = path.read_text(encoding="utf-8-sig") if path.exists() else ""
+    with atomic_write(path, newline="", encoding="utf-8") as fh:
         if old:
             fh.write(old)
         writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
         if not old:
             writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(_escaped(rows))
     return path
 
 
 def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
-    """Read a CSV written by :func:`write_csv` into a list of dicts (values are strings)."""
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
+    """Read a CSV written by :func:`write_csv` (or by a spreadsheet: a UTF-8 byte-order mark is dropped) into a
+    list of dicts (values are strings, unescaped)."""
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        return [{k: unescape_cell(v) if isinstance(v, str) else v for k, v in row.items()}
+                for row in csv.DictReader(fh)]

@@ -50,3 +50,9 @@ def test_a_file_named_like_a_builtin_wins(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mnist").write_text("my concept\n")
     assert load_concepts("mnist") == ["my concept"]
+
+
+def test_concept_file_saved_with_a_byte_order_mark_reads_the_first_concept_clean(tmp_path):
+    path = tmp_path / "names.txt"
+    path.write_bytes("red\ngreen\n".encode("utf-8-sig"))
+    assert read_concept_file(path) == ["red", "green"]

@@ -36,7 +36,16 @@ def test_every_ready_config_resolves(path):
         (["trainer.max_epochs=abc"], "'trainer.max_epochs' has the wrong type"),
         (["model.act=tanh"], "'model.act' is 'tanh'; choose one of"),
         (["model.temperature.on=winners"], "'model.temperature.on' is 'winners'; choose one of: logits, relaxation"),
-        (["model=nope"], None),  # not a group file: treated as a value for the 'model' node
+        (["model=nope"], "no config 'nope' in group 'model'; choose one of: resnet18_dense"),
+        (["optim.lr=-1"], "'optim.lr' must be a finite number >= 0"),
+        (["optim.lr=nan"], "'optim.lr' must be a finite number >= 0, got nan"),
+        (["optim.lr=0"], "'optim.lr' must be > 0"),
+        (["trainer.precision=bogus"], "'trainer.precision' is 'bogus'; choose one of: 32-true, 16-mixed"),
+        (["trainer.devices=0"], "'trainer.devices' is 0"),
+        (["trainer.devices=[]"], "'trainer.devices'"),
+        (["seed=-1"], "'seed' must be in [0, 2**32)"),
+        (["data.train_size=0"], "'data.train_size' must be >= 1, got 0"),
+        (["data.val_size=0"], "'data.val_size' must be >= 1"),
         (["max_epochs"], "must look like key=value"),
         (["eval.modes=[sample,bogus]"], "eval.modes"),
         (["dissection.probe_size=4", "dissection.top_images=8"], "dissection.top_images"),
@@ -71,3 +80,31 @@ def test_temperature_on_reaches_every_lwta_layer():
         cfg = load_config("default", [f"model.temperature.on={on}", "model.width=0.125"])
         layers = lwta_layers(build_network(cfg, 6, 3, (0.5,) * 3, (0.25,) * 3)).values()
         assert layers and {m.temperature_on for m in layers} == {on}
+
+
+@pytest.mark.parametrize("devices", ["auto", "1", "2", "-1", "[0,1]", "'0,1'"])
+def test_lightning_device_forms_are_accepted(devices):
+    assert load_config("default", [f"trainer.devices={devices}"]).trainer.devices is not None
+
+
+def test_precision_choices_are_lightnings():
+    import typing
+
+    from lightning.fabric.connector import _PRECISION_INPUT
+
+    from lwtakit.config import CHOICES
+
+    accepted = {str(v) for part in typing.get_args(_PRECISION_INPUT) for v in typing.get_args(part)}
+    assert set(CHOICES["trainer.precision"]) == accepted
+
+
+def test_gpu_accelerator_without_a_visible_gpu_is_a_user_error(monkeypatch):
+    import torch
+
+    from lwtakit.config import check_machine
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = load_config("default", ["trainer=gpu"])  # a valid config: it names a GPU ...
+    with pytest.raises(UserError, match="'trainer.accelerator' is 'gpu' but no GPU is visible"):
+        check_machine(cfg)  # ... that this machine lacks
+    check_machine(load_config("default", ["trainer.accelerator=cpu"]))

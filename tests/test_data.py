@@ -360,3 +360,25 @@ def test_probe_folder_reads_all_images_without_labels(tmp_path):
         ProbeFolder(str(tmp_path / "empty"))
     with pytest.raises(UserError, match="nothing_here"):
         ProbeFolder(str(tmp_path / "nothing_here"))
+
+
+@pytest.mark.parametrize("side", [40, 50], ids=["bomb warning", "bomb error"])
+def test_imagefolder_skips_and_counts_a_decompression_bomb(tmp_path, monkeypatch, side):
+    """Over PIL's pixel limit (1000 here): 40x40 only warns in PIL, 50x50 (over twice the limit) raises; both
+    are skipped and counted like a corrupt file instead of being decoded or stopping the epoch."""
+    from PIL import Image
+
+    _write_folder(tmp_path)
+    Image.fromarray(np.zeros((side, side, 3), np.uint8)).save(tmp_path / "train" / "dog" / "0.png")  # index 3
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    ds = build_dataset("imagefolder", "train", root=str(tmp_path), img_size=16)
+    with pytest.warns(UserWarning, match="0.png.*too large"):
+        x, y = ds[3]
+        assert y == 1 and torch.equal(x, ds[4][0])  # the next readable dog image stands in
+    assert ds.num_skipped == 1
+
+
+def test_a_size_of_zero_is_an_error_not_the_default_size():
+    with pytest.raises(UserError, match="size must be >= 1"):
+        build_dataset("synthetic", "train", size=0)
+    assert len(build_dataset("synthetic", "val", size=3)) == 3

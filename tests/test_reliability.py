@@ -2,9 +2,11 @@
 
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -150,6 +152,44 @@ def ckpt(tmp_path_factory):
     return train_script.train(cfg).last_ckpt
 
 
+def _png_header(path, width, height):
+    """A PNG whose header claims ``width`` x ``height`` pixels (one byte of image data): PIL checks its pixel limit
+    on the header, so this stands for a decompression bomb without writing one."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0"))
+                     + chunk(b"IEND", b""))
+
+
+def _bad_files(tmp, ckpt):
+    """Broken inputs of the label, explain and resume cases."""
+    from PIL import Image
+
+    (tmp / "names.txt").write_text("red\ngreen\n")
+    np.save(tmp / "A0.npy", np.zeros((0, 3), np.float32))
+    np.save(tmp / "A1.npy", np.ones((1, 3), np.float32))
+    np.save(tmp / "L1.npy", np.ones((1, 2), bool))
+    np.save(tmp / "L0.npy", np.zeros((8, 2), bool))
+    scores = np.ones((8, 2), np.float32)
+    scores[3, 1] = np.nan
+    np.save(tmp / "P.npy", scores)
+    (tmp / "E.npy").write_bytes(b"")
+    np.savez(tmp / "Z.npz", a=np.zeros(3))
+    os.replace(tmp / "Z.npz", tmp / "Z.npy")
+    (tmp / "outdir").mkdir()
+    (tmp / "unit_labels.csv").write_text("unit,label,score\n0,red,0.5\n")  # as analyze.py label writes it
+    (tmp / "no_unit.csv").write_text("neuron,label\n0,red\n")
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp / "ok.png")
+    _png_header(tmp / "bomb.png", 20000, 20000)  # over twice PIL's limit: PIL raises
+    _png_header(tmp / "big.png", 10000, 10000)  # over the limit, under twice: PIL only warns, then decodes
+    data = ckpt.read_bytes()
+    (tmp / "truncated.ckpt").write_bytes(data[: len(data) // 2])
+    (tmp / "random.ckpt").write_bytes(np.random.default_rng(0).bytes(4096))
+    torch.save({"weight": torch.zeros(3)}, tmp / "tensors.ckpt")
+
+
 def _setup(case, tmp, ckpt):
     """Files a case needs; returns (program, argv)."""
     (tmp / "empty.txt").write_text("\n  \n")
@@ -161,8 +201,42 @@ def _setup(case, tmp, ckpt):
     other = torch.load(ckpt, weights_only=True)
     other["lwtakit_config"]["model"]["name"] = "resnet34"
     torch.save(other, tmp / "other.ckpt")
+    _bad_files(tmp, ckpt)
     t = [f"run_dir={tmp}", "run_name=bad", *TINY, "logger=none"]
+    def label(acts, labels="L.npy"):
+        return ["label", "--method", "invert", "--concept-labels", tmp / labels, "--concept-names", tmp / "names.txt",
+                "--activations", tmp / acts, "--out", tmp / "o.csv"]
+
+    explain = ["explain", "--ckpt", ckpt, "--image", tmp / "ok.png"]
+    dissect = ["dissect", "--ckpt", ckpt, "--out", tmp / "out"]
     return {
+        "negative learning rate": ("train", [*t, "optim.lr=-1"]),
+        "NaN learning rate": ("train", [*t, "optim.lr=nan"]),
+        "unknown precision": ("train", [*t, "trainer.precision=bogus"]),
+        "GPU accelerator without a GPU": ("train", [*t, "trainer.accelerator=gpu"]),
+        "zero devices": ("train", [*t, "trainer.devices=0"]),
+        "negative seed": ("train", [*t, "seed=-1"]),
+        "empty training set": ("train", [*t, "data.train_size=0"]),
+        "unknown group file": ("train", [*t, "model=resnet999"]),
+        "truncated checkpoint": ("train", [*t, f"ckpt_path={tmp / 'truncated.ckpt'}"]),
+        "random bytes as checkpoint": ("train", [*t, f"ckpt_path={tmp / 'random.ckpt'}"]),
+        "not a checkpoint": ("train", [*t, f"ckpt_path={tmp / 'tensors.ckpt'}"]),
+        "checkpoint of another width": ("train", [*t, "model.width=0.25", f"ckpt_path={ckpt}"]),
+        "LWTA checkpoint into a dense config": ("train", [*t, "model=resnet18_dense", f"ckpt_path={ckpt}"]),
+        "empty .npy": ("analyze", label("E.npy")),
+        ".npz renamed .npy": ("analyze", label("Z.npy")),
+        "--out is a folder": ("analyze", [*label("A.npy"), "--out", tmp / "outdir"]),  # the last --out wins
+        "activations with 0 rows": ("analyze", label("A0.npy")),
+        "activations with 1 row": ("analyze", label("A1.npy", "L1.npy")),
+        "all-false concept labels": ("analyze", label("A.npy", "L0.npy")),
+        "NaN concept scores": ("analyze", ["label", "--method", "soft_wpmi", "--concept-scores", tmp / "P.npy",
+                                           "--concept-names", tmp / "names.txt", "--activations", tmp / "A.npy",
+                                           "--out", tmp / "o.csv"]),
+        "labels without a layer column": ("analyze", [*explain, "--labels", tmp / "unit_labels.csv"]),
+        "labels without a unit column": ("analyze", [*explain, "--labels", tmp / "no_unit.csv"]),
+        "decompression bomb": ("analyze", ["explain", "--ckpt", ckpt, "--image", tmp / "bomb.png"]),
+        "decompression bomb (warning size)": ("analyze", ["explain", "--ckpt", ckpt, "--image", tmp / "big.png"]),
+        "unknown layer": ("analyze", [*dissect, "--layers", "layer9"]),
         "unknown config key": ("train", [*t, "model.colour=red"]),
         "wrong type": ("train", [*t, "data.batch_size=big"]),
         "missing data path": ("train", [*t, "data.name=mnist", f"data.root={tmp}/nope.npz"]),
@@ -172,7 +246,6 @@ def _setup(case, tmp, ckpt):
         "empty concept file": ("analyze", ["label", "--activations", tmp / "A.npy", "--method", "invert",
                                            "--concept-labels", tmp / "L.npy", "--concept-names", tmp / "empty.txt",
                                            "--out", tmp / "out" / "labels.csv"]),
-        "unknown layer": ("analyze", ["dissect", "--ckpt", ckpt, "--layers", "layer9", "--out", tmp / "out"]),
         "CLIP weights offline": ("analyze", ["dissect", "--ckpt", ckpt, "--methods", "clip_dissect",
                                              "--clip-model", "ViT-B-32", "--clip-pretrained", "laion2b_s34b_b79k",
                                              "--out", tmp / "out"]),
@@ -195,6 +268,31 @@ BAD_INPUTS = [
     ("corrupt image file", "corrupt.png"),
     ("empty concept file", "empty.txt"),
     ("unknown layer", "layer9"),
+    ("negative learning rate", "'optim.lr' must be a finite number >= 0"),
+    ("NaN learning rate", "'optim.lr' must be a finite number >= 0, got nan"),
+    ("unknown precision", "'trainer.precision' is 'bogus'; choose one of: 32-true"),
+    pytest.param("GPU accelerator without a GPU", "no GPU is visible",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible here")),
+    ("zero devices", "'trainer.devices' is 0"),
+    ("negative seed", "'seed' must be in [0, 2**32)"),
+    ("empty training set", "'data.train_size' must be >= 1, got 0"),
+    ("unknown group file", "no config 'resnet999' in group 'model'; choose one of: resnet18_dense"),
+    ("truncated checkpoint", "truncated.ckpt is not a readable checkpoint"),
+    ("random bytes as checkpoint", "random.ckpt is not a readable checkpoint"),
+    ("not a checkpoint", "tensors.ckpt is not a train.py checkpoint"),
+    ("checkpoint of another width", "model.width 0.125 in the checkpoint, 0.25 in the config"),
+    ("LWTA checkpoint into a dense config", "model.act lwta in the checkpoint, relu in the config"),
+    ("empty .npy", "E.npy is not a plain .npy array (it is empty)"),
+    (".npz renamed .npy", "Z.npy is an .npz archive"),
+    ("--out is a folder", "outdir is a folder"),
+    ("activations with 0 rows", "needs at least 2 images"),
+    ("activations with 1 row", "needs at least 2 images"),
+    ("all-false concept labels", "L0.npy are all false"),
+    ("NaN concept scores", "P.npy hold NaN or infinite values (first at row 3, column 1)"),
+    ("labels without a layer column", "no layer column"),
+    ("labels without a unit column", "lacks column unit"),
+    ("decompression bomb", "bomb.png is too large to decode safely"),
+    ("decompression bomb (warning size)", "big.png is too large to decode safely"),
     ("CLIP weights offline", "pretrained"),
     ("checkpoint of another architecture", "does not match"),
     ("missing checkpoint", "none.ckpt"),
@@ -203,7 +301,7 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize("case, fragment", BAD_INPUTS, ids=[c for c, _ in BAD_INPUTS])
+@pytest.mark.parametrize("case, fragment", BAD_INPUTS, ids=[getattr(c, "values", c)[0] for c in BAD_INPUTS])
 def test_bad_input_is_one_clear_line_and_nothing_half_written(case, fragment, tmp_path, ckpt, capsys):
     program, argv = _setup(case, tmp_path, ckpt)
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
@@ -231,3 +329,44 @@ def test_command_line_mistakes_are_one_line(entry, argv, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2
     assert len(err) == 1 and err[0].startswith("error: ") and "--help" in err[0], err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["dissect", "--ckpt", "x.ckpt", "--top-images", "0", "--out", "out"], "--top-images: must be an integer >= 1"),
+    (["dissect", "--ckpt", "x.ckpt", "--top-images", "-1", "--out", "out"], "--top-images: must be an integer >= 1"),
+    (["dissect", "--ckpt", "x.ckpt", "--pca", "-2", "--out", "out"], "--pca: must be an integer >= 0, got -2"),
+    (["dissect", "--ckpt", "x.ckpt", "--grid-units", "-1", "--out", "out"], "--grid-units: must be an integer >= 0"),
+    (["explain", "--ckpt", "x.ckpt", "--image", "x.png", "--top", "-2"], "--top: must be an integer >= 1, got -2"),
+])
+def test_counts_out_of_range_are_rejected_before_any_work(argv, message, capsys):
+    """Checked by argparse, before a checkpoint is read: the checkpoint here does not even exist."""
+    with pytest.raises(SystemExit) as exit_info:
+        analyze.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_explain_takes_the_labels_of_analyze_label_for_the_layer_it_is_told(tmp_path, ckpt, capsys):
+    """A labels.csv of ``analyze.py label`` has no layer column: with --layer its units are that layer's."""
+    from PIL import Image
+
+    from lwtakit.io import write_csv
+
+    Image.fromarray(np.full((32, 32, 3), 120, np.uint8)).save(tmp_path / "ok.png")
+    rows = [{"unit": u, "label": f"concept {u}", "score": 0.5} for u in range(64)]
+    write_csv(tmp_path / "labels.csv", rows)
+    code = analyze.main(["explain", "--ckpt", str(ckpt), "--image", str(tmp_path / "ok.png"), "--layer",
+                         "layer4.1.act2", "--labels", str(tmp_path / "labels.csv"), "--top", "5", "--device", "cpu"])
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0 and len(out) == 6
+    assert all(line.split()[2:] == ["concept", line.split()[0]] for line in out[1:]), out
+
+
+def test_resume_from_a_checkpoint_of_the_same_architecture_passes_the_checks(tmp_path, ckpt):
+    """The resume checks accept the run's own settings (other keys, like the epochs, may change)."""
+    cfg = load_config("default", [f"run_dir={tmp_path}", "run_name=resumed", *TINY, "trainer.max_epochs=2",
+                                  "logger=none", "dissection.enabled=false", "data.train_size=32",
+                                  f"ckpt_path={ckpt}"])
+    result = train_script.train(cfg)
+    assert result.trainer.current_epoch == 2 and result.last_ckpt.exists()

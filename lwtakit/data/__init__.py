@@ -88,9 +88,11 @@ def build_dataset(name: str, split: str = "train", root: str | None = None, down
         raise UserError(f"unknown split {split!r}; use train, val or test")
     img_size = int(img_size or DEFAULT_IMG_SIZE[name])
     seed, size = kw.pop("seed", 0), kw.pop("size", None)
+    if size is not None and int(size) < 1:  # 0 used to mean the default size, silently
+        raise UserError(f"data set size must be >= 1 (or None for the default), got {size}")
     if name == "synthetic":
         _check_kw(name, kw, _SYNTHETIC_KW)
-        ds = synthetic.ConceptShapes(size=int(size or SYNTHETIC_SIZES[split]), seed=seed, split=split,
+        ds = synthetic.ConceptShapes(size=int(SYNTHETIC_SIZES[split] if size is None else size), seed=seed, split=split,
                                      img_size=img_size, **kw)
     elif name == "mnist":
         from lwtakit.data.mnist import MNIST

@@ -80,12 +80,34 @@ class CIFAR(Dataset):
         return resize_square(img, self.img_size), int(self.targets[index])
 
 
+class ImageTooLarge(OSError):
+    """An image over PIL's pixel limit (``Image.MAX_IMAGE_PIXELS``): a possible decompression bomb, not decoded.
+
+    An OSError, so that image folders skip and count it like any other unreadable file."""
+
+
+def open_image(path: str, mode: str = "RGB"):
+    """The image at ``path``, decoded and converted to ``mode`` (a PIL image).
+
+    Over PIL's pixel limit it raises :class:`ImageTooLarge` without decoding: PIL only warns
+    (``DecompressionBombWarning``) up to twice the limit and would decode such a file into memory.
+    """
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path) as im:
+                return im.convert(mode)  # forces decoding: a truncated/corrupt file raises here
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageTooLarge(f"{path} is too large to decode safely ({exc})") from None
+
+
 def _load_image(path: str, img_size: int) -> torch.Tensor:
     """Decode an image file, resize the shorter side to img_size/0.875, centre-crop to img_size."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        im = im.convert("RGB")  # forces decoding: a truncated/corrupt file raises here
+    with open_image(path) as im:
         w, h = im.size
         short = max(img_size, round(img_size / 0.875))
         scale = short / min(w, h)
