@@ -167,6 +167,13 @@ def compare_report(out_dir: str | os.PathLike, runs: Sequence[RunSummary], *, ti
 
 
 def _interpretability_rows(runs: Sequence[RunSummary]) -> list[tuple[str, str, list]]:
-    """``(layer, metric, [(mean, low, high) per run or None])`` for every layer and metric any run has."""
+    """``(layer, metric name, [(estimate, low, high) per run or None])`` for every layer and metric any run has."""
     keys = dict.fromkeys((layer, metric) for r in runs for layer, ms in r.interpretability.items() for metric in ms)
-    return [(layer, metric, [r.interpretability.get(layer, {}).get(metric) for r in runs]) for layer, metric in keys]
+    return [(layer, _readable(metric), [r.interpretability.get(layer, {}).get(metric) for r in runs])
+            for layer, metric in keys]
+
+
+def _readable(key: str) -> str:
+    """``heldout_f1`` -> ``f1``, ``heldout_f1 median`` -> ``f1 median``: the names the verdicts use."""
+    base, _, stat = key.partition(" ")
+    return " ".join([VERDICT_METRICS.get(base, base)] + [stat] * bool(stat))
