@@ -51,7 +51,7 @@ def dissect_to_report(loaded, probe, concepts: ConceptSource, request: DissectRe
     evaluation = label_evaluation(result, loaded, probe, concepts.clip, request)
     infos = layer_infos(result, probe, request)
     meta = {"model": loaded.name, "probe": f"{request.probe_name or 'training data (val)'}, {len(probe)} images",
-            "methods": ", ".join(labeler.name for labeler in request.labelers),
+            "methods": ", ".join(labeler.name for labeler in request.labelers), **_invert_meta(request),
             "layers": ", ".join(request.layers), "LWTA mode": _mode_text(result, opts),
             "labels chosen / scored on": _split_text(result, len(probe)),
             "seconds": f"{time.perf_counter() - started:.1f}"}
@@ -88,6 +88,13 @@ def label_evaluation(result: DissectionResult, loaded, probe, clip, request: Dis
             coverage = concept_coverage(table.select(method=method).rows, probe.concept_groups)
             out.update({f"{k} ({method})": v for k, v in coverage.items()})
     return out
+
+
+def _invert_meta(request: DissectRequest) -> dict[str, str]:
+    """The INVERT settings the labels came from (parsimony on or off, the p-value's alternative), so a reader
+    can tell our search from the reference's (Bykov et al. 2023); empty without INVERT."""
+    configs = [labeler.config for labeler in request.labelers if labeler.name == "invert"]
+    return {"INVERT": configs[0].describe()} if configs else {}
 
 
 def _mode_text(result: DissectionResult, opts: DissectOptions) -> str:

@@ -40,6 +40,7 @@ def test_every_ready_config_resolves(path):
         (["max_epochs"], "must look like key=value"),
         (["eval.modes=[sample,bogus]"], "eval.modes"),
         (["dissection.probe_size=4", "dissection.top_images=8"], "dissection.top_images"),
+        (["dissection.invert.alternative=less"], "'dissection.invert.alternative' is 'less'; choose one of"),
     ],
 )
 def test_bad_overrides_are_one_line_errors(overrides, expected):
@@ -71,3 +72,15 @@ def test_temperature_on_reaches_every_lwta_layer():
         cfg = load_config("default", [f"model.temperature.on={on}", "model.width=0.125"])
         layers = lwta_layers(build_network(cfg, 6, 3, (0.5,) * 3, (0.25,) * 3)).values()
         assert layers and {m.temperature_on for m in layers} == {on}
+
+
+def test_invert_reference_settings_reach_the_labeler():
+    """dissection.invert.* sets the INVERT labeler of training-time dissections: the two-sided p-value and the
+    reference beam search (parsimony off: min_gain 0, no term test)."""
+    from lwtakit.labelers.base import create_labelers
+
+    cfg = load_config("default", ["dissection.invert.alternative=two-sided", "dissection.invert.min_gain=0",
+                                  "dissection.invert.term_alpha=null"])
+    config = create_labelers(["invert"], cfg.dissection)[0].config
+    assert config.alternative == "two-sided" and not config.parsimony
+    assert load_config("default").dissection.invert.alternative == "greater"

@@ -109,3 +109,65 @@ def test_bad_alternative_is_a_one_line_error():
     with pytest.raises(UserError, match="alternative must be one of greater, two-sided") as info:
         InvertConfig(alternative="less")
     assert "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------- the CLI
+def _label_files(tmp_path):
+    acts, C, names = _planted()
+    np.save(tmp_path / "A.npy", acts)
+    np.save(tmp_path / "L.npy", C)
+    (tmp_path / "names.txt").write_text("\n".join(names) + "\n")
+    return ["label", "--activations", tmp_path / "A.npy", "--method", "invert", "--concept-labels",
+            tmp_path / "L.npy", "--concept-names", tmp_path / "names.txt", "--out", tmp_path / "out.csv"]
+
+
+def _cli(capsys, *argv):
+    import analyze
+
+    try:
+        code = analyze.main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse rejects a flag's value before main's own error handling
+        code = exc.code
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def test_label_flags_reach_the_search(tmp_path, capsys):
+    import csv
+
+    args = _label_files(tmp_path)
+    flags = ["--max-length", "3", "--parsimony", "off", "--alternative", "two-sided", "--max-fraction", "0.4"]
+    assert _cli(capsys, *args, *flags) == (0, [])
+    with open(tmp_path / "out.csv", newline="") as fh:
+        written = list(csv.DictReader(fh))
+    acts, C, names = _planted()
+    config = InvertConfig(max_length=3, max_fraction=0.4, alternative="two-sided").without_parsimony()
+    expected = label_units(torch.from_numpy(acts), torch.from_numpy(C), names, config)
+    assert [(r["label"], float(r["p_value"])) for r in written] == [(r["label"], r["p_value"]) for r in expected]
+    assert _cli(capsys, *args, "--max-length", "3") == (0, [])  # parsimony on: some label gets shorter
+    with open(tmp_path / "out.csv", newline="") as fh:
+        assert sum(int(r["length"]) for r in csv.DictReader(fh)) < sum(r["length"] for r in expected)
+
+
+def test_dissect_flags_build_the_invert_labeler():
+    import analyze
+
+    argv = ["dissect", "--model", "x", "--out", "o", "--max-length", "2", "--min-fraction", "0.01",
+            "--parsimony", "off", "--alternative", "two-sided"]
+    config = analyze._labelers(analyze.build_parser().parse_args(argv))[0].config
+    assert config == InvertConfig(max_length=2, min_fraction=0.01, alternative="two-sided").without_parsimony()
+    assert "parsimony off" in config.describe() and "two-sided" in config.describe()
+    default = analyze._labelers(analyze.build_parser().parse_args(argv[:5]))[0].config
+    assert default == InvertConfig(max_length=1) and "parsimony on" in default.describe()
+    assert "one-sided (greater)" in default.describe()
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--alternative", "less"], "--alternative"),
+    (["--parsimony", "maybe"], "--parsimony"),
+    (["--min-fraction", "0.6"], "min_fraction"),
+    (["--max-fraction", "1.5"], "max_fraction"),
+])
+def test_bad_invert_flags_are_one_line_errors(tmp_path, capsys, extra, fragment):
+    code, err = _cli(capsys, *_label_files(tmp_path), *extra)
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and fragment in err[0], err
+    assert not (tmp_path / "out.csv").exists()
