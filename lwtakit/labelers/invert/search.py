@@ -348,8 +348,7 @@ def label_units(acts, concept_labels, concept_names: Sequence[str], config: Inve
       without it (drop-one). This stops small-sample AUC noise (rare concepts ANDed together, one of many
       concepts splitting the positives by chance) from beating a one-concept label.
 
-    ``min_gain=0, term_alpha=None`` recover the reference behaviour (the highest AUC wins;
-    :meth:`InvertConfig.without_parsimony`).
+    ``min_gain=0, term_alpha=None`` (:meth:`InvertConfig.without_parsimony`) is the reference: the best AUC wins.
 
     Rows: ``unit, label, score (= auc), auc, p_value`` (Mann-Whitney test of the final label: one-sided,
     positives greater, by default; ``alternative="two-sided"`` gives the reference implementation's p, twice
