@@ -14,6 +14,7 @@ import numpy as np
 from lwtakit import plots
 from lwtakit.evaluation.verdict import SIGNIFICANT, VERDICT_METRICS
 from lwtakit.io import ensure_writable_dir
+from lwtakit.labels import INTERPRETABLE_IOU, Interpretable, interpretable_units
 from lwtakit.report.formatting import as_float, slug
 from lwtakit.report.images import data_uri, image_grid, png_width
 from lwtakit.report.page import PendingPlots, write_report
@@ -68,6 +69,7 @@ class _Method:
     heldout: list[tuple[str, str]]  # (key, header) of the held-out columns some row has
     overview: dict[str, Any]  # _method_summary of ``rows``
     summary: dict[str, Any]  # _method_summary of ``by_unit``
+    interpretable: Interpretable | None  # NetDissect's interpretable units of ``rows`` (IoU labels only)
 
 
 @dataclass
@@ -129,6 +131,14 @@ def _method_summary(rows: Sequence[Row]) -> dict[str, Any]:
     }
 
 
+def _interpretable(method: str, rows: Sequence[Row]) -> Interpretable | None:
+    """Network Dissection's headline numbers (Bau et al. 2017) of an IoU method's rows: units whose label has IoU
+    above :data:`~lwtakit.labels.INTERPRETABLE_IOU` and the concepts they cover; None for other methods."""
+    if method != "iou":
+        return None
+    return interpretable_units([(str(r.get("label", "")), as_float(r.get("iou"))) for r in rows])
+
+
 def _methods(rows: Sequence[Row]) -> list[_Method]:
     grouped: dict[str, list[Row]] = {}
     for r in rows:
@@ -143,7 +153,8 @@ def _methods(rows: Sequence[Row]) -> list[_Method]:
                          for r in shown),
             show_p=any(as_float(r.get("p_value")) is not None for r in shown),
             heldout=[(k, h) for k, h in _UNIT_HELDOUT.items() if any(as_float(r.get(k)) is not None for r in shown)],
-            overview=_method_summary(mrows), summary=_method_summary(shown)))
+            overview=_method_summary(mrows), summary=_method_summary(shown),
+            interpretable=_interpretable(name, mrows)))
     return out
 
 
@@ -256,5 +267,7 @@ def dissection_report(out_dir: str | os.PathLike, *, title: str, rows: Sequence[
     return write_report(out_dir, "dissect.html", figs, title=title, nav=nav, meta=meta, evaluation=evaluation,
                         heldout=heldout, heldout_columns=VERDICT_METRICS, heldout_note=HELDOUT_NOTE,
                         sanity_note=SANITY_NOTE,
-                        layers=views, n_units=len({(str(r.get("layer")), str(r.get("unit"))) for r in rows}),
+                        layers=views, interpretable_iou=INTERPRETABLE_IOU,
+                        show_interpretable=any(m.interpretable is not None for v in views for m in v.methods),
+                        n_units=len({(str(r.get("layer")), str(r.get("unit"))) for r in rows}),
                         methods=sorted({str(r.get("method", "")) for r in rows}))
