@@ -16,7 +16,6 @@ Every command exits with status 2 and one line ``error: ...`` on bad input, and 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import torch
 
 from lwtakit.errors import ArgumentParser, UserError, int_at_least
 from lwtakit.evaluation.metrics import DEFAULT_ALPHA
-from lwtakit.labelers.configs import SIMILARITIES
+from lwtakit.labelers.configs import ALTERNATIVES, SIMILARITIES, InvertConfig
 
 DEVICE_HELP = "auto (CUDA when present, else CPU) | cpu | cuda | cuda:N"
 
@@ -153,13 +152,39 @@ def _heldout(args):
 def _labelers(args) -> list:
     """The labelers of ``--methods``, each with the settings its flags give."""
     from lwtakit.labelers.base import create_labelers
-    from lwtakit.labelers.configs import ClipDissectConfig, DescribeConfig, InvertConfig
+    from lwtakit.labelers.configs import ClipDissectConfig, DescribeConfig
 
     settings = argparse.Namespace(
-        invert=InvertConfig(max_length=args.max_length, beam=args.beam),
+        invert=_invert_config(args),
         clip_dissect=ClipDissectConfig(similarity=args.clip_similarity),
         describe=DescribeConfig(similarity=args.clip_similarity))
     return create_labelers(args.methods, settings)
+
+
+def _invert_config(args) -> InvertConfig:
+    """The INVERT settings of the flags :func:`_add_invert_flags` adds; ``--parsimony off`` is the reference beam
+    search of Bykov et al. 2023 (Alg. 1: the admissible formula of highest AUC wins)."""
+    config = InvertConfig(max_length=args.max_length, beam=args.beam, min_fraction=args.min_fraction,
+                          max_fraction=args.max_fraction, alternative=args.alternative)
+    return config if args.parsimony == "on" else config.without_parsimony()
+
+
+def _add_invert_flags(parser: argparse.ArgumentParser) -> None:
+    """The INVERT flags of ``dissect`` and ``label`` (defaults: :class:`InvertConfig`'s)."""
+    default = InvertConfig()
+    parser.add_argument("--max-length", type=int_at_least(1), default=default.max_length,
+                        help="INVERT formula length")
+    parser.add_argument("--beam", type=int_at_least(1), default=default.beam, help="INVERT formulas kept per length")
+    parser.add_argument("--min-fraction", type=float, default=default.min_fraction,
+                        help="INVERT: least share of images a label may cover (default %(default)s)")
+    parser.add_argument("--max-fraction", type=float, default=default.max_fraction,
+                        help="INVERT: largest share of images a label may cover (default %(default)s, the paper's)")
+    parser.add_argument("--parsimony", choices=["on", "off"], default="on",
+                        help="INVERT: on = a longer formula must gain AUC and pass a test per term; off = the "
+                             "reference beam search, the highest AUC wins (default: on)")
+    parser.add_argument("--alternative", choices=ALTERNATIVES, default=default.alternative,
+                        help="INVERT label p-value: one-sided greater (the unit detects the concept) or two-sided "
+                             "(the reference implementation's) Mann-Whitney test (default: %(default)s)")
 
 
 # --------------------------------------------------------------------------------------------- label
@@ -176,13 +201,11 @@ def cmd_label(args) -> Path:
     if args.method == "invert":
         if args.concept_labels is None:
             raise UserError("method invert needs --concept-labels L.npy (bool [N, K])")
-        from lwtakit.labelers.configs import InvertConfig
         from lwtakit.labelers.invert import label_units
 
         labels = _load_concept_labels(args.concept_labels, acts, names)
-        config = InvertConfig(max_length=args.max_length, beam=args.beam)
         rows = label_units(torch.from_numpy(acts.astype(np.float64)), torch.from_numpy(labels), names,
-                           **dataclasses.asdict(config))
+                           _invert_config(args))
         columns = ["unit", "label", "score", "auc", "p_value", "length"]
     elif args.method in SIMILARITIES:
         if args.concept_scores is None:
@@ -383,10 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--probe", help="synthetic | mnist:PATH | cifar10:ROOT | imagefolder:ROOT | folder:PATH")
     d.add_argument("--probe-size", type=int_at_least(1), default=1000)
     d.add_argument("--concepts", default="synthetic", help="concept set for CLIP: builtin name or text file")
-    d.add_argument("--pca", type=int_at_least(0), default=0,
-                   help="also label the top-k principal directions; completeness")
-    d.add_argument("--max-length", type=int_at_least(1), default=1, help="INVERT formula length")
-    d.add_argument("--beam", type=int_at_least(1), default=5)
+    d.add_argument("--pca", type=int, default=0, help="also label the top-k principal directions; completeness")
+    _add_invert_flags(d)
     d.add_argument("--clip-model", default="ViT-B-16")
     d.add_argument("--clip-pretrained", help="open_clip tag (online), weights file, or local-dir:FOLDER")
     d.add_argument("--clip-cache", help="folder for cached CLIP embeddings")
@@ -417,8 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--concept-labels", help="bool [N, K] .npy (invert)")
     lab.add_argument("--concept-scores", help="float [N, K] .npy image-concept similarity (CLIP functions)")
     lab.add_argument("--concept-names", required=True, help="text file, one concept a line")
-    lab.add_argument("--max-length", type=int_at_least(1), default=1)
-    lab.add_argument("--beam", type=int_at_least(1), default=5)
+    _add_invert_flags(lab)
     lab.add_argument("--metrics", help="also score each unit's label by these NeuronEval metrics (comma-separated "
                      "names, or all); needs --concept-labels; a name already taken (auc) becomes neuroneval_<name>")
     lab.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,

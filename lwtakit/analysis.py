@@ -49,18 +49,19 @@ def dissect_to_report(loaded, probe, concepts: ConceptSource, request: DissectRe
         if opts.pca_components:
             completeness = completeness_curves(model, probe, request.layers[:-1] or request.layers, result, request)
     evaluation = label_evaluation(result, loaded, probe, concepts.clip, request)
+    heldout = heldout_evaluation(result, concepts, request)
     infos = layer_infos(result, probe, request)
     meta = {"model": loaded.name, "probe": f"{request.probe_name or 'training data (val)'}, {len(probe)} images",
-            "methods": ", ".join(labeler.name for labeler in request.labelers),
+            "methods": ", ".join(labeler.name for labeler in request.labelers), **_invert_meta(request),
             "layers": ", ".join(request.layers), "LWTA mode": _mode_text(result, opts),
             "labels chosen / scored on": _split_text(result, len(probe)),
             "seconds": f"{time.perf_counter() - started:.1f}"}
     with staged_dir(out) as stage:
         result.table.write_csv(stage / "labels.csv")
+        sections = report.Sections(meta=meta, evaluation=evaluation, completeness=completeness,
+                                   drift=drift_curves(request.history), heldout=heldout)
         report.dissection_report(stage, title=f"Dissection of {loaded.name}", rows=result.table.records(),
-                                 layers=infos, evaluation=evaluation, completeness=completeness,
-                                 drift=drift_curves(request.history), meta=meta,
-                                 heldout=heldout_evaluation(result, concepts, request))
+                                 layers=infos, sections=sections)
     return Path(out) / "report.html"
 
 
@@ -88,6 +89,13 @@ def label_evaluation(result: DissectionResult, loaded, probe, clip, request: Dis
             coverage = concept_coverage(table.select(method=method).rows, probe.concept_groups)
             out.update({f"{k} ({method})": v for k, v in coverage.items()})
     return out
+
+
+def _invert_meta(request: DissectRequest) -> dict[str, str]:
+    """The INVERT settings the labels came from (parsimony on or off, the p-value's alternative), so a reader
+    can tell our search from the reference's (Bykov et al. 2023); empty without INVERT."""
+    configs = [labeler.config for labeler in request.labelers if labeler.name == "invert"]
+    return {"INVERT": configs[0].describe()} if configs else {}
 
 
 def _mode_text(result: DissectionResult, opts: DissectOptions) -> str:

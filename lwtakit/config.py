@@ -26,7 +26,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from lwtakit.errors import UserError
 from lwtakit.evaluation.options import HeldOutOptions
-from lwtakit.labelers.configs import ClipDissectConfig, DescribeConfig, InvertConfig, IoUConfig
+from lwtakit.labelers.configs import ALTERNATIVES, ClipDissectConfig, DescribeConfig, InvertConfig, IoUConfig
 
 # The repository's configs/, reached through the link lwtakit/configs in a checkout and installed as package data.
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -184,6 +184,7 @@ CHOICES = {
     "model.stem": ("cifar", "imagenet"),
     "model.inference": ("sample", "argmax"),
     "dissection.mode": ("mc", "sample", "argmax"),
+    "dissection.invert.alternative": ALTERNATIVES,
     "model.temperature.schedule": ("constant", "step", "exponential", "cosine"),
     "model.temperature.on": ("logits", "relaxation"),
     "data.name": ("synthetic", "mnist", "cifar10", "cifar100", "imagefolder"),

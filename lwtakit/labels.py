@@ -23,6 +23,10 @@ from typing import Any
 COLUMNS = ("layer", "unit", "method", "mode", "label", "score", "firing_rate", "auc", "p_value", "length", "top5")
 SIGNIFICANT_P = 1e-3  # "significant label" in summaries and reports
 HELDOUT_KEYS = ("concepts",)  # besides heldout_<metric> and heldout_p (lwtakit.evaluation.assess)
+# Network Dissection (Bau et al., CVPR 2017, sec. 3.1): a unit whose best concept has IoU > 0.04 is a detector of
+# it, an "interpretable unit"; NetDissect (and DISCOVER after it) compare layers and networks by how many units
+# pass and how many distinct concepts they cover.
+INTERPRETABLE_IOU = 0.04
 
 
 def optional_float(value) -> float | None:
@@ -100,6 +104,28 @@ class LabelRow:
                    extra={k: v for k, v in record.items() if k not in known and v not in (None, "")})
 
 
+@dataclass(frozen=True)
+class Interpretable:
+    """NetDissect's headline numbers of one layer (Bau et al. 2017, Fig. 4): the ``units`` whose IoU label has IoU
+    above :data:`INTERPRETABLE_IOU`, their ``share`` of the layer's labelled units and the distinct ``concepts``
+    they detect."""
+
+    units: int
+    share: float
+    concepts: int
+
+    def __str__(self) -> str:
+        return f"{self.units} ({100 * self.share:.0f}%) · {self.concepts} concepts"
+
+
+def interpretable_units(labelled: Sequence[tuple[str, float | None]]) -> Interpretable:
+    """:class:`Interpretable` of one layer from its IoU labels, one ``(label, iou)`` pair per unit (``iou`` None
+    for a unit without one)."""
+    detected = [label for label, iou in labelled if iou is not None and iou > INTERPRETABLE_IOU]
+    share = len(detected) / len(labelled) if labelled else float("nan")
+    return Interpretable(units=len(detected), share=share, concepts=len(set(detected)))
+
+
 @dataclass
 class LayerSummary:
     """Label quality of one (layer, method): what the reports, the callback's logs and ``compare`` show."""
@@ -112,6 +138,8 @@ class LayerSummary:
     # held-out assessment (lwtakit.evaluation.assess): mean of each heldout_<metric> and concepts over
     # the units that have it, and heldout_significant, the share of units whose label has held-out p < SIGNIFICANT_P
     heldout: dict[str, float] = field(default_factory=dict)
+    # NetDissect's interpretable units (IoU > INTERPRETABLE_IOU) and the concepts they cover; method iou only
+    interpretable: Interpretable | None = None
 
 
 class LabelTable:
@@ -163,16 +191,17 @@ class LabelTable:
         return list(best.items())
 
     def summaries(self) -> dict[tuple[str, str], LayerSummary]:
-        """Per (layer, method): units, mean and median score (over units with a score), distinct labels and the
-        share of units whose label has p < :data:`SIGNIFICANT_P` (None for methods without p-values)."""
+        """Per (layer, method): units, mean and median score (over units with a score), distinct labels, the
+        share of units whose label has p < :data:`SIGNIFICANT_P` (None for methods without p-values) and, for
+        IoU labels, NetDissect's interpretable units (:func:`interpretable_units`)."""
         groups: dict[tuple[str, str], list[LabelRow]] = {}
         for r in self.rows:
             groups.setdefault((r.layer, r.method), []).append(r)
         out = {}
-        for key, rows in groups.items():
+        for (layer, method), rows in groups.items():
             scores = sorted(r.score for r in rows if r.score is not None)
             has_p = any(r.p_value is not None for r in rows)
-            out[key] = LayerSummary(
+            out[(layer, method)] = LayerSummary(
                 units=len(rows),
                 mean_score=sum(scores) / len(scores) if scores else float("nan"),
                 median_score=_median(scores),
@@ -180,7 +209,9 @@ class LabelTable:
                 # a unit without a label (no p-value) is not significant
                 significant=sum(r.p_value is not None and r.p_value < SIGNIFICANT_P for r in rows) / len(rows)
                 if has_p else None,
-                heldout=_heldout_means(rows))
+                heldout=_heldout_means(rows),
+                interpretable=interpretable_units([(r.label, value(r, "iou")) for r in rows])
+                if method == "iou" else None)
         return out
 
     # --- files -------------------------------------------------------------------------------------

@@ -49,6 +49,7 @@ def test_every_ready_config_resolves(path):
         (["max_epochs"], "must look like key=value"),
         (["eval.modes=[sample,bogus]"], "eval.modes"),
         (["dissection.probe_size=4", "dissection.top_images=8"], "dissection.top_images"),
+        (["dissection.invert.alternative=less"], "'dissection.invert.alternative' is 'less'; choose one of"),
     ],
 )
 def test_bad_overrides_are_one_line_errors(overrides, expected):
@@ -108,3 +109,15 @@ def test_gpu_accelerator_without_a_visible_gpu_is_a_user_error(monkeypatch):
     with pytest.raises(UserError, match="'trainer.accelerator' is 'gpu' but no GPU is visible"):
         check_machine(cfg)  # ... that this machine lacks
     check_machine(load_config("default", ["trainer.accelerator=cpu"]))
+
+
+def test_invert_reference_settings_reach_the_labeler():
+    """dissection.invert.* sets the INVERT labeler of training-time dissections: the two-sided p-value and the
+    reference beam search (parsimony off: min_gain 0, no term test)."""
+    from lwtakit.labelers.base import create_labelers
+
+    cfg = load_config("default", ["dissection.invert.alternative=two-sided", "dissection.invert.min_gain=0",
+                                  "dissection.invert.term_alpha=null"])
+    config = create_labelers(["invert"], cfg.dissection)[0].config
+    assert config.alternative == "two-sided" and not config.parsimony
+    assert load_config("default").dissection.invert.alternative == "greater"

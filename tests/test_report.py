@@ -18,6 +18,7 @@ from lwtakit.errors import UserError
 from lwtakit.report import (
     LayerInfo,
     RunSummary,
+    Sections,
     compare_report,
     dissection_report,
     fmt_num,
@@ -211,12 +212,13 @@ def _dissection(tmp_path, **kw):
                   top_images={3: _images(4, 3), 17: _images(4, 17, size=32), 39: _images(2, 39)}),
         LayerInfo("fc", 5, top_images={np.int64(0): _images(3, 0)}),
     ]
-    args = dict(title="Dissection <of> resnet", rows=rows, layers=layers,
-                evaluation={"final-layer top-1": 0.9, "planted recovery (invert)": 0.8125},
-                completeness={"layer4": _curves()}, drift={"layer4": [(1, 0.3), (2, 0.7)]},
-                meta={"model": "resnet18", "methods": ["invert", "clip_dissect"], "timings": {"record": 1.5}})
-    args.update(kw)
-    return dissection_report(tmp_path / "out", **args), rows, layers
+    args = dict(title="Dissection <of> resnet", rows=rows, layers=layers)
+    sections = dict(evaluation={"final-layer top-1": 0.9, "planted recovery (invert)": 0.8125},
+                    completeness={"layer4": _curves()}, drift={"layer4": [(1, 0.3), (2, 0.7)]},
+                    meta={"model": "resnet18", "methods": ["invert", "clip_dissect"], "timings": {"record": 1.5}})
+    for key, value in kw.items():
+        (sections if key in sections or key == "heldout" else args)[key] = value
+    return dissection_report(tmp_path / "out", sections=Sections(**sections), **args), rows, layers
 
 
 def test_dissection_report_content(tmp_path):
@@ -277,13 +279,13 @@ def test_dissection_report_is_atomic(tmp_path):
     # although the score histogram before it rendered fine...
     bad = {"layer4": {"k": [1, 2, 3], "pca_variance": [0.5], "neuron_variance": [0.1, 0.2, 0.3]}}
     with pytest.raises(UserError, match="pca_variance"):
-        dissection_report(out, title="t", rows=rows, layers=[], completeness=bad)
+        dissection_report(out, title="t", rows=rows, layers=[], sections=Sections(completeness=bad))
     assert not (out / "report.html").exists() and not (out / "plots").exists()
     # ... and leaves an earlier report and its plots untouched, with no temporary files beside them.
     path = dissection_report(out, title="t", rows=rows, layers=[])
     before = path.read_bytes(), (out / "plots" / "score_histograms.png").read_bytes()
     with pytest.raises(UserError):
-        dissection_report(out, title="t2", rows=rows, layers=[], completeness=bad)
+        dissection_report(out, title="t2", rows=rows, layers=[], sections=Sections(completeness=bad))
     assert (path.read_bytes(), (out / "plots" / "score_histograms.png").read_bytes()) == before
     assert sorted(p.name for p in out.iterdir()) == ["plots", "report.html"]
     assert [p.name for p in (out / "plots").iterdir()] == ["score_histograms.png"]
@@ -414,7 +416,7 @@ def test_dissection_report_shows_the_heldout_assessment(tmp_path):
     """The held-out section: a row per (layer, method) with its means, the sanity table with each metric's
     verdict, held-out columns in the units table, and a per-unit distribution plot."""
     from lwtakit.evaluation.sanity import SanityRow
-    from lwtakit.report.dissect import HeldOut
+    from lwtakit.report import HeldOut
 
     rows = [r for r in _rows("layer4", 6) if r["method"] == "invert"]
     for r in rows:

@@ -15,6 +15,9 @@ from typing import Any
 from lwtakit.errors import UserError
 
 SIMILARITIES = ("soft_wpmi", "wpmi", "rank_reorder", "cos", "cos_cubed")
+# Mann-Whitney alternatives of an INVERT label's p-value: "greater" asks whether the unit detects the concept
+# (ours); "two-sided" is the reference implementation's default (twice the one-sided p when AUC > 0.5).
+ALTERNATIVES = ("greater", "two-sided")
 
 
 @dataclass
@@ -24,7 +27,8 @@ class InvertConfig:
     ``max_length`` terms per formula, ``beam`` formulas kept per length, admissible positive fraction of a
     label in ``[min_fraction, max_fraction]`` (the reference's 0 and 0.5); a longer formula must gain
     ``min_gain`` AUC and, unless ``term_alpha`` is None, pass a significance test for each term.
-    ``min_gain=0, term_alpha=None`` is the reference behaviour (the highest AUC wins).
+    ``min_gain=0, term_alpha=None`` is the reference behaviour (the highest AUC wins; :meth:`without_parsimony`).
+    ``alternative`` (:data:`ALTERNATIVES`) is the Mann-Whitney alternative of each label's p-value.
     """
 
     max_length: int = 1
@@ -33,6 +37,7 @@ class InvertConfig:
     max_fraction: float = 0.5
     min_gain: float = 0.01
     term_alpha: float | None = 0.01
+    alternative: str = "greater"
 
     def __post_init__(self) -> None:
         if self.max_length < 1 or self.beam < 1:
@@ -44,6 +49,29 @@ class InvertConfig:
             raise UserError(f"min_gain must be >= 0, got {self.min_gain}")
         if self.term_alpha is not None and not 0 < self.term_alpha < 1:
             raise UserError(f"term_alpha must lie in (0, 1) or be null, got {self.term_alpha}")
+        if self.alternative not in ALTERNATIVES:
+            raise UserError(f"INVERT alternative must be one of {', '.join(ALTERNATIVES)}, got {self.alternative!r}")
+
+    @property
+    def parsimony(self) -> bool:
+        """Whether a longer formula must earn its place (a gain or a term test) beyond a higher AUC."""
+        return self.min_gain > 0 or self.term_alpha is not None
+
+    def without_parsimony(self) -> InvertConfig:
+        """These settings with parsimony off: the reference beam search of Bykov et al. 2023 (Alg. 1), where
+        the admissible formula of highest AUC wins whatever its length."""
+        return dataclasses.replace(self, min_gain=0.0, term_alpha=None)
+
+    def describe(self) -> str:
+        """One line for a report: length, beam, fraction bounds, parsimony and the p-value's alternative."""
+        if not self.parsimony:
+            parsimony = "off (reference beam search)"
+        else:
+            term = f"term test alpha {self.term_alpha:g}" if self.term_alpha is not None else "no term test"
+            parsimony = f"on (min gain {self.min_gain:g}, {term})"
+        side = "one-sided (greater)" if self.alternative == "greater" else "two-sided"
+        return (f"max length {self.max_length}, beam {self.beam}, positive fraction in [{self.min_fraction:g}, "
+                f"{self.max_fraction:g}], parsimony {parsimony}, Mann-Whitney p {side}")
 
     def admissible(self, n, N: int):
         """Whether formulas with ``n`` positives of ``N`` may become labels (within the fraction bounds and

@@ -15,13 +15,15 @@ filters), :mod:`.page` (jinja environment, plot collector, the write), :mod:`.di
 """
 
 from lwtakit.report.compare import RunSummary, compare_report
-from lwtakit.report.dissect import LayerInfo, dissection_report
+from lwtakit.report.dissect import HeldOut, LayerInfo, Sections, dissection_report
 from lwtakit.report.formatting import fmt_num, fmt_p
 from lwtakit.report.images import image_grid
 
 __all__ = [
     "image_grid",
     "LayerInfo",
+    "Sections",
+    "HeldOut",
     "dissection_report",
     "RunSummary",
     "compare_report",

@@ -14,6 +14,7 @@ import numpy as np
 from lwtakit import plots
 from lwtakit.evaluation.verdict import SIGNIFICANT, VERDICT_METRICS
 from lwtakit.io import ensure_writable_dir
+from lwtakit.labels import INTERPRETABLE_IOU, Interpretable, interpretable_units
 from lwtakit.report.formatting import as_float, slug
 from lwtakit.report.images import data_uri, image_grid, png_width
 from lwtakit.report.page import PendingPlots, write_report
@@ -68,6 +69,7 @@ class _Method:
     heldout: list[tuple[str, str]]  # (key, header) of the held-out columns some row has
     overview: dict[str, Any]  # _method_summary of ``rows``
     summary: dict[str, Any]  # _method_summary of ``by_unit``
+    interpretable: Interpretable | None  # NetDissect's interpretable units of ``rows`` (IoU labels only)
 
 
 @dataclass
@@ -129,6 +131,14 @@ def _method_summary(rows: Sequence[Row]) -> dict[str, Any]:
     }
 
 
+def _interpretable(method: str, rows: Sequence[Row]) -> Interpretable | None:
+    """Network Dissection's headline numbers (Bau et al. 2017) of an IoU method's rows: units whose label has IoU
+    above :data:`~lwtakit.labels.INTERPRETABLE_IOU` and the concepts they cover; None for other methods."""
+    if method != "iou":
+        return None
+    return interpretable_units([(str(r.get("label", "")), as_float(r.get("iou"))) for r in rows])
+
+
 def _methods(rows: Sequence[Row]) -> list[_Method]:
     grouped: dict[str, list[Row]] = {}
     for r in rows:
@@ -143,7 +153,8 @@ def _methods(rows: Sequence[Row]) -> list[_Method]:
                          for r in shown),
             show_p=any(as_float(r.get("p_value")) is not None for r in shown),
             heldout=[(k, h) for k, h in _UNIT_HELDOUT.items() if any(as_float(r.get(k)) is not None for r in shown)],
-            overview=_method_summary(mrows), summary=_method_summary(shown)))
+            overview=_method_summary(mrows), summary=_method_summary(shown),
+            interpretable=_interpretable(name, mrows)))
     return out
 
 
@@ -221,15 +232,26 @@ def _plots(rows: Sequence[Row], layers: Sequence[LayerInfo], completeness: Mappi
     return figs
 
 
+@dataclass
+class Sections:
+    """What a dissection report shows besides its label rows and layers, each left out when None: the run's
+    ``meta`` (model, probe, settings), the ``evaluation`` summary (name -> value), the ``heldout`` assessment,
+    ``completeness`` curves per layer (see :func:`lwtakit.plots.completeness_curves`) and the label ``drift`` of
+    the run's training-time dissections (name -> [(epoch, agreement)])."""
+
+    meta: Mapping[str, Any] | None = None
+    evaluation: Mapping[str, Any] | None = None
+    heldout: HeldOut | None = None
+    completeness: Mapping[str, Mapping[str, Any]] | None = None
+    drift: Mapping[str, Sequence[tuple[int, float]]] | None = None
+
+
 def dissection_report(out_dir: str | os.PathLike, *, title: str, rows: Sequence[Mapping[str, Any]],
-                      layers: Sequence[LayerInfo], evaluation: Mapping[str, Any] | None = None,
-                      completeness: Mapping[str, Mapping[str, Any]] | None = None,
-                      drift: Mapping[str, Sequence[tuple[int, float]]] | None = None,
-                      meta: Mapping[str, Any] | None = None, heldout: HeldOut | None = None) -> Path:
+                      layers: Sequence[LayerInfo], sections: Sections | None = None) -> Path:
     """Write ``out_dir/report.html`` (plots also as ``out_dir/plots/*.png``) and return its path.
 
-    Sections: meta; evaluation summary; the held-out assessment (:class:`HeldOut`: means per layer and
-    method, the metrics' sanity tests); layer overview (units, measured active fraction, dead units,
+    Sections (:class:`Sections`): meta; evaluation summary; the held-out assessment (:class:`HeldOut`: means
+    per layer and method, the metrics' sanity tests); layer overview (units, measured active fraction, dead units,
     per method mean score / distinct labels / share significant); plots (label-score histograms, sorted
     firing rates, PCA-vs-neuron completeness after Dey et al. 2020, label drift over training); then
     one section per layer: a sortable table of every labelled unit (label and score per method,
@@ -238,7 +260,7 @@ def dissection_report(out_dir: str | os.PathLike, *, title: str, rows: Sequence[
     ``"<layer>#pca"``) get a section too.
     """
     out_dir = ensure_writable_dir(out_dir)
-    rows = list(rows)
+    rows, sec = list(rows), sections or Sections()
     infos = {li.name: li for li in layers}
     rows_by_layer: dict[str, list[Row]] = {}
     for r in rows:
@@ -247,14 +269,16 @@ def dissection_report(out_dir: str | os.PathLike, *, title: str, rows: Sequence[
     used: set[str] = {"meta", "evaluation", "heldout", "overview", "plots"}
     anchors = {n: slug("layer-" + n, used) for n in order}
 
-    figs = _plots(rows, layers, completeness, drift)
+    figs = _plots(rows, layers, sec.completeness, sec.drift)
     views = [_layer(n, infos.get(n), rows_by_layer.get(n, []), anchors[n]) for n in order]
-    nav = [("meta", "run")] * bool(meta) + [("evaluation", "evaluation")] * bool(evaluation)
-    nav += [("heldout", "held-out")] * bool(heldout)
+    nav = [("meta", "run")] * bool(sec.meta) + [("evaluation", "evaluation")] * bool(sec.evaluation)
+    nav += [("heldout", "held-out")] * bool(sec.heldout)
     nav += [("overview", "layers")] + [("plots", "plots")] * bool(figs.figures)
     nav += [(v.anchor, v.name) for v in views]
-    return write_report(out_dir, "dissect.html", figs, title=title, nav=nav, meta=meta, evaluation=evaluation,
-                        heldout=heldout, heldout_columns=VERDICT_METRICS, heldout_note=HELDOUT_NOTE,
-                        sanity_note=SANITY_NOTE,
-                        layers=views, n_units=len({(str(r.get("layer")), str(r.get("unit"))) for r in rows}),
+    return write_report(out_dir, "dissect.html", figs, title=title, nav=nav, meta=sec.meta,
+                        evaluation=sec.evaluation, heldout=sec.heldout, heldout_columns=VERDICT_METRICS,
+                        heldout_note=HELDOUT_NOTE, sanity_note=SANITY_NOTE, layers=views,
+                        interpretable_iou=INTERPRETABLE_IOU,
+                        show_interpretable=any(m.interpretable is not None for v in views for m in v.methods),
+                        n_units=len({(str(r.get("layer")), str(r.get("unit"))) for r in rows}),
                         methods=sorted({str(r.get("method", "")) for r in rows}))

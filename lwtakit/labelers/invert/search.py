@@ -281,7 +281,8 @@ def _unlabelled(unit: int) -> dict:
 
 def _label_atoms(ids, RC, ties, concepts: _Concepts, config: InvertConfig) -> list[dict]:
     """Length-1 labels of a chunk of units, vectorised: the same choice as :func:`_search_unit` with
-    ``max_length=1`` (the admissible concept or negation of highest AUC), its p-value and top five."""
+    ``max_length=1`` (the admissible concept or negation of highest AUC), its p-value (``config.alternative``)
+    and top five."""
     N = concepts.N
     R1 = torch.cat([RC, N * (N + 1) / 2 - RC], dim=1)  # [chunk, 2K]; rank sum of NOT c = total - that of c
     n1 = torch.cat([concepts.counts, N - concepts.counts]).expand_as(R1)
@@ -291,7 +292,7 @@ def _label_atoms(ids, RC, ties, concepts: _Concepts, config: InvertConfig) -> li
     order = torch.argsort(masked, dim=1, descending=True, stable=True)[:, :5]
     best = order[:, :1]
     n_pos = n1.gather(1, best)
-    logp = _mwu_logp(R1.gather(1, best) - n_pos * (n_pos + 1) / 2, n_pos, N - n_pos, ties, "greater")
+    logp = _mwu_logp(R1.gather(1, best) - n_pos * (n_pos + 1) / 2, n_pos, N - n_pos, ties, config.alternative)
     rows = []
     for j, unit in enumerate(ids):
         b = int(best[j, 0])
@@ -306,16 +307,16 @@ def _label_atoms(ids, RC, ties, concepts: _Concepts, config: InvertConfig) -> li
     return rows
 
 
-def _searched_row(unit: int, node: _Node | None, top: list[str], ranks, ties) -> dict:
-    """Row of a unit labelled by the beam search, with the one-sided Mann-Whitney p-value of its label
-    (``ranks [N]`` the unit's ranks, ``ties [1]`` its tie term)."""
+def _searched_row(unit: int, node: _Node | None, top: list[str], ranks, ties, alternative: str) -> dict:
+    """Row of a unit labelled by the beam search, with the Mann-Whitney p-value of its label under
+    ``alternative`` (``ranks [N]`` the unit's ranks, ``ties [1]`` its tie term)."""
     if node is None:
         return _unlabelled(unit)
     N = ranks.shape[0]
     lab = node.labels.to(torch.float64)
     n_pos = lab.sum()
     U = ranks @ lab - n_pos * (n_pos + 1) / 2
-    logp = _mwu_logp(U.view(1, 1), n_pos, N - n_pos, ties, "greater")
+    logp = _mwu_logp(U.view(1, 1), n_pos, N - n_pos, ties, alternative)
     return {"unit": unit, "label": str(node.formula), "score": node.auc, "auc": node.auc,
             "p_value": float(logp.exp()), "length": node.formula.length, "formula": node.formula, "top5": top}
 
@@ -347,11 +348,12 @@ def label_units(acts, concept_labels, concept_names: Sequence[str], config: Inve
       without it (drop-one). This stops small-sample AUC noise (rare concepts ANDed together, one of many
       concepts splitting the positives by chance) from beating a one-concept label.
 
-    ``min_gain=0, term_alpha=None`` recover the reference behaviour (the highest AUC wins).
+    ``min_gain=0, term_alpha=None`` (:meth:`InvertConfig.without_parsimony`) is the reference: the best AUC wins.
 
-    Rows: ``unit, label, score (= auc), auc, p_value`` (one-sided Mann-Whitney, positives greater, of the
-    final label), ``length, formula`` (:class:`Formula`) and ``top5`` (best five atoms). Units whose
-    concepts are all inadmissible get ``label=None`` and NaN scores.
+    Rows: ``unit, label, score (= auc), auc, p_value`` (Mann-Whitney test of the final label: one-sided,
+    positives greater, by default; ``alternative="two-sided"`` gives the reference implementation's p, twice
+    the one-sided one when AUC > 0.5, capped at 1), ``length, formula`` (:class:`Formula`) and ``top5`` (best
+    five atoms). Units whose concepts are all inadmissible get ``label=None`` and NaN scores.
     """
     acts, labels = _check_inputs(acts, concept_labels)
     N, n_units = acts.shape
@@ -381,7 +383,7 @@ def label_units(acts, concept_labels, concept_names: Sequence[str], config: Inve
             continue
         for j, unit in enumerate(ids):
             node, top = _search_unit(_Unit(X[:, j], ranks[:, j], RC[j]), concepts, config)
-            rows.append(_searched_row(unit, node, top, ranks[:, j], ties[j:j + 1]))
+            rows.append(_searched_row(unit, node, top, ranks[:, j], ties[j:j + 1], config.alternative))
             bar.update(1)
     bar.close()
     return rows
