@@ -85,3 +85,31 @@ def test_a_split_leaving_fewer_than_top_k_images_is_one_error(probe):
                 DissectOptions(topk=8, progress=False))
     with pytest.raises(UserError, match="unknown dissection mode"):
         DissectOptions(mode="mean")
+
+
+class _ClassesOnly(torch.utils.data.Dataset):
+    """A probe set that names classes but no concepts (like MNIST or CIFAR): its concepts are its classes."""
+
+    def __init__(self, base):
+        self.base, self.class_names = base, ["circle", "square", "triangle", "cross", "ring", "diamond"]
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        return self.base[i][:2]
+
+
+def test_a_probe_of_class_labels_gets_the_sanity_table(probe):
+    """The dissect report's sanity tests run on the classes when the probe names no concepts."""
+    from lwtakit.analysis import DissectRequest, heldout_evaluation
+    from lwtakit.evaluation.metrics import METRICS
+
+    classes = _ClassesOnly(probe)
+    concepts = ConceptSource.from_dataset(classes)
+    assert concepts.labels is None and concepts.labels_from_classes
+    opts = DissectOptions(mode="argmax", progress=False, heldout=HeldOutOptions(fraction=0.5, seed=1))
+    result = dissect(LWTANet().eval(), classes, ["act"], ["invert"], concepts, opts)
+    heldout = heldout_evaluation(result, concepts, DissectRequest(layers=["act"], labelers=[], options=opts))
+    assert [row.metric for row in heldout.sanity] == list(METRICS)
+    assert all(0 <= row.missing_decrease <= 1 and 0 <= row.extra_decrease <= 1 for row in heldout.sanity)
