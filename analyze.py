@@ -109,7 +109,7 @@ def _check_finite(matrix: np.ndarray, path: str, what: str) -> None:
 # ------------------------------------------------------------------------------------------- dissect
 def cmd_dissect(args) -> Path:
     from lwtakit.analysis import DissectRequest, dissect_to_report
-    from lwtakit.checkpoint import load_model
+    from lwtakit.checkpoint import load_model, resolve_run
     from lwtakit.concept_sets import load_concepts
     from lwtakit.dissect import ConceptSource, DissectOptions, check_labelers
     from lwtakit.models import default_layers
@@ -131,7 +131,8 @@ def cmd_dissect(args) -> Path:
     if args.top_images > len(probe):
         raise UserError(f"--top-images {args.top_images} exceeds the probe set's {len(probe)} images; "
                         "lower --top-images or raise --probe-size")
-    history = Path(args.ckpt).resolve().parent.parent / "labels.csv" if args.ckpt else None
+    # a run's label history (labels.csv beside checkpoints/) gives the report its drift plot
+    history = resolve_run(args.ckpt)[1].resolve().parent.parent / "labels.csv" if args.ckpt else None
     request = DissectRequest(
         layers=args.layers or default_layers(model), labelers=labelers, grid_units=args.grid_units, seed=args.seed,
         options=DissectOptions(pca_components=args.pca, batch_size=args.batch_size, topk=args.top_images,
@@ -398,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("dissect", help="label every unit of chosen layers by every chosen method; HTML report")
     src = d.add_mutually_exclusive_group(required=True)
-    src.add_argument("--ckpt", help="checkpoint written by train.py")
+    src.add_argument("--ckpt", help="checkpoint written by train.py, or its run folder")
     src.add_argument("--model", help="torchvision:NAME (ImageNet weights)")
     d.add_argument("--layers", nargs="+", help="module names (default: last stage activations + classifier)")
     d.add_argument("--methods", nargs="+", default=["invert"],
@@ -460,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("explain", help="the winning units of a layer for one image, with their labels")
     src = e.add_mutually_exclusive_group(required=True)
-    src.add_argument("--ckpt")
+    src.add_argument("--ckpt", help="checkpoint written by train.py, or its run folder")
     src.add_argument("--model")
     e.add_argument("--image", required=True)
     e.add_argument("--layer", help="default: the last LWTA layer")

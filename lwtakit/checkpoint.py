@@ -117,10 +117,24 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> LoadedModel:
     return LoadedModel(model, f"{cfg.experiment}:{path.name}", class_names, cfg, cfg.data.img_size, in_chans)
 
 
+def resolve_run(spec: str) -> tuple[Path | None, Path]:
+    """(run folder or None, checkpoint) for a run folder or a checkpoint path."""
+    path = Path(spec)
+    if path.is_dir():
+        ckpt = path / "checkpoints" / "last.ckpt"
+        if not ckpt.is_file():
+            raise UserError(f"run folder {path} has no checkpoints/last.ckpt; give a run folder of train.py")
+        return path, ckpt
+    if path.is_file():
+        return None, path
+    raise UserError(f"checkpoint {spec} does not exist; give a .ckpt written by train.py or its run folder")
+
+
 def load_model(spec: str) -> LoadedModel:
-    """``torchvision:NAME`` (ImageNet weights; torchvision downloads them when online) or a checkpoint path."""
+    """``torchvision:NAME`` (ImageNet weights; torchvision downloads them when online), a checkpoint path or a
+    ``train.py`` run folder (its ``checkpoints/last.ckpt``)."""
     if not spec.startswith("torchvision:"):
-        return load_checkpoint(spec)
+        return load_checkpoint(resolve_run(spec)[1])
     import torchvision
 
     name = spec.split(":", 1)[1]

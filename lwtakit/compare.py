@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from lwtakit.checkpoint import load_checkpoint
+from lwtakit.checkpoint import load_checkpoint, resolve_run
 from lwtakit.data import probe_subset
 from lwtakit.dissect import ConceptSource, DissectOptions, dissect, record
 from lwtakit.errors import UserError
@@ -25,19 +25,6 @@ from lwtakit.labels import SIGNIFICANT_P
 from lwtakit.lwta import LWTA, lwta_inference, lwta_layers, mc_predict
 from lwtakit.recording import analysis_mode, make_loader, split_batch
 from lwtakit.rng import fork_rng
-
-
-def resolve_run(spec: str) -> tuple[Path | None, Path]:
-    """(run folder or None, checkpoint) for a run folder or a checkpoint path."""
-    path = Path(spec)
-    if path.is_dir():
-        ckpt = path / "checkpoints" / "last.ckpt"
-        if not ckpt.is_file():
-            raise UserError(f"run folder {path} has no checkpoints/last.ckpt; give a run folder of train.py")
-        return path, ckpt
-    if path.is_file():
-        return None, path
-    raise UserError(f"{spec} is neither a run folder nor a checkpoint")
 
 
 def activation_layers(model: nn.Module) -> list[str]:

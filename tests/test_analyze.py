@@ -264,3 +264,22 @@ def test_label_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, change
                            "--concept-names", tmp_path / "names.txt", "--out", tmp_path / "labels.csv")
     assert_one_line_error(code, err, *fragments)
     assert not os.path.exists(tmp_path / "labels.csv")
+
+
+def test_a_run_folder_stands_for_its_last_checkpoint(tmp_path):
+    """dissect and explain take a train.py run folder wherever they take a checkpoint, as compare does."""
+    from pathlib import Path
+
+    import torch
+
+    from lwtakit.checkpoint import load_model
+    from lwtakit.errors import UserError
+
+    run = Path(__file__).parent / "golden" / "runs" / "default"
+    by_folder, by_file = load_model(str(run)), load_model(str(run / "checkpoints" / "last.ckpt"))
+    for (k, a), (_, b) in zip(by_folder.model.state_dict().items(), by_file.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    (tmp_path / "empty").mkdir()
+    for spec, words in ((tmp_path / "empty", "has no checkpoints/last.ckpt"), (tmp_path / "nope", "does not exist")):
+        with pytest.raises(UserError, match=words):
+            load_model(str(spec))
