@@ -222,6 +222,16 @@ def _move_keys(data: dict) -> dict:
     return OmegaConf.to_container(data)
 
 
+def _schema_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    """Every leaf key of the schema, dotted (``trainer.max_epochs``)."""
+    keys = []
+    for name in node.keys():
+        child = node.get(name)
+        full = f"{prefix}{name}"
+        keys += _schema_keys(child, full + ".") if isinstance(child, DictConfig) else [full]
+    return keys
+
+
 def _one_line_omegaconf_error(exc: OmegaConfBaseException, where: str) -> UserError:
     """Turn an OmegaConf error into one line naming the key (and close matches for unknown keys)."""
     key = getattr(exc, "full_key", None) or "?"
@@ -233,8 +243,11 @@ def _one_line_omegaconf_error(exc: OmegaConfBaseException, where: str) -> UserEr
         for part in parent.split(".") if parent else []:
             node = node.get(part) if isinstance(node, DictConfig) else None
         known = list(node.keys()) if isinstance(node, DictConfig) else []
-        close = difflib.get_close_matches(leaf, known, n=3)
-        hint = f"; did you mean {', '.join((parent + '.' if parent else '') + c for c in close)}?" if close else ""
+        close = [(parent + "." if parent else "") + c for c in difflib.get_close_matches(leaf, known, n=3)]
+        if not close:  # the right name in the wrong group (max_epochs for trainer.max_epochs)
+            everywhere = _schema_keys(OmegaConf.structured(Config))
+            close = [k for k in everywhere if k.rpartition(".")[2] == leaf][:3]
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
         return UserError(f"unknown config key '{key}' ({where}){hint}")
     if isinstance(exc, ValidationError):
         first = str(exc).splitlines()[0]

@@ -33,6 +33,8 @@ def test_every_ready_config_resolves(path):
     [
         (["model.foo=1"], "unknown config key 'model.foo'"),
         (["modle.U=2"], "did you mean model"),
+        (["max_epochs=3"], "unknown config key 'max_epochs' (command line); did you mean trainer.max_epochs?"),
+        (["passes=2"], "did you mean dissection.passes?"),
         (["trainer.max_epochs=abc"], "'trainer.max_epochs' has the wrong type"),
         (["model.act=tanh"], "'model.act' is 'tanh'; choose one of"),
         (["model.temperature.on=winners"], "'model.temperature.on' is 'winners'; choose one of: logits, relaxation"),
