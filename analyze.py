@@ -407,7 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--probe", help="synthetic | mnist:PATH | cifar10:ROOT | imagefolder:ROOT | folder:PATH")
     d.add_argument("--probe-size", type=int_at_least(1), default=1000)
     d.add_argument("--concepts", default="synthetic", help="concept set for CLIP: builtin name or text file")
-    d.add_argument("--pca", type=int, default=0, help="also label the top-k principal directions; completeness")
+    d.add_argument("--pca", type=int_at_least(0), default=0,
+                   help="also label the top-k principal directions; completeness")
     _add_invert_flags(d)
     d.add_argument("--clip-model", default="ViT-B-16")
     d.add_argument("--clip-pretrained", help="open_clip tag (online), weights file, or local-dir:FOLDER")
