@@ -4,9 +4,12 @@
     python train.py --config mnist_lwta data.root=../shared/data/mnist.npz
     python train.py model=resnet18_dense trainer.max_epochs=3
     python train.py run_name=my-run ckpt_path=last   # resume runs/my-run from its last.ckpt
+    python train.py run_name=my-run overwrite=true   # start runs/my-run again, removing what it holds
 
 The last line printed is ``run: <folder>``; the folder holds config.yaml, checkpoints/last.ckpt,
 metrics.csv, results.json, the offline W&B run and (with dissection enabled) labels.csv.
+A folder that already holds a run is refused unless the run resumes it or overwrite=true; .lock keeps a second
+run out while one runs (lwtakit/run_folder.py).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from lwtakit.checkpoint import check_resume
 from lwtakit.config import check_machine, load_config, save_config, to_dict
 from lwtakit.errors import ArgumentParser, UserError
 from lwtakit.io import atomic_write, ensure_writable_dir
+from lwtakit.run_folder import claim, launched_as_rank_zero, release
 
 RUN_DIR_ENV = "LWTAKIT_RUN_DIR"  # shared with ranks that Lightning launches as new processes
 
@@ -142,13 +146,18 @@ def train(cfg: DictConfig) -> TrainResult:
     """Fit (and test) the model a resolved config describes; returns the run folder and final metrics."""
     check_machine(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    # Ranks that Lightning launches as new processes find the folder in RUN_DIR_ENV, claimed by rank 0.
+    owner = RUN_DIR_ENV not in os.environ and launched_as_rank_zero()
     run_dir = resolve_run_dir(cfg)
     ensure_writable_dir(run_dir)
+    lock = claim(run_dir, cfg.ckpt_path, cfg.overwrite) if owner else None
     os.environ[RUN_DIR_ENV] = str(run_dir)
     try:
         return _fit(cfg, run_dir)
     finally:
         os.environ.pop(RUN_DIR_ENV, None)
+        if lock is not None:
+            release(lock)
 
 
 def _fit(cfg: DictConfig, run_dir: Path) -> TrainResult:
