@@ -25,10 +25,11 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig
 
 from callbacks.dissection import DissectionCallback
+from callbacks.metrics_csv import ResumableCSVLogger
 from callbacks.rng_state import RNGStateCheckpoint
 from callbacks.sparsity import SparsityMonitor
 from lightning_modules.classifier import LitClassifier
@@ -82,11 +83,12 @@ def build_datamodule(cfg: DictConfig) -> VisionDataModule:
     )
 
 
-def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
-    """CSV metrics always (unless logger=none); W&B offline by default, never blocking training."""
+def build_loggers(cfg: DictConfig, run_dir: Path, resume_step: int | None = None) -> list[Logger]:
+    """CSV metrics always (unless logger=none), continuing the rows before ``resume_step`` on a resume; W&B offline
+    by default, never blocking training."""
     if cfg.logger == "none":
         return []
-    loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="logs", version="")]
+    loggers: list[Logger] = [ResumableCSVLogger(run_dir, resume_step)]
     if cfg.logger == "wandb":
         wandb_logger = _wandb_logger(cfg, run_dir)
         if wandb_logger is not None:
@@ -165,7 +167,7 @@ def _fit(cfg: DictConfig, run_dir: Path) -> TrainResult:
     info = datamodule.info
     module = LitClassifier(cfg, num_classes=info.num_classes, in_chans=info.in_chans, mean=info.mean,
                            std=info.std, class_names=info.class_names)
-    ckpt_path = cfg.ckpt_path
+    ckpt_path, resume_step = cfg.ckpt_path, None
     if ckpt_path == "last":
         last = run_dir / "checkpoints" / "last.ckpt"
         if not last.exists():
@@ -175,7 +177,7 @@ def _fit(cfg: DictConfig, run_dir: Path) -> TrainResult:
         raise UserError(f"checkpoint {ckpt_path} does not exist (config key ckpt_path)")
     if ckpt_path:
         # Before the Trainer exists: a bad file or another architecture fails as one line, not a traceback.
-        check_resume(ckpt_path, cfg, module.state_dict())
+        resume_step = check_resume(ckpt_path, cfg, module.state_dict())
     t = cfg.trainer
     trainer = pl.Trainer(
         default_root_dir=str(run_dir), max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices,
@@ -183,7 +185,7 @@ def _fit(cfg: DictConfig, run_dir: Path) -> TrainResult:
         limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
         log_every_n_steps=t.log_every_n_steps, gradient_clip_val=t.gradient_clip_val,
         deterministic=t.deterministic, enable_progress_bar=t.enable_progress_bar,
-        logger=build_loggers(cfg, run_dir) or False,
+        logger=build_loggers(cfg, run_dir, resume_step) or False,
         callbacks=build_callbacks(cfg, run_dir, datamodule),
         enable_model_summary=False,
     )

@@ -148,3 +148,29 @@ def test_only_the_process_launched_as_rank_zero_owns_the_folder(monkeypatch, env
         monkeypatch.setenv(name, value)
     assert run_folder.launched_as_rank_zero() is owner
 
+
+# --- a resume continues the folder's history --------------------------------------------------------
+@pytest.fixture(scope="module")
+def straight_and_resumed(tmp_path_factory):
+    """An uninterrupted 2-epoch run, and a 1-epoch run resumed to 2 epochs; both log to CSV and offline W&B."""
+    root = tmp_path_factory.mktemp("runs")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("WANDB_MODE", "offline")
+        common = [f"run_dir={root}", *TINY, "logger=wandb"]
+        straight = train_script.train(load_config("default", [*common, "run_name=straight", "trainer.max_epochs=2"]))
+        train_script.train(load_config("default", [*common, "run_name=resumed", "trainer.max_epochs=1"]))
+        # A row the interrupted run would have logged after its checkpoint: the resume drops it.
+        with open(root / "resumed" / "logs" / "metrics.csv", "a", newline="") as fh:
+            csv.DictWriter(fh, read_metrics(root / "resumed")[0]).writerow({"epoch": 1, "step": 99})
+        resumed = train_script.train(load_config("default", [*common, "run_name=resumed", "trainer.max_epochs=2",
+                                                             "ckpt_path=last"]))
+    return straight.run_dir, resumed.run_dir
+
+
+def test_resume_keeps_the_metrics_history_row_for_row(straight_and_resumed):
+    straight, resumed = (read_metrics(run) for run in straight_and_resumed)
+    assert straight[0] == resumed[0]  # the same header
+    assert {int(r["epoch"]) for r in straight[1] if r["epoch"]} == {0, 1, 2}  # 2 epochs, then the test
+    # The project's resume is exact (weights, RNG states): the same rows, values included.
+    assert straight[1] == resumed[1]
+
