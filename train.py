@@ -7,7 +7,7 @@
     python train.py run_name=my-run overwrite=true   # start runs/my-run again, removing what it holds
 
 The last line printed is ``run: <folder>``; the folder holds config.yaml, checkpoints/last.ckpt,
-metrics.csv, results.json, the offline W&B run and (with dissection enabled) labels.csv.
+metrics.csv, results.json, the offline W&B run (its id in wandb-id) and (with dissection enabled) labels.csv.
 A folder that already holds a run is refused unless the run resumes it or overwrite=true; .lock keeps a second
 run out while one runs (lwtakit/run_folder.py).
 """
@@ -38,7 +38,7 @@ from lwtakit.checkpoint import check_resume
 from lwtakit.config import check_machine, load_config, save_config, to_dict
 from lwtakit.errors import ArgumentParser, UserError
 from lwtakit.io import atomic_write, ensure_writable_dir
-from lwtakit.run_folder import claim, launched_as_rank_zero, release
+from lwtakit.run_folder import claim, launched_as_rank_zero, release, wandb_run_id
 
 RUN_DIR_ENV = "LWTAKIT_RUN_DIR"  # shared with ranks that Lightning launches as new processes
 
@@ -115,8 +115,11 @@ def _start_wandb(cfg: DictConfig, run_dir: Path, offline: bool) -> Logger | None
     from lightning.pytorch.loggers import WandbLogger
 
     try:
+        # One W&B run per run folder: a resume continues the run its folder started.
+        run_id = wandb_run_id(run_dir)
         logger = WandbLogger(
             save_dir=str(run_dir), project=cfg.wandb.project, entity=cfg.wandb.entity, name=run_dir.name,
+            id=run_id, resume="allow",
             tags=list(cfg.wandb.tags), config=to_dict(cfg), mode="offline" if offline else "online",
             settings=wandb.Settings(init_timeout=cfg.wandb.init_timeout, silent=True),
         )

@@ -3,21 +3,26 @@
 A run claims its folder by creating ``.lock`` (exclusively, holding its pid and host); the lock is removed when
 the run ends. A lock left by a process that no longer runs on this host (a killed run) is taken over with a note.
 A folder that already holds files is refused unless the run resumes it (``ckpt_path=last`` or a checkpoint inside
-it) or ``overwrite=true`` asks for a clean start, which first removes the folder's contents.
+it) or ``overwrite=true`` asks for a clean start, which first removes the folder's contents. The folder also keeps
+its W&B run id (``wandb-id``), so that a resume continues the same W&B run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import socket
+import string
 import sys
 from pathlib import Path
 
 from lwtakit.errors import UserError
+from lwtakit.io import atomic_write
 
 LOCK_NAME = ".lock"
+WANDB_ID_NAME = "wandb-id"
 # Environment variables that carry a process's rank in a multi-process launch (Lightning's subprocess launcher,
 # torchrun, SLURM); the process whose ranks are all 0 (or unset) owns the run folder.
 RANK_ENV = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
@@ -130,3 +135,16 @@ def release(lock: Path) -> None:
         if lock.read_text(encoding="utf-8") == _stamp():
             lock.unlink()
 
+
+def wandb_run_id(run_dir: Path) -> str:
+    """The W&B run id of ``run_dir``: the one stored there, else a new one (8 characters of [a-z0-9], as W&B makes
+    them), stored for the run's resumes."""
+    path = run_dir / WANDB_ID_NAME
+    if path.is_file():
+        stored = path.read_text(encoding="utf-8").strip()
+        if stored:
+            return stored
+    new_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+    with atomic_write(path, encoding="utf-8") as fh:
+        fh.write(new_id + "\n")
+    return new_id

@@ -174,3 +174,12 @@ def test_resume_keeps_the_metrics_history_row_for_row(straight_and_resumed):
     # The project's resume is exact (weights, RNG states): the same rows, values included.
     assert straight[1] == resumed[1]
 
+
+def test_resume_continues_the_folders_wandb_run(straight_and_resumed):
+    resumed = straight_and_resumed[1]
+    offline = sorted((resumed / "wandb").glob("offline-run-*"))
+    assert len(offline) == 2, offline
+    stored = (resumed / run_folder.WANDB_ID_NAME).read_text().strip()
+    assert {path.name.rsplit("-", 1)[1] for path in offline} == {stored}
+    straight = straight_and_resumed[0]
+    assert (straight / run_folder.WANDB_ID_NAME).read_text().strip() != stored  # one id per folder
