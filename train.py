@@ -128,6 +128,10 @@ def _start_wandb(cfg: DictConfig, run_dir: Path, offline: bool) -> Logger | None
     except Exception as exc:  # noqa: BLE001 - no account, no network, server down: never stop training
         what = "offline W&B logging disabled" if offline else "W&B online run could not start; logging offline"
         warnings.warn(f"{what} ({type(exc).__name__}: {str(exc).splitlines()[0]})", stacklevel=2)
+        if not offline:
+            # W&B's service still holds the run id of the online start that failed: the offline run of the same id
+            # (the folder's one run) would be refused as "in use".
+            wandb.teardown()
         return None
 
 
