@@ -2,15 +2,19 @@
 resume continues the folder's metrics history and W&B run."""
 
 import csv
+import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
 import train as train_script
 from lwtakit import run_folder
 from lwtakit.config import load_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # 4 steps an epoch, a metrics row every 2 steps, no dissection: seconds per run.
 TINY = ["data.train_size=64", "data.val_size=32", "data.test_size=32", "data.batch_size=16", "model.width=0.125",
@@ -118,6 +122,30 @@ def test_a_folder_locked_by_a_running_run_is_refused_and_left_alone(tmp_path, ca
     assert code == 2
     one_error(err, f"run folder {run} is in use by another run (pid {holder.pid} on {socket.gethostname()})")
     assert snapshot(run) == before
+
+
+def test_a_second_train_py_on_the_folder_of_a_running_one_refuses_and_the_first_finishes(tmp_path, capsys):
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    first = subprocess.Popen([sys.executable, os.path.join(REPO, "train.py"), *args(tmp_path, "trainer.max_epochs=3")],
+                             cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lock = tmp_path / "r" / run_folder.LOCK_NAME
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and first.poll() is None and not lock.exists():
+            time.sleep(0.1)
+        assert first.poll() is None and lock.exists(), "the first run ended before it held the folder"
+        code, err = run_main(args(tmp_path, "trainer.max_epochs=1"), capsys)
+        _, first_err = first.communicate(timeout=300)
+    finally:
+        first.kill()
+        first.wait()
+    assert code == 2
+    one_error(err, f"is in use by another run (pid {first.pid} on {socket.gethostname()})")
+    assert first.returncode == 0, first_err[-2000:]
+    # The folder holds the first run alone: its 3 epochs, one checkpoint link, and no lock left behind.
+    assert sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir()) == ["epoch=2-step=12.ckpt", "last.ckpt"]
+    assert {r["epoch"] for r in read_metrics(tmp_path / "r")[1]} == {"0", "1", "2", "3", ""}
+    assert not lock.exists()
 
 
 def test_a_stale_lock_is_taken_over_with_a_note_and_released_at_exit(tmp_path, capsys):
