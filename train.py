@@ -4,9 +4,12 @@
     python train.py --config mnist_lwta data.root=../shared/data/mnist.npz
     python train.py model=resnet18_dense trainer.max_epochs=3
     python train.py run_name=my-run ckpt_path=last   # resume runs/my-run from its last.ckpt
+    python train.py run_name=my-run overwrite=true   # start runs/my-run again, removing what it holds
 
 The last line printed is ``run: <folder>``; the folder holds config.yaml, checkpoints/last.ckpt,
-metrics.csv, results.json, the offline W&B run and (with dissection enabled) labels.csv.
+metrics.csv, results.json, the offline W&B run (its id in wandb-id) and (with dissection enabled) labels.csv.
+A folder that already holds a run is refused unless the run resumes it or overwrite=true; .lock keeps a second
+run out while one runs (lwtakit/run_folder.py).
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig
 
 from callbacks.dissection import DissectionCallback
+from callbacks.metrics_csv import ResumableCSVLogger
 from callbacks.rng_state import RNGStateCheckpoint
 from callbacks.sparsity import SparsityMonitor
 from lightning_modules.classifier import LitClassifier
@@ -34,6 +38,7 @@ from lwtakit.checkpoint import check_resume
 from lwtakit.config import check_machine, load_config, save_config, to_dict
 from lwtakit.errors import ArgumentParser, UserError
 from lwtakit.io import atomic_write, ensure_writable_dir
+from lwtakit.run_folder import claim, launched_as_rank_zero, release, wandb_run_id
 
 RUN_DIR_ENV = "LWTAKIT_RUN_DIR"  # shared with ranks that Lightning launches as new processes
 
@@ -78,11 +83,12 @@ def build_datamodule(cfg: DictConfig) -> VisionDataModule:
     )
 
 
-def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
-    """CSV metrics always (unless logger=none); W&B offline by default, never blocking training."""
+def build_loggers(cfg: DictConfig, run_dir: Path, resume_step: int | None = None) -> list[Logger]:
+    """CSV metrics always (unless logger=none), continuing the rows before ``resume_step`` on a resume; W&B offline
+    by default, never blocking training."""
     if cfg.logger == "none":
         return []
-    loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="logs", version="")]
+    loggers: list[Logger] = [ResumableCSVLogger(run_dir, resume_step)]
     if cfg.logger == "wandb":
         wandb_logger = _wandb_logger(cfg, run_dir)
         if wandb_logger is not None:
@@ -109,8 +115,11 @@ def _start_wandb(cfg: DictConfig, run_dir: Path, offline: bool) -> Logger | None
     from lightning.pytorch.loggers import WandbLogger
 
     try:
+        # One W&B run per run folder: a resume continues the run its folder started.
+        run_id = wandb_run_id(run_dir)
         logger = WandbLogger(
             save_dir=str(run_dir), project=cfg.wandb.project, entity=cfg.wandb.entity, name=run_dir.name,
+            id=run_id, resume="allow",
             tags=list(cfg.wandb.tags), config=to_dict(cfg), mode="offline" if offline else "online",
             settings=wandb.Settings(init_timeout=cfg.wandb.init_timeout, silent=True),
         )
@@ -119,6 +128,10 @@ def _start_wandb(cfg: DictConfig, run_dir: Path, offline: bool) -> Logger | None
     except Exception as exc:  # noqa: BLE001 - no account, no network, server down: never stop training
         what = "offline W&B logging disabled" if offline else "W&B online run could not start; logging offline"
         warnings.warn(f"{what} ({type(exc).__name__}: {str(exc).splitlines()[0]})", stacklevel=2)
+        if not offline:
+            # W&B's service still holds the run id of the online start that failed: the offline run of the same id
+            # (the folder's one run) would be refused as "in use".
+            wandb.teardown()
         return None
 
 
@@ -142,13 +155,18 @@ def train(cfg: DictConfig) -> TrainResult:
     """Fit (and test) the model a resolved config describes; returns the run folder and final metrics."""
     check_machine(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    # Ranks that Lightning launches as new processes find the folder in RUN_DIR_ENV, claimed by rank 0.
+    owner = RUN_DIR_ENV not in os.environ and launched_as_rank_zero()
     run_dir = resolve_run_dir(cfg)
     ensure_writable_dir(run_dir)
+    lock = claim(run_dir, cfg.ckpt_path, cfg.overwrite) if owner else None
     os.environ[RUN_DIR_ENV] = str(run_dir)
     try:
         return _fit(cfg, run_dir)
     finally:
         os.environ.pop(RUN_DIR_ENV, None)
+        if lock is not None:
+            release(lock)
 
 
 def _fit(cfg: DictConfig, run_dir: Path) -> TrainResult:
@@ -156,7 +174,7 @@ def _fit(cfg: DictConfig, run_dir: Path) -> TrainResult:
     info = datamodule.info
     module = LitClassifier(cfg, num_classes=info.num_classes, in_chans=info.in_chans, mean=info.mean,
                            std=info.std, class_names=info.class_names)
-    ckpt_path = cfg.ckpt_path
+    ckpt_path, resume_step = cfg.ckpt_path, None
     if ckpt_path == "last":
         last = run_dir / "checkpoints" / "last.ckpt"
         if not last.exists():
@@ -166,7 +184,7 @@ def _fit(cfg: DictConfig, run_dir: Path) -> TrainResult:
         raise UserError(f"checkpoint {ckpt_path} does not exist (config key ckpt_path)")
     if ckpt_path:
         # Before the Trainer exists: a bad file or another architecture fails as one line, not a traceback.
-        check_resume(ckpt_path, cfg, module.state_dict())
+        resume_step = check_resume(ckpt_path, cfg, module.state_dict())
     t = cfg.trainer
     trainer = pl.Trainer(
         default_root_dir=str(run_dir), max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices,
@@ -174,7 +192,7 @@ def _fit(cfg: DictConfig, run_dir: Path) -> TrainResult:
         limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
         log_every_n_steps=t.log_every_n_steps, gradient_clip_val=t.gradient_clip_val,
         deterministic=t.deterministic, enable_progress_bar=t.enable_progress_bar,
-        logger=build_loggers(cfg, run_dir) or False,
+        logger=build_loggers(cfg, run_dir, resume_step) or False,
         callbacks=build_callbacks(cfg, run_dir, datamodule),
         enable_model_summary=False,
     )

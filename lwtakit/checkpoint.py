@@ -73,10 +73,10 @@ def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:
     return ckpt
 
 
-def check_resume(path: str | Path, cfg: DictConfig, expected: dict[str, torch.Tensor]) -> None:
+def check_resume(path: str | Path, cfg: DictConfig, expected: dict[str, torch.Tensor]) -> int:
     """Check that the checkpoint at ``path`` can resume the run ``cfg`` describes, whose module has the state
-    ``expected``: readable, of the same architecture and with weights of the same shapes. (Lightning would load an
-    LWTA checkpoint into a dense network of equal shapes without a word.)"""
+    ``expected``: readable, of the same architecture and with weights of the same shapes (Lightning would load an
+    LWTA checkpoint into a dense network of equal shapes without a word). Returns its global step."""
     ckpt = read_checkpoint(path)
     stored = config_lib.from_dict(ckpt[CONFIG_KEY]).model
     diff = [f"model.{k} {stored[k]} in the checkpoint, {cfg.model[k]} in the config" for k in ARCH_KEYS
@@ -87,6 +87,7 @@ def check_resume(path: str | Path, cfg: DictConfig, expected: dict[str, torch.Te
     if diff:
         raise UserError(f"checkpoint {path} does not match the config: {'; '.join(diff)}; resume with the "
                         "checkpoint's settings (its run's config.yaml) or start a new run")
+    return int(ckpt.get("global_step", 0))
 
 
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> LoadedModel:

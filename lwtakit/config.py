@@ -167,6 +167,7 @@ class Config:
     run_dir: str = "runs"  # each run gets a folder below this
     run_name: str | None = None  # default: <experiment>-<timestamp>
     ckpt_path: str | None = None  # resume: "last", or a checkpoint path
+    overwrite: bool = False  # start clean in a run folder that already holds a run (removes its files first)
     logger: str = "wandb"  # wandb (also writes CSV) | csv | none
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -92,11 +92,13 @@ def test_wandb_server_unreachable_with_an_account_falls_back_to_offline(tmp_path
                                   "logger=wandb", "wandb.mode=online", "wandb.init_timeout=8",
                                   "dissection.enabled=false"])
     started = time.monotonic()
-    with pytest.warns(UserWarning, match="W&B online run could not start"):
+    with pytest.warns(UserWarning, match="W&B online run could not start") as record:
         result = train_script.train(cfg)
     assert time.monotonic() - started < 150
     assert (result.run_dir / "checkpoints" / "last.ckpt").exists()
     assert list((result.run_dir / "wandb").glob("offline-run-*")), "no offline run after the fallback"
+    # The offline run started (under the folder's W&B id, which the failed online start had held).
+    assert not [w for w in record if "offline W&B logging disabled" in str(w.message)]
 
 
 def test_wandb_disabled_trains_and_logs_csv(tmp_path, monkeypatch):

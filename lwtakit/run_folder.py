@@ -1,0 +1,150 @@
+"""A run folder has one owner: one run writes it at a time, and a new run never mixes into an earlier one.
+
+A run claims its folder by creating ``.lock`` (exclusively, holding its pid and host); the lock is removed when
+the run ends. A lock left by a process that no longer runs on this host (a killed run) is taken over with a note.
+A folder that already holds files is refused unless the run resumes it (``ckpt_path=last`` or a checkpoint inside
+it) or ``overwrite=true`` asks for a clean start, which first removes the folder's contents. The folder also keeps
+its W&B run id (``wandb-id``), so that a resume continues the same W&B run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import socket
+import string
+import sys
+from pathlib import Path
+
+from lwtakit.errors import UserError
+from lwtakit.io import atomic_write
+
+LOCK_NAME = ".lock"
+WANDB_ID_NAME = "wandb-id"
+# Environment variables that carry a process's rank in a multi-process launch (Lightning's subprocess launcher,
+# torchrun, SLURM); the process whose ranks are all 0 (or unset) owns the run folder.
+RANK_ENV = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+
+
+def launched_as_rank_zero() -> bool:
+    """Whether this process was started as global rank 0 (or alone), judged from the launchers' variables."""
+    return all(os.environ.get(name, "0") in ("", "0") for name in RANK_ENV)
+
+
+def resumes(ckpt_path: str | None, run_dir: Path) -> bool:
+    """Whether ``ckpt_path`` continues the run of ``run_dir``: ``last``, or a checkpoint inside that folder."""
+    if ckpt_path == "last":
+        return True
+    return bool(ckpt_path) and Path(run_dir).resolve() in Path(ckpt_path).resolve().parents
+
+
+def claim(run_dir: Path, ckpt_path: str | None, overwrite: bool) -> Path:
+    """Lock ``run_dir`` for this run and check that the run may write there; returns the lock to :func:`release`.
+
+    With ``overwrite`` the folder's contents are removed (after the lock is held, so a running owner is never
+    touched)."""
+    if overwrite and resumes(ckpt_path, run_dir):
+        raise UserError(f"overwrite=true would delete the checkpoint that ckpt_path={ckpt_path} resumes from; "
+                        "drop overwrite=true to resume, or ckpt_path to start clean")
+    lock = acquire_lock(run_dir)
+    try:
+        if overwrite:
+            _clear(run_dir)
+        elif not resumes(ckpt_path, run_dir) and holds_a_run(run_dir):
+            raise UserError(f"run folder {run_dir} already holds a run; resume it with ckpt_path=last, pick another "
+                            "run_name, or overwrite=true")
+    except BaseException:
+        release(lock)
+        raise
+    return lock
+
+
+def holds_a_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds anything besides a lock."""
+    return run_dir.is_dir() and any(p.name != LOCK_NAME for p in run_dir.iterdir())
+
+
+def _clear(run_dir: Path) -> None:
+    """Remove everything inside ``run_dir`` but the lock (links are removed, never followed)."""
+    for child in run_dir.iterdir():
+        if child.name == LOCK_NAME:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def _stamp() -> str:
+    return f"{os.getpid()} {socket.gethostname()}\n"
+
+
+def acquire_lock(run_dir: Path) -> Path:
+    """Create ``run_dir/.lock`` exclusively, holding this process's pid and host; a stale lock is taken over."""
+    path = run_dir / LOCK_NAME
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            _take_over_if_stale(path, run_dir)
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(_stamp())
+        return path
+    raise UserError(f"run folder {run_dir} is being claimed by other runs at this moment; pick another run_name")
+
+
+def _take_over_if_stale(path: Path, run_dir: Path) -> None:
+    """Remove the lock at ``path`` if its process is gone; otherwise refuse, naming the holder."""
+    with contextlib.suppress(FileNotFoundError):  # released in the meantime: try again
+        stamp = path.read_text(encoding="utf-8")
+        pid, host = _parse(stamp)
+        if pid is None or host != socket.gethostname() or _alive(pid):
+            holder = f"pid {pid} on {host}" if pid is not None else f"unreadable lock {path}"
+            raise UserError(f"run folder {run_dir} is in use by another run ({holder}); wait for it to end or pick "
+                            f"another run_name (remove {path} only if no run uses the folder)")
+        print(f"note: run folder {run_dir} was locked by pid {pid}, which no longer runs; taking it over",
+              file=sys.stderr)
+        # Removed only if still the stale stamp just read: a run that took it over meanwhile keeps its lock.
+        if path.read_text(encoding="utf-8") == stamp:
+            path.unlink()
+
+
+def _parse(stamp: str) -> tuple[int | None, str]:
+    parts = stamp.split()
+    if len(parts) != 2 or not parts[0].isdigit():
+        return None, ""
+    return int(parts[0]), parts[1]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def release(lock: Path) -> None:
+    """Remove ``lock`` if this process holds it."""
+    with contextlib.suppress(FileNotFoundError):
+        if lock.read_text(encoding="utf-8") == _stamp():
+            lock.unlink()
+
+
+def wandb_run_id(run_dir: Path) -> str:
+    """The W&B run id of ``run_dir``: the one stored there, else a new one (8 characters of [a-z0-9], as W&B makes
+    them), stored for the run's resumes."""
+    path = run_dir / WANDB_ID_NAME
+    if path.is_file():
+        stored = path.read_text(encoding="utf-8").strip()
+        if stored:
+            return stored
+    new_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+    with atomic_write(path, encoding="utf-8") as fh:
+        fh.write(new_id + "\n")
+    return new_id
