@@ -24,8 +24,8 @@ from scipy import stats
 
 from ..errors import UserError
 
-__all__ = ["SIGNIFICANT", "VERDICT_METRICS", "Verdict", "bootstrap_ci", "compare_samples", "format_p", "holm",
-           "holm_adjust", "verdict"]
+__all__ = ["DISTRIBUTION_PANELS", "SIGNIFICANT", "VERDICT_METRICS", "Verdict", "bootstrap_ci", "compare_samples",
+           "format_p", "holm", "holm_adjust", "verdict"]
 
 _BUDGET = 1 << 22  # resampled values held at once
 
@@ -34,6 +34,8 @@ SIGNIFICANT = "heldout_significant"
 # activation, "simulation"), significance, and concepts detected per unit (polysemanticity: fewer is more focused).
 VERDICT_METRICS = {"heldout_f1": "f1", "heldout_auprc": "auprc", "heldout_correlation": "correlation",
                    SIGNIFICANT: "share of units with a significant label", "concepts": "concepts per unit"}
+# Their per-unit distributions as plot panels: whether a unit's label is significant is 0 or 1, its share says all.
+DISTRIBUTION_PANELS = {k: f"{v} (held-out)" for k, v in VERDICT_METRICS.items() if k != SIGNIFICANT}
 
 
 def _values(values) -> np.ndarray:

@@ -12,7 +12,7 @@ import numpy as np
 
 from lwtakit import plots
 from lwtakit.errors import UserError
-from lwtakit.evaluation.verdict import SIGNIFICANT, VERDICT_METRICS
+from lwtakit.evaluation.verdict import DISTRIBUTION_PANELS, VERDICT_METRICS
 from lwtakit.io import ensure_writable_dir
 from lwtakit.report.formatting import as_float
 from lwtakit.report.page import PendingPlots, write_report
@@ -113,9 +113,7 @@ def _plots(runs: Sequence[RunSummary]) -> PendingPlots:
                  "mean score", "Mean best-label score over the units of each layer.")
     dist = {r.name: r.unit_values for r in runs if r.unit_values}
     if dist:
-        # whether a unit's label is significant is 0 or 1: the table's share says all there is
-        shown = {k: f"{v} (held-out)" for k, v in VERDICT_METRICS.items() if k != SIGNIFICANT}
-        figs.add("distributions", lambda: plots.unit_distributions(dist, shown), "per-unit distributions",
+        figs.add("distributions", lambda: plots.unit_distributions(dist, DISTRIBUTION_PANELS), "per-unit distributions",
                  "Held-out label quality of every unit, per layer, runs side by side (boxes: quartiles; whiskers: "
                  "1.5 IQR; white dot: mean). These are the values the verdicts test.")
     stab = {f"{r.name}/{layer}": pts for r in runs for layer, pts in (r.stability or {}).items() if pts}

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from lwtakit import plots
-from lwtakit.evaluation.verdict import SIGNIFICANT, VERDICT_METRICS
+from lwtakit.evaluation.verdict import DISTRIBUTION_PANELS, VERDICT_METRICS
 from lwtakit.io import ensure_writable_dir
 from lwtakit.labels import INTERPRETABLE_IOU, Interpretable, interpretable_units
 from lwtakit.report.formatting import as_float, slug
@@ -198,9 +198,9 @@ def _heldout_values(rows: Sequence[Row]) -> dict[str, dict[str, dict[str, list[f
     """``method -> layer -> metric -> per-unit values`` of the held-out metrics the rows carry."""
     out: dict[str, dict[str, dict[str, list[float]]]] = {}
     for r in rows:
-        for key in VERDICT_METRICS:
+        for key in DISTRIBUTION_PANELS:
             v = as_float(r.get(key))
-            if key != SIGNIFICANT and v is not None and not math.isnan(v):
+            if v is not None and not math.isnan(v):
                 layers = out.setdefault(str(r.get("method", "")), {})
                 layers.setdefault(str(r.get("layer", "")), {}).setdefault(key, []).append(v)
     return out
@@ -214,8 +214,8 @@ def _plots(rows: Sequence[Row], layers: Sequence[LayerInfo], completeness: Mappi
                  "Distribution of the best label's score per layer and method.")
     heldout = _heldout_values(rows)
     if heldout:
-        shown = {k: f"{v} (held-out)" for k, v in VERDICT_METRICS.items() if k != SIGNIFICANT}
-        figs.add("heldout", lambda: plots.unit_distributions(heldout, shown), "held-out label quality per unit",
+        figs.add("heldout", lambda: plots.unit_distributions(heldout, DISTRIBUTION_PANELS),
+                 "held-out label quality per unit",
                  "Each unit's label scored on the held-out images, per layer (boxes: quartiles; whiskers: 1.5 IQR; "
                  "white dot: mean). Concepts per unit counts the concepts a unit detects significantly there.")
     firing = {li.name: li.firing for li in layers if li.firing is not None}
