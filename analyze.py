@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lwtakit.console import quiet_third_party
 from lwtakit.errors import ArgumentParser, UserError, int_at_least
 from lwtakit.evaluation.metrics import DEFAULT_ALPHA
 from lwtakit.labelers.configs import ALTERNATIVES, SIMILARITIES, InvertConfig
@@ -483,6 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_third_party()
     try:
         out = {"dissect": cmd_dissect, "label": cmd_label, "explain": cmd_explain, "compare": cmd_compare,
                "sanity": cmd_sanity}[args.command](args)

@@ -36,6 +36,7 @@ from lightning_modules.classifier import LitClassifier
 from lightning_modules.datamodules import VisionDataModule
 from lwtakit.checkpoint import check_resume
 from lwtakit.config import check_machine, load_config, save_config, to_dict
+from lwtakit.console import quiet_third_party
 from lwtakit.errors import ArgumentParser, UserError
 from lwtakit.io import atomic_write, ensure_writable_dir
 from lwtakit.run_folder import claim, launched_as_rank_zero, release, wandb_run_id
@@ -189,7 +190,9 @@ def _fit(cfg: DictConfig, run_dir: Path) -> TrainResult:
     trainer = pl.Trainer(
         default_root_dir=str(run_dir), max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices,
         num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision, fast_dev_run=t.fast_dev_run,
-        limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
+        # None is Lightning's "all batches" without its notice that 1.0 means all batches
+        limit_train_batches=t.limit_train_batches if t.limit_train_batches != 1.0 else None,
+        limit_val_batches=t.limit_val_batches if t.limit_val_batches != 1.0 else None,
         log_every_n_steps=t.log_every_n_steps, gradient_clip_val=t.gradient_clip_val,
         deterministic=t.deterministic, enable_progress_bar=t.enable_progress_bar,
         logger=build_loggers(cfg, run_dir, resume_step) or False,
@@ -241,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="experiment name in configs/experiment/ or a YAML path (default: default)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = parser.parse_args(argv)
+    quiet_third_party()
     try:
         cfg = load_config(args.config, args.overrides)
         result = train(cfg)
