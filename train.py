@@ -40,6 +40,7 @@ from lwtakit.console import quiet_third_party
 from lwtakit.errors import ArgumentParser, UserError
 from lwtakit.io import atomic_write, ensure_writable_dir
 from lwtakit.run_folder import claim, launched_as_rank_zero, release, wandb_run_id
+from lwtakit.run_summary import summary_lines
 
 RUN_DIR_ENV = "LWTAKIT_RUN_DIR"  # shared with ranks that Lightning launches as new processes
 
@@ -255,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if result.trainer.is_global_zero:
-        print(f"run: {result.run_dir}")
+        print("\n".join(summary_lines(result.metrics, result.run_dir)))
     return 0
 
 

@@ -1,0 +1,54 @@
+"""The few lines ``train.py`` prints when a run ends (issue 11): what the run reached, where its files are and
+what to run next, read from its final metrics and its run folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lwtakit.io import read_csv
+
+_MODES = ("sample", "argmax", "mc")
+
+
+def _accuracy(metrics: dict[str, float]) -> str | None:
+    modes = {m: metrics[f"test/acc_{m}"] for m in _MODES if f"test/acc_{m}" in metrics}
+    if not modes:
+        return None
+    if set(modes) == {"argmax"}:  # a dense network has one deterministic function
+        return f"test accuracy: {modes['argmax']:.1%}"
+    return "test accuracy: " + " · ".join(f"{m} {v:.1%}" for m, v in modes.items())
+
+
+def _active(metrics: dict[str, float]) -> str | None:
+    fractions = [v for k, v in metrics.items() if k.startswith("sparsity/") and k.endswith("/active_fraction")]
+    if not fractions:
+        return None
+    return f"active fraction: {sum(fractions) / len(fractions):.3f} (mean over {len(fractions)} LWTA layers)"
+
+
+def _labels(run_dir: Path) -> str | None:
+    """The last training-time dissection: its layers and the mean held-out F1 of their labels."""
+    path = run_dir / "labels.csv"
+    if not path.is_file():
+        return None
+    rows = read_csv(path)
+    if not rows:
+        return None
+    last = max(int(r["epoch"]) for r in rows)
+    rows = [r for r in rows if int(r["epoch"]) == last]
+    f1 = [float(r["heldout_f1"]) for r in rows if r.get("heldout_f1") not in (None, "")]
+    quality = f", mean held-out F1 {sum(f1) / len(f1):.3f}" if f1 else ""
+    layers = len({r["layer"] for r in rows})
+    return f"labels: {len(rows)} units in {layers} layers at epoch {last}{quality} ({path})"
+
+
+def summary_lines(metrics: dict[str, float], run_dir: Path) -> list[str]:
+    """``run: ...``, then test accuracy per inference mode, the mean active fraction of the LWTA layers, the last
+    dissection's labels, the offline W&B run to sync and the next commands; lines without data are left out."""
+    lines = [f"run: {run_dir}"]
+    lines += [line for line in (_accuracy(metrics), _active(metrics), _labels(run_dir)) if line]
+    if any((run_dir / "wandb").glob("offline-run-*")):
+        lines.append(f"W&B (offline): upload with  wandb sync {run_dir}/wandb/offline-run-*")
+    lines.append(f"next: analyze.py dissect --ckpt {run_dir} --out reports/{run_dir.name}   |   "
+                 f"analyze.py compare {run_dir} OTHER_RUN --out reports/compare")
+    return lines
