@@ -122,9 +122,7 @@ def heldout_evaluation(result: DissectionResult, concepts: ConceptSource, reques
     if result.split is None:
         return None
     means = {key: s.heldout for key, s in result.table.summaries().items() if s.heldout}
-    # a probe of class labels only (MNIST, CIFAR) has its concepts too: each image's class
-    has_labels = concepts.labels is not None or concepts.labels_from_classes
-    sanity = _sanity(result, concepts, request) if has_labels else []
+    sanity = _sanity(result, concepts, request) if concepts.has_labels else []
     return HeldOut(split=_split_text(result, len(result.split.explain) + len(result.split.evaluate)), means=means,
                    sanity=sanity)
 

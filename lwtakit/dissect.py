@@ -57,6 +57,11 @@ class ConceptSource:
     clip_cache_dir: str | None = None
     captioner: Any = None  # images [B, 3, H, W] -> captions (describe), e.g. labelers.describe.CocaCaptioner
 
+    @property
+    def has_labels(self) -> bool:
+        """Whether every probe image has concept labels: given, or its class (MNIST, CIFAR) once recorded."""
+        return self.labels is not None or self.labels_from_classes
+
     @classmethod
     def from_dataset(cls, dataset, clip=None, clip_concepts: Sequence[str] | None = None,
                      clip_cache_dir: str | None = None) -> ConceptSource:

@@ -97,7 +97,7 @@ class Labeler(ABC):
     def check(self, concepts: Any, probe: Any) -> None:
         """Raise :class:`UserError` (one line: what is missing and how to supply it) when an input is missing."""
         missing = {
-            CONCEPT_LABELS: (concepts.labels is None and not concepts.labels_from_classes) or not concepts.names,
+            CONCEPT_LABELS: not concepts.has_labels or not concepts.names,
             CLIP: concepts.clip is None or not concepts.clip_concepts,
             CAPTIONER: concepts.clip is None or concepts.captioner is None,
             MASKS: not hasattr(probe, "concept_masks"),
