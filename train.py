@@ -6,8 +6,9 @@
     python train.py run_name=my-run ckpt_path=last   # resume runs/my-run from its last.ckpt
     python train.py run_name=my-run overwrite=true   # start runs/my-run again, removing what it holds
 
-The last line printed is ``run: <folder>``; the folder holds config.yaml, checkpoints/last.ckpt,
-metrics.csv, results.json, the offline W&B run (its id in wandb-id) and (with dissection enabled) labels.csv.
+A run ends with a summary that starts ``run: <folder>`` (lwtakit/run_summary.py); the folder holds config.yaml,
+checkpoints/last.ckpt, metrics.csv, results.json, the offline W&B run (its id in wandb-id) and (with dissection
+enabled) labels.csv.
 A folder that already holds a run is refused unless the run resumes it or overwrite=true; .lock keeps a second
 run out while one runs (lwtakit/run_folder.py).
 """
