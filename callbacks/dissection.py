@@ -208,7 +208,10 @@ class DissectionCallback(pl.Callback):
 
     # --- logging (global rank 0) -------------------------------------------------------------------
     def _log(self, trainer: pl.Trainer, rows: list[dict], previous: list[dict], result: DissectionResult) -> None:
-        step = trainer.global_step
+        # At the step of the epoch's last batch, where Lightning logs the epoch's validation metrics: the dissection
+        # belongs to that epoch and its checkpoint, so a resume from that checkpoint keeps the row in metrics.csv
+        # (rows at the checkpoint's own step and later are dropped and logged again, and a dissection is not).
+        step = max(trainer.global_step - 1, 0)
         metrics = {"dissection/seconds_total": self.seconds}
         for (layer, method), summary in layer_summaries(rows, previous).items():
             for name, value in summary.items():

@@ -69,11 +69,12 @@ def test_wandb_label_table_is_one_growing_incremental_table_and_grids_are_logged
     assert tables[0][1] is tables[1][1]
     assert [size for _, _, size, _, _ in tables] == [blocks[min(blocks)], len(history)]
     assert [(mode, num) for _, _, _, mode, num in tables] == [("INCREMENTAL", 0), ("INCREMENTAL", 1)]
-    # Every payload of the callback carries the trainer step it belongs to.
+    # Every payload of the callback carries the step of the epoch it belongs to: that of the epoch's last batch, where
+    # Lightning logs the epoch's validation metrics (the labels' own step column is the global step after it).
     ours = [p for p in payloads if any(k.startswith("dissection/") for k in p)]
     assert ours and all("trainer/global_step" in p for p in ours)
     steps = sorted(p["trainer/global_step"] for p in ours if "dissection/labels" in p)
-    assert steps == sorted(step for _, step in blocks)
+    assert steps == sorted(step - 1 for _, step in blocks)
 
     # On disk: each increment file holds only that dissection's new rows; together, labels.csv.
     (offline,) = (run / "wandb").glob("offline-run-*")
