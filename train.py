@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -25,17 +26,19 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig
 
 from callbacks.dissection import DissectionCallback
 from callbacks.metrics_csv import ResumableCSVLogger
 from callbacks.rng_state import RNGStateCheckpoint
+from callbacks.run_checkpoint import RunCheckpoint
 from callbacks.sparsity import SparsityMonitor
 from lightning_modules.classifier import LitClassifier
 from lightning_modules.datamodules import VisionDataModule
-from lwtakit.checkpoint import check_resume
+from lwtakit.checkpoint import check_resume, last_checkpoint, leftovers
+from lwtakit.checkpoint_io import AtomicCheckpointIO, disk_full, is_disk_full
 from lwtakit.config import check_machine, load_config, save_config, to_dict
 from lwtakit.console import quiet_third_party
 from lwtakit.errors import ArgumentParser, UserError
@@ -63,11 +66,11 @@ def resolve_run_dir(cfg: DictConfig) -> Path:
     if cfg.run_name:
         return root / cfg.run_name
     if cfg.ckpt_path == "last":
-        runs = sorted(root.glob(f"{cfg.experiment}-*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        runs = sorted(root.glob(f"{cfg.experiment}-*/checkpoints"), key=lambda p: p.stat().st_mtime)
         if not runs:
-            raise UserError(f"ckpt_path=last but no run of '{cfg.experiment}' under {root} has a last.ckpt; "
+            raise UserError(f"ckpt_path=last but no run of '{cfg.experiment}' under {root} has checkpoints; "
                             "give run_name=<folder> of the run to resume")
-        return runs[-1].parent.parent
+        return runs[-1].parent
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path, n = root / f"{cfg.experiment}-{stamp}", 1
     while path.exists():
@@ -140,9 +143,8 @@ def _start_wandb(cfg: DictConfig, run_dir: Path, offline: bool) -> Logger | None
 
 def build_callbacks(cfg: DictConfig, run_dir: Path, datamodule: VisionDataModule) -> list[pl.Callback]:
     callbacks: list[pl.Callback] = [
-        # The latest epoch's checkpoint, with last.ckpt linking to it. (save_top_k=0 would write last.ckpt only
-        # when training ends, leaving nothing to resume after a crash.)
-        ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last="link", save_top_k=1),
+        # The latest epoch's checkpoint, with last.ckpt linking to it once the epoch's rows are on disk.
+        RunCheckpoint(dirpath=str(run_dir / "checkpoints")),
         RNGStateCheckpoint(),
     ]
     if cfg.logger != "none":
@@ -161,15 +163,22 @@ def train(cfg: DictConfig) -> TrainResult:
     # Ranks that Lightning launches as new processes find the folder in RUN_DIR_ENV, claimed by rank 0.
     owner = RUN_DIR_ENV not in os.environ and launched_as_rank_zero()
     run_dir = resolve_run_dir(cfg)
+    new_folder = not run_dir.exists()
     ensure_writable_dir(run_dir)
     lock = claim(run_dir, cfg.ckpt_path, cfg.overwrite) if owner else None
     os.environ[RUN_DIR_ENV] = str(run_dir)
+    finished = False
     try:
-        return _fit(cfg, run_dir)
+        result = _fit(cfg, run_dir)
+        finished = True
+        return result
     finally:
         os.environ.pop(RUN_DIR_ENV, None)
         if lock is not None:
             release(lock)
+            if new_folder and not finished and not any((run_dir / "checkpoints").glob("*.ckpt")):
+                # Nothing to resume: the failed run's folder goes, so the same run_name can simply be run again.
+                shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _fit(cfg: DictConfig, run_dir: Path) -> TrainResult:
@@ -179,9 +188,11 @@ def _fit(cfg: DictConfig, run_dir: Path) -> TrainResult:
                            std=info.std, class_names=info.class_names)
     ckpt_path, resume_step = cfg.ckpt_path, None
     if ckpt_path == "last":
-        last = run_dir / "checkpoints" / "last.ckpt"
-        if not last.exists():
-            raise UserError(f"ckpt_path=last but {last} does not exist; train first or give a checkpoint path")
+        if not (run_dir / "checkpoints").is_dir():
+            raise UserError(f"ckpt_path=last but {run_dir} has no checkpoints; train first or give a checkpoint path")
+        last, note = last_checkpoint(run_dir / "checkpoints")
+        if note and launched_as_rank_zero():
+            print(note, file=sys.stderr)
         ckpt_path = str(last)
     elif ckpt_path and not Path(ckpt_path).exists():
         raise UserError(f"checkpoint {ckpt_path} does not exist (config key ckpt_path)")
@@ -199,10 +210,13 @@ def _fit(cfg: DictConfig, run_dir: Path) -> TrainResult:
         deterministic=t.deterministic, enable_progress_bar=t.enable_progress_bar,
         logger=build_loggers(cfg, run_dir, resume_step) or False,
         callbacks=build_callbacks(cfg, run_dir, datamodule),
-        enable_model_summary=False,
+        enable_model_summary=False, plugins=[AtomicCheckpointIO()],
     )
     if trainer.is_global_zero:
         save_config(cfg, run_dir / "config.yaml")
+        if cfg.ckpt_path == "last":  # the interrupted run's unfinished files, which this run writes again
+            for path in leftovers(run_dir / "checkpoints", resume_step):
+                path.unlink()
     status = "failed"
     try:
         started = time.perf_counter()
@@ -231,7 +245,12 @@ def _close_loggers(loggers: list[Logger], status: str) -> None:
     from lightning.pytorch.loggers import WandbLogger
 
     for logger in loggers:
-        logger.finalize(status)
+        try:
+            logger.finalize(status)
+        except OSError:
+            if status == "success":
+                raise
+            # A failed run (a full disk, say) reports its own error, not the logger's that followed it.
         if isinstance(logger, WandbLogger):  # started eagerly in _start_wandb; a no-op on ranks > 0
             logger.experiment.finish(exit_code=0 if status == "success" else 1)
 
@@ -255,6 +274,11 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except FloatingPointError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        print(f"error: {disk_full(exc.filename or 'the run folder')}", file=sys.stderr)
         return 1
     if result.trainer.is_global_zero:
         print("\n".join(summary_lines(result.metrics, result.run_dir)))

@@ -4,11 +4,14 @@ Lightning's CSVLogger deletes metrics.csv when it starts, so a resumed run used 
 resume. Here a resume keeps the rows logged before its checkpoint (those logged after it by the interrupted run are
 dropped: the resumed run logs them again, as ``labels.csv`` drops the dissections after the checkpoint), and the
 resumed run's rows follow. A row with new columns rewrites the file under the grown header through a staged file.
+Rows reach the disk at the latest when ``last.ckpt`` moves on (callbacks/run_checkpoint.py flushes the loggers
+first), so every row before the checkpoint a resume reads is in the file.
 """
 
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,17 @@ def _write(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
         writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")  # only empty cells of dropped columns
         writer.writeheader()
         writer.writerows(rows)
+
+
+def _append(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    """Append ``rows``; a failed write (a full disk) cuts the file back to its last complete row."""
+    size = path.stat().st_size
+    try:
+        with open(path, "a", newline="", encoding="utf-8") as fh:
+            csv.DictWriter(fh, fieldnames=columns).writerows(rows)
+    except OSError:
+        os.truncate(path, size)  # frees space, so it works on a full disk too
+        raise
 
 
 def _before(row: dict[str, str], step: int) -> bool:
@@ -71,8 +85,7 @@ class MetricsWriter(ExperimentWriter):
             old = _read(path) if path.is_file() else []
             _write(path, self.metrics_keys, old + self.metrics)
         else:
-            with open(path, "a", newline="", encoding="utf-8") as fh:
-                csv.DictWriter(fh, fieldnames=self.metrics_keys).writerows(self.metrics)
+            _append(path, self.metrics_keys, self.metrics)
         self.metrics = []
 
 
@@ -91,8 +104,3 @@ class ResumableCSVLogger(CSVLogger):
             Path(self.root_dir).mkdir(parents=True, exist_ok=True)
             self._experiment = MetricsWriter(self.log_dir, self.resume_step)
         return self._experiment
-
-    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
-        # Every row logged before a checkpoint reaches the disk with it (Lightning flushes every 100 steps): a
-        # run killed later resumes with its full history.
-        self.save()

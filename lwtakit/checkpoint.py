@@ -6,6 +6,10 @@ Checkpoints are read with ``torch.load(weights_only=True)``: they hold tensors a
 
 from __future__ import annotations
 
+import os
+import re
+import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +23,7 @@ from lwtakit.lwta import LWTAOptions
 from lwtakit.models import ArchOptions, build_model
 
 CONFIG_KEY = "lwtakit_config"
+_STEP = re.compile(r"step=(\d+)")  # in Lightning's checkpoint names, epoch=1-step=24.ckpt
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -118,13 +123,54 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> LoadedModel:
     return LoadedModel(model, f"{cfg.experiment}:{path.name}", class_names, cfg, cfg.data.img_size, in_chans)
 
 
+def checkpoint_step(path: str | os.PathLike) -> int | None:
+    """The global step in a Lightning checkpoint's file name (``epoch=1-step=24.ckpt`` -> 24), else None."""
+    match = _STEP.search(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def leftovers(ckpt_dir: Path, after_step: int) -> list[Path]:
+    """Files of an interrupted run in ``ckpt_dir`` that a resume from global step ``after_step`` will write again:
+    staged files of unfinished writes, and epoch checkpoints of later steps (saved but never linked as last)."""
+    if not ckpt_dir.is_dir():
+        return []
+    staged = [p for p in ckpt_dir.iterdir() if p.name.startswith(".") and p.name.endswith((".tmp", ".link"))]
+    later = [p for p in ckpt_dir.glob("*.ckpt")
+             if not p.is_symlink() and (checkpoint_step(p) or -1) > after_step]
+    return sorted(staged + later)
+
+
+def last_checkpoint(ckpt_dir: str | Path) -> tuple[Path, str | None]:
+    """The checkpoint a run folder resumes from and a note, or None: ``last.ckpt`` when it names a complete
+    checkpoint file, else the newest complete epoch checkpoint (a run of an earlier version, or a folder edited by
+    hand, may hold a dangling link or a truncated file), with a one-line note saying so."""
+    ckpt_dir = Path(ckpt_dir)
+    last = ckpt_dir / "last.ckpt"
+    if _complete(last):
+        return last, None
+    epochs = [p for p in ckpt_dir.glob("*.ckpt") if p.name != last.name and not p.is_symlink() and _complete(p)]
+    if not epochs:
+        raise UserError(f"{ckpt_dir} holds no complete checkpoint (last.ckpt is missing, dangling or truncated); "
+                        "train first, or give a checkpoint path")
+    newest = max(epochs, key=lambda p: (checkpoint_step(p) or -1, p.stat().st_mtime))
+    state = "dangling" if last.is_symlink() and not last.exists() else "missing" if not last.exists() else "truncated"
+    return newest, f"note: {last} is {state}; using {newest.name}, the newest complete checkpoint"
+
+
+def _complete(path: Path) -> bool:
+    # torch.save writes a zip archive; a truncated one lacks the directory at its end.
+    return path.is_file() and zipfile.is_zipfile(path)
+
+
 def resolve_run(spec: str) -> tuple[Path | None, Path]:
-    """(run folder or None, checkpoint) for a run folder or a checkpoint path."""
+    """(run folder or None, checkpoint) for a run folder (its :func:`last_checkpoint`) or a checkpoint path."""
     path = Path(spec)
     if path.is_dir():
-        ckpt = path / "checkpoints" / "last.ckpt"
-        if not ckpt.is_file():
-            raise UserError(f"run folder {path} has no checkpoints/last.ckpt; give a run folder of train.py")
+        if not (path / "checkpoints").is_dir():
+            raise UserError(f"run folder {path} has no checkpoints/; give a run folder of train.py")
+        ckpt, note = last_checkpoint(path / "checkpoints")
+        if note:
+            print(note, file=sys.stderr)
         return path, ckpt
     if path.is_file():
         return None, path
