@@ -166,6 +166,16 @@ def test_the_lock_is_released_when_the_run_fails(tmp_path, capsys):
     assert not (tmp_path / "r" / run_folder.LOCK_NAME).exists()
 
 
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folder(tmp_path, capsys):
+    code, err = run_main(args(tmp_path, "data=mnist", f"data.root={tmp_path / 'absent.npz'}"), capsys)
+    assert code == 2 and err[-1].startswith("error: ") and "absent.npz" in err[-1]
+    assert not (tmp_path / "r").exists()
+    (tmp_path / "kept").mkdir()  # a folder the user made is theirs: left in place, even empty
+    code, err = run_main([*args(tmp_path, "data=mnist", f"data.root={tmp_path / 'absent.npz'}"), "run_name=kept"],
+                         capsys)
+    assert code == 2 and (tmp_path / "kept").is_dir()
+
+
 @pytest.mark.parametrize("env, owner", [({}, True), ({"LOCAL_RANK": "0", "NODE_RANK": "0"}, True),
                                         ({"LOCAL_RANK": "1"}, False), ({"NODE_RANK": "1"}, False),
                                         ({"RANK": "3"}, False), ({"SLURM_PROCID": "2"}, False)])
