@@ -109,8 +109,8 @@ def _check_finite(matrix: np.ndarray, path: str, what: str) -> None:
 
 # ------------------------------------------------------------------------------------------- dissect
 def cmd_dissect(args) -> Path:
-    from lwtakit.analysis import DissectRequest, dissect_to_report
-    from lwtakit.checkpoint import load_model, resolve_run
+    from lwtakit.analysis import DissectRequest, dissect_to_report, run_history
+    from lwtakit.checkpoint import load_model
     from lwtakit.concept_sets import load_concepts
     from lwtakit.dissect import ConceptSource, DissectOptions, check_labelers
     from lwtakit.models import default_layers
@@ -132,8 +132,7 @@ def cmd_dissect(args) -> Path:
     if args.top_images > len(probe):
         raise UserError(f"--top-images {args.top_images} exceeds the probe set's {len(probe)} images; "
                         "lower --top-images or raise --probe-size")
-    # a run's label history (labels.csv beside checkpoints/) gives the report its drift plot
-    history = resolve_run(args.ckpt)[1].resolve().parent.parent / "labels.csv" if args.ckpt else None
+    history = run_history(args.ckpt) if args.ckpt else None  # the run's labels.csv, for the drift plot
     request = DissectRequest(
         layers=args.layers or default_layers(model), labelers=labelers, grid_units=args.grid_units, seed=args.seed,
         options=DissectOptions(pca_components=args.pca, batch_size=args.batch_size, topk=args.top_images,
@@ -280,7 +279,8 @@ def _check_concepts(acts: np.ndarray, matrix: np.ndarray, names: list[str], path
         raise UserError(f"{path} has shape {matrix.shape}; it needs one row per image of the activations "
                         f"({acts.shape[0]}) and one column per concept")
     if matrix.shape[1] != len(names):
-        raise UserError(f"{path} has {matrix.shape[1]} concept columns but the names file has {len(names)} names")
+        raise UserError(f"{path} has {matrix.shape[1]} concept columns but the names file has {len(names)} distinct "
+                        "names (blank lines and repeated names are dropped); give one unique name per column")
 
 
 # -------------------------------------------------------------------------------------------- sanity
@@ -288,23 +288,18 @@ def _unit_labels(path: str, concepts: np.ndarray, names: list[str], n_units: int
     """Units and their label vectors ``[N, U]`` from a labels.csv (columns ``unit``, ``label``; rows without a
     label are skipped)."""
     from lwtakit.evaluation.label_vectors import label_vectors
-    from lwtakit.io import read_csv
+    from lwtakit.io import read_table
 
-    if not Path(path).is_file():
-        raise UserError(f"labels file {path} does not exist")
-    rows = read_csv(path)
-    if not rows or not {"unit", "label"} <= rows[0].keys():
-        raise UserError(f"labels file {path} needs columns unit and label (as written by analyze.py label)")
+    rows = read_table(path, "labels file", required=("unit", "label"), integers=("unit",))
+    if not rows:
+        raise UserError(f"labels file {path} has no rows; give a labels.csv written by analyze.py label")
     layers = {r.get("layer") for r in rows}
     if len(layers) > 1:
         raise UserError(f"labels file {path} has units of {len(layers)} layers; keep the rows of one layer")
     rows = [r for r in rows if r["label"]]
     if not rows:
         raise UserError(f"labels file {path} has no labelled unit")
-    try:
-        units = [int(r["unit"]) for r in rows]
-    except ValueError:
-        raise UserError(f"labels file {path}: column unit must hold unit numbers") from None
+    units = [int(r["unit"]) for r in rows]
     bad = [u for u in units if not 0 <= u < n_units]
     if bad:
         raise UserError(f"labels file {path} names unit {bad[0]}, but the activations have {n_units} units")
@@ -364,25 +359,15 @@ def cmd_explain(args) -> list[dict]:
 def _explain_labels(path: str, layer: str, layer_given: bool) -> dict[int, str]:
     """Unit -> label of ``layer`` from a labels.csv: dissect's (a ``layer`` column) or ``analyze.py label``'s (no
     ``layer`` column: its rows are one layer's, taken as ``layer`` when the user named it with --layer)."""
-    from lwtakit.io import read_csv
+    from lwtakit.io import read_table
 
-    if not Path(path).is_file():
-        raise UserError(f"labels file {path} does not exist")
-    rows = read_csv(path)
-    columns = set(rows[0]) if rows else set()
-    missing = [c for c in ("unit", "label") if c not in columns]
-    if missing:
-        raise UserError(f"labels file {path} lacks column {missing[0]} (it needs unit and label, as analyze.py "
-                        "label and dissect write them)")
-    if "layer" not in columns:
+    rows = read_table(path, "labels file", required=("unit", "label"), integers=("unit",))
+    if rows and "layer" not in rows[0]:
         if not layer_given:
             raise UserError(f"labels file {path} has no layer column, so which layer its units belong to is "
                             "ambiguous; name it with --layer")
         rows = [{**r, "layer": layer} for r in rows]
-    try:
-        return {int(r["unit"]): r["label"] for r in rows if r["layer"] == layer}
-    except ValueError:
-        raise UserError(f"labels file {path}: column unit must hold unit numbers") from None
+    return {int(r["unit"]): r["label"] for r in rows if r["layer"] == layer}
 
 
 # ------------------------------------------------------------------------------------------- compare

@@ -23,7 +23,7 @@ from lwtakit.rng import fork_rng
 @dataclass
 class DissectRequest:
     """What to dissect and show: ``layers``, ``labelers``, how (``options``), the ``grid_units`` best units per
-    layer with top-image grids (0: all), the ``seed``, the run's label ``history`` (its labels.csv) for drift, and
+    layer with top-image grids (0: all), the ``seed``, the run's label ``history`` (its labels.csv rows) for drift, and
     ``probe_name`` for the report's header."""
 
     layers: list[str]
@@ -31,7 +31,7 @@ class DissectRequest:
     options: DissectOptions = field(default_factory=DissectOptions)
     grid_units: int = 12
     seed: int = 0
-    history: Path | None = None
+    history: list[dict] | None = None  # rows of lwtakit.drift.read_history
     probe_name: str = ""
 
 
@@ -187,14 +187,23 @@ def layer_infos(result: DissectionResult, probe, request: DissectRequest) -> lis
     return infos
 
 
-def drift_curves(history: Path | None) -> dict[str, list] | None:
+def drift_curves(history: list[dict] | None) -> dict[str, list] | None:
     """Label agreement between consecutive training-time dissections, per layer and method, from a run's
-    labels.csv (None without one)."""
-    if history is None or not history.is_file():
+    label history (:func:`lwtakit.drift.read_history`; None without one)."""
+    if not history:
         return None
     from lwtakit.drift import agreement
-    from lwtakit.io import read_csv
 
-    past = read_csv(history)
-    return {f"{layer} ({m})": pts for m in dict.fromkeys(r["method"] for r in past)
-            for layer, pts in agreement(past, m).items()} or None
+    return {f"{layer} ({m})": pts for m in dict.fromkeys(r["method"] for r in history)
+            for layer, pts in agreement(history, m).items()} or None
+
+
+def run_history(spec: str) -> list[dict] | None:
+    """The label history (labels.csv rows, checked) of the run a checkpoint or run folder ``spec`` belongs to, or
+    None when its folder has no labels.csv; read up front, so that a malformed file fails before any work."""
+    from lwtakit.checkpoint import resolve_run
+    from lwtakit.drift import read_history
+
+    run_dir, ckpt = resolve_run(spec)
+    path = (run_dir or ckpt.resolve().parent.parent) / "labels.csv"
+    return read_history(path) if path.is_file() else None

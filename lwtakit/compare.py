@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+from lwtakit.analysis import run_history
 from lwtakit.checkpoint import load_checkpoint, resolve_run
 from lwtakit.data import probe_subset
 from lwtakit.dissect import ConceptSource, DissectOptions, dissect, record
@@ -54,9 +55,10 @@ def accuracy_by_mode(model: nn.Module, dataset, modes: list[str], mc_samples: in
     return out
 
 
-def summarize_run(spec: str, probe_size: int = 1000, eval_size: int = 1000, seed: int = 0, device="cpu"):
-    """Everything :func:`compare` shows about one run, as a :class:`lwtakit.report.RunSummary`."""
-    from lwtakit.io import read_csv
+def summarize_run(spec: str, probe_size: int = 1000, eval_size: int = 1000, seed: int = 0, device="cpu",
+                  history: list[dict] | None = None):
+    """Everything :func:`compare` shows about one run, as a :class:`lwtakit.report.RunSummary`; ``history`` is
+    the run's label history (:func:`lwtakit.analysis.run_history`), for its stability over training."""
     from lwtakit.labelers.pca import variance_curves
     from lwtakit.models import default_layers
     from lwtakit.report import RunSummary
@@ -83,9 +85,7 @@ def summarize_run(spec: str, probe_size: int = 1000, eval_size: int = 1000, seed
                         recording=rec).table
     quality, layer_stats = label_quality(table, loaded.class_names, probe)
     interpretability, unit_values = interpretability_of(table, seed)
-    stability = None
-    if run_dir is not None and (run_dir / "labels.csv").is_file():
-        stability = training_stability(read_csv(run_dir / "labels.csv"), layer_stats)
+    stability = None if history is None else training_stability(history, layer_stats)
     explained = act_layers[-1]
     v = variance_curves(rec.acts[explained])
     completeness = {explained: {"k": v["k"].tolist(), "pca_variance": v["pca"].tolist(),
@@ -174,7 +174,9 @@ def compare(specs: list[str], out: str | Path, probe_size: int = 1000, eval_size
 
     if len(specs) < 1:
         raise UserError("give at least one run folder or checkpoint to compare")
-    summaries = [summarize_run(s, probe_size, eval_size, seed, device) for s in specs]
+    histories = [run_history(s) for s in specs]  # every run's labels.csv checked before the long work starts
+    summaries = [summarize_run(s, probe_size, eval_size, seed, device, h)
+                 for s, h in zip(specs, histories, strict=True)]
     rows = []
     for s in summaries:
         for group, values in (("accuracy", s.accuracy), ("sparsity", s.sparsity), ("labels", s.label_quality)):

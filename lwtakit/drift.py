@@ -8,8 +8,17 @@ without a ``step`` (older histories) count as one dissection per epoch. All func
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+
+
+def read_history(path: str | os.PathLike) -> list[dict[str, str]]:
+    """The rows of a run's ``labels.csv``, checked before any work uses them (:func:`lwtakit.io.read_table`)."""
+    from lwtakit.io import read_table
+
+    return read_table(path, "label history", required=("epoch", "layer", "unit", "method", "label"),
+                      integers=("epoch", "unit"), optional_integers=("step",))
 
 
 def dissection_key(row: Mapping) -> tuple[int, int]:

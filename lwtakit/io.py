@@ -198,3 +198,33 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8-sig") as fh:
         return [{k: unescape_cell(v) if isinstance(v, str) else v for k, v in row.items()}
                 for row in csv.DictReader(fh)]
+
+
+def read_table(path: str | os.PathLike, what: str, required: Sequence[str], integers: Sequence[str] = (),
+               optional_integers: Sequence[str] = ()) -> list[dict[str, str]]:
+    """:func:`read_csv`, checked before any work uses the rows: the ``required`` columns exist, and every row's
+    ``integers`` cells (and the non-empty ``optional_integers`` cells) are integers. A failure is a
+    :class:`UserError` naming ``what`` the file is, the file, and for a bad cell its line."""
+    if not Path(path).is_file():
+        raise UserError(f"{what} {path} does not exist")
+    try:
+        rows = read_csv(path)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"cannot read {what} {path} ({type(exc).__name__}: {exc}); give a UTF-8 CSV file") from None
+    missing = [c for c in required if rows and c not in rows[0]]
+    if missing:
+        raise UserError(f"{what} {path} lacks column(s) {', '.join(missing)}; it needs {', '.join(required)}")
+    for line, row in enumerate(rows, start=2):  # line 1 is the header
+        for column in (*integers, *optional_integers):
+            value = row.get(column)
+            if (value or column in integers) and not _is_int(value):
+                raise UserError(f"{path}, line {line}: {column} is {value!r}, not an integer; fix or remove the row")
+    return rows
+
+
+def _is_int(value: Any) -> bool:
+    try:
+        int(value)
+    except (TypeError, ValueError):
+        return False
+    return True
