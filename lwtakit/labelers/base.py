@@ -138,12 +138,12 @@ def rows_from_dicts(dicts: list[dict], target: Target, method: str) -> list[Labe
 
 
 _HOW = {
-    CONCEPT_LABELS: "binary concept labels for the probe set; use a probe set that annotates concepts (the "
-                    "synthetic data) or give --concept-labels",
-    CLIP: "CLIP weights and a concept set; set clip.pretrained (a tag, a weights file, or local-dir:FOLDER) and "
-          "concepts",
-    CAPTIONER: "CLIP weights and a captioning model; set clip.pretrained and the CoCa model "
-               "(pip install -e '.[describe]')",
+    CONCEPT_LABELS: "concept labels for the probe images: use a probe set that annotates concepts (the synthetic data) "
+                    "or has classes (mnist, cifar10, a folder with one subfolder per class)",
+    CLIP: "CLIP weights and a concept set: analyze.py --clip-pretrained (a tag, a weights file, or local-dir:FOLDER) "
+          "and --concepts; train.py dissection.clip.pretrained=... and dissection.concepts=...",
+    CAPTIONER: "CLIP weights and a captioning model: --clip-pretrained (train.py: dissection.clip.pretrained) and the "
+               "CoCa model (pip install -e '.[describe]')",
     MASKS: "per-pixel concept masks; use the synthetic probe set",
 }
 
