@@ -38,10 +38,10 @@ class TemperatureConfig:
     """LWTA temperature T and its schedule over epochs (see :mod:`lwtakit.lwta.temperature`)."""
 
     t0: float = 1.0
-    schedule: str = "constant"  # constant | step | exponential | cosine
+    schedule: str = "constant"  # constant | step | exponential | cosine | discover (T/1.5 every 5 epochs while T>=0.3)
     gamma: float = 0.5  # step / exponential factor
     step_size: int = 5  # epochs between steps
-    t_min: float = 0.05
+    t_min: float = 0.05  # floor of step / exponential / cosine
     on: str = "logits"  # logits: winners ~ softmax(h/T) | relaxation: DISCOVER's code, winners ~ softmax(h)
 
 
@@ -112,6 +112,7 @@ class TrainerConfig:
 class EvalConfig:
     modes: list[str] = field(default_factory=lambda: ["sample", "argmax"])  # sample | argmax | mc
     mc_samples: int = 4  # passes averaged by the mc mode
+    mc_average: str = "probs"  # mc averages: probs (mean of the passes' softmax) | logits (softmax of mean logits)
 
 
 @dataclass
@@ -185,8 +186,9 @@ CHOICES = {
     "model.stem": ("cifar", "imagenet"),
     "model.inference": ("sample", "argmax"),
     "dissection.mode": ("mc", "sample", "argmax"),
+    "eval.mc_average": ("probs", "logits"),
     "dissection.invert.alternative": ALTERNATIVES,
-    "model.temperature.schedule": ("constant", "step", "exponential", "cosine"),
+    "model.temperature.schedule": ("constant", "step", "exponential", "cosine", "discover"),
     "model.temperature.on": ("logits", "relaxation"),
     "data.name": ("synthetic", "mnist", "cifar10", "cifar100", "imagefolder"),
     "optim.name": ("sgd", "adamw"),
