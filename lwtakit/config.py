@@ -136,6 +136,9 @@ class ClipConfig:
     pretrained: str | None = None  # tag (online), weights file, or local-dir:FOLDER; None = no CLIP
     cache_dir: str | None = None
     batch_size: int = 64
+    # weights of a pretrained tag unavailable (offline, download failed): error | invert (INVERT on the probe's
+    # labels instead, one warning line, recorded in the run's dissection.json; lwtakit/clip/fallback.py)
+    fallback: str = "error"
 
 
 @dataclass
@@ -147,7 +150,7 @@ class DissectionConfig:
     layers: list[str] = field(default_factory=list)  # empty = last stage + classifier
     methods: list[str] = field(default_factory=lambda: ["invert"])  # registered labelers: invert clip_dissect iou
     probe_size: int = 512
-    concepts: str = "synthetic"  # builtin name or a text file, one concept a line
+    concepts: str = "synthetic"  # CLIP's concepts: builtin name, a text file (one a line), or classes (the probe's)
     top_images: int = 8  # images per unit in grids
     grid_units: int = 8  # units shown per layer in image grids
     clip: ClipConfig = field(default_factory=ClipConfig)
@@ -187,6 +190,7 @@ CHOICES = {
     "model.inference": ("sample", "argmax"),
     "dissection.mode": ("mc", "sample", "argmax"),
     "eval.mc_average": ("probs", "logits"),
+    "dissection.clip.fallback": ("error", "invert"),
     "dissection.invert.alternative": ALTERNATIVES,
     "model.temperature.schedule": ("constant", "step", "exponential", "cosine", "discover"),
     "model.temperature.on": ("logits", "relaxation"),
