@@ -109,11 +109,12 @@ def _smoke(recipe, folder, tmp_path, caplog):
     assert {"test/acc_sample", "test/acc_argmax", "test/acc_mc"} <= set(result.metrics)
 
 
-def test_imagenet_recipe_trains_offline_and_falls_back_to_invert(folder, tmp_path, caplog):
-    _smoke("imagenet_resnet18_u4", folder, tmp_path, caplog)
+def test_vit_recipe_trains_offline_and_falls_back_to_invert(folder, tmp_path, caplog):
+    # the quickest recipe (19 s on the shared 2-core CPU, the ResNet ones 45-65 s): the fallback in the default suite
+    _smoke("vit_tiny_u8", folder, tmp_path, caplog)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", [r for r in RECIPES if r != "imagenet_resnet18_u4"])
+@pytest.mark.parametrize("recipe", [r for r in RECIPES if r != "vit_tiny_u8"])
 def test_recipe_trains_offline_and_falls_back_to_invert(recipe, folder, tmp_path, caplog):
     _smoke(recipe, folder, tmp_path, caplog)
