@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,8 @@ from omegaconf import OmegaConf
 from lightning_modules.classifier import network_of
 from lwtakit.dissect import ConceptSource, DissectionResult, DissectOptions, dissect
 from lwtakit.drift import agreement, dissection_key, stability
-from lwtakit.io import append_csv, write_csv
+from lwtakit.errors import UserError
+from lwtakit.io import append_csv, atomic_write, write_csv
 from lwtakit.labelers.base import create_labelers
 from lwtakit.labels import LabelRow, LabelTable
 from lwtakit.recording import analysis_mode
@@ -24,6 +26,7 @@ HISTORY_COLUMNS = ("epoch", "step", "layer", "unit", "method", "mode", "label", 
                    "p_value", "length", "top5")  # + the held-out columns of the configured metrics
 HELDOUT_COLUMNS = ("heldout_p", "concepts")
 STABILITY_COLUMNS = ("layer", "method", "dissections", "stable_fraction", "mean_settle_epoch")
+CLASS_CONCEPTS = "classes"  # dissection.concepts: the probe's class names
 
 
 class DissectionCallback(pl.Callback):
@@ -88,6 +91,9 @@ class DissectionCallback(pl.Callback):
         self.seconds = 0.0
         self._wandb_table: Any = None  # the INCREMENTAL label table of the current W&B run
         self._wandb_table_run: Any = None
+        # what the run dissects with, written to dissection.json (from_config adds the CLIP choice)
+        self.choice: dict[str, Any] = {"methods_requested": self.methods, "methods_used": self.methods,
+                                       "clip": None, "fallback": None}
 
     @property
     def methods(self) -> list[str]:
@@ -100,22 +106,27 @@ class DissectionCallback(pl.Callback):
 
     @classmethod
     def from_config(cls, cfg, datamodule, run_dir: Path, seed: int = 0) -> DissectionCallback:
-        """Build from the ``dissection`` config group; the probe set comes from the validation split."""
+        """Build from the ``dissection`` config group; the probe set comes from the validation split. CLIP weights
+        that cannot be had with ``clip.fallback=invert`` make INVERT take CLIP-Dissect's place
+        (:func:`lwtakit.clip.fallback.clip_or_fallback`: one warning line; ``dissection.json`` records it)."""
+        from lwtakit.clip.fallback import clip_or_fallback
+
         probe = datamodule.probe_dataset(cfg.probe_size, seed=seed)
         settings = OmegaConf.to_object(cfg) if OmegaConf.is_config(cfg) else cfg
-        if clip_configured(settings.clip) and "clip_dissect" not in settings.methods:
-            settings.methods = [*settings.methods, "clip_dissect"]  # CLIP weights given: CLIP-Dissect comes along
-        clip = clip_concepts = None
-        if "clip_dissect" in settings.methods:
-            from lwtakit.clip import load_clip
-            from lwtakit.concept_sets import load_concepts
-
-            c = settings.clip
-            clip = load_clip(c.model, c.pretrained, cache_dir=c.cache_dir, batch_size=c.batch_size)
-            clip_concepts = load_concepts(settings.concepts)
-        concepts = ConceptSource.from_dataset(probe, clip=clip, clip_concepts=clip_concepts,
-                                              clip_cache_dir=settings.clip.cache_dir)
-        return cls(probe, concepts, settings, run_dir=run_dir, seed=seed)
+        requested = list(settings.methods)
+        if clip_configured(settings.clip) and "clip_dissect" not in requested:
+            requested.append("clip_dissect")  # CLIP weights given: CLIP-Dissect comes along
+        concepts = ConceptSource.from_dataset(probe, clip_cache_dir=settings.clip.cache_dir)
+        clip_concepts = _clip_concepts(settings.concepts, concepts) if "clip_dissect" in requested else None
+        choice = clip_or_fallback(requested, settings.clip, _label_kind(concepts))
+        settings.methods = choice.methods
+        if choice.clip is not None:
+            concepts = dataclasses.replace(concepts, clip=choice.clip, clip_concepts=clip_concepts)
+        callback = cls(probe, concepts, settings, run_dir=run_dir, seed=seed)
+        callback.choice = {"methods_requested": requested, "methods_used": choice.methods,
+                           "clip": f"{settings.clip.model} pretrained={settings.clip.pretrained}"
+                           if choice.clip is not None else None, "fallback": choice.fallback}
+        return callback
 
     # --- when --------------------------------------------------------------------------------------
     def _enabled(self, trainer: pl.Trainer) -> bool:
@@ -136,6 +147,9 @@ class DissectionCallback(pl.Callback):
 
     # --- hooks -------------------------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero and self.run_dir is not None:
+            with atomic_write(self.run_dir / "dissection.json") as fh:
+                json.dump(self.choice, fh, indent=2)
         path = None if self.run_dir is None else self.run_dir / "labels.csv"
         if trainer.is_global_zero and path is not None and (self.history or path.exists()):
             # The file mirrors the history restored from the checkpoint: rows of a dissection that ran
@@ -311,6 +325,27 @@ def clip_configured(clip_cfg) -> bool:
     brings its own weights (``local-dir:FOLDER``, ``hf-hub:NAME``)."""
     model = str(getattr(clip_cfg, "model", None) or "")
     return bool(getattr(clip_cfg, "pretrained", None)) or model.startswith(("local-dir:", "hf-hub:"))
+
+
+def _label_kind(concepts: ConceptSource) -> str | None:
+    """Which labels INVERT reads on this probe (what a CLIP fallback would use), None when it has none."""
+    if not concepts.has_labels:
+        return None
+    return "class labels" if concepts.labels_from_classes else "concept labels"
+
+
+def _clip_concepts(spec: str, concepts: ConceptSource) -> list[str]:
+    """CLIP-Dissect's concept set: a built-in set or a file (:func:`lwtakit.concept_sets.load_concepts`), or
+    ``classes``: the probe's class names, ``_`` read as a space (ImageFolder names such as ``airfield`` or
+    ``bamboo_forest`` are what a CLIP text encoder should read)."""
+    from lwtakit.concept_sets import load_concepts
+
+    if spec.strip().lower() != CLASS_CONCEPTS:
+        return load_concepts(spec)
+    if not concepts.labels_from_classes:
+        raise UserError("dissection.concepts=classes needs a probe set with classes (CIFAR, MNIST, an image folder); "
+                        "name a built-in concept set or a file instead")
+    return [name.replace("_", " ") for name in concepts.names]
 
 
 def _png_to_array(png: bytes):

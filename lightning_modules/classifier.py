@@ -90,11 +90,12 @@ class LitClassifier(pl.LightningModule):
 
     # --- evaluation ---------------------------------------------------------------------------------
     def _predict(self, x: torch.Tensor, mode: str) -> torch.Tensor:
-        """Class probabilities under one evaluation mode (sample, argmax, or mc average of n samples)."""
+        """Class probabilities under one evaluation mode (sample, argmax, or mc: n samples averaged as
+        ``eval.mc_average`` says)."""
         if not self.has_lwta:
             return self.model(x).softmax(-1)
         if mode == "mc":
-            return mc_predict(self.model, x, self.cfg.eval.mc_samples)
+            return mc_predict(self.model, x, self.cfg.eval.mc_samples, self.cfg.eval.mc_average)
         with lwta_inference(self.model, mode):
             return self.model(x).softmax(-1)
 

@@ -34,9 +34,10 @@ def activation_layers(model: nn.Module) -> list[str]:
 
 
 def accuracy_by_mode(model: nn.Module, dataset, modes: list[str], mc_samples: int = 4, seed: int = 0,
-                     batch_size: int = 256, device="cpu") -> dict[str, float]:
-    """Top-1 accuracy of ``model`` on ``dataset`` under each LWTA inference mode (sample, argmax, mc), each
-    from the same seed; the model's training flag, LWTA modes and the global RNGs are left as they were."""
+                     batch_size: int = 256, device="cpu", mc_average: str = "probs") -> dict[str, float]:
+    """Top-1 accuracy of ``model`` on ``dataset`` under each LWTA inference mode (sample, argmax, mc: ``mc_samples``
+    passes averaged as ``mc_average`` says, see :func:`~lwtakit.lwta.mc_predict`), each from the same seed; the
+    model's training flag, LWTA modes and the global RNGs are left as they were."""
     has_lwta = bool(lwta_layers(model))
     out = {}
     with analysis_mode(model):
@@ -48,7 +49,7 @@ def accuracy_by_mode(model: nn.Module, dataset, modes: list[str], mc_samples: in
                 for batch in make_loader(dataset, batch_size):
                     x, y = split_batch(batch)
                     x = x.to(device)
-                    probs = mc_predict(model, x, mc_samples) if mode == "mc" else model(x)
+                    probs = mc_predict(model, x, mc_samples, mc_average) if mode == "mc" else model(x)
                     correct += int((probs.argmax(-1).cpu() == y).sum())
                     total += len(y)
             out[mode] = correct / max(total, 1)
@@ -69,8 +70,9 @@ def summarize_run(spec: str, probe_size: int = 1000, eval_size: int = 1000, seed
     has_lwta = bool(lwta_layers(model))
     modes = ["sample", "argmax", "mc"] if has_lwta else ["dense"]
     test = probe_subset(loaded.dataset("test"), eval_size, seed)
+    # mc as the run's config evaluates it (eval.mc_samples passes, averaged as eval.mc_average says)
     accuracy = accuracy_by_mode(model, test, [m if m != "dense" else "argmax" for m in modes], seed=seed,
-                                device=device)
+                                device=device, mc_samples=cfg.eval.mc_samples, mc_average=cfg.eval.mc_average)
     if not has_lwta:
         accuracy = {"dense": accuracy["argmax"]}
 

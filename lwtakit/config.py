@@ -38,10 +38,10 @@ class TemperatureConfig:
     """LWTA temperature T and its schedule over epochs (see :mod:`lwtakit.lwta.temperature`)."""
 
     t0: float = 1.0
-    schedule: str = "constant"  # constant | step | exponential | cosine
+    schedule: str = "constant"  # constant | step | exponential | cosine | discover (T/1.5 every 5 epochs while T>=0.3)
     gamma: float = 0.5  # step / exponential factor
     step_size: int = 5  # epochs between steps
-    t_min: float = 0.05
+    t_min: float = 0.05  # floor of step / exponential / cosine
     on: str = "logits"  # logits: winners ~ softmax(h/T) | relaxation: DISCOVER's code, winners ~ softmax(h)
 
 
@@ -112,6 +112,7 @@ class TrainerConfig:
 class EvalConfig:
     modes: list[str] = field(default_factory=lambda: ["sample", "argmax"])  # sample | argmax | mc
     mc_samples: int = 4  # passes averaged by the mc mode
+    mc_average: str = "probs"  # mc averages: probs (mean of the passes' softmax) | logits (softmax of mean logits)
 
 
 @dataclass
@@ -135,6 +136,9 @@ class ClipConfig:
     pretrained: str | None = None  # tag (online), weights file, or local-dir:FOLDER; None = no CLIP
     cache_dir: str | None = None
     batch_size: int = 64
+    # weights of a pretrained tag unavailable (offline, download failed): error | invert (INVERT on the probe's
+    # labels instead, one warning line, recorded in the run's dissection.json; lwtakit/clip/fallback.py)
+    fallback: str = "error"
 
 
 @dataclass
@@ -146,7 +150,7 @@ class DissectionConfig:
     layers: list[str] = field(default_factory=list)  # empty = last stage + classifier
     methods: list[str] = field(default_factory=lambda: ["invert"])  # registered labelers: invert clip_dissect iou
     probe_size: int = 512
-    concepts: str = "synthetic"  # builtin name or a text file, one concept a line
+    concepts: str = "synthetic"  # CLIP's concepts: builtin name, a text file (one a line), or classes (the probe's)
     top_images: int = 8  # images per unit in grids
     grid_units: int = 8  # units shown per layer in image grids
     clip: ClipConfig = field(default_factory=ClipConfig)
@@ -185,8 +189,10 @@ CHOICES = {
     "model.stem": ("cifar", "imagenet"),
     "model.inference": ("sample", "argmax"),
     "dissection.mode": ("mc", "sample", "argmax"),
+    "eval.mc_average": ("probs", "logits"),
+    "dissection.clip.fallback": ("error", "invert"),
     "dissection.invert.alternative": ALTERNATIVES,
-    "model.temperature.schedule": ("constant", "step", "exponential", "cosine"),
+    "model.temperature.schedule": ("constant", "step", "exponential", "cosine", "discover"),
     "model.temperature.on": ("logits", "relaxation"),
     "data.name": ("synthetic", "mnist", "cifar10", "cifar100", "imagefolder"),
     "optim.name": ("sgd", "adamw"),

@@ -96,7 +96,7 @@ class DissectOptions:
 
     ``mode``: which function of an LWTA network is dissected. ``mc`` (default) records the activation averaged
     over ``passes`` seeded stochastic passes, its expected output, the function it is evaluated as (Monte-Carlo,
-    as DISCOVER evaluates); ``sample`` one seeded stochastic pass; ``argmax`` the deterministic most-likely winner
+    the network's mc mode); ``sample`` one seeded stochastic pass; ``argmax`` the deterministic most-likely winner
     (a different function: its accuracy lags); None keeps the layers' own mode. Networks without LWTA layers
     ignore it. ``heldout``: labels are chosen on one part of the probe set and assessed on the other
     (:class:`~lwtakit.evaluation.assess.HeldOutOptions`); None labels and scores on the whole probe set.

@@ -3,6 +3,7 @@ what to run next, read from its final metrics and its run folder."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from lwtakit.io import read_csv
@@ -42,11 +43,24 @@ def _labels(run_dir: Path) -> str | None:
     return f"labels: {len(rows)} units in {layers} layers at epoch {last}{quality} ({path})"
 
 
+def _fallback(run_dir: Path) -> str | None:
+    """A line when the run's dissection fell back from CLIP-Dissect to INVERT (recorded in dissection.json)."""
+    path = run_dir / "dissection.json"
+    if not path.is_file():
+        return None
+    choice = json.loads(path.read_text())
+    if not choice.get("fallback"):
+        return None
+    used = ", ".join(choice.get("methods_used", []))
+    return f"dissection: CLIP weights unavailable, labelled with {used} instead of CLIP-Dissect ({path})"
+
+
 def summary_lines(metrics: dict[str, float], run_dir: Path) -> list[str]:
     """``run: ...``, then test accuracy per inference mode, the mean active fraction of the LWTA layers, the last
-    dissection's labels, the offline W&B run to sync and the next commands; lines without data are left out."""
+    dissection's labels (and its CLIP fallback, if it fell back), the offline W&B run to sync and the next
+    commands; lines without data are left out."""
     lines = [f"run: {run_dir}"]
-    lines += [line for line in (_accuracy(metrics), _active(metrics), _labels(run_dir)) if line]
+    lines += [line for line in (_accuracy(metrics), _active(metrics), _labels(run_dir), _fallback(run_dir)) if line]
     if any((run_dir / "wandb").glob("offline-run-*")):
         lines.append(f"W&B (offline): upload with  wandb sync {run_dir}/wandb/offline-run-*")
     lines.append(f"next: analyze.py dissect --ckpt {run_dir} --out reports/{run_dir.name}   |   "

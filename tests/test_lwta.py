@@ -213,6 +213,31 @@ def test_helpers_and_mc_predict_restore_modes():
     assert torch.allclose(p.sum(-1), torch.ones(4))
 
 
+def test_mc_predict_averaging_logits_is_the_softmax_of_the_mean_seeded_logits():
+    torch.manual_seed(6)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 8), LWTA(2), torch.nn.Linear(8, 3)).eval()
+    x = torch.randn(16, 5)
+    torch.manual_seed(11)
+    p = mc_predict(model, x, 6, average="logits")
+    torch.manual_seed(11)
+    with torch.no_grad():
+        logits = [model(x) for _ in range(6)]
+    manual = torch.softmax(sum(logits) / 6, -1)
+    assert torch.allclose(p, manual, atol=1e-6)
+    # a different function from the mean of the probabilities (both are distributions)
+    torch.manual_seed(11)
+    probs = mc_predict(model, x, 6)
+    assert torch.allclose(probs, torch.stack([torch.softmax(z, -1) for z in logits]).mean(0), atol=1e-6)
+    assert (p - probs).abs().max() > 1e-3
+    assert torch.allclose(p.sum(-1), torch.ones(16))
+
+
+def test_mc_predict_refuses_an_unknown_average():
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), LWTA(2))
+    with pytest.raises(UserError, match="probs, logits"):
+        mc_predict(model, torch.randn(2, 5), 2, average="median")
+
+
 @pytest.mark.parametrize("U", [2, 4])
 def test_measured_sparsity_is_one_over_U(U):
     torch.manual_seed(8)

@@ -29,7 +29,7 @@ from lwtakit.io import atomic_write, ensure_writable_dir
 
 from .encode import Clip
 
-__all__ = ["HF_HUB", "LOCAL_DIR", "load_clip", "save_local_dir", "state_dict_sha256"]
+__all__ = ["HF_HUB", "LOCAL_DIR", "ClipWeightsUnavailable", "load_clip", "save_local_dir", "state_dict_sha256"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,16 @@ _HOW_TO_SUPPLY = (
     "supply the weights locally: clip.pretrained=/path/to/weights.bin (with a built-in model name) "
     "or clip.model=local-dir:/folder (a folder with open_clip_config.json + weights)"
 )
+
+
+class ClipWeightsUnavailable(UserError):
+    """A pretrained tag's weights could not be had here (offline and not cached, or the download failed): the one
+    CLIP failure a training run may step around (:mod:`lwtakit.clip.fallback`); a bad name or file stays an error.
+    ``model``, ``pretrained``: what was tried; ``why``: why it failed."""
+
+    def __init__(self, model: str, pretrained: str | None, why: str):
+        self.model, self.pretrained, self.why = model, pretrained, why
+        super().__init__(f"could not load CLIP model {model} (pretrained={pretrained!r}): {why}; {_HOW_TO_SUPPLY}")
 
 
 def _open_clip():
@@ -164,9 +174,7 @@ def _create_named(model_name: str, pretrained: str | None, device: str, cache_di
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
         why = ("offline (HF_HUB_OFFLINE=1) and the weights are not in the local cache" if offline
                else f"download failed: {str(exc).splitlines()[0][:160]}")
-        raise UserError(
-            f"could not load CLIP model {model_name} (pretrained={pretrained!r}): {why}; {_HOW_TO_SUPPLY}"
-        ) from exc
+        raise ClipWeightsUnavailable(model_name, pretrained, why) from exc
     finally:
         logging.disable(previous)
     if not pretrained and not model_name.startswith(HF_HUB):

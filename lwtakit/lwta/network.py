@@ -62,20 +62,30 @@ def total_kl(model: nn.Module) -> Tensor:
     return torch.stack([t.to(dev) for t in terms]).sum()
 
 
+MC_AVERAGES = ("probs", "logits")
+
+
 @torch.no_grad()
-def mc_predict(model: nn.Module, x: Tensor, n: int) -> Tensor:
-    """Monte-Carlo prediction: mean of softmax over ``n`` stochastic passes (LWTA in "sample" mode,
-    model in eval), as DISCOVER averages its stochastic evaluations. Restores modes afterwards."""
+def mc_predict(model: nn.Module, x: Tensor, n: int, average: str = "probs") -> Tensor:
+    """Monte-Carlo class probabilities from ``n`` stochastic passes (LWTA in "sample" mode, model in eval).
+
+    ``average="probs"``: the mean of the passes' softmax, (1/n) sum_i softmax(z_i), the predictive mean;
+    ``average="logits"``: the softmax of the mean logits, softmax((1/n) sum_i z_i), as DISCOVER (Panousis et al.
+    2023) averages its stochastic evaluations. Restores the model's modes afterwards."""
     if int(n) < 1:
         raise UserError(f"mc_predict needs n >= 1 passes, got {n!r}")
+    if average not in MC_AVERAGES:
+        raise UserError(f"mc_predict averages {', '.join(MC_AVERAGES)}, not {average!r}")
     was_training = model.training
     try:
         model.eval()
         with lwta_inference(model, "sample"):
-            probs = None
+            total = None
             for _ in range(int(n)):
-                p = torch.softmax(model(x).float(), dim=-1)
-                probs = p if probs is None else probs.add_(p)
-            return probs / int(n)
+                z = model(x).float()
+                z = torch.softmax(z, dim=-1) if average == "probs" else z
+                total = z if total is None else total.add_(z)
+            mean = total / int(n)
+            return mean if average == "probs" else torch.softmax(mean, dim=-1)
     finally:
         model.train(was_training)
