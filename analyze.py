@@ -28,6 +28,8 @@ from lwtakit.evaluation.metrics import DEFAULT_ALPHA
 from lwtakit.labelers.configs import ALTERNATIVES, SIMILARITIES, InvertConfig
 
 DEVICE_HELP = "auto (CUDA when present, else CPU) | cpu | cuda | cuda:N"
+HIERARCHY_HELP = ("parent map (CSV rows child,parent,... or JSON {child: [parents]}): each concept's ancestors "
+                  "become concepts too, as INVERT's WordNet hypernyms of the ImageNet classes")
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -111,7 +113,6 @@ def _check_finite(matrix: np.ndarray, path: str, what: str) -> None:
 def cmd_dissect(args) -> Path:
     from lwtakit.analysis import DissectRequest, dissect_to_report
     from lwtakit.checkpoint import load_model, resolve_run
-    from lwtakit.concept_sets import load_concepts
     from lwtakit.dissect import ConceptSource, DissectOptions, check_labelers
     from lwtakit.models import default_layers
 
@@ -121,9 +122,9 @@ def cmd_dissect(args) -> Path:
     model = loaded.model.to(device)
     probe = _probe(args.probe, loaded, args.probe_size, args.seed)
     clip = _clip(args, device) if any("clip" in lab.needs or "captioner" in lab.needs for lab in labelers) else None
-    clip_concepts = load_concepts(args.concepts) if clip is not None else None
+    clip_concepts = _clip_concepts(args, probe) if clip is not None else None
     concepts = ConceptSource.from_dataset(probe, clip=clip, clip_concepts=clip_concepts,
-                                          clip_cache_dir=args.clip_cache)
+                                          clip_cache_dir=args.clip_cache, hierarchy=_hierarchy(args))
     if "describe" in args.methods:
         from lwtakit.labelers.describe import CocaCaptioner
 
@@ -140,6 +141,23 @@ def cmd_dissect(args) -> Path:
                                device=device, mode=args.mode, passes=args.passes, heldout=_heldout(args)),
         history=history, probe_name=args.probe or "")
     return dissect_to_report(loaded, probe, concepts, request, args.out)
+
+
+def _clip_concepts(args, probe) -> list[str]:
+    """The concept set of ``--concepts`` (without the words close to a class name under ``--drop-class-words``);
+    prints what it is, so that a filtered set is never mistaken for the full one."""
+    from lwtakit.concept_sets import concepts_for
+
+    concepts, note = concepts_for(args.concepts, getattr(probe, "class_names", None), args.drop_class_words)
+    print(note)
+    return concepts
+
+
+def _hierarchy(args):
+    """The parent map of ``--hierarchy`` (None without it)."""
+    from lwtakit.hierarchy import read_hierarchy
+
+    return read_hierarchy(args.hierarchy) if args.hierarchy else None
 
 
 def _heldout(args):
@@ -199,6 +217,8 @@ def cmd_label(args) -> Path:
     names = _read_names(args.concept_names)
     if metric_names and args.concept_labels is None:
         raise UserError("--metrics scores labels against concept labels; give --concept-labels L.npy (bool [N, K])")
+    if args.hierarchy and args.method != "invert":
+        raise UserError("--hierarchy expands binary concept labels; it applies to --method invert")
     concepts = _load_concept_labels(args.concept_labels, acts, names) if metric_names else None
     if args.method == "invert":
         if args.concept_labels is None:
@@ -206,6 +226,9 @@ def cmd_label(args) -> Path:
         from lwtakit.labelers.invert import label_units
 
         labels = _load_concept_labels(args.concept_labels, acts, names)
+        if args.hierarchy:
+            labels, names = _expand_labels(labels, names, _hierarchy(args))
+            concepts = labels
         rows = label_units(torch.from_numpy(acts.astype(np.float64)), torch.from_numpy(labels), names,
                            _invert_config(args))
         columns = ["unit", "label", "score", "auc", "p_value", "length"]
@@ -230,6 +253,14 @@ def cmd_label(args) -> Path:
         if isinstance(r.get("top5"), list):
             r["top5"] = "|".join(map(str, r["top5"]))
     return write_csv(args.out, rows, columns)
+
+
+def _expand_labels(labels: np.ndarray, names: list[str], hierarchy) -> tuple[np.ndarray, list[str]]:
+    """Concept labels and names with the hierarchy's ancestors added (:mod:`lwtakit.hierarchy`)."""
+    from lwtakit.hierarchy import expand
+
+    names, membership = hierarchy.bind(names)
+    return expand(labels, membership), names
 
 
 def _metric_names(args) -> list[str]:
@@ -407,7 +438,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="invert clip_dissect iou describe (default: invert)")
     d.add_argument("--probe", help="synthetic | mnist:PATH | cifar10:ROOT | imagefolder:ROOT | folder:PATH")
     d.add_argument("--probe-size", type=int_at_least(1), default=1000)
-    d.add_argument("--concepts", default="synthetic", help="concept set for CLIP: builtin name or text file")
+    d.add_argument("--concepts", default="synthetic",
+                   help="concept set for CLIP: a text file or a built-in: words20k words10k words3k (common English "
+                        "words) imagenet cifar100 cifar10 mnist places365[:PATH] classes (the probe's) synthetic")
+    d.add_argument("--drop-class-words", action="store_true",
+                   help="remove the concepts too close to a class name (the name, its last word, their plural), "
+                        "for final-layer evaluation; the removed count is printed")
+    d.add_argument("--hierarchy", metavar="FILE", help=HIERARCHY_HELP)
     d.add_argument("--pca", type=int_at_least(0), default=0,
                    help="also label the top-k principal directions; completeness")
     _add_invert_flags(d)
@@ -441,6 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--concept-labels", help="bool [N, K] .npy (invert)")
     lab.add_argument("--concept-scores", help="float [N, K] .npy image-concept similarity (CLIP functions)")
     lab.add_argument("--concept-names", required=True, help="text file, one concept a line")
+    lab.add_argument("--hierarchy", metavar="FILE", help=HIERARCHY_HELP)
     _add_invert_flags(lab)
     lab.add_argument("--metrics", help="also score each unit's label by these NeuronEval metrics (comma-separated "
                      "names, or all); needs --concept-labels; a name already taken (auc) becomes neuroneval_<name>")

@@ -10,6 +10,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import OmegaConf
 
 from lightning_modules.classifier import network_of
@@ -108,13 +109,20 @@ class DissectionCallback(pl.Callback):
         clip = clip_concepts = None
         if "clip_dissect" in settings.methods:
             from lwtakit.clip import load_clip
-            from lwtakit.concept_sets import load_concepts
+            from lwtakit.concept_sets import concepts_for
 
             c = settings.clip
             clip = load_clip(c.model, c.pretrained, cache_dir=c.cache_dir, batch_size=c.batch_size)
-            clip_concepts = load_concepts(settings.concepts)
+            clip_concepts, note = concepts_for(settings.concepts, getattr(probe, "class_names", None),
+                                               settings.drop_class_words)
+            rank_zero_info(note)
+        hierarchy = None
+        if settings.hierarchy:
+            from lwtakit.hierarchy import read_hierarchy
+
+            hierarchy = read_hierarchy(settings.hierarchy)
         concepts = ConceptSource.from_dataset(probe, clip=clip, clip_concepts=clip_concepts,
-                                              clip_cache_dir=settings.clip.cache_dir)
+                                              clip_cache_dir=settings.clip.cache_dir, hierarchy=hierarchy)
         return cls(probe, concepts, settings, run_dir=run_dir, seed=seed)
 
     # --- when --------------------------------------------------------------------------------------

@@ -146,7 +146,9 @@ class DissectionConfig:
     layers: list[str] = field(default_factory=list)  # empty = last stage + classifier
     methods: list[str] = field(default_factory=lambda: ["invert"])  # registered labelers: invert clip_dissect iou
     probe_size: int = 512
-    concepts: str = "synthetic"  # builtin name or a text file, one concept a line
+    concepts: str = "synthetic"  # a text file, one concept a line, or a built-in (concept_sets.py): words20k ...
+    drop_class_words: bool = False  # remove the concepts too close to a class name (final-layer evaluation)
+    hierarchy: str | None = None  # parent map file (CSV child,parent,... or JSON): ancestors become concepts (INVERT)
     top_images: int = 8  # images per unit in grids
     grid_units: int = 8  # units shown per layer in image grids
     clip: ClipConfig = field(default_factory=ClipConfig)
