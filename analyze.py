@@ -125,8 +125,8 @@ def cmd_dissect(args) -> Path:
     clip_concepts = _clip_concepts(args, probe) if clip is not None else None
     concepts = ConceptSource.from_dataset(probe, clip=clip, clip_concepts=clip_concepts,
                                           clip_cache_dir=args.clip_cache, hierarchy=_hierarchy(args))
-    if "describe" in args.methods:
-        from lwtakit.labelers.describe import CocaCaptioner
+    if "captions" in args.methods:
+        from lwtakit.labelers.captions import CocaCaptioner
 
         concepts.captioner = CocaCaptioner(args.caption_model, args.caption_pretrained, device=str(device))
     check_labelers(labelers, concepts, probe)
@@ -172,12 +172,12 @@ def _heldout(args):
 def _labelers(args) -> list:
     """The labelers of ``--methods``, each with the settings its flags give."""
     from lwtakit.labelers.base import create_labelers
-    from lwtakit.labelers.configs import ClipDissectConfig, DescribeConfig
+    from lwtakit.labelers.configs import CaptionsConfig, ClipDissectConfig
 
     settings = argparse.Namespace(
         invert=_invert_config(args),
         clip_dissect=ClipDissectConfig(similarity=args.clip_similarity),
-        describe=DescribeConfig(similarity=args.clip_similarity))
+        captions=CaptionsConfig(similarity=args.clip_similarity))
     return create_labelers(args.methods, settings)
 
 
@@ -435,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--model", help="torchvision:NAME (ImageNet weights)")
     d.add_argument("--layers", nargs="+", help="module names (default: last stage activations + classifier)")
     d.add_argument("--methods", nargs="+", default=["invert"],
-                   help="invert clip_dissect iou describe (default: invert)")
+                   help="invert clip_dissect iou captions (default: invert)")
     d.add_argument("--probe", help="synthetic | mnist:PATH | cifar10:ROOT | imagefolder:ROOT | folder:PATH")
     d.add_argument("--probe-size", type=int_at_least(1), default=1000)
     d.add_argument("--concepts", default="synthetic",
@@ -452,10 +452,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--clip-pretrained", help="open_clip tag (online), weights file, or local-dir:FOLDER")
     d.add_argument("--clip-cache", help="folder for cached CLIP embeddings")
     d.add_argument("--clip-similarity", "--clip-method", dest="clip_similarity", default="soft_wpmi",
-                   choices=SIMILARITIES, help="CLIP-Dissect similarity function (clip_dissect, describe)")
-    d.add_argument("--caption-model", default="coca_ViT-B-32", help="open_clip CoCa model (describe)")
+                   choices=SIMILARITIES, help="CLIP-Dissect similarity function (clip_dissect, captions)")
+    d.add_argument("--caption-model", default="coca_ViT-B-32", help="open_clip CoCa model (captions)")
     d.add_argument("--caption-pretrained", default="mscoco_finetuned_laion2b_s13b_b90k",
-                   help="CoCa weights: tag, file or local-dir: (describe)")
+                   help="CoCa weights: tag, file or local-dir: (captions)")
     d.add_argument("--mode", "--inference", dest="mode", choices=["mc", "sample", "argmax"], default="mc",
                    help="LWTA network dissected as: mc = mean of --passes seeded stochastic passes (the function it "
                         "is evaluated as), sample = one seeded pass, argmax = most likely winners (default: mc)")

@@ -14,8 +14,8 @@ concept a line) or the name of a built-in set (:data:`BUILTINS`):
   letters out), most frequent first.
 
 For final-layer evaluation against class names, :func:`drop_class_words` removes the words too close to a
-class name (the name, the last word of a multi-word name, or their plural/singular), so that a label cannot match a class by
-spelling alone; :func:`concepts_for` applies it on request and says how many it removed.
+class name (the name, the last word of a multi-word name, or their plural/singular), so that a label cannot
+match a class by spelling alone; :func:`concepts_for` applies it on request and says how many it removed.
 """
 
 from __future__ import annotations

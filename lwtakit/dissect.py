@@ -8,8 +8,8 @@ layer's units, and optionally its principal directions (Dey et al. 2020), to eac
 - ``clip_dissect``: similarity to CLIP's image-concept matrix (Oikarinen & Weng 2023);
 - ``iou``: Network-Dissection IoU against per-pixel concept masks (Bau et al. 2017). IoU needs the spatial
   maps, which the recording never keeps, so it makes its own two streaming passes;
-- ``describe``: captions of each unit's top images (an open_clip CoCa model) turned into candidate phrases and
-  rescored with the CLIP-Dissect score (after Describe-and-Dissect, 2024, without external services).
+- ``captions``: captions of each unit's top images (an open_clip CoCa model) turned into candidate phrases and
+  rescored with the CLIP-Dissect score (not Describe-and-Dissect, 2024: no crops, summaries or generated images).
 
 The result is a :class:`~lwtakit.labels.LabelTable` of typed rows. Framework-free: Lightning wires this into
 training, it does not reimplement it.

@@ -116,3 +116,11 @@ def test_hierarchy_with_a_similarity_method_is_refused(tmp_path, capsys):
                          "--hierarchy", str(write(tmp_path / "p.csv", "a,b\n"))])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--method invert" in err[0]
+
+
+def test_config_takes_the_hierarchy_and_the_class_word_filter(tmp_path):
+    from lwtakit.config import load_config
+
+    cfg = load_config("default", [f"dissection.hierarchy={tmp_path / 'p.csv'}", "dissection.drop_class_words=true"])
+    assert cfg.dissection.hierarchy == str(tmp_path / "p.csv") and cfg.dissection.drop_class_words is True
+    assert load_config("default").dissection.hierarchy is None
