@@ -2,9 +2,9 @@
 
     python analyze.py dissect --ckpt runs/default-.../checkpoints/last.ckpt --out reports/default
     python analyze.py dissect --model torchvision:resnet18 --probe folder:PATH --methods clip_dissect \\
-        --clip-pretrained openai --concepts words.txt --out reports/resnet18
+        --clip-pretrained openai --concepts words20k --drop-class-words --out reports/resnet18
     python analyze.py label --activations A.npy --method invert --concept-labels L.npy \\
-        --concept-names names.txt --out labels.csv
+        --concept-names names.txt [--hierarchy parents.csv] --out labels.csv
     python analyze.py sanity --activations A.npy --concept-labels L.npy --concept-names names.txt \\
         --out sanity.csv [--labels labels.csv] [--metrics f1,iou] [--alpha 0.005] [--repeats 10] [--seed 0]
     python analyze.py explain --ckpt last.ckpt --image cat.png [--layer layer4.1.act2] [--labels labels.csv]
