@@ -2,9 +2,9 @@
 
     python analyze.py dissect --ckpt runs/default-.../checkpoints/last.ckpt --out reports/default
     python analyze.py dissect --model torchvision:resnet18 --probe folder:PATH --methods clip_dissect \\
-        --clip-pretrained openai --concepts words.txt --out reports/resnet18
+        --clip-pretrained openai --concepts words20k --drop-class-words --out reports/resnet18
     python analyze.py label --activations A.npy --method invert --concept-labels L.npy \\
-        --concept-names names.txt --out labels.csv
+        --concept-names names.txt [--hierarchy parents.csv] --out labels.csv
     python analyze.py sanity --activations A.npy --concept-labels L.npy --concept-names names.txt \\
         --out sanity.csv [--labels labels.csv] [--metrics f1,iou] [--alpha 0.005] [--repeats 10] [--seed 0]
     python analyze.py explain --ckpt last.ckpt --image cat.png [--layer layer4.1.act2] [--labels labels.csv]
@@ -28,6 +28,8 @@ from lwtakit.evaluation.metrics import DEFAULT_ALPHA
 from lwtakit.labelers.configs import ALTERNATIVES, SIMILARITIES, InvertConfig
 
 DEVICE_HELP = "auto (CUDA when present, else CPU) | cpu | cuda | cuda:N"
+HIERARCHY_HELP = ("parent map (CSV rows child,parent,... or JSON {child: [parents]}): each concept's ancestors "
+                  "become concepts too, as INVERT's WordNet hypernyms of the ImageNet classes")
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -111,7 +113,6 @@ def _check_finite(matrix: np.ndarray, path: str, what: str) -> None:
 def cmd_dissect(args) -> Path:
     from lwtakit.analysis import DissectRequest, dissect_to_report, run_history
     from lwtakit.checkpoint import load_model
-    from lwtakit.concept_sets import load_concepts
     from lwtakit.dissect import ConceptSource, DissectOptions, check_labelers
     from lwtakit.models import default_layers
 
@@ -121,11 +122,11 @@ def cmd_dissect(args) -> Path:
     model = loaded.model.to(device)
     probe = _probe(args.probe, loaded, args.probe_size, args.seed)
     clip = _clip(args, device) if any("clip" in lab.needs or "captioner" in lab.needs for lab in labelers) else None
-    clip_concepts = load_concepts(args.concepts) if clip is not None else None
+    clip_concepts = _clip_concepts(args, probe) if clip is not None else None
     concepts = ConceptSource.from_dataset(probe, clip=clip, clip_concepts=clip_concepts,
-                                          clip_cache_dir=args.clip_cache)
-    if "describe" in args.methods:
-        from lwtakit.labelers.describe import CocaCaptioner
+                                          clip_cache_dir=args.clip_cache, hierarchy=_hierarchy(args))
+    if "captions" in args.methods:
+        from lwtakit.labelers.captions import CocaCaptioner
 
         concepts.captioner = CocaCaptioner(args.caption_model, args.caption_pretrained, device=str(device))
     check_labelers(labelers, concepts, probe)
@@ -141,6 +142,23 @@ def cmd_dissect(args) -> Path:
     return dissect_to_report(loaded, probe, concepts, request, args.out)
 
 
+def _clip_concepts(args, probe) -> list[str]:
+    """The concept set of ``--concepts`` (without the words close to a class name under ``--drop-class-words``);
+    prints what it is, so that a filtered set is never mistaken for the full one."""
+    from lwtakit.concept_sets import concepts_for
+
+    concepts, note = concepts_for(args.concepts, getattr(probe, "class_names", None), args.drop_class_words)
+    print(note)
+    return concepts
+
+
+def _hierarchy(args):
+    """The parent map of ``--hierarchy`` (None without it)."""
+    from lwtakit.hierarchy import read_hierarchy
+
+    return read_hierarchy(args.hierarchy) if args.hierarchy else None
+
+
 def _heldout(args):
     """The held-out assessment of ``--heldout`` (None for 0)."""
     from lwtakit.evaluation.options import HeldOutOptions
@@ -153,12 +171,12 @@ def _heldout(args):
 def _labelers(args) -> list:
     """The labelers of ``--methods``, each with the settings its flags give."""
     from lwtakit.labelers.base import create_labelers
-    from lwtakit.labelers.configs import ClipDissectConfig, DescribeConfig
+    from lwtakit.labelers.configs import CaptionsConfig, ClipDissectConfig
 
     settings = argparse.Namespace(
         invert=_invert_config(args),
         clip_dissect=ClipDissectConfig(similarity=args.clip_similarity),
-        describe=DescribeConfig(similarity=args.clip_similarity))
+        captions=CaptionsConfig(similarity=args.clip_similarity))
     return create_labelers(args.methods, settings)
 
 
@@ -198,6 +216,8 @@ def cmd_label(args) -> Path:
     names = _read_names(args.concept_names)
     if metric_names and args.concept_labels is None:
         raise UserError("--metrics scores labels against concept labels; give --concept-labels L.npy (bool [N, K])")
+    if args.hierarchy and args.method != "invert":
+        raise UserError("--hierarchy expands binary concept labels; it applies to --method invert")
     concepts = _load_concept_labels(args.concept_labels, acts, names) if metric_names else None
     if args.method == "invert":
         if args.concept_labels is None:
@@ -205,6 +225,9 @@ def cmd_label(args) -> Path:
         from lwtakit.labelers.invert import label_units
 
         labels = _load_concept_labels(args.concept_labels, acts, names)
+        if args.hierarchy:
+            labels, names = _expand_labels(labels, names, _hierarchy(args))
+            concepts = labels
         rows = label_units(torch.from_numpy(acts.astype(np.float64)), torch.from_numpy(labels), names,
                            _invert_config(args))
         columns = ["unit", "label", "score", "auc", "p_value", "length"]
@@ -229,6 +252,14 @@ def cmd_label(args) -> Path:
         if isinstance(r.get("top5"), list):
             r["top5"] = "|".join(map(str, r["top5"]))
     return write_csv(args.out, rows, columns)
+
+
+def _expand_labels(labels: np.ndarray, names: list[str], hierarchy) -> tuple[np.ndarray, list[str]]:
+    """Concept labels and names with the hierarchy's ancestors added (:mod:`lwtakit.hierarchy`)."""
+    from lwtakit.hierarchy import expand
+
+    names, membership = hierarchy.bind(names)
+    return expand(labels, membership), names
 
 
 def _metric_names(args) -> list[str]:
@@ -389,10 +420,16 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--model", help="torchvision:NAME (ImageNet weights)")
     d.add_argument("--layers", nargs="+", help="module names (default: last stage activations + classifier)")
     d.add_argument("--methods", nargs="+", default=["invert"],
-                   help="invert clip_dissect iou describe (default: invert)")
+                   help="invert clip_dissect iou captions (default: invert)")
     d.add_argument("--probe", help="synthetic | mnist:PATH | cifar10:ROOT | imagefolder:ROOT | folder:PATH")
     d.add_argument("--probe-size", type=int_at_least(1), default=1000)
-    d.add_argument("--concepts", default="synthetic", help="concept set for CLIP: builtin name or text file")
+    d.add_argument("--concepts", default="synthetic",
+                   help="concept set for CLIP: a text file or a built-in: words20k words10k words3k (common English "
+                        "words) imagenet cifar100 cifar10 mnist places365[:PATH] classes (the probe's) synthetic")
+    d.add_argument("--drop-class-words", action="store_true",
+                   help="remove the concepts too close to a class name (the name, its last word, their plural), "
+                        "for final-layer evaluation; the removed count is printed")
+    d.add_argument("--hierarchy", metavar="FILE", help=HIERARCHY_HELP)
     d.add_argument("--pca", type=int_at_least(0), default=0,
                    help="also label the top-k principal directions; completeness")
     _add_invert_flags(d)
@@ -400,10 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--clip-pretrained", help="open_clip tag (online), weights file, or local-dir:FOLDER")
     d.add_argument("--clip-cache", help="folder for cached CLIP embeddings")
     d.add_argument("--clip-similarity", "--clip-method", dest="clip_similarity", default="soft_wpmi",
-                   choices=SIMILARITIES, help="CLIP-Dissect similarity function (clip_dissect, describe)")
-    d.add_argument("--caption-model", default="coca_ViT-B-32", help="open_clip CoCa model (describe)")
+                   choices=SIMILARITIES, help="CLIP-Dissect similarity function (clip_dissect, captions)")
+    d.add_argument("--caption-model", default="coca_ViT-B-32", help="open_clip CoCa model (captions)")
     d.add_argument("--caption-pretrained", default="mscoco_finetuned_laion2b_s13b_b90k",
-                   help="CoCa weights: tag, file or local-dir: (describe)")
+                   help="CoCa weights: tag, file or local-dir: (captions)")
     d.add_argument("--mode", "--inference", dest="mode", choices=["mc", "sample", "argmax"], default="mc",
                    help="LWTA network dissected as: mc = mean of --passes seeded stochastic passes (the function it "
                         "is evaluated as), sample = one seeded pass, argmax = most likely winners (default: mc)")
@@ -426,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--concept-labels", help="bool [N, K] .npy (invert)")
     lab.add_argument("--concept-scores", help="float [N, K] .npy image-concept similarity (CLIP functions)")
     lab.add_argument("--concept-names", required=True, help="text file, one concept a line")
+    lab.add_argument("--hierarchy", metavar="FILE", help=HIERARCHY_HELP)
     _add_invert_flags(lab)
     lab.add_argument("--metrics", help="also score each unit's label by these NeuronEval metrics (comma-separated "
                      "names, or all); needs --concept-labels; a name already taken (auc) becomes neuroneval_<name>")

@@ -11,12 +11,12 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import OmegaConf
 
 from lightning_modules.classifier import network_of
 from lwtakit.dissect import ConceptSource, DissectionResult, DissectOptions, dissect
 from lwtakit.drift import agreement, dissection_key, stability
-from lwtakit.errors import UserError
 from lwtakit.io import append_csv, atomic_write, write_csv
 from lwtakit.labelers.base import create_labelers
 from lwtakit.labels import LabelRow, LabelTable
@@ -26,7 +26,6 @@ HISTORY_COLUMNS = ("epoch", "step", "layer", "unit", "method", "mode", "label", 
                    "p_value", "length", "top5")  # + the held-out columns of the configured metrics
 HELDOUT_COLUMNS = ("heldout_p", "concepts")
 STABILITY_COLUMNS = ("layer", "method", "dissections", "stable_fraction", "mean_settle_epoch")
-CLASS_CONCEPTS = "classes"  # dissection.concepts: the probe's class names
 
 
 class DissectionCallback(pl.Callback):
@@ -116,8 +115,19 @@ class DissectionCallback(pl.Callback):
         requested = list(settings.methods)
         if clip_configured(settings.clip) and "clip_dissect" not in requested:
             requested.append("clip_dissect")  # CLIP weights given: CLIP-Dissect comes along
-        concepts = ConceptSource.from_dataset(probe, clip_cache_dir=settings.clip.cache_dir)
-        clip_concepts = _clip_concepts(settings.concepts, concepts) if "clip_dissect" in requested else None
+        hierarchy = None
+        if settings.hierarchy:
+            from lwtakit.hierarchy import read_hierarchy
+
+            hierarchy = read_hierarchy(settings.hierarchy)
+        concepts = ConceptSource.from_dataset(probe, clip_cache_dir=settings.clip.cache_dir, hierarchy=hierarchy)
+        clip_concepts = None
+        if "clip_dissect" in requested:
+            from lwtakit.concept_sets import concepts_for
+
+            clip_concepts, note = concepts_for(settings.concepts, getattr(probe, "class_names", None),
+                                               settings.drop_class_words)
+            rank_zero_info(note)
         choice = clip_or_fallback(requested, settings.clip, _label_kind(concepts))
         settings.methods = choice.methods
         if choice.clip is not None:
@@ -332,20 +342,6 @@ def _label_kind(concepts: ConceptSource) -> str | None:
     if not concepts.has_labels:
         return None
     return "class labels" if concepts.labels_from_classes else "concept labels"
-
-
-def _clip_concepts(spec: str, concepts: ConceptSource) -> list[str]:
-    """CLIP-Dissect's concept set: a built-in set or a file (:func:`lwtakit.concept_sets.load_concepts`), or
-    ``classes``: the probe's class names, ``_`` read as a space (ImageFolder names such as ``airfield`` or
-    ``bamboo_forest`` are what a CLIP text encoder should read)."""
-    from lwtakit.concept_sets import load_concepts
-
-    if spec.strip().lower() != CLASS_CONCEPTS:
-        return load_concepts(spec)
-    if not concepts.labels_from_classes:
-        raise UserError("dissection.concepts=classes needs a probe set with classes (CIFAR, MNIST, an image folder); "
-                        "name a built-in concept set or a file instead")
-    return [name.replace("_", " ") for name in concepts.names]
 
 
 def _png_to_array(png: bytes):

@@ -26,7 +26,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from lwtakit.errors import UserError
 from lwtakit.evaluation.options import HeldOutOptions
-from lwtakit.labelers.configs import ALTERNATIVES, ClipDissectConfig, DescribeConfig, InvertConfig, IoUConfig
+from lwtakit.labelers.configs import ALTERNATIVES, RENAMED, CaptionsConfig, ClipDissectConfig, InvertConfig, IoUConfig
 
 # The repository's configs/, reached through the link lwtakit/configs in a checkout and installed as package data.
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -150,7 +150,10 @@ class DissectionConfig:
     layers: list[str] = field(default_factory=list)  # empty = last stage + classifier
     methods: list[str] = field(default_factory=lambda: ["invert"])  # registered labelers: invert clip_dissect iou
     probe_size: int = 512
-    concepts: str = "synthetic"  # CLIP's concepts: builtin name, a text file (one a line), or classes (the probe's)
+    # CLIP's concepts: a text file (one a line), a built-in (concept_sets.py: words20k ...), or classes (the probe's)
+    concepts: str = "synthetic"
+    drop_class_words: bool = False  # remove the concepts too close to a class name (final-layer evaluation)
+    hierarchy: str | None = None  # parent map file (CSV child,parent,... or JSON): ancestors become concepts (INVERT)
     top_images: int = 8  # images per unit in grids
     grid_units: int = 8  # units shown per layer in image grids
     clip: ClipConfig = field(default_factory=ClipConfig)
@@ -161,7 +164,7 @@ class DissectionConfig:
     invert: InvertConfig = field(default_factory=InvertConfig)
     clip_dissect: ClipDissectConfig = field(default_factory=ClipDissectConfig)
     iou: IoUConfig = field(default_factory=IoUConfig)
-    describe: DescribeConfig = field(default_factory=DescribeConfig)
+    captions: CaptionsConfig = field(default_factory=CaptionsConfig)
 
 
 @dataclass
@@ -213,7 +216,11 @@ AT_LEAST_ONE = ("data.batch_size", "data.train_size", "data.val_size", "data.tes
 # with them in their new place; in YAML files and on the command line the old key is an error naming the new one.
 MOVED = {"dissection.max_length": ("dissection.invert.max_length",),
          "dissection.beam": ("dissection.invert.beam",),
-         "dissection.clip_method": ("dissection.clip_dissect.similarity", "dissection.describe.similarity")}
+         "dissection.clip_method": ("dissection.clip_dissect.similarity", "dissection.captions.similarity"),
+         # the 'describe' labeler is now 'captions' (it is not Describe-and-Dissect; see labelers/captions.py)
+         "dissection.describe": ("dissection.captions",)}
+# Labelers that were renamed: in a stored config's dissection.methods the old name reads as the new one.
+RENAMED_METHODS = {"describe": "captions"}
 
 
 def _move_keys(data: dict) -> dict:
@@ -226,6 +233,9 @@ def _move_keys(data: dict) -> dict:
             value = node.pop(leaf)
             for key in new:
                 OmegaConf.update(data, key, value, force_add=True)
+    methods = OmegaConf.select(data, "dissection.methods")
+    if methods is not None:
+        data.dissection.methods = [RENAMED_METHODS.get(m, m) for m in methods]
     return OmegaConf.to_container(data)
 
 
@@ -242,8 +252,10 @@ def _schema_keys(node: DictConfig, prefix: str = "") -> list[str]:
 def _one_line_omegaconf_error(exc: OmegaConfBaseException, where: str) -> UserError:
     """Turn an OmegaConf error into one line naming the key (and close matches for unknown keys)."""
     key = getattr(exc, "full_key", None) or "?"
-    if key in MOVED:
-        return UserError(f"config key '{key}' is now '{MOVED[key][0]}' ({where})")
+    old = next((k for k in MOVED if key == k or key.startswith(k + ".")), None)
+    if old is not None:
+        why = f": {RENAMED['describe']}" if old == "dissection.describe" else ""
+        return UserError(f"config key '{key}' is now '{MOVED[old][0]}{key[len(old):]}' ({where}){why}")
     if isinstance(exc, ConfigKeyError) or "not in" in str(exc):
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.structured(Config)

@@ -8,8 +8,8 @@ layer's units, and optionally its principal directions (Dey et al. 2020), to eac
 - ``clip_dissect``: similarity to CLIP's image-concept matrix (Oikarinen & Weng 2023);
 - ``iou``: Network-Dissection IoU against per-pixel concept masks (Bau et al. 2017). IoU needs the spatial
   maps, which the recording never keeps, so it makes its own two streaming passes;
-- ``describe``: captions of each unit's top images (an open_clip CoCa model) turned into candidate phrases and
-  rescored with the CLIP-Dissect score (after Describe-and-Dissect, 2024, without external services).
+- ``captions``: captions of each unit's top images (an open_clip CoCa model) turned into candidate phrases and
+  rescored with the CLIP-Dissect score (not Describe-and-Dissect, 2024: no crops, summaries or generated images).
 
 The result is a :class:`~lwtakit.labels.LabelTable` of typed rows. Framework-free: Lightning wires this into
 training, it does not reimplement it.
@@ -46,7 +46,9 @@ class ConceptSource:
 
     ``names`` K concept names; ``labels`` bool [N, K] per probe image (INVERT; e.g. the synthetic data's
     concept matrix or one-hot classes); ``clip`` a :class:`lwtakit.clip.Clip` with ``clip_concepts`` the
-    texts to embed (CLIP-Dissect); ``captioner`` images -> captions (describe).
+    texts to embed (CLIP-Dissect); ``captioner`` images -> captions (captions). ``class_concepts`` bool
+    [classes, K]: the concepts each class carries when class labels stand in for concepts (a hierarchy,
+    :mod:`lwtakit.hierarchy`; None: each class is its own concept).
     """
 
     names: list[str] | None = None
@@ -55,7 +57,8 @@ class ConceptSource:
     clip: Any = None
     clip_concepts: list[str] | None = None
     clip_cache_dir: str | None = None
-    captioner: Any = None  # images [B, 3, H, W] -> captions (describe), e.g. labelers.describe.CocaCaptioner
+    captioner: Any = None  # images [B, 3, H, W] -> captions, e.g. labelers.captions.CocaCaptioner
+    class_concepts: np.ndarray | None = None
 
     @property
     def has_labels(self) -> bool:
@@ -64,25 +67,41 @@ class ConceptSource:
 
     @classmethod
     def from_dataset(cls, dataset, clip=None, clip_concepts: Sequence[str] | None = None,
-                     clip_cache_dir: str | None = None) -> ConceptSource:
+                     clip_cache_dir: str | None = None, hierarchy: Any = None) -> ConceptSource:
         """Concept names and labels of a dataset that annotates them (e.g. the synthetic concept data);
-        for other datasets the class names, each image labelled with its class."""
+        for other datasets the class names, each image labelled with its class. A ``hierarchy``
+        (:class:`lwtakit.hierarchy.Hierarchy`) adds the ancestors of those names as concepts (INVERT's WordNet
+        hypernyms, Bykov et al. 2023): an image is positive for each ancestor of its classes or concepts."""
         names = list(getattr(dataset, "concept_names", []) or []) or None
         labels = dataset.concept_matrix() if names and hasattr(dataset, "concept_matrix") else None
         from_classes = labels is None and bool(getattr(dataset, "class_names", None))
         if from_classes:
             names = list(dataset.class_names)
+        class_concepts = None
+        if hierarchy is not None:
+            if not names:
+                raise UserError("a concept hierarchy expands the probe set's class or concept names, but this probe "
+                                "set has none; use a labelled probe set")
+            names, membership = hierarchy.bind(names)
+            if labels is not None:
+                from lwtakit.hierarchy import expand
+
+                labels = expand(labels, membership)
+            else:
+                class_concepts = membership
         return cls(names=names, labels=labels, labels_from_classes=from_classes, clip=clip,
                    clip_concepts=list(clip_concepts) if clip_concepts is not None else names,
-                   clip_cache_dir=clip_cache_dir)
+                   clip_cache_dir=clip_cache_dir, class_concepts=class_concepts)
 
     def resolved(self, recording: Recording) -> ConceptSource:
-        """With class labels standing in for concept labels, the one-hot labels of the recorded probe."""
+        """With class labels standing in for concept labels, the labels of the recorded probe: one-hot classes,
+        or each class's concepts (:attr:`class_concepts`)."""
         if not self.labels_from_classes:
             return self
         if recording.labels is None:
             raise UserError("the probe set gives no class labels to use as concepts; give concept labels")
-        labels = np.eye(len(self.names), dtype=bool)[recording.labels.numpy()]
+        table = self.class_concepts if self.class_concepts is not None else np.eye(len(self.names), dtype=bool)
+        labels = table[recording.labels.numpy()]
         return ConceptSource(**{**self.__dict__, "labels_from_classes": False, "labels": labels})
 
 

@@ -36,7 +36,8 @@ def test_builtin_sets():
     imagenet = load_concepts("imagenet")
     assert len(imagenet) == 1000 and len(set(imagenet)) == 1000
     assert imagenet[0] == "tench" and imagenet[207] == "golden retriever"
-    assert set(BUILTINS) == {"synthetic", "mnist", "cifar10", "cifar100", "imagenet"}
+    assert set(BUILTINS) == {"synthetic", "mnist", "cifar10", "cifar100", "imagenet", "places365", "words20k",
+                             "words10k", "words3k"}
 
 
 def test_synthetic_set_matches_dataset_concepts():

@@ -48,7 +48,7 @@ def probe():
     return probe_subset(ConceptShapes(size=600, split="val"), 300, seed=0)
 
 
-def test_one_pass_feeds_invert_clip_and_describe_like_each_labeler_alone(probe, tiny_clip, tmp_path):
+def test_one_pass_feeds_invert_clip_and_captions_like_each_labeler_alone(probe, tiny_clip, tmp_path):
     model = ColourNet().eval()
     clip = lclip.load_clip(f"local-dir:{tiny_clip}")
     concepts = ConceptSource.from_dataset(probe, clip=clip, clip_cache_dir=str(tmp_path))
@@ -56,13 +56,13 @@ def test_one_pass_feeds_invert_clip_and_describe_like_each_labeler_alone(probe, 
                                          for img in images]
     calls = []
     model.conv.register_forward_hook(lambda *a: calls.append(1))
-    result = dissect(model, probe, ["act", "fc"], ["invert", "clip_dissect", "describe"], concepts,
+    result = dissect(model, probe, ["act", "fc"], ["invert", "clip_dissect", "captions"], concepts,
                      DissectOptions(batch_size=100, progress=False, heldout=None))
     assert len(calls) == 3  # one pass of 300 images in batches of 100, whatever the number of methods
     by = {(r.layer, r.method): [] for r in result.table}
     for r in result.table:
         by[(r.layer, r.method)].append(r)
-    assert set(by) == {(ly, m) for ly in ("act", "fc") for m in ("invert", "clip_dissect", "describe")}
+    assert set(by) == {(ly, m) for ly in ("act", "fc") for m in ("invert", "clip_dissect", "captions")}
 
     acts = result.recording.acts["act"]
     alone = invert.label_units(acts, torch.from_numpy(probe.concept_matrix()), probe.concept_names)
@@ -75,7 +75,7 @@ def test_one_pass_feeds_invert_clip_and_describe_like_each_labeler_alone(probe, 
     got = by[("act", "clip_dissect")]
     assert [r.label for r in got] == [r["label"] for r in dense]
     assert [r.score for r in got] == pytest.approx([r["score"] for r in dense], abs=1e-5)
-    assert all(r.label for r in by[("act", "describe")])
+    assert all(r.label for r in by[("act", "captions")])
 
 
 def test_pca_directions_and_iou_rows(probe):

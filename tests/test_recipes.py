@@ -79,7 +79,7 @@ def test_places365_clip_concepts_are_the_probes_class_names(folder, tmp_path):
 def test_class_concepts_need_a_probe_with_classes(tmp_path):
     cfg = load_config("default", ["dissection.concepts=classes", "dissection.methods=[clip_dissect]",
                                   "data.val_size=32", "dissection.probe_size=16"])
-    with pytest.raises(UserError, match="dissection.concepts=classes needs a probe set with classes"):
+    with pytest.raises(UserError, match="concept set .classes. takes the probe set.s class names, but this probe set has none"):
         DissectionCallback.from_config(cfg.dissection, train_script.build_datamodule(cfg), tmp_path)
 
 

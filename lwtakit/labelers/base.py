@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 import torch
 
 from lwtakit.errors import UserError
+from lwtakit.labelers.configs import RENAMED
 from lwtakit.labels import LabelRow, optional_float
 
 # What a labeler can need (Labeler.needs).
@@ -143,7 +144,7 @@ _HOW = {
     CLIP: "CLIP weights and a concept set: analyze.py --clip-pretrained (a tag, a weights file, or local-dir:FOLDER) "
           "and --concepts; train.py dissection.clip.pretrained=... and dissection.concepts=...",
     CAPTIONER: "CLIP weights and a captioning model: --clip-pretrained (train.py: dissection.clip.pretrained) and the "
-               "CoCa model (pip install -e '.[describe]')",
+               "CoCa model (pip install -e '.[captions]')",
     MASKS: "per-pixel concept masks; use the synthetic probe set",
 }
 
@@ -169,6 +170,8 @@ def labeler_names() -> list[str]:
 def create_labeler(name: str, config: Any = None, **overrides: Any) -> Labeler:
     """The labeler registered as ``name`` with ``config`` (its config dataclass; default: its defaults)."""
     _load_builtins()
+    if name in RENAMED:
+        raise UserError(RENAMED[name])
     if name not in _REGISTRY:
         raise UserError(f"unknown dissection method '{name}'; choose from {', '.join(_REGISTRY)}")
     return _REGISTRY[name](config, **overrides)
@@ -176,7 +179,7 @@ def create_labeler(name: str, config: Any = None, **overrides: Any) -> Labeler:
 
 def create_labelers(names, settings: Any = None) -> list[Labeler]:
     """Labelers by name, each with its config from ``settings.<name>`` when there is one (e.g. the
-    ``dissection`` config group, whose ``invert``, ``clip_dissect``, ``iou`` and ``describe`` entries hold the
+    ``dissection`` config group, whose ``invert``, ``clip_dissect``, ``iou`` and ``captions`` entries hold the
     built-in labelers' settings); a :class:`Labeler` instance is taken as it is."""
     from lwtakit.labelers.configs import as_config
 
@@ -195,4 +198,4 @@ def create_labelers(names, settings: Any = None) -> list[Labeler]:
 
 def _load_builtins() -> None:
     # Importing the modules registers the built-in labelers; lazily, so that the registry costs no import time.
-    from lwtakit.labelers import clip_dissect, describe, invert, iou  # noqa: F401
+    from lwtakit.labelers import captions, clip_dissect, invert, iou  # noqa: F401

@@ -18,6 +18,10 @@ SIMILARITIES = ("soft_wpmi", "wpmi", "rank_reorder", "cos", "cos_cubed")
 # Mann-Whitney alternatives of an INVERT label's p-value: "greater" asks whether the unit detects the concept
 # (ours); "two-sided" is the reference implementation's default (twice the one-sided p when AUC > 0.5).
 ALTERNATIVES = ("greater", "two-sided")
+# Labelers that were renamed: the old name is an error that says the new one and why.
+RENAMED = {"describe": "method 'describe' is now 'captions': it labels units with phrases from captions of their "
+                       "top images, which is not Describe-and-Dissect (no crops, no summaries, no generated images); "
+                       "use --methods captions (config: dissection.methods=[captions], dissection.captions)"}
 
 
 @dataclass
@@ -103,7 +107,7 @@ class IoUConfig:
 
 
 @dataclass
-class DescribeConfig:
+class CaptionsConfig:
     """Captions of each unit's ``n_images`` top images (captioned ``caption_batch`` at a time) turned into up to
     ``max_candidates`` phrases of at most ``max_words`` words, rescored by the CLIP-Dissect ``similarity``."""
 
@@ -116,7 +120,7 @@ class DescribeConfig:
     def __post_init__(self) -> None:
         _check_similarity(self.similarity)
         if min(self.n_images, self.max_candidates, self.max_words, self.caption_batch) < 1:
-            raise UserError("describe needs n_images, max_candidates, max_words and caption_batch >= 1")
+            raise UserError("captions needs n_images, max_candidates, max_words and caption_batch >= 1")
 
 
 def _check_similarity(name: str) -> None:

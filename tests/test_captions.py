@@ -1,4 +1,4 @@
-"""Describe labeler: phrase extraction, captioning once per image, CLIP-Dissect rescoring, CoCa wiring."""
+"""Captions labeler: phrase extraction, captioning once per image, CLIP-Dissect rescoring, CoCa wiring."""
 
 import open_clip
 import pytest
@@ -6,7 +6,7 @@ import torch
 
 from lwtakit import clip as lclip
 from lwtakit.errors import UserError
-from lwtakit.labelers import clip_dissect, describe
+from lwtakit.labelers import captions, clip_dissect
 
 TINY_CLIP = {
     "embed_dim": 16,
@@ -62,17 +62,17 @@ class ColourCaptioner:
 
 def test_phrases_of_drops_stop_and_template_words():
     caption = "<start_of_text>A close-up photo of a red car parked on the street, at night.<end_of_text>junk"
-    assert describe.clean_caption(caption) == "a close-up photo of a red car parked on the street, at night."
-    assert describe.phrases_of(caption) == [
+    assert captions.clean_caption(caption) == "a close-up photo of a red car parked on the street, at night."
+    assert captions.phrases_of(caption) == [
         "red", "car", "parked", "red car", "car parked", "red car parked", "street", "night"]
-    assert describe.phrases_of(caption, max_words=1) == ["red", "car", "parked", "street", "night"]
+    assert captions.phrases_of(caption, max_words=1) == ["red", "car", "parked", "street", "night"]
 
 
 def test_candidate_phrases_counts_once_per_caption():
     caps = ["a dog on a dog bed", "a dog in the grass", "green grass"]
-    cands = dict(describe.candidate_phrases(caps))
+    cands = dict(captions.candidate_phrases(caps))
     assert cands["dog"] == 2 and cands["grass"] == 2 and cands["dog bed"] == 1 and cands["green grass"] == 1
-    ranked = describe.candidate_phrases(caps, max_candidates=2)
+    ranked = captions.candidate_phrases(caps, max_candidates=2)
     assert [p for p, _ in ranked] == ["dog", "grass"]
 
 
@@ -83,7 +83,7 @@ def test_label_units_rescoring_matches_independent_clip_dissect(clip):
     acts = torch.stack([(colour == c).float() for c in range(3)] + [torch.ones(len(colour))], 1)
     acts = acts + 0.1 * torch.rand(acts.shape, generator=g)
     captioner = ColourCaptioner()
-    rows = describe.label_units(acts, images, clip, captioner, n_images=8, top_k=10, caption_batch=5)
+    rows = captions.label_units(acts, images, clip, captioner, n_images=8, top_k=10, caption_batch=5)
 
     # Each distinct top image captioned exactly once.
     top = torch.topk(acts, 8, dim=0).indices
@@ -91,7 +91,7 @@ def test_label_units_rescoring_matches_independent_clip_dissect(clip):
 
     # Independent recomputation: candidates of each unit from its own captions, P from the real CLIP.
     caps = dict(enumerate(captioner(images)))
-    per_unit = [describe.candidate_phrases([describe.clean_caption(caps[i]) for i in top[:, u].tolist()], 3, 20)
+    per_unit = [captions.candidate_phrases([captions.clean_caption(caps[i]) for i in top[:, u].tolist()], 3, 20)
                 for u in range(4)]
     vocab = list(dict.fromkeys(p for cands in per_unit for p, _ in cands))
     P = clip.encode_images(images) @ clip.encode_texts(vocab).T
@@ -102,8 +102,8 @@ def test_label_units_rescoring_matches_independent_clip_dissect(clip):
         scores = torch.tensor([float(sim[u, vocab.index(p)]) for p in own])
         assert row["label"] == own[int(scores.argmax())]
         assert abs(row["score"] - float(scores.max())) < 1e-5
-        assert row["caption"] == describe.clean_caption(caps[int(top[0, u])])
-        assert row["count"] == sum(row["label"] in describe.phrases_of(caps[i]) for i in top[:, u].tolist())
+        assert row["caption"] == captions.clean_caption(caps[int(top[0, u])])
+        assert row["count"] == sum(row["label"] in captions.phrases_of(caps[i]) for i in top[:, u].tolist())
         if u < 3:  # colour units: every candidate comes from captions of their own colour
             assert all(names[u] in p or p in ("square", "table") for p in own)
             assert set(row["top5"].split("|")) <= set(own)
@@ -112,9 +112,9 @@ def test_label_units_rescoring_matches_independent_clip_dissect(clip):
 def test_bad_caption_function_is_user_error(clip):
     images, colour = _probe(10)
     with pytest.raises(UserError, match="one string per image"):
-        describe.label_units(torch.rand(10, 2), images, clip, lambda x: ["only one"], n_images=3)
+        captions.label_units(torch.rand(10, 2), images, clip, lambda x: ["only one"], n_images=3)
     with pytest.raises(UserError, match="same probe set"):
-        describe.label_units(torch.rand(9, 2), images, clip, ColourCaptioner(), n_images=3)
+        captions.label_units(torch.rand(9, 2), images, clip, ColourCaptioner(), n_images=3)
 
 
 def test_coca_captioner_generate_or_clear_error(tmp_path):
@@ -125,17 +125,40 @@ def test_coca_captioner_generate_or_clear_error(tmp_path):
     assert isinstance(coca.model, open_clip.CoCa)
     emb = coca.encode_images(torch.rand(2, 3, 32, 32))
     assert torch.allclose(emb.norm(dim=1), torch.ones(2), atol=1e-5)
-    captioner = describe.CocaCaptioner(clip=coca, seq_len=8, generation_type="top_k")
+    captioner = captions.CocaCaptioner(clip=coca, seq_len=8, generation_type="top_k")
     images = torch.rand(2, 3, 32, 32)
     if not open_clip.coca_model._has_transformers:
-        with pytest.raises(UserError, match=r"pip install -e \.\[describe\]"):
+        with pytest.raises(UserError, match=r"pip install -e \.\[captions\]"):
             captioner(images)
     else:
-        captions = captioner(images)
-        assert len(captions) == 2 and all(isinstance(c, str) for c in captions)
-        assert not any("end_of_text" in c for c in captions)
+        texts = captioner(images)
+        assert len(texts) == 2 and all(isinstance(c, str) for c in texts)
+        assert not any("end_of_text" in c for c in texts)
 
 
 def test_captioner_rejects_non_coca(clip):
     with pytest.raises(UserError, match="CoCa"):
-        describe.CocaCaptioner(clip=clip)
+        captions.CocaCaptioner(clip=clip)
+
+
+def test_describe_is_now_captions_everywhere_a_user_writes_it():
+    from lwtakit.config import from_dict, load_config, to_dict
+    from lwtakit.labelers.base import create_labelers
+
+    with pytest.raises(UserError, match="method 'describe' is now 'captions'.*not Describe-and-Dissect"):
+        create_labelers(["invert", "describe"])
+    assert [lab.name for lab in create_labelers(["captions"])] == ["captions"]
+    with pytest.raises(UserError) as info:
+        load_config("default", ["dissection.describe.n_images=3"])
+    message = str(info.value)
+    assert "'dissection.describe' is now 'dissection.captions'" in message
+    assert "not Describe-and-Dissect" in message and "\n" not in message
+    # A config stored by an earlier version (a checkpoint's) reads with the method and its section renamed.
+    old = to_dict(load_config("default"))
+    old["dissection"].pop("captions")
+    old["dissection"]["methods"] = ["invert", "describe"]
+    old["dissection"]["describe"] = {"n_images": 3, "similarity": "cos"}
+    cfg = from_dict(old)
+    assert list(cfg.dissection.methods) == ["invert", "captions"]
+    assert cfg.dissection.captions.n_images == 3 and cfg.dissection.captions.similarity == "cos"
+    assert cfg.dissection.captions.max_words == captions.CaptionsConfig().max_words

@@ -1,8 +1,9 @@
-"""Describe: open-vocabulary unit labels from captions of the unit's top images, rescored by CLIP-Dissect.
+"""Captions: open-vocabulary unit labels from captions of the unit's top images, rescored by CLIP-Dissect.
 
-Inspired by Describe-and-Dissect (Bai et al., 2024), which captions a neuron's top-activating images,
-summarises the captions into candidate concepts and ranks the candidates; here every step runs locally
-and deterministically, without a language-model service or generated images:
+Not Describe-and-Dissect (Bai et al., 2024), though it borrows its first idea: DnD augments the probe set with
+crops, captions attention crops of the top images, summarises the captions into candidates with a language
+model and picks the candidate whose generated images the unit responds to most. None of those steps is here;
+every step runs locally and deterministically:
 
 1. take the ``n_images`` most activating probe images of each unit;
 2. caption them with ``caption_fn`` (a callable ``images [B, 3, H, W] -> list[str]``; by default an
@@ -31,7 +32,7 @@ from torch import Tensor
 from lwtakit.errors import UserError
 from lwtakit.labelers import clip_dissect
 from lwtakit.labelers.base import CAPTIONER, Context, Labeler, Target, register_labeler, rows_from_dicts
-from lwtakit.labelers.configs import DescribeConfig
+from lwtakit.labelers.configs import CaptionsConfig
 from lwtakit.labels import LabelRow
 
 CaptionFn = Callable[[Tensor], Sequence[str]]
@@ -117,20 +118,20 @@ def caption_images(images, indices: Sequence[int], caption_fn: CaptionFn, batch_
     return captions
 
 
-def label_units(acts, images, clip, caption_fn: CaptionFn, config: DescribeConfig | None = None, *,
+def label_units(acts, images, clip, caption_fn: CaptionFn, config: CaptionsConfig | None = None, *,
                 image_emb: Tensor | None = None, cache_dir: str | os.PathLike | None = None, **params) -> list[dict]:
-    """Describe labels, one row per unit: ``unit, label, score`` (CLIP-Dissect score of the label by
+    """Caption labels, one row per unit: ``unit, label, score`` (CLIP-Dissect score of the label by
     ``config.similarity``), ``caption`` (caption of the unit's most activating image), ``count`` (how many of the
     unit's ``config.n_images`` captions contain the label) and ``top5`` (best candidates by score, ``|``-joined).
 
     ``images``: the probe set (tensor [N, 3, H, W] in [0, 1] or dataset of ``(image, label)``) that
     ``acts`` [N, C] were recorded on; ``clip``: a :class:`lwtakit.clip.Clip` for the rescoring;
     ``image_emb``: its image embeddings of the probe set if already computed. ``params``: fields of
-    :class:`DescribeConfig` (``n_images=8``) override ``config``; the others go to the similarity function
+    :class:`CaptionsConfig` (``n_images=8``) override ``config``; the others go to the similarity function
     (:func:`lwtakit.labelers.clip_dissect.similarity`, e.g. ``top_k`` or ``chunk_size``).
     """
-    fields = {f.name for f in dataclasses.fields(DescribeConfig)}
-    config = dataclasses.replace(config or DescribeConfig(), **{k: v for k, v in params.items() if k in fields})
+    fields = {f.name for f in dataclasses.fields(CaptionsConfig)}
+    config = dataclasses.replace(config or CaptionsConfig(), **{k: v for k, v in params.items() if k in fields})
     sim_params = {k: v for k, v in params.items() if k not in fields}
     A = torch.as_tensor(acts).detach().float().cpu()
     if A.ndim != 2:
@@ -180,7 +181,7 @@ def _best_candidate(unit: int, cands: list[tuple[str, int]], sims: Tensor, colum
 class CocaCaptioner:
     """Caption images with an open_clip CoCa model (Yu et al., 2022, "CoCa: Contrastive Captioners").
 
-    ``generate`` in open_clip needs ``transformers`` (< 4.56): install it with ``pip install -e .[describe]``.
+    ``generate`` in open_clip needs ``transformers`` (< 4.56): install it with ``pip install -e .[captions]``.
     Weights load through :func:`lwtakit.clip.load_clip` (tag, local file or ``local-dir:``), so the same
     offline rules apply.
     """
@@ -203,7 +204,7 @@ class CocaCaptioner:
 
         if not getattr(coca_model, "_has_transformers", False):
             raise UserError("CoCa captioning needs transformers<4.56, which is not installed; "
-                            "run: pip install -e .[describe]")
+                            "run: pip install -e .[captions]")
         x = self.clip.preprocess(images)
         model = self.clip.model.eval()
         try:
@@ -212,16 +213,16 @@ class CocaCaptioner:
         except (ImportError, AttributeError, TypeError) as exc:
             # Mismatched transformers versions break open_clip's generate with these errors.
             raise UserError(f"CoCa caption generation failed ({type(exc).__name__}: {str(exc)[:120]}); "
-                            "install a compatible transformers: pip install -e .[describe]") from exc
+                            "install a compatible transformers: pip install -e .[captions]") from exc
         return [clean_caption(decode(row)) for row in ids.cpu()]
 
 
 @register_labeler
-class DescribeLabeler(Labeler):
+class CaptionsLabeler(Labeler):
     """Captions of each unit's top images as candidate labels, rescored by a CLIP-Dissect similarity."""
 
-    name = "describe"
-    config_class = DescribeConfig
+    name = "captions"
+    config_class = CaptionsConfig
     needs = frozenset({CAPTIONER})
 
     def label(self, target: Target, ctx: Context) -> list[LabelRow]:
