@@ -11,7 +11,6 @@ from PIL import Image
 import train as train_script
 from callbacks.dissection import DissectionCallback
 from lwtakit.config import load_config
-from lwtakit.errors import UserError
 from lwtakit.io import read_csv
 from lwtakit.lwta import lwta_layers
 
@@ -74,13 +73,6 @@ def test_places365_clip_concepts_are_the_probes_class_names(folder, tmp_path):
     callback = DissectionCallback.from_config(cfg.dissection, train_script.build_datamodule(cfg), tmp_path)
     assert callback.methods == ["clip_dissect"] and callback.choice["fallback"] is None
     assert callback.concepts.clip_concepts == ["airfield", "bamboo forest", "beach"]
-
-
-def test_class_concepts_need_a_probe_with_classes(tmp_path):
-    cfg = load_config("default", ["dissection.concepts=classes", "dissection.methods=[clip_dissect]",
-                                  "data.val_size=32", "dissection.probe_size=16"])
-    with pytest.raises(UserError, match="concept set .classes. takes the probe set.s class names, but this probe set has none"):
-        DissectionCallback.from_config(cfg.dissection, train_script.build_datamodule(cfg), tmp_path)
 
 
 def _smoke(recipe, folder, tmp_path, caplog):
