@@ -7,7 +7,7 @@
     python train.py run_name=my-run overwrite=true   # start runs/my-run again, removing what it holds
 
 A run ends with a summary that starts ``run: <folder>`` (lwtakit/run_summary.py); the folder holds config.yaml,
-checkpoints/last.ckpt, metrics.csv, results.json, the offline W&B run (its id in wandb-id) and (with dissection
+checkpoints/last.ckpt, metrics.csv, results.json, run-id, the offline W&B run (of the same id) and (with dissection
 enabled) labels.csv.
 A folder that already holds a run is refused unless the run resumes it or overwrite=true; .lock keeps a second
 run out while one runs (lwtakit/run_folder.py).
@@ -43,7 +43,7 @@ from lwtakit.config import check_machine, load_config, save_config, to_dict
 from lwtakit.console import quiet_third_party
 from lwtakit.errors import ArgumentParser, UserError
 from lwtakit.io import atomic_write, ensure_writable_dir
-from lwtakit.run_folder import claim, launched_as_rank_zero, release, wandb_run_id
+from lwtakit.run_folder import claim, folder_run_id, launched_as_rank_zero, release
 from lwtakit.run_summary import summary_lines
 
 RUN_DIR_ENV = "LWTAKIT_RUN_DIR"  # shared with ranks that Lightning launches as new processes
@@ -122,10 +122,9 @@ def _start_wandb(cfg: DictConfig, run_dir: Path, offline: bool) -> Logger | None
 
     try:
         # One W&B run per run folder: a resume continues the run its folder started.
-        run_id = wandb_run_id(run_dir)
         logger = WandbLogger(
             save_dir=str(run_dir), project=cfg.wandb.project, entity=cfg.wandb.entity, name=run_dir.name,
-            id=run_id, resume="allow",
+            id=cfg.run_id, resume="allow",
             tags=list(cfg.wandb.tags), config=to_dict(cfg), mode="offline" if offline else "online",
             settings=wandb.Settings(init_timeout=cfg.wandb.init_timeout, silent=True),
         )
@@ -169,6 +168,7 @@ def train(cfg: DictConfig) -> TrainResult:
     os.environ[RUN_DIR_ENV] = str(run_dir)
     finished = False
     try:
+        _set_run_id(cfg, run_dir, owner)
         result = _fit(cfg, run_dir)
         finished = True
         return result
@@ -179,6 +179,15 @@ def train(cfg: DictConfig) -> TrainResult:
             if new_folder and not finished and not any((run_dir / "checkpoints").glob("*.ckpt")):
                 # Nothing to resume: the failed run's folder goes, so the same run_name can simply be run again.
                 shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _set_run_id(cfg: DictConfig, run_dir: Path, owner: bool) -> None:
+    """``cfg.run_id``: the folder's run id (a new one for a new run, made by the folder's owner), which config.yaml,
+    every checkpoint and the W&B run carry."""
+    run_id = folder_run_id(run_dir, create=owner)
+    if cfg.run_id and cfg.run_id != run_id:
+        raise UserError(f"run_id={cfg.run_id} but the run in {run_dir} is {run_id}; run_id is set by train.py, drop it")
+    cfg.run_id = run_id
 
 
 def _fit(cfg: DictConfig, run_dir: Path) -> TrainResult:
@@ -198,7 +207,7 @@ def _fit(cfg: DictConfig, run_dir: Path) -> TrainResult:
         raise UserError(f"checkpoint {ckpt_path} does not exist (config key ckpt_path)")
     if ckpt_path:
         # Before the Trainer exists: a bad file or another architecture fails as one line, not a traceback.
-        resume_step = check_resume(ckpt_path, cfg, module.state_dict())
+        resume_step = check_resume(ckpt_path, cfg, module.state_dict(), run_dir)
     t = cfg.trainer
     trainer = pl.Trainer(
         default_root_dir=str(run_dir), max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices,

@@ -21,6 +21,7 @@ from lwtakit import config as config_lib
 from lwtakit.errors import UserError
 from lwtakit.lwta import LWTAOptions
 from lwtakit.models import ArchOptions, build_model
+from lwtakit.run_folder import check_same_run
 
 CONFIG_KEY = "lwtakit_config"
 _STEP = re.compile(r"step=(\d+)")  # in Lightning's checkpoint names, epoch=1-step=24.ckpt
@@ -35,6 +36,7 @@ class LoadedModel:
     cfg: DictConfig | None = None  # the training config (None for torchvision models)
     img_size: int = 224
     in_chans: int = 3
+    path: Path | None = None  # the checkpoint file (None for torchvision models)
 
     def dataset(self, split: str):
         """The ``split`` of the data set the checkpoint was trained on (from its stored config)."""
@@ -78,12 +80,16 @@ def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:
     return ckpt
 
 
-def check_resume(path: str | Path, cfg: DictConfig, expected: dict[str, torch.Tensor]) -> int:
-    """Check that the checkpoint at ``path`` can resume the run ``cfg`` describes, whose module has the state
-    ``expected``: readable, of the same architecture and with weights of the same shapes (Lightning would load an
-    LWTA checkpoint into a dense network of equal shapes without a word). Returns its global step."""
+def check_resume(path: str | Path, cfg: DictConfig, expected: dict[str, torch.Tensor], run_dir: Path) -> int:
+    """Check that the checkpoint at ``path`` can resume the run ``cfg`` describes in ``run_dir``, whose module has
+    the state ``expected``: readable, of the same architecture and with weights of the same shapes (Lightning would
+    load an LWTA checkpoint into a dense network of equal shapes without a word), and, when it lies in ``run_dir``,
+    of that folder's run. Returns its global step."""
     ckpt = read_checkpoint(path)
-    stored = config_lib.from_dict(ckpt[CONFIG_KEY]).model
+    stored_cfg = config_lib.from_dict(ckpt[CONFIG_KEY])
+    if Path(run_dir).resolve() in Path(path).resolve().parents:
+        check_same_run(Path(run_dir), Path(path), stored_cfg.run_id)
+    stored = stored_cfg.model
     diff = [f"model.{k} {stored[k]} in the checkpoint, {cfg.model[k]} in the config" for k in ARCH_KEYS
             if stored[k] != cfg.model[k]]
     state = ckpt["state_dict"]
@@ -120,7 +126,7 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> LoadedModel:
     model.load_state_dict(state)
     model.eval()
     class_names = list(hp.get("class_names") or [str(i) for i in range(num_classes)])
-    return LoadedModel(model, f"{cfg.experiment}:{path.name}", class_names, cfg, cfg.data.img_size, in_chans)
+    return LoadedModel(model, f"{cfg.experiment}:{path.name}", class_names, cfg, cfg.data.img_size, in_chans, path)
 
 
 def checkpoint_step(path: str | os.PathLike) -> int | None:
@@ -177,11 +183,22 @@ def resolve_run(spec: str) -> tuple[Path | None, Path]:
     raise UserError(f"checkpoint {spec} does not exist; give a .ckpt written by train.py or its run folder")
 
 
+def load_run(spec: str) -> tuple[Path | None, LoadedModel]:
+    """(run folder or None, network) of a ``train.py`` run folder or checkpoint path (:func:`resolve_run`); a
+    checkpoint inside a run folder must belong to that folder's run (:func:`check_same_run`)."""
+    run_dir, ckpt = resolve_run(spec)
+    loaded = load_checkpoint(ckpt)
+    folder = run_dir or ckpt.resolve().parent.parent
+    if (folder / "checkpoints").is_dir() and loaded.cfg is not None:
+        check_same_run(folder, ckpt, loaded.cfg.run_id)
+    return run_dir, loaded
+
+
 def load_model(spec: str) -> LoadedModel:
     """``torchvision:NAME`` (ImageNet weights; torchvision downloads them when online), a checkpoint path or a
     ``train.py`` run folder (its ``checkpoints/last.ckpt``)."""
     if not spec.startswith("torchvision:"):
-        return load_checkpoint(resolve_run(spec)[1])
+        return load_run(spec)[1]
     import torchvision
 
     name = spec.split(":", 1)[1]

@@ -16,7 +16,7 @@ import numpy as np
 from torch import nn
 
 from lwtakit.analysis import run_history
-from lwtakit.checkpoint import load_checkpoint, resolve_run
+from lwtakit.checkpoint import load_run
 from lwtakit.data import probe_subset
 from lwtakit.dissect import ConceptSource, DissectOptions, dissect, record
 from lwtakit.errors import UserError
@@ -64,8 +64,8 @@ def summarize_run(spec: str, probe_size: int = 1000, eval_size: int = 1000, seed
     from lwtakit.models import default_layers
     from lwtakit.report import RunSummary
 
-    run_dir, ckpt = resolve_run(spec)
-    loaded = load_checkpoint(ckpt)
+    run_dir, loaded = load_run(spec)
+    ckpt = loaded.path
     model, cfg = loaded.model.to(device), loaded.cfg
     has_lwta = bool(lwta_layers(model))
     modes = ["sample", "argmax", "mc"] if has_lwta else ["dense"]

@@ -175,6 +175,7 @@ class Config:
     run_name: str | None = None  # default: <experiment>-<timestamp>
     ckpt_path: str | None = None  # resume: "last", or a checkpoint path
     overwrite: bool = False  # start clean in a run folder that already holds a run (removes its files first)
+    run_id: str | None = None  # set by train.py: the id of the run folder's run (its run-id file), also the W&B id
     logger: str = "wandb"  # wandb (also writes CSV) | csv | none
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)

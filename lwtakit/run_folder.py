@@ -3,8 +3,9 @@
 A run claims its folder by creating ``.lock`` (exclusively, holding its pid and host); the lock is removed when
 the run ends. A lock left by a process that no longer runs on this host (a killed run) is taken over with a note.
 A folder that already holds files is refused unless the run resumes it (``ckpt_path=last`` or a checkpoint inside
-it) or ``overwrite=true`` asks for a clean start, which first removes the folder's contents. The folder also keeps
-its W&B run id (``wandb-id``), so that a resume continues the same W&B run.
+it) or ``overwrite=true`` asks for a clean start, which first removes the folder's contents. The folder's run has an
+id (file ``run-id``), also stored in config.yaml and every checkpoint and used as the W&B run id, so that a resume
+continues the same W&B run and dissect/compare can tell a folder that mixes two runs (:func:`check_same_run`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from lwtakit.errors import UserError
 from lwtakit.io import atomic_write
 
 LOCK_NAME = ".lock"
-WANDB_ID_NAME = "wandb-id"
+RUN_ID_NAME = "run-id"  # the run's id: in config.yaml and every checkpoint too, and its W&B run id
+LEGACY_WANDB_ID_NAME = "wandb-id"  # where earlier versions kept the W&B id
 # Environment variables that carry a process's rank in a multi-process launch (Lightning's subprocess launcher,
 # torchrun, SLURM); the process whose ranks are all 0 (or unset) owns the run folder.
 RANK_ENV = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
@@ -136,15 +138,39 @@ def release(lock: Path) -> None:
             lock.unlink()
 
 
-def wandb_run_id(run_dir: Path) -> str:
-    """The W&B run id of ``run_dir``: the one stored there, else a new one (8 characters of [a-z0-9], as W&B makes
-    them), stored for the run's resumes."""
-    path = run_dir / WANDB_ID_NAME
-    if path.is_file():
-        stored = path.read_text(encoding="utf-8").strip()
-        if stored:
+def folder_run_id(run_dir: Path, create: bool = False) -> str | None:
+    """The id of the run ``run_dir`` holds (its ``run-id`` file; ``wandb-id`` in folders of earlier versions), or
+    with ``create`` a new one (8 characters of [a-z0-9], as W&B makes them) stored there; else None."""
+    for name in (RUN_ID_NAME, LEGACY_WANDB_ID_NAME):
+        path = run_dir / name
+        if path.is_file() and (stored := path.read_text(encoding="utf-8").strip()):
             return stored
+    if not create:
+        return None
     new_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
-    with atomic_write(path, encoding="utf-8") as fh:
+    with atomic_write(run_dir / RUN_ID_NAME, encoding="utf-8") as fh:
         fh.write(new_id + "\n")
     return new_id
+
+
+def check_same_run(run_dir: Path, checkpoint: Path, checkpoint_run_id: str | None) -> None:
+    """Check that the checkpoint, ``config.yaml`` and the ``run-id`` file of ``run_dir`` belong to one run (files
+    of an earlier version carry no id and are not checked); a mix is a :class:`UserError` naming the ids."""
+    ids = {"run-id": folder_run_id(run_dir), checkpoint.name: checkpoint_run_id, "config.yaml": _config_run_id(run_dir)}
+    known = {where: rid for where, rid in ids.items() if rid}
+    if len(set(known.values())) > 1:
+        found = ", ".join(f"{where} says {rid}" for where, rid in known.items())
+        raise UserError(f"run folder {run_dir} mixes files of different runs ({found}); use the run's own folder, or "
+                        "train again with overwrite=true")
+
+
+def _config_run_id(run_dir: Path) -> str | None:
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return None
+    from omegaconf import OmegaConf
+
+    try:
+        return OmegaConf.load(path).get("run_id")
+    except Exception:  # noqa: BLE001 - an unreadable config.yaml says nothing about the run
+        return None

@@ -3,12 +3,14 @@ resume continues the folder's metrics history and W&B run."""
 
 import csv
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
 
 import pytest
+import torch
 
 import train as train_script
 from lwtakit import run_folder
@@ -223,7 +225,38 @@ def test_resume_continues_the_folders_wandb_run(straight_and_resumed):
     resumed = straight_and_resumed[1]
     offline = sorted((resumed / "wandb").glob("offline-run-*"))
     assert len(offline) == 2, offline
-    stored = (resumed / run_folder.WANDB_ID_NAME).read_text().strip()
+    stored = (resumed / run_folder.RUN_ID_NAME).read_text().strip()
     assert {path.name.rsplit("-", 1)[1] for path in offline} == {stored}
     straight = straight_and_resumed[0]
-    assert (straight / run_folder.WANDB_ID_NAME).read_text().strip() != stored  # one id per folder
+    assert (straight / run_folder.RUN_ID_NAME).read_text().strip() != stored  # one id per folder
+
+
+def test_every_file_of_a_folder_carries_its_run_id(straight_and_resumed):
+    from omegaconf import OmegaConf
+
+    run = straight_and_resumed[1]
+    run_id = (run / run_folder.RUN_ID_NAME).read_text().strip()
+    assert OmegaConf.load(run / "config.yaml").run_id == run_id
+    for ckpt in (run / "checkpoints").glob("*.ckpt"):
+        assert torch.load(ckpt, weights_only=True)["lwtakit_config"]["run_id"] == run_id
+
+
+def test_a_folder_holding_another_runs_checkpoint_is_refused_by_dissect_compare_explain_and_resume(
+        straight_and_resumed, tmp_path, capsys):
+    """The checkpoint of one run copied into another's folder: every command that reads the folder says so in
+    one line, before any work."""
+    from lwtakit.checkpoint import load_run
+    from lwtakit.errors import UserError
+
+    straight, resumed = straight_and_resumed
+    mixed = tmp_path / "mixed"
+    shutil.copytree(resumed, mixed, symlinks=True)
+    last = mixed / "checkpoints" / "last.ckpt"
+    target = last.resolve()
+    target.write_bytes((straight / "checkpoints" / "last.ckpt").read_bytes())
+    with pytest.raises(UserError, match="mixes files of different runs"):
+        load_run(str(mixed))
+    code, err = run_main([f"run_dir={tmp_path}", "run_name=mixed", *TINY, "trainer.max_epochs=3", "ckpt_path=last"],
+                         capsys)
+    one_error(err, "mixes files of different runs")
+    assert code == 2
