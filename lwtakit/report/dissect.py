@@ -103,8 +103,7 @@ class _Layer:
     pole: str  # "+" / "-" for a "<layer>#pca+" / "<layer>#pca-" pseudo-layer (principal directions), else ""
     dead: int | None = None  # units that never fire
     median_firing: float | None = None
-    base: str = ""  # the layer whose directions these are
-    only_here: list[tuple[str, list[str]]] = field(default_factory=list)  # per method: labels no unit of base has
+    note: str = ""  # a pole of directions: what directions are, and the labels they find that no unit gets
 
     @property
     def is_pca(self) -> bool:
@@ -194,7 +193,7 @@ def _layer(name: str, info: LayerInfo | None, rows: Sequence[Row], anchor: str) 
                               [(m, m.by_unit.get((is_name, u))) for m in methods], u in top))
     pole = pca_pole(name)
     layer = _Layer(name, anchor, info, firing, methods, units, _cards(top, methods, firing),
-                   "" if pole is None else name[-1], base="" if pole is None else pole[0])
+                   "" if pole is None else name[-1])
     if firing is not None:
         layer.dead = int((firing <= 0).sum())
         if firing.size:
@@ -248,17 +247,31 @@ def _credible(row: Row) -> bool:
 
 
 def _only_directions(rows: Sequence[Row], unit_rows: Sequence[Row]) -> list[tuple[str, list[str]]]:
-    """Per method, the credible labels (:func:`_credible`) of these direction rows that no unit of the layer got
-    from the same method: what directions find and single units miss (Dey et al. 2020)."""
+    """Per method, the credible labels (:func:`_credible`) of these direction rows that no unit of the layer has as
+    a credible label from the same method: what directions find and single units miss (Dey et al. 2020)."""
     unit_labels: dict[str, set[str]] = {}
     for r in unit_rows:
-        unit_labels.setdefault(str(r.get("method", "")), set()).add(str(r.get("label", "")))
+        if _credible(r):
+            unit_labels.setdefault(str(r.get("method", "")), set()).add(str(r.get("label", "")))
     found: dict[str, set[str]] = {}
     for r in rows:
         method, label = str(r.get("method", "")), str(r.get("label", ""))
         if label and _credible(r) and label not in unit_labels.get(method, set()):
             found.setdefault(method, set()).add(label)
     return [(method, sorted(labels)) for method, labels in found.items()]
+
+
+def _directions_note(base: str, pole: str, rows: Sequence[Row], unit_rows: Sequence[Row]) -> str:
+    """The text above a pole of principal directions: what they are, and :func:`_only_directions`."""
+    side = "the projection" if pole == "+" else "the projection negated"
+    found = "; ".join(f"{method}: {', '.join(labels)}" for method, labels in _only_directions(rows, unit_rows))
+    found = (f"Labels these directions find that no unit of {base} gets from the same method (INVERT: p < "
+             f"{SIGNIFICANT_P:g}; IoU > {INTERPRETABLE_IOU:g}): {found}." if found else
+             "Every credible label here is also some unit's label.")
+    return (f"Principal directions of {base} (Dey et al. 2020): the eigenvectors of the covariance of its channel "
+            "vectors over every probe image and spatial position, by decreasing variance. Each direction has two "
+            f"poles, labelled separately: this section is the {pole} pole, whose images score highest on {side}. "
+            f"A direction mixes units, so it can detect what no single unit does. {found}")
 
 
 @dataclass
@@ -302,8 +315,9 @@ def dissection_report(out_dir: str | os.PathLike, *, title: str, rows: Sequence[
     figs = _plots(rows, layers, sec.completeness, sec.drift)
     views = [_layer(n, infos.get(n), rows_by_layer.get(n, []), anchors[n]) for n in order]
     for view in views:
-        if view.is_pca:
-            view.only_here = _only_directions(rows_by_layer.get(view.name, []), rows_by_layer.get(view.base, []))
+        if (pole := pca_pole(view.name)) is not None:
+            view.note = _directions_note(pole[0], view.pole, rows_by_layer.get(view.name, []),
+                                         rows_by_layer.get(pole[0], []))
     nav = [("meta", "run")] * bool(sec.meta) + [("evaluation", "evaluation")] * bool(sec.evaluation)
     nav += [("heldout", "held-out")] * bool(sec.heldout)
     nav += [("overview", "layers")] + [("plots", "plots")] * bool(figs.figures)
