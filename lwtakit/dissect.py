@@ -96,7 +96,8 @@ MODES = ("mc", "sample", "argmax")
 
 @dataclass
 class DissectOptions:
-    """How one dissection runs: ``pca_components`` principal directions labelled per layer besides its units,
+    """How one dissection runs: ``pca_components`` principal directions (fitted per position, both poles labelled)
+    per layer besides its units,
     ``topk`` top images kept per unit, the probe ``batch_size``, the ``device`` and a progress bar.
 
     ``mode``: which function of an LWTA network is dissected. ``mc`` (default) records the activation averaged
