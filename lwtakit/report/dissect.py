@@ -268,8 +268,9 @@ def _directions_note(base: str, pole: str, rows: Sequence[Row], unit_rows: Seque
     found = (f"Labels these directions find that no unit of {base} gets from the same method (INVERT: p < "
              f"{SIGNIFICANT_P:g}; IoU > {INTERPRETABLE_IOU:g}): {found}." if found else
              "Every credible label here is also some unit's label.")
-    return (f"Principal directions of {base} (Dey et al. 2020): the eigenvectors of the covariance of its channel "
-            "vectors over every probe image and spatial position, by decreasing variance. Each direction has two "
+    return (f"Principal directions of {base} (Dey et al. 2020): the eigenvectors of the covariance of its output "
+            "vectors over the probe images (a conv layer's channel vector at every spatial position), by decreasing "
+            "variance. Each direction has two "
             f"poles, labelled separately: this section is the {pole} pole, whose images score highest on {side}. "
             f"A direction mixes units, so it can detect what no single unit does. {found}")
 
