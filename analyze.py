@@ -431,7 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "for final-layer evaluation; the removed count is printed")
     d.add_argument("--hierarchy", metavar="FILE", help=HIERARCHY_HELP)
     d.add_argument("--pca", type=int_at_least(0), default=0,
-                   help="also label the top-k principal directions; completeness")
+                   help="also label both poles of the top-k principal directions (conv layers: fitted per "
+                        "position, Dey et al. 2020) and add completeness curves")
     _add_invert_flags(d)
     d.add_argument("--clip-model", default="ViT-B-16")
     d.add_argument("--clip-pretrained", help="open_clip tag (online), weights file, or local-dir:FOLDER")

@@ -152,36 +152,46 @@ def _sanity(result: DissectionResult, concepts: ConceptSource, request: DissectR
 
 def completeness_curves(model, probe, layers: list[str], result: DissectionResult,
                         request: DissectRequest) -> dict[str, dict[str, Any]]:
-    """Dey et al. 2020: variance explained and accuracy under ablation, top-k PCs vs top-k neurons."""
+    """Dey et al. 2020: variance explained and accuracy under ablation, top-k PCs vs top-k neurons, both bases
+    from the dissection's per-position moments (conv layers: every image x position of the explanation images);
+    the ablation accuracy is measured on the whole probe set, with a progress bar over the k values."""
     from lwtakit.labelers.pca import ablation_curve, variance_curves
     from lwtakit.labelers.run_options import RunOptions
 
-    run = RunOptions(batch_size=request.options.batch_size, device=request.options.device, seed=request.seed)
+    run = RunOptions(batch_size=request.options.batch_size, device=request.options.device, seed=request.seed,
+                     progress=request.options.progress)
     curves = {}
     for layer in layers:
-        acts = result.recording.acts[layer]
-        v = variance_curves(acts)
+        moments = result.moments[layer]
+        v = variance_curves(moments)
         entry = {"k": v["k"].tolist(), "pca_variance": v["pca"].tolist(), "neuron_variance": v["neurons"].tolist()}
         if result.recording.labels is not None:
-            C = acts.shape[1]
+            C = moments.num_units
             ks = sorted({0, *[int(round(C * f)) for f in (0.05, 0.1, 0.25, 0.5, 0.75)], C})
             entry["k_ablation"] = ks
             for basis, key in (("pca", "pca_ablation_acc"), ("neurons", "neuron_ablation_acc")):
-                entry[key] = ablation_curve(model, layer, probe, basis, ks, acts=acts, run=run)
+                entry[key] = ablation_curve(model, layer, probe, basis, ks, acts=moments, run=run)
         curves[layer] = entry
     return curves
 
 
 def layer_infos(result: DissectionResult, probe, request: DissectRequest) -> list:
-    """Per layer: units, measured active fraction, firing rates and the top images of its best units."""
+    """Per layer: units, measured active fraction, firing rates and the top images of its best units; per pole of
+    its principal directions (``<layer>#pca+`` / ``-``): the top images of its best directions."""
+    from lwtakit.labels import PCA_SUFFIX, POLES, pca_pole
     from lwtakit.report import LayerInfo
 
     infos = []
-    for layer in request.layers:
-        firing = result.recording.firing[layer].numpy()
+    poles = [layer + PCA_SUFFIX + pole for layer in result.directions for pole in POLES]
+    for layer in [*request.layers, *poles]:
         units = [u for u, _ in result.table.best_units(layer, request.grid_units or None)]
         top = {u: torch.stack([probe[i][0] for i in result.top_images(layer, u, request.options.topk)])
                for u in units}
+        pole = pca_pole(layer)
+        if pole is not None:  # a pole of directions: no firing rates
+            infos.append(LayerInfo(name=layer, units=len(result.directions[pole[0]].components), top_images=top))
+            continue
+        firing = result.recording.firing[layer].numpy()
         infos.append(LayerInfo(name=layer, units=len(firing), active_fraction=float(firing.mean()), firing=firing,
                                top_images=top))
     return infos

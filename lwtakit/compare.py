@@ -82,14 +82,14 @@ def summarize_run(spec: str, probe_size: int = 1000, eval_size: int = 1000, seed
     # the network as it is evaluated (mc: the mean of seeded stochastic passes); labels held out
     opts = DissectOptions(batch_size=256, device=device, progress=False, heldout=HeldOutOptions(seed=seed))
     with fork_rng(seed):  # sparsity and completeness need every activation layer, the labels only `labelled`
-        rec = record(model, probe, list(dict.fromkeys(act_layers + labelled)), opts)
+        rec = record(model, probe, list(dict.fromkeys(act_layers + labelled)), opts, moments=True)
         table = dissect(model, probe, labelled, ["invert"], ConceptSource.from_dataset(probe), opts,
                         recording=rec).table
     quality, layer_stats = label_quality(table, loaded.class_names, probe)
     interpretability, unit_values = interpretability_of(table, seed)
     stability = None if history is None else training_stability(history, layer_stats)
     explained = act_layers[-1]
-    v = variance_curves(rec.acts[explained])
+    v = variance_curves(rec.moments[explained])  # per position, as Dey et al. (2020) fit conv layers
     completeness = {explained: {"k": v["k"].tolist(), "pca_variance": v["pca"].tolist(),
                                 "neuron_variance": v["neurons"].tolist()}}
     active_counts = rec.active_per_image[explained].numpy()

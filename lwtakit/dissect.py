@@ -11,6 +11,12 @@ layer's units, and optionally its principal directions (Dey et al. 2020), to eac
 - ``captions``: captions of each unit's top images (an open_clip CoCa model) turned into candidate phrases and
   rescored with the CLIP-Dissect score (not Describe-and-Dissect, 2024: no crops, summaries or generated images).
 
+Principal directions (``options.pca_components``) are fitted per position on conv layers, as Dey et al. do: the
+covariance of the channel vectors over every (image, position) pair of the explanation images, accumulated in a
+streaming pass (:class:`lwtakit.stats.Moments`). Both poles of a direction are labelled, as the rows of two
+pseudo-layers ``<layer>#pca+`` (the projection) and ``<layer>#pca-`` (the projection negated), so a direction
+whose concept lies on its negative side is found too.
+
 The result is a :class:`~lwtakit.labels.LabelTable` of typed rows. Framework-free: Lightning wires this into
 training, it does not reimplement it.
 """
@@ -33,11 +39,10 @@ from lwtakit.evaluation.assess import assess
 from lwtakit.evaluation.options import HeldOutOptions
 from lwtakit.evaluation.split import ProbeSplit, split_probe
 from lwtakit.labelers.base import CAPTIONER, CLIP, Context, Labeler, Target, create_labelers
-from lwtakit.labels import LabelTable
+from lwtakit.labels import PCA_SUFFIX, POLES, LabelTable, pca_pole
 from lwtakit.lwta import lwta_inference, lwta_layers
 from lwtakit.recording import Recording, RecordOptions, record_activations
-
-PCA_SUFFIX = "#pca"
+from lwtakit.stats import Moments
 
 
 @dataclass
@@ -110,7 +115,8 @@ MODES = ("mc", "sample", "argmax")
 
 @dataclass
 class DissectOptions:
-    """How one dissection runs: ``pca_components`` principal directions labelled per layer besides its units,
+    """How one dissection runs: ``pca_components`` principal directions (fitted per position, both poles labelled)
+    per layer besides its units,
     ``topk`` top images kept per unit, the probe ``batch_size``, the ``device`` and a progress bar.
 
     ``mode``: which function of an LWTA network is dissected. ``mc`` (default) records the activation averaged
@@ -140,16 +146,26 @@ class DissectOptions:
 @dataclass
 class DissectionResult:
     """The labels, the recording they came from (whole probe set), seconds per stage, the LWTA ``mode`` the
-    network was dissected in (None: no LWTA layers or their own mode) and the held-out ``split`` (None: none)."""
+    network was dissected in (None: no LWTA layers or their own mode), the held-out ``split`` (None: none) and,
+    with principal directions, each layer's per-position ``moments`` (explanation images) and the ``directions``
+    labelled (:class:`lwtakit.labelers.pca.PCA`, top ``pca_components``)."""
 
     table: LabelTable
     recording: Recording
     seconds: dict[str, float] = field(default_factory=dict)
     mode: str | None = None
     split: ProbeSplit | None = None
+    moments: dict[str, Moments] = field(default_factory=dict)
+    directions: dict[str, Any] = field(default_factory=dict)
 
     def top_images(self, layer: str, unit: int, k: int = 8) -> list[int]:
-        """Probe indices of the unit's ``k`` most activating images (from the streaming top-k)."""
+        """Probe indices of the unit's ``k`` most activating images (from the streaming top-k); for a direction
+        pole (``<layer>#pca+`` / ``-``), of the ``k`` images with the largest (signed) projection."""
+        pole = pca_pole(layer)
+        if pole is not None:
+            base, sign = pole
+            scores = sign * self.directions[base].project(self.recording.acts[base])[:, unit]
+            return [int(i) for i in torch.argsort(scores, descending=True, stable=True)[:k]]
         stats = self.recording.stats[layer].compute()
         return [int(i) for i in stats["top_indices"][unit][:k] if int(i) >= 0]
 
@@ -188,12 +204,16 @@ def dissect(model: nn.Module, probe, layers: Sequence[str], labelers: Sequence[s
         if missing:
             raise ValueError(f"the given recording lacks layers {missing}")
         seconds["record"] = time.perf_counter() - t
+        t = time.perf_counter()
+        moments, directions = _fit_directions(model, probe, layers, options, split)
+        if directions:
+            seconds["pca_fit"] = time.perf_counter() - t
         ctx = _context(model, probe, rec, concepts, options, split)
         if any(CLIP in labeler.needs or CAPTIONER in labeler.needs for labeler in labelers):
             t = time.perf_counter()
             ctx.clip_embeddings()
             seconds["clip_embed"] = time.perf_counter() - t
-        targets = [target for layer in layers for target in _targets(layer, rec, options.pca_components, split)]
+        targets = [target for layer in layers for target in _targets(layer, rec, directions.get(layer), split)]
         for target in targets:
             for labeler in labelers:
                 if labeler.applies_to(target):
@@ -206,18 +226,34 @@ def dissect(model: nn.Module, probe, layers: Sequence[str], labelers: Sequence[s
         t = time.perf_counter()
         _assess(table, targets, concepts.resolved(rec), split, options.heldout)
         seconds["heldout"] = time.perf_counter() - t
-    return DissectionResult(table=table, recording=rec, seconds=seconds, mode=mode, split=split)
+    return DissectionResult(table=table, recording=rec, seconds=seconds, mode=mode, split=split, moments=moments,
+                            directions=directions)
 
 
-def record(model: nn.Module, probe, layers: Sequence[str], options: DissectOptions) -> Recording:
+def record(model: nn.Module, probe, layers: Sequence[str], options: DissectOptions, *,
+           moments: bool = False) -> Recording:
     """One pass over the probe set recording ``layers`` of the network in ``options.mode`` (mc: each batch's
     ``options.passes`` sampled passes averaged); what :func:`dissect` labels, also for callers that record more
-    layers than they label (``compare``)."""
+    layers than they label (``compare``). ``moments``: also the per-position :class:`Moments` of each layer."""
     mode = _mode(model, options)
     with lwta_inference(model, "sample" if mode == "mc" else mode):
         return record_activations(model, probe, list(layers), RecordOptions(
             batch_size=options.batch_size, topk=options.topk, device=options.device, progress=options.progress,
-            passes=options.passes if mode == "mc" else 1))
+            passes=options.passes if mode == "mc" else 1, moments=moments))
+
+
+def _fit_directions(model: nn.Module, probe, layers: Sequence[str], options: DissectOptions,
+                    split: ProbeSplit | None) -> tuple[dict[str, Moments], dict[str, Any]]:
+    """Per layer, the per-position moments of the explanation images (the whole probe set without a split; one
+    more streaming pass, in the dissected mode) and the top ``options.pca_components`` principal directions fitted
+    on them (Dey et al. 2020); empty without ``pca_components``."""
+    if options.pca_components <= 0:
+        return {}, {}
+    from lwtakit.labelers.pca import fit_pca
+
+    part = probe if split is None else ProbeSubset(probe, split.explain)
+    moments = record(model, part, layers, options, moments=True).moments
+    return moments, {layer: fit_pca(moments[layer], k=options.pca_components) for layer in layers}
 
 
 def _mode(model: nn.Module, options: DissectOptions) -> str | None:
@@ -242,18 +278,20 @@ def _context(model, probe, rec: Recording, concepts: ConceptSource, options: Dis
     return Context(model, probe, rec, concepts, options.device, options.batch_size)
 
 
-def _targets(layer: str, rec: Recording, pca_components: int, split: ProbeSplit | None) -> list[Target]:
-    """The layer's units and, with ``pca_components``, its top principal directions (Dey et al. 2020, fitted on
-    the explanation part); with a split, ``acts`` are the explanation part's and ``holdout`` the evaluation's."""
+def _targets(layer: str, rec: Recording, pca, split: ProbeSplit | None) -> list[Target]:
+    """The layer's units and, with a fitted ``pca``, both poles of its principal directions (Dey et al. 2020): an
+    image's score on the ``+`` pole is the projection of its recorded (spatial-mean) activations, on the ``-`` pole
+    that score negated; IoU dissects the per-position projections (``directions``, negated for ``-``). With a
+    split, ``acts`` are the explanation part's and ``holdout`` the evaluation's."""
     acts, holdout = (rec.acts[layer], None) if split is None else split.parts(rec.acts[layer])
     spatial = rec.spatial.get(layer, False)
     targets = [Target(layer, layer, acts, rec.firing[layer], spatial=spatial, holdout=holdout)]
-    if pca_components > 0:
-        from lwtakit.labelers.pca import fit_pca
-
-        pca = fit_pca(acts, k=pca_components)
-        targets.append(Target(layer + PCA_SUFFIX, layer, pca.project(acts), None, (pca.mean, pca.components),
-                              spatial=spatial, holdout=None if holdout is None else pca.project(holdout)))
+    if pca is not None:
+        scores, held = pca.project(acts), None if holdout is None else pca.project(holdout)
+        for pole, sign in POLES.items():
+            targets.append(Target(layer + PCA_SUFFIX + pole, layer, sign * scores, None,
+                                  (pca.mean, sign * pca.components), spatial=spatial,
+                                  holdout=None if held is None else sign * held))
     return targets
 
 

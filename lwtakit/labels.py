@@ -27,6 +27,16 @@ HELDOUT_KEYS = ("concepts",)  # besides heldout_<metric> and heldout_p (lwtakit.
 # it, an "interpretable unit"; NetDissect (and DISCOVER after it) compare layers and networks by how many units
 # pass and how many distinct concepts they cover.
 INTERPRETABLE_IOU = 0.04
+# Rows of principal directions (Dey et al. 2020) live in pseudo-layers "<layer>#pca+" (the projection on a direction)
+# and "<layer>#pca-" (the projection negated), one row per direction and method at each pole.
+PCA_SUFFIX = "#pca"
+POLES = {"+": 1.0, "-": -1.0}
+
+
+def pca_pole(name: str) -> tuple[str, float] | None:
+    """``(layer, sign)`` of a direction pseudo-layer ``<layer>#pca+`` / ``<layer>#pca-``; None for other names."""
+    base, sep, pole = name.rpartition(PCA_SUFFIX)
+    return (base, POLES[pole]) if sep and base and pole in POLES else None
 
 
 def optional_float(value) -> float | None:

@@ -25,7 +25,7 @@ from torch import nn
 
 from .errors import UserError
 from .rng import fork_rng
-from .stats import UnitStats
+from .stats import Moments, UnitStats
 
 REDUCE_MODES = ("mean", "max", "none")
 TOKEN_MODES = ("cls", "mean")
@@ -65,7 +65,7 @@ def _active_mask(module: nn.Module, out: torch.Tensor) -> torch.Tensor:
 class _LayerHook:
     """Forward hook that reduces one layer's output per batch and keeps only [B, C] pieces."""
 
-    def __init__(self, name: str, module: nn.Module, reduce: str, tokens: str, extras: bool):
+    def __init__(self, name: str, module: nn.Module, reduce: str, tokens: str, extras: bool, moments: bool = False):
         self.name, self.module, self.reduce, self.tokens, self.extras = name, module, reduce, tokens, extras
         # With extras (record_activations) pieces stay on the device until flush() after the forward pass:
         # a .cpu() inside the hook would stall an accelerator mid-forward once per layer.
@@ -73,6 +73,9 @@ class _LayerHook:
         self.outputs: list[torch.Tensor] = []   # reduced (or raw for reduce="none") per batch
         self.maxes: list[torch.Tensor] = []      # spatial max per batch (extras, conv only)
         self.per_image: list[torch.Tensor] = []  # [B, C] fraction of each image's positions where a unit fires
+        # with moments: this batch's maps (one per pass) until flush() adds their mean to ``moments``
+        self.pending: list[torch.Tensor] | None = [] if moments else None
+        self.moments: Moments | None = None
         self.calls = 0
         self.is_spatial = False
 
@@ -102,6 +105,8 @@ class _LayerHook:
         if self.extras:
             mask = _active_mask(module, out).float()
             self.per_image.append(mask.mean(dim=positions) if positions else mask)
+        if self.pending is not None:  # conv maps whole (moments over positions), other outputs as recorded
+            self.pending.append(out.float() if out.dim() == 4 else self.outputs[-1])
 
     def flush(self, start: int, passes: int = 1) -> None:
         """Move the pieces recorded since index ``start`` to the CPU (after the forward passes of a batch); with
@@ -113,11 +118,18 @@ class _LayerHook:
                 pieces.append(mean)
             for i in range(start, len(pieces)):
                 pieces[i] = pieces[i].cpu()
+        if self.pending:
+            x = torch.stack(self.pending).mean(0) if len(self.pending) > 1 else self.pending[0]
+            self.pending.clear()
+            rows = x.movedim(1, -1).reshape(-1, x.shape[1]) if x.dim() == 4 else x  # [B*H*W, C]
+            if self.moments is None:
+                self.moments = Moments(rows.shape[1])
+            self.moments.update(rows)
 
 
 @contextmanager
-def _hooks(model: nn.Module, layers: Sequence[str], reduce: str, tokens: str,
-           extras: bool) -> Iterator[dict[str, _LayerHook]]:
+def _hooks(model: nn.Module, layers: Sequence[str], reduce: str, tokens: str, extras: bool,
+           moments: bool = False) -> Iterator[dict[str, _LayerHook]]:
     if isinstance(layers, str):
         layers = [layers]
     if reduce not in REDUCE_MODES:
@@ -127,7 +139,7 @@ def _hooks(model: nn.Module, layers: Sequence[str], reduce: str, tokens: str,
     if not layers:
         raise UserError("no layers given to record; name at least one module (see model.named_modules())")
     modules = {name: resolve_module(model, name) for name in layers}
-    hooks = {name: _LayerHook(name, mod, reduce, tokens, extras) for name, mod in modules.items()}
+    hooks = {name: _LayerHook(name, mod, reduce, tokens, extras, moments) for name, mod in modules.items()}
     handles = []
     try:
         for name, mod in modules.items():
@@ -203,7 +215,10 @@ class Recording:
     ``firing`` [C] (fraction of image x position where the unit fires: LWTA winner or non-zero),
     ``firing_per_image`` [N, C] (fraction of each image's positions where the unit fires: for an LWTA layer,
     where it wins), ``active_per_image`` [N] (its row sums: units firing per position, C/U for LWTA),
-    ``stats`` (streaming :class:`UnitStats` of ``acts``) and ``labels`` [N] (class labels, if given)."""
+    ``stats`` (streaming :class:`UnitStats` of ``acts``), ``labels`` [N] (class labels, if given) and, when
+    recorded with ``moments``, the streaming :class:`~lwtakit.stats.Moments` of each layer's channel vectors over
+    every image x position (conv maps; other layers: over the recorded rows), the covariance of Dey et al.'s
+    per-position PCA."""
 
     acts: dict[str, torch.Tensor] = field(default_factory=dict)
     acts_max: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -213,6 +228,7 @@ class Recording:
     stats: dict[str, UnitStats] = field(default_factory=dict)
     labels: torch.Tensor | None = None
     spatial: dict[str, bool] = field(default_factory=dict)  # layer gave [B, C, H, W] maps
+    moments: dict[str, Moments] = field(default_factory=dict)
 
     @property
     def layers(self) -> list[str]:
@@ -227,7 +243,8 @@ class RecordOptions:
     """How :func:`record_activations` runs: probe ``batch_size``, the reduction of conv maps (``reduce``: spatial
     mean or max) and of tokens (``tokens``: CLS or mean), ``topk`` image indices kept per unit, the ``device``, a
     progress bar, and ``passes`` forward passes per batch whose recordings are averaged (with a stochastic
-    network, e.g. LWTA in ``sample`` mode: the Monte-Carlo estimate of its expected activation)."""
+    network, e.g. LWTA in ``sample`` mode: the Monte-Carlo estimate of its expected activation); ``moments``
+    also accumulates :attr:`Recording.moments` (one ``C x C`` float64 state per layer; the maps are never kept)."""
 
     batch_size: int = 256
     reduce: str = "mean"
@@ -236,6 +253,7 @@ class RecordOptions:
     device: str | torch.device = "cpu"
     progress: bool = True
     passes: int = 1
+    moments: bool = False
 
     def __post_init__(self) -> None:
         if self.reduce == "none":
@@ -262,7 +280,7 @@ def record_activations(model: nn.Module, dataset_or_loader, layers: Sequence[str
     labels: list[torch.Tensor] = []
     stats: dict[str, UnitStats] = {}
     seen = 0
-    with analysis_mode(model), _hooks(model, layers, opts.reduce, opts.tokens, extras=True) as hooks:
+    with analysis_mode(model), _hooks(model, layers, opts.reduce, opts.tokens, True, opts.moments) as hooks:
         for batch in tqdm(loader, desc="recording", disable=not opts.progress, leave=False):
             images, batch_labels = split_batch(batch)
             starts = {name: len(hook.outputs) for name, hook in hooks.items()}
@@ -298,6 +316,8 @@ def _recording(hooks: dict[str, _LayerHook], stats: dict[str, UnitStats], labels
         rec.firing[name] = rec.firing_per_image[name].double().mean(0).float()
         rec.active_per_image[name] = rec.firing_per_image[name].sum(1)
         rec.spatial[name] = hook.is_spatial
+        if hook.moments is not None:
+            rec.moments[name] = hook.moments
     if labels and sum(x.numel() for x in labels) == seen:
         rec.labels = torch.cat(labels).clone()
     return rec

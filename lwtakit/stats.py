@@ -145,3 +145,65 @@ class UnitStats:
 
     def __repr__(self) -> str:
         return f"UnitStats(num_units={self.num_units}, topk={self.topk}, count={self.count})"
+
+
+class Moments:
+    """Streaming mean and covariance of ``C``-dimensional rows (e.g. a conv layer's channel vector at every image
+    x position), in float64: ``update(rows [M, C])`` adds rows, ``merge(other)`` another state, both by Chan,
+    Golub & LeVeque's pairwise formula in its matrix form, ``M2 = M2_a + M2_b + delta delta^T n_a n_b / n``
+    (``M2`` = sum of outer products of the centred rows), so any split into batches gives the same state.
+    Memory is ``C x C``, whatever the number of rows."""
+
+    def __init__(self, num_units: int):
+        if num_units < 1:
+            raise UserError(f"Moments needs num_units >= 1, got {num_units}")
+        self.num_units = int(num_units)
+        self.count = 0
+        self.mean = torch.zeros(num_units, dtype=torch.float64)
+        self.m2 = torch.zeros(num_units, num_units, dtype=torch.float64)
+
+    @classmethod
+    def of(cls, rows: torch.Tensor) -> Moments:
+        """The moments of ``rows [M, C]`` in one update."""
+        rows = torch.as_tensor(rows)
+        if rows.dim() != 2:
+            raise UserError(f"Moments.of expects rows [M, C], got shape {tuple(rows.shape)}")
+        moments = cls(rows.shape[1])
+        moments.update(rows)
+        return moments
+
+    def update(self, rows: torch.Tensor) -> None:
+        """Add ``rows [M, C]`` (any device; reduced on it in float64 where it has float64, else on the CPU)."""
+        rows = torch.as_tensor(rows).detach()
+        if rows.dim() != 2 or rows.shape[1] != self.num_units:
+            raise UserError(f"Moments.update expects [M, {self.num_units}] rows, got {tuple(rows.shape)}")
+        if rows.shape[0] == 0:
+            return
+        x = rows.cpu().double() if rows.device.type == "mps" else rows.double()  # MPS has no float64
+        mean = x.mean(0)
+        centred = x - mean
+        self._combine(x.shape[0], mean.cpu(), (centred.t() @ centred).cpu())
+
+    def _combine(self, n_b: int, mean_b: torch.Tensor, m2_b: torch.Tensor) -> None:
+        n_a, n = self.count, self.count + n_b
+        delta = mean_b - self.mean
+        self.mean = self.mean + delta * (n_b / n)
+        self.m2 = self.m2 + m2_b + torch.outer(delta, delta) * (n_a * n_b / n)
+        self.count = n
+
+    def merge(self, other: Moments) -> Moments:
+        """Add the state of ``other`` (disjoint rows) to this one, in place; returns self."""
+        if other.num_units != self.num_units:
+            raise UserError(f"cannot merge Moments of {other.num_units} units into {self.num_units}")
+        if other.count:
+            self._combine(other.count, other.mean, other.m2)
+        return self
+
+    def covariance(self) -> torch.Tensor:
+        """The unbiased sample covariance ``M2 / (n - 1)`` ``[C, C]`` float64."""
+        if self.count < 2:
+            raise UserError(f"a covariance needs at least 2 rows, got {self.count}")
+        return self.m2 / (self.count - 1)
+
+    def __repr__(self) -> str:
+        return f"Moments(num_units={self.num_units}, count={self.count})"

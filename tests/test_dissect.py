@@ -82,11 +82,45 @@ def test_pca_directions_and_iou_rows(probe):
     result = dissect(ColourNet().eval(), probe, ["act", "fc"], ["invert", "iou"], ConceptSource.from_dataset(probe),
                      DissectOptions(pca_components=2, progress=False))
     layers = {(r.layer, r.method) for r in result.table}
-    assert {("act#pca", "invert"), ("act", "iou"), ("act#pca", "iou")} <= layers
+    assert {("act#pca+", "invert"), ("act#pca-", "invert"), ("act", "iou"), ("act#pca+", "iou"),
+            ("act#pca-", "iou")} <= layers
     assert ("fc", "iou") not in layers  # no spatial maps there
     iou = {unit: label for (_, unit), label in result.table.select("act", "iou").labels().items()}
     assert iou == {0: "red", 1: "green", 2: "blue"}
-    assert len(result.table.select("act#pca")) == 2 * 2  # 2 directions x 2 methods
+    for pole in "+-":
+        assert len(result.table.select("act#pca" + pole)) == 2 * 2  # 2 directions x 2 methods
+
+
+def test_directions_are_fitted_per_position_and_both_poles_labelled(probe):
+    """The directions are the per-position PCA of the explanation images (computed here on all their maps at
+    once); the - pole's scores are the + pole's negated, and each pole's labels and top images are those of its
+    own scores."""
+    model = ColourNet().eval()
+    result = dissect(model, probe, ["act"], ["invert", "iou"], ConceptSource.from_dataset(probe),
+                     DissectOptions(pca_components=3, progress=False, batch_size=64))
+    explain = result.split.explain
+    images = torch.stack([probe[int(i)][0] for i in explain])
+    with torch.no_grad():
+        maps = model.act(model.conv(images))
+    rows = maps.double().movedim(1, -1).reshape(-1, 3)
+    evals, evecs = torch.linalg.eigh(torch.cov(rows.t()))
+    pca = result.directions["act"]
+    assert result.moments["act"].count == rows.shape[0]
+    assert torch.allclose(pca.explained_variance, evals.flip(0), rtol=1e-6, atol=1e-12)
+    assert torch.allclose((pca.components.double() @ evecs.flip(1)).abs(), torch.eye(3, dtype=torch.float64),
+                          atol=1e-5)
+
+    scores = pca.project(result.recording.acts["act"])  # every probe image's projection on the + pole
+    labels = torch.from_numpy(probe.concept_matrix())
+    for pole, sign in (("+", 1), ("-", -1)):
+        rows = result.table.select("act#pca" + pole, "invert").rows
+        alone = invert.label_units(sign * scores[explain], labels[explain], probe.concept_names)
+        assert [(r.unit, r.label) for r in rows] == [(d["unit"], d["label"]) for d in alone]
+        for unit in range(3):
+            top = result.top_images("act#pca" + pole, unit, 5)
+            assert top == torch.argsort(sign * scores[:, unit], descending=True, stable=True)[:5].tolist()
+    assert {r.label for r in result.table.select("act#pca-", "invert")} != {
+        r.label for r in result.table.select("act#pca+", "invert")}  # the negative sides detect other concepts
 
 
 def test_missing_requirements_are_user_errors(probe):
@@ -137,3 +171,40 @@ def test_analyze_dissect_with_local_clip(tmp_path, tiny_clip, capsys, monkeypatc
     assert code == 0, capsys.readouterr().err
     text = (out / "labels.csv").read_text()
     assert ",clip_dissect," in text and ",invert," in text
+
+
+def test_dissect_report_shows_both_poles_with_grids_and_per_position_completeness(probe, tmp_path, capsys):
+    """analyze.py dissect --pca as a library call: the completeness curves are those of the per-position fit (the
+    ablation curve with a progress bar per basis), and each pole of the directions has its rows and image cards."""
+    from types import SimpleNamespace
+
+    from lwtakit.analysis import DissectRequest, completeness_curves, dissect_to_report
+    from lwtakit.labelers.base import create_labelers
+    from lwtakit.labelers.pca import ablation_curve, variance_curves
+    from lwtakit.labelers.run_options import RunOptions
+
+    model, probe = ColourNet().eval(), probe_subset(probe, 120, seed=0)
+    concepts = ConceptSource.from_dataset(probe)
+    options = DissectOptions(pca_components=2, batch_size=100, topk=4)
+    request = DissectRequest(layers=["act", "fc"], labelers=create_labelers(["invert"], None), options=options,
+                             grid_units=2)
+    result = dissect(model, probe, ["act", "fc"], request.labelers, concepts, options)
+    capsys.readouterr()
+    curves = completeness_curves(model, probe, ["act"], result, request)["act"]
+    assert "ablation (pca of act)" in capsys.readouterr().err
+    direct = variance_curves(result.moments["act"])
+    assert curves["pca_variance"] == direct["pca"].tolist()
+    ks = curves["k_ablation"]
+    assert curves["pca_ablation_acc"] == ablation_curve(model, "act", probe, "pca", ks, acts=result.moments["act"],
+                                                        run=RunOptions(batch_size=100))
+
+    loaded = SimpleNamespace(model=model, name="colour", class_names=list(probe.class_names))
+    report = dissect_to_report(loaded, probe, concepts, request, tmp_path / "out")
+    with open(tmp_path / "out" / "labels.csv") as fh:
+        layers = {line.split(",")[0] for line in fh.readlines()[1:]}
+    assert layers == {"act", "fc", "act#pca+", "act#pca-", "fc#pca+", "fc#pca-"}
+    html = report.read_text()
+    for pole in "+-":
+        assert html.count(f'alt="top 4 images of component 0{pole}"') + html.count(
+            f'alt="top 4 images of component 1{pole}"') == 2 * 2  # 2 directions in act#pca and in fc#pca
+    assert "Principal directions of act (Dey et al. 2020)" in html

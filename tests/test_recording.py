@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from lwtakit.errors import UserError
-from lwtakit.recording import analysis_mode, capture, record_activations
+from lwtakit.recording import RecordOptions, analysis_mode, capture, record_activations
 
 
 class TinyNet(nn.Module):
@@ -199,3 +199,27 @@ def test_lwta_resnet_firing_rate_is_one_over_u():
         # exactly one winner per block of 4 at every position (even where the winner's value is <= 0)
         assert float(rec.firing[name].mean()) == pytest.approx(0.25, abs=1e-6)
         assert rec.acts[name].shape[0] == 6
+
+
+def test_moments_are_of_every_position_of_the_mean_of_the_passes():
+    """With ``passes`` forward passes per batch, the per-position moments are those of the passes' mean map."""
+
+    class Cycling(nn.Module):  # pass i of a batch scales the map by 1, 2, 3: their mean is twice the map
+        calls = 0
+
+        def forward(self, x):
+            Cycling.calls += 1
+            return x * (1 + (Cycling.calls - 1) % 3)
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), Cycling())
+    x = torch.rand(10, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    rec = record_activations(model, torch.utils.data.TensorDataset(x, torch.zeros(10)), ["1"],
+                             RecordOptions(batch_size=4, passes=3, moments=True, progress=False))
+    with torch.no_grad():
+        maps = 2 * model[0](x)
+    rows = maps.double().movedim(1, -1).reshape(-1, 4)
+    moments = rec.moments["1"]
+    assert moments.count == 10 * 4 * 4
+    torch.testing.assert_close(moments.mean, rows.mean(0))
+    torch.testing.assert_close(moments.covariance(), torch.cov(rows.t()))
+    torch.testing.assert_close(rec.acts["1"], maps.mean(dim=(2, 3)))

@@ -204,7 +204,7 @@ def test_completeness_length_mismatch_is_a_user_error():
 # --------------------------------------------------------------------------------------------------
 def _dissection(tmp_path, **kw):
     rows = _rows("layer4", 40) + _rows("fc", 5, seed=2)
-    rows += [{"layer": "layer4#pca", "unit": i, "method": "invert", "label": "circle", "score": 0.7,
+    rows += [{"layer": "layer4#pca+", "unit": i, "method": "invert", "label": "circle", "score": 0.7,
               "auc": 0.7, "p_value": 1e-5} for i in range(3)]
     firing = np.linspace(0, 0.5, 40)
     layers = [
@@ -270,6 +270,34 @@ def test_dissection_report_content(tmp_path):
     # Evaluation summary table
     kv = {r[0][2]: r[1][2] for t in _table(doc, "kv") for r in t["rows"] if len(r) == 2}
     assert kv["planted recovery (invert)"] == "0.812" and kv["final-layer top-1"] == "0.9"
+
+
+def test_direction_poles_get_cards_and_a_note_with_the_labels_no_unit_gets(tmp_path):
+    def row(layer, unit, label, p=1e-6, method="invert", **extra):
+        return {"layer": layer, "unit": unit, "method": method, "label": label, "score": 0.8, "p_value": p, **extra}
+
+    rows = [row("conv", 0, "red"), row("conv", 1, "large", p=0.2), row("conv", 0, "red", p=None, method="iou",
+                                                                         iou=0.1)]
+    rows += [row("conv#pca+", 0, "red"), row("conv#pca+", 1, "large"), row("conv#pca+", 2, "small", p=0.5),
+             row("conv#pca+", 0, "left", p=None, method="iou", iou=0.2),
+             row("conv#pca+", 1, "top", p=None, method="iou", iou=0.01)]
+    rows += [row("conv#pca-", 0, "dark background"), row("conv#pca-", 1, "red")]
+    layers = [LayerInfo("conv", 2, top_images={0: _images(2, 0)}),
+              LayerInfo("conv#pca+", 3, top_images={1: _images(3, 1)}),
+              LayerInfo("conv#pca-", 3, top_images={0: _images(3, 2)})]
+    path = dissection_report(tmp_path / "out", title="t", rows=rows, layers=layers)
+    doc = _parse(path)
+    text = " ".join("".join(doc.text).split())
+    # "large" is a unit's label, but not a significant one, so it counts as one no unit gets; "small" is not
+    # significant, "top" is no IoU detector, "red" is a unit's label (INVERT and IoU): none of those is listed
+    assert ("Labels these directions find that no unit of conv gets from the same method (INVERT: p < 0.001; "
+            "IoU > 0.04): invert: large; iou: left.") in text
+    assert "this section is the - pole, whose images score highest on the projection negated" in text
+    assert "invert: dark background." in text
+    assert [i["alt"] for i in doc.imgs if i.get("class") == "topimg"] == [
+        "top 2 images of unit 0", "top 3 images of component 1+", "top 3 images of component 0-"]
+    units = _table(doc, "units")
+    assert [[r[0][2] for r in t["rows"][1:]] for t in units] == [["0", "1"], ["0+", "1+", "2+"], ["0-", "1-"]]
 
 
 def test_dissection_report_is_atomic(tmp_path):

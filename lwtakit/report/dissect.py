@@ -14,7 +14,7 @@ import numpy as np
 from lwtakit import plots
 from lwtakit.evaluation.verdict import DISTRIBUTION_PANELS, VERDICT_METRICS
 from lwtakit.io import ensure_writable_dir
-from lwtakit.labels import INTERPRETABLE_IOU, Interpretable, interpretable_units
+from lwtakit.labels import INTERPRETABLE_IOU, SIGNIFICANT_P, Interpretable, interpretable_units, pca_pole
 from lwtakit.report.formatting import as_float, slug
 from lwtakit.report.images import data_uri, image_grid, png_width
 from lwtakit.report.page import PendingPlots, write_report
@@ -100,9 +100,14 @@ class _Layer:
     methods: list[_Method]
     units: list[_UnitRow]
     cards: list[_Card]
-    is_pca: bool  # a "<layer>#pca" pseudo-layer: its units are principal directions
+    pole: str  # "+" / "-" for a "<layer>#pca+" / "<layer>#pca-" pseudo-layer (principal directions), else ""
     dead: int | None = None  # units that never fire
     median_firing: float | None = None
+    note: str = ""  # a pole of directions: what directions are, and the labels they find that no unit gets
+
+    @property
+    def is_pca(self) -> bool:
+        return bool(self.pole)
 
     @property
     def unit_word(self) -> str:
@@ -186,7 +191,9 @@ def _layer(name: str, info: LayerInfo | None, rows: Sequence[Row], anchor: str) 
         rate = float(firing[u]) if firing is not None and numeric and 0 <= u < firing.size else float("nan")
         units.append(_UnitRow(u, float(u) if numeric else None, rate,
                               [(m, m.by_unit.get((is_name, u))) for m in methods], u in top))
-    layer = _Layer(name, anchor, info, firing, methods, units, _cards(top, methods, firing), name.endswith("#pca"))
+    pole = pca_pole(name)
+    layer = _Layer(name, anchor, info, firing, methods, units, _cards(top, methods, firing),
+                   "" if pole is None else name[-1])
     if firing is not None:
         layer.dead = int((firing <= 0).sum())
         if firing.size:
@@ -232,6 +239,42 @@ def _plots(rows: Sequence[Row], layers: Sequence[LayerInfo], completeness: Mappi
     return figs
 
 
+def _credible(row: Row) -> bool:
+    """A label worth reporting as found: INVERT's p < SIGNIFICANT_P, IoU above NetDissect's detector threshold;
+    rows of other methods as they are."""
+    p, iou = as_float(row.get("p_value")), as_float(row.get("iou"))
+    return (p is None or p < SIGNIFICANT_P) and (iou is None or iou > INTERPRETABLE_IOU)
+
+
+def _only_directions(rows: Sequence[Row], unit_rows: Sequence[Row]) -> list[tuple[str, list[str]]]:
+    """Per method, the credible labels (:func:`_credible`) of these direction rows that no unit of the layer has as
+    a credible label from the same method: what directions find and single units miss (Dey et al. 2020)."""
+    unit_labels: dict[str, set[str]] = {}
+    for r in unit_rows:
+        if _credible(r):
+            unit_labels.setdefault(str(r.get("method", "")), set()).add(str(r.get("label", "")))
+    found: dict[str, set[str]] = {}
+    for r in rows:
+        method, label = str(r.get("method", "")), str(r.get("label", ""))
+        if label and _credible(r) and label not in unit_labels.get(method, set()):
+            found.setdefault(method, set()).add(label)
+    return [(method, sorted(labels)) for method, labels in found.items()]
+
+
+def _directions_note(base: str, pole: str, rows: Sequence[Row], unit_rows: Sequence[Row]) -> str:
+    """The text above a pole of principal directions: what they are, and :func:`_only_directions`."""
+    side = "the projection" if pole == "+" else "the projection negated"
+    found = "; ".join(f"{method}: {', '.join(labels)}" for method, labels in _only_directions(rows, unit_rows))
+    found = (f"Labels these directions find that no unit of {base} gets from the same method (INVERT: p < "
+             f"{SIGNIFICANT_P:g}; IoU > {INTERPRETABLE_IOU:g}): {found}." if found else
+             "Every credible label here is also some unit's label.")
+    return (f"Principal directions of {base} (Dey et al. 2020): the eigenvectors of the covariance of its output "
+            "vectors over the probe images (a conv layer's channel vector at every spatial position), by decreasing "
+            "variance. Each direction has two "
+            f"poles, labelled separately: this section is the {pole} pole, whose images score highest on {side}. "
+            f"A direction mixes units, so it can detect what no single unit does. {found}")
+
+
 @dataclass
 class Sections:
     """What a dissection report shows besides its label rows and layers, each left out when None: the run's
@@ -256,8 +299,9 @@ def dissection_report(out_dir: str | os.PathLike, *, title: str, rows: Sequence[
     firing rates, PCA-vs-neuron completeness after Dey et al. 2020, label drift over training); then
     one section per layer: a sortable table of every labelled unit (label and score per method,
     INVERT Mann-Whitney p-value) and, for the units given in ``LayerInfo.top_images``, a card with the
-    unit's labels next to its top-activating images. Layers present only in ``rows`` (e.g.
-    ``"<layer>#pca"``) get a section too.
+    unit's labels next to its top-activating images. Layers present only in ``rows`` get a section too. A pole of
+    principal directions (``"<layer>#pca+"`` / ``"-"``) says what directions are and lists the labels they find
+    that no unit of the layer gets.
     """
     out_dir = ensure_writable_dir(out_dir)
     rows, sec = list(rows), sections or Sections()
@@ -271,6 +315,10 @@ def dissection_report(out_dir: str | os.PathLike, *, title: str, rows: Sequence[
 
     figs = _plots(rows, layers, sec.completeness, sec.drift)
     views = [_layer(n, infos.get(n), rows_by_layer.get(n, []), anchors[n]) for n in order]
+    for view in views:
+        if (pole := pca_pole(view.name)) is not None:
+            view.note = _directions_note(pole[0], view.pole, rows_by_layer.get(view.name, []),
+                                         rows_by_layer.get(pole[0], []))
     nav = [("meta", "run")] * bool(sec.meta) + [("evaluation", "evaluation")] * bool(sec.evaluation)
     nav += [("heldout", "held-out")] * bool(sec.heldout)
     nav += [("overview", "layers")] + [("plots", "plots")] * bool(figs.figures)
