@@ -249,7 +249,7 @@ def test_label_recovers_planted_concepts(tmp_path, capsys, method, extra):
         ({"labels": "short"}, ["L.npy", "one row per image"]),
         ({"names": ""}, ["names.txt"]),
         ({"method": "bogus"}, ["bogus"]),
-        ({"names": "a\nb\n"}, ["2 names"]),
+        ({"names": "a\nb\n"}, ["2 distinct names", "repeated names are dropped"]),
     ],
 )
 def test_label_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, change, fragments):
@@ -280,6 +280,6 @@ def test_a_run_folder_stands_for_its_last_checkpoint(tmp_path):
     for (k, a), (_, b) in zip(by_folder.model.state_dict().items(), by_file.model.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
     (tmp_path / "empty").mkdir()
-    for spec, words in ((tmp_path / "empty", "has no checkpoints/last.ckpt"), (tmp_path / "nope", "does not exist")):
+    for spec, words in ((tmp_path / "empty", "has no checkpoints/; give a run folder"), (tmp_path / "nope", "does not exist")):
         with pytest.raises(UserError, match=words):
             load_model(str(spec))
