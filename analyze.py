@@ -18,14 +18,18 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-
+# Only light modules here: --help and argument errors answer before numpy, torch and open_clip are imported
+# (issue 11); each command imports the heavy ones it needs.
 from lwtakit.console import quiet_third_party
 from lwtakit.errors import ArgumentParser, UserError, int_at_least
-from lwtakit.evaluation.metrics import DEFAULT_ALPHA
+from lwtakit.evaluation.options import DEFAULT_ALPHA
 from lwtakit.labelers.configs import ALTERNATIVES, SIMILARITIES, InvertConfig
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 DEVICE_HELP = "auto (CUDA when present, else CPU) | cpu | cuda | cuda:N"
 HIERARCHY_HELP = ("parent map (CSV rows child,parent,... or JSON {child: [parents]}): each concept's ancestors "
@@ -50,6 +54,8 @@ def _probe(spec: str | None, loaded, size: int, seed: int):
 
 def _device(spec: str) -> torch.device:
     """``auto``: the first CUDA device when there is one, else the CPU; an unusable device is a UserError."""
+    import torch
+
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -77,6 +83,8 @@ def _read_names(path: str) -> list[str]:
 
 def _load_npy(path: str, what: str) -> np.ndarray:
     """The array saved in the .npy file ``path``; an empty, truncated or non-.npy file is a UserError."""
+    import numpy as np
+
     if not Path(path).is_file():
         raise UserError(f"{what} file {path} does not exist")
     try:
@@ -92,6 +100,8 @@ def _load_npy(path: str, what: str) -> np.ndarray:
 
 def _load_activations(path: str) -> np.ndarray:
     """Activations ``[N, C]``: numeric, finite, at least two images (one cannot rank images) and one unit."""
+    import numpy as np
+
     acts = _load_npy(path, "activations")
     if acts.ndim != 2 or not np.issubdtype(acts.dtype, np.number):
         raise UserError(f"activations {path} must be a numeric [N, C] array, got shape {acts.shape}")
@@ -103,6 +113,8 @@ def _load_activations(path: str) -> np.ndarray:
 
 
 def _check_finite(matrix: np.ndarray, path: str, what: str) -> None:
+    import numpy as np
+
     if np.issubdtype(matrix.dtype, np.floating) and not np.isfinite(matrix).all():
         row, col = np.argwhere(~np.isfinite(matrix))[0]
         raise UserError(f"{what} {path} hold NaN or infinite values (first at row {row}, column {col}); "
@@ -192,10 +204,10 @@ def _add_invert_flags(parser: argparse.ArgumentParser) -> None:
     """The INVERT flags of ``dissect`` and ``label`` (defaults: :class:`InvertConfig`'s)."""
     default = InvertConfig()
     parser.add_argument("--max-length", type=int_at_least(1), default=default.max_length,
-                        help="INVERT formula length")
-    parser.add_argument("--beam", type=int_at_least(1), default=default.beam, help="INVERT formulas kept per length")
+                        help="INVERT: most concepts joined by AND/OR/NOT in one label (formula length)")
+    parser.add_argument("--beam", type=int_at_least(1), default=default.beam, help="INVERT: formulas kept per length")
     parser.add_argument("--min-fraction", type=float, default=default.min_fraction,
-                        help="INVERT: least share of images a label may cover (default %(default)s)")
+                        help="INVERT: least share of images a label may cover")
     parser.add_argument("--max-fraction", type=float, default=default.max_fraction,
                         help="INVERT: largest share of images a label may cover (default %(default)s, the paper's)")
     parser.add_argument("--parsimony", choices=["on", "off"], default="on",
@@ -208,6 +220,9 @@ def _add_invert_flags(parser: argparse.ArgumentParser) -> None:
 
 # --------------------------------------------------------------------------------------------- label
 def cmd_label(args) -> Path:
+    import numpy as np
+    import torch
+
     from lwtakit.io import check_output_file, write_csv
 
     check_output_file(args.out)
@@ -271,6 +286,8 @@ def _metric_names(args) -> list[str]:
 
 
 def _load_concept_labels(path: str, acts: np.ndarray, names: list[str]) -> np.ndarray:
+    import numpy as np
+
     labels = _load_npy(path, "concept labels")
     _check_concepts(acts, labels, names, path)
     if labels.dtype != bool and not np.isin(labels, (0, 1)).all():
@@ -285,6 +302,8 @@ def _score_labels(rows: list[dict], acts: np.ndarray, concepts: np.ndarray, name
     """Add to every labelled row one score per metric of its unit for its label's concept vector (an INVERT
     row's formula, else the concept named by the label); unlabelled rows get no value. A metric whose name is
     already a column (INVERT's ``auc``) is written as ``neuroneval_<name>``. Returns the new column names."""
+    import torch
+
     from lwtakit.evaluation.label_vectors import label_vectors
     from lwtakit.evaluation.metrics import score_columns
 
@@ -318,6 +337,8 @@ def _check_concepts(acts: np.ndarray, matrix: np.ndarray, names: list[str], path
 def _unit_labels(path: str, concepts: np.ndarray, names: list[str], n_units: int):
     """Units and their label vectors ``[N, U]`` from a labels.csv (columns ``unit``, ``label``; rows without a
     label are skipped)."""
+    import torch
+
     from lwtakit.evaluation.label_vectors import label_vectors
     from lwtakit.io import read_table
 
@@ -339,6 +360,8 @@ def _unit_labels(path: str, concepts: np.ndarray, names: list[str], n_units: int
 
 def cmd_sanity(args) -> Path:
     """NeuronEval's missing/extra-labels tests of the label metrics on these activations and concepts."""
+    import numpy as np
+
     from lwtakit.evaluation.sanity import SanityConfig, sanity_check
     from lwtakit.io import check_output_file, write_csv
 
@@ -356,6 +379,8 @@ def cmd_sanity(args) -> Path:
 
 # ------------------------------------------------------------------------------------------- explain
 def cmd_explain(args) -> list[dict]:
+    import numpy as np
+    import torch
     from PIL import Image, UnidentifiedImageError
 
     from lwtakit.checkpoint import load_model
@@ -410,19 +435,25 @@ def cmd_compare(args) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- main
+def _subcommand(sub, name: str, summary: str) -> argparse.ArgumentParser:
+    """A subcommand whose one-line summary is both its entry in ``analyze.py --help`` and its own description."""
+    return sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description="Label, explain and compare the units of vision networks.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("dissect", help="label every unit of chosen layers by every chosen method; HTML report")
+    d = _subcommand(sub, "dissect", "label every unit of chosen layers by every chosen method; HTML report")
     src = d.add_mutually_exclusive_group(required=True)
     src.add_argument("--ckpt", help="checkpoint written by train.py, or its run folder")
     src.add_argument("--model", help="torchvision:NAME (ImageNet weights)")
     d.add_argument("--layers", nargs="+", help="module names (default: last stage activations + classifier)")
     d.add_argument("--methods", nargs="+", default=["invert"],
-                   help="invert clip_dissect iou captions (default: invert)")
-    d.add_argument("--probe", help="synthetic | mnist:PATH | cifar10:ROOT | imagefolder:ROOT | folder:PATH")
-    d.add_argument("--probe-size", type=int_at_least(1), default=1000)
+                   help="labelers to run: invert clip_dissect iou captions")
+    d.add_argument("--probe", help="probe images: synthetic | mnist:PATH | cifar10:ROOT | imagefolder:ROOT | "
+                                   "folder:PATH (default: the validation split the checkpoint was trained on)")
+    d.add_argument("--probe-size", type=int_at_least(1), default=1000, help="probe images used (a seeded subset)")
     d.add_argument("--concepts", default="synthetic",
                    help="concept set for CLIP: a text file or a built-in: words20k words10k words3k (common English "
                         "words) imagenet cifar100 cifar10 mnist places365[:PATH] classes (the probe's) synthetic")
@@ -433,9 +464,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--pca", type=int_at_least(0), default=0,
                    help="also label the top-k principal directions; completeness")
     _add_invert_flags(d)
-    d.add_argument("--clip-model", default="ViT-B-16")
-    d.add_argument("--clip-pretrained", help="open_clip tag (online), weights file, or local-dir:FOLDER")
-    d.add_argument("--clip-cache", help="folder for cached CLIP embeddings")
+    d.add_argument("--clip-model", default="ViT-B-16",
+                   help="open_clip model name, or local-dir:FOLDER (open_clip_config.json + weights, no network)")
+    d.add_argument("--clip-pretrained", help="CLIP weights: an open_clip tag such as openai (downloaded once, needs "
+                                             "network), or a weights FILE")
+    d.add_argument("--clip-cache", help="folder for cached CLIP embeddings (default: none, embeddings recomputed)")
     d.add_argument("--clip-similarity", "--clip-method", dest="clip_similarity", default="soft_wpmi",
                    choices=SIMILARITIES, help="CLIP-Dissect similarity function (clip_dissect, captions)")
     d.add_argument("--caption-model", default="coca_ViT-B-32", help="open_clip CoCa model (captions)")
@@ -449,16 +482,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--heldout", type=float, default=0.5, metavar="FRACTION",
                    help="choose labels on this seeded fraction of the probe set and score them on the rest "
                         "(0: label and score on all of it, in-sample; default: 0.5)")
-    d.add_argument("--top-images", type=int_at_least(1), default=8)
+    d.add_argument("--top-images", type=int_at_least(1), default=8, help="top images shown per unit in the report")
     d.add_argument("--grid-units", type=int_at_least(0), default=12,
                    help="best-scoring units per layer shown with their top images (0: every unit)")
-    d.add_argument("--batch-size", type=int_at_least(1), default=128)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--batch-size", type=int_at_least(1), default=128, help="images per forward pass")
+    d.add_argument("--seed", type=int, default=0, help="seed of the probe subset, held-out split and LWTA sampling")
     d.add_argument("--device", default="auto", help=DEVICE_HELP)
-    d.add_argument("--out", required=True)
+    d.add_argument("--out", required=True, help="report folder: report.html and labels.csv")
 
-    lab = sub.add_parser("label", help="label activations you already have (A.npy [N, C])")
-    lab.add_argument("--activations", required=True)
+    lab = _subcommand(sub, "label", "label activations you already have (A.npy [N, C])")
+    lab.add_argument("--activations", required=True, help="A.npy: float [N images, C units]")
     lab.add_argument("--method", required=True, help="invert | " + " | ".join(SIMILARITIES))
     lab.add_argument("--concept-labels", help="bool [N, K] .npy (invert)")
     lab.add_argument("--concept-scores", help="float [N, K] .npy image-concept similarity (CLIP functions)")
@@ -469,9 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "names, or all); needs --concept-labels; a name already taken (auc) becomes neuroneval_<name>")
     lab.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
                      help="top fraction of images a unit fires on (default %(default)s, NeuronEval's)")
-    lab.add_argument("--out", required=True)
+    lab.add_argument("--out", required=True, help="labels.csv to write (unit, label, score, ...)")
 
-    san = sub.add_parser("sanity", help="NeuronEval's missing/extra-labels tests of the label metrics on your data")
+    san = _subcommand(sub, "sanity", "NeuronEval's missing/extra-labels tests of the label metrics on your data")
     san.add_argument("--activations", required=True, help="A.npy [N, C]")
     san.add_argument("--concept-labels", required=True, help="bool [N, K] .npy")
     san.add_argument("--concept-names", required=True, help="text file, one concept a line")
@@ -481,27 +514,31 @@ def build_parser() -> argparse.ArgumentParser:
     san.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
                      help="top fraction of images a unit fires on (default %(default)s, NeuronEval's)")
     san.add_argument("--repeats", type=int, default=10, help="perturbations averaged per unit")
-    san.add_argument("--seed", type=int, default=0)
+    san.add_argument("--seed", type=int, default=0, help="seed of the perturbations")
     san.add_argument("--out", required=True, help="sanity.csv: metric,missing_decrease,extra_decrease,passes")
 
-    e = sub.add_parser("explain", help="the winning units of a layer for one image, with their labels")
+    e = _subcommand(sub, "explain", "the predicted class and the winning units of a layer for one image, with "
+                                    "their labels")
     src = e.add_mutually_exclusive_group(required=True)
     src.add_argument("--ckpt", help="checkpoint written by train.py, or its run folder")
-    src.add_argument("--model")
-    e.add_argument("--image", required=True)
-    e.add_argument("--layer", help="default: the last LWTA layer")
-    e.add_argument("--labels", help="labels.csv from dissect (or a run folder's)")
-    e.add_argument("--top", type=int_at_least(1), default=20)
+    src.add_argument("--model", help="torchvision:NAME (ImageNet weights)")
+    e.add_argument("--image", required=True, help="image file (resized to the network's input size)")
+    e.add_argument("--layer", help="layer to explain (default: the last LWTA layer; in a dense network the last "
+                                   "activation layer)")
+    e.add_argument("--labels", help="labels.csv of dissect or label (default: the run folder's labels.csv, its "
+                                    "latest dissection, when the checkpoint sits in a run folder)")
+    e.add_argument("--top", type=int_at_least(1), default=20, help="most units listed")
     e.add_argument("--device", default="auto", help=DEVICE_HELP)
 
-    c = sub.add_parser("compare", help="put runs (e.g. sparse and dense) side by side; HTML report + CSV")
+    c = _subcommand(sub, "compare", "put runs (e.g. sparse and dense) side by side; HTML report + CSV")
     c.add_argument("runs", nargs="+", help="run folders or checkpoints")
-    c.add_argument("--probe-size", type=int_at_least(1), default=1000)
+    c.add_argument("--probe-size", type=int_at_least(1), default=1000, help="probe images for sparsity and labels")
     c.add_argument("--eval-size", type=int_at_least(1), default=1000,
                    help="test images for accuracy per inference mode")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--seed", type=int, default=0,
+                   help="seed of the probe and test subsets, the held-out split and LWTA sampling")
     c.add_argument("--device", default="auto", help=DEVICE_HELP)
-    c.add_argument("--out", required=True)
+    c.add_argument("--out", required=True, help="report folder: report.html, compare.csv")
     return p
 
 
