@@ -70,9 +70,13 @@ def _device(spec: str) -> torch.device:
 def _clip(args, device):
     if args.clip_pretrained is None and not args.clip_model.startswith("local-dir:"):
         return None
-    from lwtakit.clip import load_clip
+    from lwtakit.clip import ClipWeightsUnavailable, load_clip
+    from lwtakit.clip.load import ANALYZE_CLIP
 
-    return load_clip(args.clip_model, args.clip_pretrained, device=str(device), cache_dir=args.clip_cache)
+    try:
+        return load_clip(args.clip_model, args.clip_pretrained, device=str(device), cache_dir=args.clip_cache)
+    except ClipWeightsUnavailable as exc:
+        raise exc.told(ANALYZE_CLIP) from None
 
 
 def _read_names(path: str) -> list[str]:
@@ -130,17 +134,16 @@ def cmd_dissect(args) -> Path:
 
     device = _device(args.device)
     labelers = _labelers(args)
+    # CLIP first: weights that cannot be had here (offline) fail in a second, before any other work
+    clip = _clip(args, device) if any("clip" in lab.needs or "captioner" in lab.needs for lab in labelers) else None
     loaded = load_model(args.ckpt or args.model)
     model = loaded.model.to(device)
     probe = _probe(args.probe, loaded, args.probe_size, args.seed)
-    clip = _clip(args, device) if any("clip" in lab.needs or "captioner" in lab.needs for lab in labelers) else None
     clip_concepts = _clip_concepts(args, probe) if clip is not None else None
     concepts = ConceptSource.from_dataset(probe, clip=clip, clip_concepts=clip_concepts,
                                           clip_cache_dir=args.clip_cache, hierarchy=_hierarchy(args))
     if "captions" in args.methods:
-        from lwtakit.labelers.captions import CocaCaptioner
-
-        concepts.captioner = CocaCaptioner(args.caption_model, args.caption_pretrained, device=str(device))
+        concepts.captioner = _captioner(args, device)
     check_labelers(labelers, concepts, probe)
     if args.top_images > len(probe):
         raise UserError(f"--top-images {args.top_images} exceeds the probe set's {len(probe)} images; "
@@ -152,6 +155,18 @@ def cmd_dissect(args) -> Path:
                                device=device, mode=args.mode, passes=args.passes, heldout=_heldout(args)),
         history=history, probe_name=args.probe or "")
     return dissect_to_report(loaded, probe, concepts, request, args.out)
+
+
+def _captioner(args, device):
+    """The CoCa captioner of ``--caption-model`` / ``--caption-pretrained`` (the captions method)."""
+    from lwtakit.clip import ClipWeightsUnavailable
+    from lwtakit.clip.load import ANALYZE_CAPTIONS
+    from lwtakit.labelers.captions import CocaCaptioner
+
+    try:
+        return CocaCaptioner(args.caption_model, args.caption_pretrained, device=str(device))
+    except ClipWeightsUnavailable as exc:
+        raise exc.told(ANALYZE_CAPTIONS) from None
 
 
 def _clip_concepts(args, probe) -> list[str]:
@@ -379,51 +394,93 @@ def cmd_sanity(args) -> Path:
 
 # ------------------------------------------------------------------------------------------- explain
 def cmd_explain(args) -> list[dict]:
+    """Print the predicted class, the layer, where its labels come from and its active units for one image."""
+    from lwtakit.checkpoint import load_model, resolve_run
+    from lwtakit.explain import default_layer, explain
+
+    device = _device(args.device)
+    run_dir = None
+    if args.ckpt:
+        run_dir, ckpt = resolve_run(args.ckpt)
+        # a checkpoint inside a run folder (RUN/checkpoints/X.ckpt) belongs to that run
+        run_dir = run_dir or (ckpt.resolve().parent.parent if ckpt.resolve().parent.name == "checkpoints" else None)
+        loaded = load_model(str(ckpt))
+    else:
+        loaded = load_model(args.model)
+    x = _explain_image(args.image, loaded)
+    layer = args.layer or default_layer(loaded.model)
+    labels = _explain_labels(args, layer, run_dir)
+    result = explain(loaded.model.to(device), x, layer, labels=labels.labels, top=args.top, device=device)
+    if result.probs is not None:
+        k = int(result.probs.argmax())
+        name = loaded.class_names[k] if k < len(loaded.class_names) else f"class {k}"
+        print(f"prediction: {name} (probability {float(result.probs[k]):.3f})")
+    print(f"layer: {layer} ({_layer_note(args, loaded.model, layer)}); {result.active} of {result.units} units "
+          "active")
+    print(f"labels: {labels.origin}")
+    print(f"{'unit':>6} {'activation':>11}  label")
+    for r in result.rows:
+        print(f"{r['unit']:>6} {r['activation']:>11.4f}  {r.get('label') or ''}")
+    if len(result.rows) < args.top:
+        print(f"({len(result.rows)} rows, not --top {args.top}: only {result.active} of the layer's {result.units} "
+              f"units are active on this image{_active_rule(loaded.model, layer)})")
+    return result.rows
+
+
+def _explain_image(path: str, loaded):
+    """The image file ``path`` as the network's input: [C, H, W] in [0, 1], resized to its input size."""
     import numpy as np
     import torch
     from PIL import Image, UnidentifiedImageError
 
-    from lwtakit.checkpoint import load_model
     from lwtakit.data.folders import ImageTooLarge, open_image
-    from lwtakit.explain import active_neurons
-    from lwtakit.lwta import lwta_layers
 
-    device = _device(args.device)
-    loaded = load_model(args.ckpt or args.model)
-    if not Path(args.image).is_file():
-        raise UserError(f"image {args.image} does not exist")
+    if not Path(path).is_file():
+        raise UserError(f"image {path} does not exist")
     try:
-        img = open_image(args.image, "L" if loaded.in_chans == 1 else "RGB")
+        img = open_image(path, "L" if loaded.in_chans == 1 else "RGB")
     except ImageTooLarge as exc:
         raise UserError(f"{exc}; shrink the image first") from None
     except (UnidentifiedImageError, OSError):
-        raise UserError(f"{args.image} is not a readable image file") from None
+        raise UserError(f"{path} is not a readable image file") from None
     img = img.resize((loaded.img_size, loaded.img_size), Image.BILINEAR)
     x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)
-    x = x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)
-    layer = args.layer or (list(lwta_layers(loaded.model)) or [None])[-1]
-    if layer is None:
-        raise UserError("the model has no LWTA layer; name one with --layer")
-    labels = _explain_labels(args.labels, layer, layer_given=args.layer is not None) if args.labels else None
-    rows = active_neurons(loaded.model.to(device), x, layer, labels=labels, top=args.top, device=device)
-    print(f"{'unit':>6} {'activation':>11}  label")
-    for r in rows:
-        print(f"{r['unit']:>6} {r['activation']:>11.4f}  {r.get('label') or ''}")
-    return rows
+    return x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)
 
 
-def _explain_labels(path: str, layer: str, layer_given: bool) -> dict[int, str]:
-    """Unit -> label of ``layer`` from a labels.csv: dissect's (a ``layer`` column) or ``analyze.py label``'s (no
-    ``layer`` column: its rows are one layer's, taken as ``layer`` when the user named it with --layer)."""
-    from lwtakit.io import read_table
+def _layer_note(args, model, layer: str) -> str:
+    """Why this layer: named by --layer, the last LWTA layer, or a dense network's last activation."""
+    from lwtakit.lwta import lwta_layers
 
-    rows = read_table(path, "labels file", required=("unit", "label"), integers=("unit",))
-    if rows and "layer" not in rows[0]:
-        if not layer_given:
-            raise UserError(f"labels file {path} has no layer column, so which layer its units belong to is "
-                            "ambiguous; name it with --layer")
-        rows = [{**r, "layer": layer} for r in rows]
-    return {int(r["unit"]): r["label"] for r in rows if r["layer"] == layer}
+    if args.layer:
+        return "--layer"
+    if lwta_layers(model):
+        return "the last LWTA layer; --layer names another"
+    return "the network has no LWTA layer: its last activation layer; --layer names another"
+
+
+def _active_rule(model, layer: str) -> str:
+    """What makes a unit of ``layer`` active, for the note on fewer rows than --top."""
+    U = getattr(model.get_submodule(layer), "U", None)
+    if callable(getattr(model.get_submodule(layer), "winner_mask", None)) and U and U > 1:
+        return f": one winner in each block of {U}"
+    return ": those with a positive activation"
+
+
+def _explain_labels(args, layer: str, run_dir: Path | None):
+    """The labels of ``layer``: from --labels, else the run folder's labels.csv (its latest dissection), else none,
+    with a line saying which (:func:`lwtakit.explain.read_unit_labels`)."""
+    from lwtakit.explain import UnitLabels, read_unit_labels
+
+    if args.labels:
+        return read_unit_labels(args.labels, layer, layer_given=args.layer is not None)
+    if run_dir is not None and (run_dir / "labels.csv").is_file():
+        found = read_unit_labels(run_dir / "labels.csv", layer, layer_given=False)
+        return UnitLabels(found.labels, f"{found.origin} (the run's own; --labels FILE takes others)")
+    where = f"the run folder {run_dir} has no labels.csv" if run_dir else "no run folder holds this model"
+    spec = args.ckpt or args.model
+    return UnitLabels({}, f"none ({where}); label the units with  analyze.py dissect "
+                          f"{'--ckpt' if args.ckpt else '--model'} {spec} --out DIR  and give --labels DIR")
 
 
 # ------------------------------------------------------------------------------------------- compare
