@@ -15,6 +15,7 @@ run out while one runs (lwtakit/run_folder.py).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING
 # each function imports the heavy ones it needs.
 from lwtakit.config import check_machine, load_config, save_config, to_dict
 from lwtakit.config_help import config_epilog
-from lwtakit.console import quiet_third_party
+from lwtakit.console import quiet_third_party, resuming_in
 from lwtakit.errors import ArgumentParser, UserError
 from lwtakit.io import atomic_write, ensure_writable_dir
 from lwtakit.run_folder import claim, launched_as_rank_zero, release, wandb_run_id
@@ -237,7 +238,8 @@ def _fit(cfg: DictConfig, run_dir: Path) -> TrainResult:
     status = "failed"
     try:
         started = time.perf_counter()
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        with resuming_in(run_dir / "checkpoints") if ckpt_path else contextlib.nullcontext():
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         fit_seconds = time.perf_counter() - started
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         if not t.fast_dev_run:
