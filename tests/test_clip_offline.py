@@ -123,3 +123,28 @@ def test_training_falls_back_to_invert_at_once_without_network(no_network, caplo
     host, port = no_network
     assert f"no network ({host}:{port} did not answer" in choice.fallback
     assert "dissection.clip.pretrained=" in choice.fallback
+
+
+def test_weights_in_the_hub_cache_still_load_without_network(no_network, tmp_path, monkeypatch):
+    """Offline is no error when the hub's cache has the weights: a tiny model put in the cache the way
+    huggingface_hub lays it out (refs/main -> snapshots/<commit>/files) loads, with the weights saved there."""
+    import torch
+
+    from lwtakit.clip import save_local_dir
+    from tests.test_clip import TINY_CFG
+
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    repo = cache / "models--lwtakit-test--tiny"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    torch.manual_seed(0)
+    model = open_clip.CLIP(**TINY_CFG)
+    save_local_dir(model, TINY_CFG, repo / "snapshots" / commit)
+    started = time.perf_counter()
+    clip = load_clip("hf-hub:lwtakit-test/tiny")
+    assert time.perf_counter() - started < 5
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(clip.model.state_dict()[name], tensor), name
+    assert not constants.HF_HUB_OFFLINE
