@@ -18,14 +18,18 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-
+# Only light modules here: --help and argument errors answer before numpy, torch and open_clip are imported
+# (issue 11); each command imports the heavy ones it needs.
 from lwtakit.console import quiet_third_party
 from lwtakit.errors import ArgumentParser, UserError, int_at_least
-from lwtakit.evaluation.metrics import DEFAULT_ALPHA
+from lwtakit.evaluation.options import DEFAULT_ALPHA
 from lwtakit.labelers.configs import ALTERNATIVES, SIMILARITIES, InvertConfig
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 DEVICE_HELP = "auto (CUDA when present, else CPU) | cpu | cuda | cuda:N"
 HIERARCHY_HELP = ("parent map (CSV rows child,parent,... or JSON {child: [parents]}): each concept's ancestors "
@@ -50,6 +54,8 @@ def _probe(spec: str | None, loaded, size: int, seed: int):
 
 def _device(spec: str) -> torch.device:
     """``auto``: the first CUDA device when there is one, else the CPU; an unusable device is a UserError."""
+    import torch
+
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -64,9 +70,13 @@ def _device(spec: str) -> torch.device:
 def _clip(args, device):
     if args.clip_pretrained is None and not args.clip_model.startswith("local-dir:"):
         return None
-    from lwtakit.clip import load_clip
+    from lwtakit.clip import ClipWeightsUnavailable, load_clip
+    from lwtakit.clip.load import ANALYZE_CLIP
 
-    return load_clip(args.clip_model, args.clip_pretrained, device=str(device), cache_dir=args.clip_cache)
+    try:
+        return load_clip(args.clip_model, args.clip_pretrained, device=str(device), cache_dir=args.clip_cache)
+    except ClipWeightsUnavailable as exc:
+        raise exc.told(ANALYZE_CLIP) from None
 
 
 def _read_names(path: str) -> list[str]:
@@ -77,6 +87,8 @@ def _read_names(path: str) -> list[str]:
 
 def _load_npy(path: str, what: str) -> np.ndarray:
     """The array saved in the .npy file ``path``; an empty, truncated or non-.npy file is a UserError."""
+    import numpy as np
+
     if not Path(path).is_file():
         raise UserError(f"{what} file {path} does not exist")
     try:
@@ -92,6 +104,8 @@ def _load_npy(path: str, what: str) -> np.ndarray:
 
 def _load_activations(path: str) -> np.ndarray:
     """Activations ``[N, C]``: numeric, finite, at least two images (one cannot rank images) and one unit."""
+    import numpy as np
+
     acts = _load_npy(path, "activations")
     if acts.ndim != 2 or not np.issubdtype(acts.dtype, np.number):
         raise UserError(f"activations {path} must be a numeric [N, C] array, got shape {acts.shape}")
@@ -103,6 +117,8 @@ def _load_activations(path: str) -> np.ndarray:
 
 
 def _check_finite(matrix: np.ndarray, path: str, what: str) -> None:
+    import numpy as np
+
     if np.issubdtype(matrix.dtype, np.floating) and not np.isfinite(matrix).all():
         row, col = np.argwhere(~np.isfinite(matrix))[0]
         raise UserError(f"{what} {path} hold NaN or infinite values (first at row {row}, column {col}); "
@@ -118,17 +134,16 @@ def cmd_dissect(args) -> Path:
 
     device = _device(args.device)
     labelers = _labelers(args)
+    # CLIP first: weights that cannot be had here (offline) fail in a second, before any other work
+    clip = _clip(args, device) if any("clip" in lab.needs or "captioner" in lab.needs for lab in labelers) else None
     loaded = load_model(args.ckpt or args.model)
     model = loaded.model.to(device)
     probe = _probe(args.probe, loaded, args.probe_size, args.seed)
-    clip = _clip(args, device) if any("clip" in lab.needs or "captioner" in lab.needs for lab in labelers) else None
     clip_concepts = _clip_concepts(args, probe) if clip is not None else None
     concepts = ConceptSource.from_dataset(probe, clip=clip, clip_concepts=clip_concepts,
                                           clip_cache_dir=args.clip_cache, hierarchy=_hierarchy(args))
     if "captions" in args.methods:
-        from lwtakit.labelers.captions import CocaCaptioner
-
-        concepts.captioner = CocaCaptioner(args.caption_model, args.caption_pretrained, device=str(device))
+        concepts.captioner = _captioner(args, device)
     check_labelers(labelers, concepts, probe)
     if args.top_images > len(probe):
         raise UserError(f"--top-images {args.top_images} exceeds the probe set's {len(probe)} images; "
@@ -140,6 +155,18 @@ def cmd_dissect(args) -> Path:
                                device=device, mode=args.mode, passes=args.passes, heldout=_heldout(args)),
         history=history, probe_name=args.probe or "")
     return dissect_to_report(loaded, probe, concepts, request, args.out)
+
+
+def _captioner(args, device):
+    """The CoCa captioner of ``--caption-model`` / ``--caption-pretrained`` (the captions method)."""
+    from lwtakit.clip import ClipWeightsUnavailable
+    from lwtakit.clip.load import ANALYZE_CAPTIONS
+    from lwtakit.labelers.captions import CocaCaptioner
+
+    try:
+        return CocaCaptioner(args.caption_model, args.caption_pretrained, device=str(device))
+    except ClipWeightsUnavailable as exc:
+        raise exc.told(ANALYZE_CAPTIONS) from None
 
 
 def _clip_concepts(args, probe) -> list[str]:
@@ -192,10 +219,10 @@ def _add_invert_flags(parser: argparse.ArgumentParser) -> None:
     """The INVERT flags of ``dissect`` and ``label`` (defaults: :class:`InvertConfig`'s)."""
     default = InvertConfig()
     parser.add_argument("--max-length", type=int_at_least(1), default=default.max_length,
-                        help="INVERT formula length")
-    parser.add_argument("--beam", type=int_at_least(1), default=default.beam, help="INVERT formulas kept per length")
+                        help="INVERT: most concepts joined by AND/OR/NOT in one label (formula length)")
+    parser.add_argument("--beam", type=int_at_least(1), default=default.beam, help="INVERT: formulas kept per length")
     parser.add_argument("--min-fraction", type=float, default=default.min_fraction,
-                        help="INVERT: least share of images a label may cover (default %(default)s)")
+                        help="INVERT: least share of images a label may cover")
     parser.add_argument("--max-fraction", type=float, default=default.max_fraction,
                         help="INVERT: largest share of images a label may cover (default %(default)s, the paper's)")
     parser.add_argument("--parsimony", choices=["on", "off"], default="on",
@@ -208,6 +235,9 @@ def _add_invert_flags(parser: argparse.ArgumentParser) -> None:
 
 # --------------------------------------------------------------------------------------------- label
 def cmd_label(args) -> Path:
+    import numpy as np
+    import torch
+
     from lwtakit.io import check_output_file, write_csv
 
     check_output_file(args.out)
@@ -271,6 +301,8 @@ def _metric_names(args) -> list[str]:
 
 
 def _load_concept_labels(path: str, acts: np.ndarray, names: list[str]) -> np.ndarray:
+    import numpy as np
+
     labels = _load_npy(path, "concept labels")
     _check_concepts(acts, labels, names, path)
     if labels.dtype != bool and not np.isin(labels, (0, 1)).all():
@@ -285,6 +317,8 @@ def _score_labels(rows: list[dict], acts: np.ndarray, concepts: np.ndarray, name
     """Add to every labelled row one score per metric of its unit for its label's concept vector (an INVERT
     row's formula, else the concept named by the label); unlabelled rows get no value. A metric whose name is
     already a column (INVERT's ``auc``) is written as ``neuroneval_<name>``. Returns the new column names."""
+    import torch
+
     from lwtakit.evaluation.label_vectors import label_vectors
     from lwtakit.evaluation.metrics import score_columns
 
@@ -318,6 +352,8 @@ def _check_concepts(acts: np.ndarray, matrix: np.ndarray, names: list[str], path
 def _unit_labels(path: str, concepts: np.ndarray, names: list[str], n_units: int):
     """Units and their label vectors ``[N, U]`` from a labels.csv (columns ``unit``, ``label``; rows without a
     label are skipped)."""
+    import torch
+
     from lwtakit.evaluation.label_vectors import label_vectors
     from lwtakit.io import read_table
 
@@ -339,6 +375,8 @@ def _unit_labels(path: str, concepts: np.ndarray, names: list[str], n_units: int
 
 def cmd_sanity(args) -> Path:
     """NeuronEval's missing/extra-labels tests of the label metrics on these activations and concepts."""
+    import numpy as np
+
     from lwtakit.evaluation.sanity import SanityConfig, sanity_check
     from lwtakit.io import check_output_file, write_csv
 
@@ -356,49 +394,93 @@ def cmd_sanity(args) -> Path:
 
 # ------------------------------------------------------------------------------------------- explain
 def cmd_explain(args) -> list[dict]:
-    from PIL import Image, UnidentifiedImageError
-
-    from lwtakit.checkpoint import load_model
-    from lwtakit.data.folders import ImageTooLarge, open_image
-    from lwtakit.explain import active_neurons
-    from lwtakit.lwta import lwta_layers
+    """Print the predicted class, the layer, where its labels come from and its active units for one image."""
+    from lwtakit.checkpoint import load_model, resolve_run
+    from lwtakit.explain import default_layer, explain
 
     device = _device(args.device)
-    loaded = load_model(args.ckpt or args.model)
-    if not Path(args.image).is_file():
-        raise UserError(f"image {args.image} does not exist")
+    run_dir = None
+    if args.ckpt:
+        run_dir, ckpt = resolve_run(args.ckpt)
+        # a checkpoint inside a run folder (RUN/checkpoints/X.ckpt) belongs to that run
+        run_dir = run_dir or (ckpt.resolve().parent.parent if ckpt.resolve().parent.name == "checkpoints" else None)
+        loaded = load_model(str(ckpt))
+    else:
+        loaded = load_model(args.model)
+    x = _explain_image(args.image, loaded)
+    layer = args.layer or default_layer(loaded.model)
+    labels = _explain_labels(args, layer, run_dir)
+    result = explain(loaded.model.to(device), x, layer, labels=labels.labels, top=args.top, device=device)
+    if result.probs is not None:
+        k = int(result.probs.argmax())
+        name = loaded.class_names[k] if k < len(loaded.class_names) else f"class {k}"
+        print(f"prediction: {name} (probability {float(result.probs[k]):.3f})")
+    print(f"layer: {layer} ({_layer_note(args, loaded.model, layer)}); {result.active} of {result.units} units "
+          "active")
+    print(f"labels: {labels.origin}")
+    print(f"{'unit':>6} {'activation':>11}  label")
+    for r in result.rows:
+        print(f"{r['unit']:>6} {r['activation']:>11.4f}  {r.get('label') or ''}")
+    if len(result.rows) < args.top:
+        print(f"({len(result.rows)} rows, not --top {args.top}: only {result.active} of the layer's {result.units} "
+              f"units are active on this image{_active_rule(loaded.model, layer)})")
+    return result.rows
+
+
+def _explain_image(path: str, loaded):
+    """The image file ``path`` as the network's input: [C, H, W] in [0, 1], resized to its input size."""
+    import numpy as np
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    from lwtakit.data.folders import ImageTooLarge, open_image
+
+    if not Path(path).is_file():
+        raise UserError(f"image {path} does not exist")
     try:
-        img = open_image(args.image, "L" if loaded.in_chans == 1 else "RGB")
+        img = open_image(path, "L" if loaded.in_chans == 1 else "RGB")
     except ImageTooLarge as exc:
         raise UserError(f"{exc}; shrink the image first") from None
     except (UnidentifiedImageError, OSError):
-        raise UserError(f"{args.image} is not a readable image file") from None
+        raise UserError(f"{path} is not a readable image file") from None
     img = img.resize((loaded.img_size, loaded.img_size), Image.BILINEAR)
     x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)
-    x = x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)
-    layer = args.layer or (list(lwta_layers(loaded.model)) or [None])[-1]
-    if layer is None:
-        raise UserError("the model has no LWTA layer; name one with --layer")
-    labels = _explain_labels(args.labels, layer, layer_given=args.layer is not None) if args.labels else None
-    rows = active_neurons(loaded.model.to(device), x, layer, labels=labels, top=args.top, device=device)
-    print(f"{'unit':>6} {'activation':>11}  label")
-    for r in rows:
-        print(f"{r['unit']:>6} {r['activation']:>11.4f}  {r.get('label') or ''}")
-    return rows
+    return x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)
 
 
-def _explain_labels(path: str, layer: str, layer_given: bool) -> dict[int, str]:
-    """Unit -> label of ``layer`` from a labels.csv: dissect's (a ``layer`` column) or ``analyze.py label``'s (no
-    ``layer`` column: its rows are one layer's, taken as ``layer`` when the user named it with --layer)."""
-    from lwtakit.io import read_table
+def _layer_note(args, model, layer: str) -> str:
+    """Why this layer: named by --layer, the last LWTA layer, or a dense network's last activation."""
+    from lwtakit.lwta import lwta_layers
 
-    rows = read_table(path, "labels file", required=("unit", "label"), integers=("unit",))
-    if rows and "layer" not in rows[0]:
-        if not layer_given:
-            raise UserError(f"labels file {path} has no layer column, so which layer its units belong to is "
-                            "ambiguous; name it with --layer")
-        rows = [{**r, "layer": layer} for r in rows]
-    return {int(r["unit"]): r["label"] for r in rows if r["layer"] == layer}
+    if args.layer:
+        return "--layer"
+    if lwta_layers(model):
+        return "the last LWTA layer; --layer names another"
+    return "the network has no LWTA layer: its last activation layer; --layer names another"
+
+
+def _active_rule(model, layer: str) -> str:
+    """What makes a unit of ``layer`` active, for the note on fewer rows than --top."""
+    U = getattr(model.get_submodule(layer), "U", None)
+    if callable(getattr(model.get_submodule(layer), "winner_mask", None)) and U and U > 1:
+        return f": one winner in each block of {U}"
+    return ": those with a positive activation"
+
+
+def _explain_labels(args, layer: str, run_dir: Path | None):
+    """The labels of ``layer``: from --labels, else the run folder's labels.csv (its latest dissection), else none,
+    with a line saying which (:func:`lwtakit.explain.read_unit_labels`)."""
+    from lwtakit.explain import UnitLabels, read_unit_labels
+
+    if args.labels:
+        return read_unit_labels(args.labels, layer, layer_given=args.layer is not None)
+    if run_dir is not None and (run_dir / "labels.csv").is_file():
+        found = read_unit_labels(run_dir / "labels.csv", layer, layer_given=False)
+        return UnitLabels(found.labels, f"{found.origin} (the run's own; --labels FILE takes others)")
+    where = f"the run folder {run_dir} has no labels.csv" if run_dir else "no run folder holds this model"
+    spec = args.ckpt or args.model
+    return UnitLabels({}, f"none ({where}); label the units with  analyze.py dissect "
+                          f"{'--ckpt' if args.ckpt else '--model'} {spec} --out DIR  and give --labels DIR")
 
 
 # ------------------------------------------------------------------------------------------- compare
@@ -410,19 +492,25 @@ def cmd_compare(args) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- main
+def _subcommand(sub, name: str, summary: str) -> argparse.ArgumentParser:
+    """A subcommand whose one-line summary is both its entry in ``analyze.py --help`` and its own description."""
+    return sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description="Label, explain and compare the units of vision networks.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("dissect", help="label every unit of chosen layers by every chosen method; HTML report")
+    d = _subcommand(sub, "dissect", "label every unit of chosen layers by every chosen method; HTML report")
     src = d.add_mutually_exclusive_group(required=True)
     src.add_argument("--ckpt", help="checkpoint written by train.py, or its run folder")
     src.add_argument("--model", help="torchvision:NAME (ImageNet weights)")
     d.add_argument("--layers", nargs="+", help="module names (default: last stage activations + classifier)")
     d.add_argument("--methods", nargs="+", default=["invert"],
-                   help="invert clip_dissect iou captions (default: invert)")
-    d.add_argument("--probe", help="synthetic | mnist:PATH | cifar10:ROOT | imagefolder:ROOT | folder:PATH")
-    d.add_argument("--probe-size", type=int_at_least(1), default=1000)
+                   help="labelers to run: invert clip_dissect iou captions")
+    d.add_argument("--probe", help="probe images: synthetic | mnist:PATH | cifar10:ROOT | imagefolder:ROOT | "
+                                   "folder:PATH (default: the validation split the checkpoint was trained on)")
+    d.add_argument("--probe-size", type=int_at_least(1), default=1000, help="probe images used (a seeded subset)")
     d.add_argument("--concepts", default="synthetic",
                    help="concept set for CLIP: a text file or a built-in: words20k words10k words3k (common English "
                         "words) imagenet cifar100 cifar10 mnist places365[:PATH] classes (the probe's) synthetic")
@@ -434,9 +522,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also label both poles of the top-k principal directions (conv layers: fitted per "
                         "position, Dey et al. 2020) and add completeness curves")
     _add_invert_flags(d)
-    d.add_argument("--clip-model", default="ViT-B-16")
-    d.add_argument("--clip-pretrained", help="open_clip tag (online), weights file, or local-dir:FOLDER")
-    d.add_argument("--clip-cache", help="folder for cached CLIP embeddings")
+    d.add_argument("--clip-model", default="ViT-B-16",
+                   help="open_clip model name, or local-dir:FOLDER (open_clip_config.json + weights, no network)")
+    d.add_argument("--clip-pretrained", help="CLIP weights: an open_clip tag such as openai (downloaded once, needs "
+                                             "network), or a weights FILE")
+    d.add_argument("--clip-cache", help="folder for cached CLIP embeddings (default: none, embeddings recomputed)")
     d.add_argument("--clip-similarity", "--clip-method", dest="clip_similarity", default="soft_wpmi",
                    choices=SIMILARITIES, help="CLIP-Dissect similarity function (clip_dissect, captions)")
     d.add_argument("--caption-model", default="coca_ViT-B-32", help="open_clip CoCa model (captions)")
@@ -450,16 +540,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--heldout", type=float, default=0.5, metavar="FRACTION",
                    help="choose labels on this seeded fraction of the probe set and score them on the rest "
                         "(0: label and score on all of it, in-sample; default: 0.5)")
-    d.add_argument("--top-images", type=int_at_least(1), default=8)
+    d.add_argument("--top-images", type=int_at_least(1), default=8, help="top images shown per unit in the report")
     d.add_argument("--grid-units", type=int_at_least(0), default=12,
                    help="best-scoring units per layer shown with their top images (0: every unit)")
-    d.add_argument("--batch-size", type=int_at_least(1), default=128)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--batch-size", type=int_at_least(1), default=128, help="images per forward pass")
+    d.add_argument("--seed", type=int, default=0, help="seed of the probe subset, held-out split and LWTA sampling")
     d.add_argument("--device", default="auto", help=DEVICE_HELP)
-    d.add_argument("--out", required=True)
+    d.add_argument("--out", required=True, help="report folder: report.html and labels.csv")
 
-    lab = sub.add_parser("label", help="label activations you already have (A.npy [N, C])")
-    lab.add_argument("--activations", required=True)
+    lab = _subcommand(sub, "label", "label activations you already have (A.npy [N, C])")
+    lab.add_argument("--activations", required=True, help="A.npy: float [N images, C units]")
     lab.add_argument("--method", required=True, help="invert | " + " | ".join(SIMILARITIES))
     lab.add_argument("--concept-labels", help="bool [N, K] .npy (invert)")
     lab.add_argument("--concept-scores", help="float [N, K] .npy image-concept similarity (CLIP functions)")
@@ -470,9 +560,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "names, or all); needs --concept-labels; a name already taken (auc) becomes neuroneval_<name>")
     lab.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
                      help="top fraction of images a unit fires on (default %(default)s, NeuronEval's)")
-    lab.add_argument("--out", required=True)
+    lab.add_argument("--out", required=True, help="labels.csv to write (unit, label, score, ...)")
 
-    san = sub.add_parser("sanity", help="NeuronEval's missing/extra-labels tests of the label metrics on your data")
+    san = _subcommand(sub, "sanity", "NeuronEval's missing/extra-labels tests of the label metrics on your data")
     san.add_argument("--activations", required=True, help="A.npy [N, C]")
     san.add_argument("--concept-labels", required=True, help="bool [N, K] .npy")
     san.add_argument("--concept-names", required=True, help="text file, one concept a line")
@@ -482,27 +572,31 @@ def build_parser() -> argparse.ArgumentParser:
     san.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
                      help="top fraction of images a unit fires on (default %(default)s, NeuronEval's)")
     san.add_argument("--repeats", type=int, default=10, help="perturbations averaged per unit")
-    san.add_argument("--seed", type=int, default=0)
+    san.add_argument("--seed", type=int, default=0, help="seed of the perturbations")
     san.add_argument("--out", required=True, help="sanity.csv: metric,missing_decrease,extra_decrease,passes")
 
-    e = sub.add_parser("explain", help="the winning units of a layer for one image, with their labels")
+    e = _subcommand(sub, "explain", "the predicted class and the winning units of a layer for one image, with "
+                                    "their labels")
     src = e.add_mutually_exclusive_group(required=True)
     src.add_argument("--ckpt", help="checkpoint written by train.py, or its run folder")
-    src.add_argument("--model")
-    e.add_argument("--image", required=True)
-    e.add_argument("--layer", help="default: the last LWTA layer")
-    e.add_argument("--labels", help="labels.csv from dissect (or a run folder's)")
-    e.add_argument("--top", type=int_at_least(1), default=20)
+    src.add_argument("--model", help="torchvision:NAME (ImageNet weights)")
+    e.add_argument("--image", required=True, help="image file (resized to the network's input size)")
+    e.add_argument("--layer", help="layer to explain (default: the last LWTA layer; in a dense network the last "
+                                   "activation layer)")
+    e.add_argument("--labels", help="labels.csv of dissect or label (default: the run folder's labels.csv, its "
+                                    "latest dissection, when the checkpoint sits in a run folder)")
+    e.add_argument("--top", type=int_at_least(1), default=20, help="most units listed")
     e.add_argument("--device", default="auto", help=DEVICE_HELP)
 
-    c = sub.add_parser("compare", help="put runs (e.g. sparse and dense) side by side; HTML report + CSV")
+    c = _subcommand(sub, "compare", "put runs (e.g. sparse and dense) side by side; HTML report + CSV")
     c.add_argument("runs", nargs="+", help="run folders or checkpoints")
-    c.add_argument("--probe-size", type=int_at_least(1), default=1000)
+    c.add_argument("--probe-size", type=int_at_least(1), default=1000, help="probe images for sparsity and labels")
     c.add_argument("--eval-size", type=int_at_least(1), default=1000,
                    help="test images for accuracy per inference mode")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--seed", type=int, default=0,
+                   help="seed of the probe and test subsets, the held-out split and LWTA sampling")
     c.add_argument("--device", default="auto", help=DEVICE_HELP)
-    c.add_argument("--out", required=True)
+    c.add_argument("--out", required=True, help="report folder: report.html, compare.csv")
     return p
 
 

@@ -15,6 +15,7 @@ run out while one runs (lwtakit/run_folder.py).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -23,28 +24,25 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import lightning.pytorch as pl
-import torch
-from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.loggers import Logger
-from omegaconf import DictConfig
-
-from callbacks.dissection import DissectionCallback
-from callbacks.metrics_csv import ResumableCSVLogger
-from callbacks.rng_state import RNGStateCheckpoint
-from callbacks.run_checkpoint import RunCheckpoint
-from callbacks.sparsity import SparsityMonitor
-from lightning_modules.classifier import LitClassifier
-from lightning_modules.datamodules import VisionDataModule
-from lwtakit.checkpoint import check_resume, last_checkpoint, leftovers
-from lwtakit.checkpoint_io import AtomicCheckpointIO, disk_full, is_disk_full
+# Only light modules here: --help and argument errors answer before torch and Lightning are imported (issue 11);
+# each function imports the heavy ones it needs.
 from lwtakit.config import check_machine, load_config, save_config, to_dict
-from lwtakit.console import quiet_third_party
+from lwtakit.config_help import config_epilog
+from lwtakit.console import quiet_third_party, resuming_in
 from lwtakit.errors import ArgumentParser, UserError
 from lwtakit.io import atomic_write, ensure_writable_dir
 from lwtakit.run_folder import claim, folder_run_id, launched_as_rank_zero, release
 from lwtakit.run_summary import summary_lines
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import Logger
+    from omegaconf import DictConfig
+
+    from lightning_modules.classifier import LitClassifier
+    from lightning_modules.datamodules import VisionDataModule
 
 RUN_DIR_ENV = "LWTAKIT_RUN_DIR"  # shared with ranks that Lightning launches as new processes
 
@@ -80,6 +78,8 @@ def resolve_run_dir(cfg: DictConfig) -> Path:
 
 
 def build_datamodule(cfg: DictConfig) -> VisionDataModule:
+    from lightning_modules.datamodules import VisionDataModule
+
     d = cfg.data
     synthetic = {"target": d.target, "second_object": d.second_object} if d.name == "synthetic" else {}
     return VisionDataModule(
@@ -92,6 +92,8 @@ def build_datamodule(cfg: DictConfig) -> VisionDataModule:
 def build_loggers(cfg: DictConfig, run_dir: Path, resume_step: int | None = None) -> list[Logger]:
     """CSV metrics always (unless logger=none), continuing the rows before ``resume_step`` on a resume; W&B offline
     by default, never blocking training."""
+    from callbacks.metrics_csv import ResumableCSVLogger
+
     if cfg.logger == "none":
         return []
     loggers: list[Logger] = [ResumableCSVLogger(run_dir, resume_step)]
@@ -141,6 +143,13 @@ def _start_wandb(cfg: DictConfig, run_dir: Path, offline: bool) -> Logger | None
 
 
 def build_callbacks(cfg: DictConfig, run_dir: Path, datamodule: VisionDataModule) -> list[pl.Callback]:
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    from callbacks.dissection import DissectionCallback
+    from callbacks.rng_state import RNGStateCheckpoint
+    from callbacks.run_checkpoint import RunCheckpoint
+    from callbacks.sparsity import SparsityMonitor
+
     callbacks: list[pl.Callback] = [
         # The latest epoch's checkpoint, with last.ckpt linking to it once the epoch's rows are on disk.
         RunCheckpoint(dirpath=str(run_dir / "checkpoints")),
@@ -157,6 +166,8 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, datamodule: VisionDataModule
 
 def train(cfg: DictConfig) -> TrainResult:
     """Fit (and test) the model a resolved config describes; returns the run folder and final metrics."""
+    import lightning.pytorch as pl
+
     check_machine(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     # Ranks that Lightning launches as new processes find the folder in RUN_DIR_ENV, claimed by rank 0.
@@ -191,6 +202,13 @@ def _set_run_id(cfg: DictConfig, run_dir: Path, owner: bool) -> None:
 
 
 def _fit(cfg: DictConfig, run_dir: Path) -> TrainResult:
+    import lightning.pytorch as pl
+
+    from callbacks.dissection import DissectionCallback
+    from lightning_modules.classifier import LitClassifier
+    from lwtakit.checkpoint import check_resume, last_checkpoint, leftovers
+    from lwtakit.checkpoint_io import AtomicCheckpointIO
+
     datamodule = build_datamodule(cfg)
     info = datamodule.info
     module = LitClassifier(cfg, num_classes=info.num_classes, in_chans=info.in_chans, mean=info.mean,
@@ -229,7 +247,8 @@ def _fit(cfg: DictConfig, run_dir: Path) -> TrainResult:
     status = "failed"
     try:
         started = time.perf_counter()
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        with resuming_in(run_dir / "checkpoints") if ckpt_path else contextlib.nullcontext():
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         fit_seconds = time.perf_counter() - started
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         if not t.fast_dev_run:
@@ -264,17 +283,30 @@ def _close_loggers(loggers: list[Logger], status: str) -> None:
             logger.experiment.finish(exit_code=0 if status == "success" else 1)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> ArgumentParser:
+    """train.py's arguments; its help lists the experiment configs and the config groups' choices."""
     parser = ArgumentParser(
-        description="Train an LWTA (or dense) vision network.",
-        epilog="Overrides are key=value pairs of the config schema (lwtakit/config.py), e.g. trainer.max_epochs=3;"
-               " group=name picks a file of configs/<group>/, e.g. model=resnet18_dense.",
+        description="Train an LWTA (or dense) vision network. Overrides are key=value pairs of the config schema "
+                    "(lwtakit/config.py), e.g. trainer.max_epochs=3; GROUP=NAME picks a file of configs/GROUP/, "
+                    "e.g. model=resnet18_dense.",
+        epilog=config_epilog(),
     )
     parser.add_argument("--config", default="default",
-                        help="experiment name in configs/experiment/ or a YAML path (default: default)")
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
-    args = parser.parse_args(argv)
+                        help="experiment name in configs/experiment/ (listed below) or a YAML path")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides, e.g. trainer.max_epochs=3 model=resnet18_dense")
+    return parser
+
+
+def main(argv: list[str] | None = None, *, fast_matmul: bool = False) -> int:
+    """Parse ``argv``, train, print the run's summary; ``fast_matmul``: TF32 matmuls on CUDA (the command line's
+    setting), applied after parsing so that --help needs no torch."""
+    args = build_parser().parse_args(argv)
     quiet_third_party()
+    if fast_matmul:
+        import torch
+
+        torch.set_float32_matmul_precision("high")
     try:
         cfg = load_config(args.config, args.overrides)
         result = train(cfg)
@@ -285,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
+        from lwtakit.checkpoint_io import disk_full, is_disk_full
+
         if not is_disk_full(exc):
             raise
         print(f"error: {disk_full(exc.filename or 'the run folder')}", file=sys.stderr)
@@ -295,5 +329,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    torch.set_float32_matmul_precision("high")
-    sys.exit(main())
+    sys.exit(main(fast_matmul=True))

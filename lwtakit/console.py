@@ -3,8 +3,12 @@ third-party notices a user cannot act on (issue 11). Each silenced message is li
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import re
 import warnings
+from collections.abc import Iterator
 
 # torch logs this at import of torch.utils.cpp_extension (pulled in by torch.compile / Triton) on every CPU-only
 # machine that has a CUDA toolkit folder: nothing is wrong and nothing can be done about it.
@@ -14,6 +18,9 @@ _LIGHTNING_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric
 _LIGHTNING_NOISE = ("💡 Tip: For seamless cloud logging",)
 # Lightning's own pytree helper calls an API torch deprecated; the fix is Lightning's to make.
 _WARNING_NOISE = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)
+# Lightning's ModelCheckpoint warns when its folder holds files. A resume reads its checkpoint from the run's own
+# folder, so there this is the expected state (silenced by resuming_in); about any other folder it is news.
+_CHECKPOINT_DIR_NOT_EMPTY = "Checkpoint directory {} exists and is not empty."
 
 
 class _DropMessages(logging.Filter):
@@ -36,3 +43,15 @@ def quiet_third_party() -> None:
             log.addFilter(_DropMessages(_LIGHTNING_NOISE))
     for pattern in _WARNING_NOISE:
         warnings.filterwarnings("ignore", message=pattern)
+
+
+@contextlib.contextmanager
+def resuming_in(checkpoint_dir: str | os.PathLike) -> Iterator[None]:
+    """Inside the block (a run resuming from its own ``checkpoint_dir``), Lightning's warning that this folder
+    exists and is not empty is dropped; the same warning about another folder, and every other warning, still
+    shows. The filters are as before once the block ends."""
+    # Lightning names the folder by its real path.
+    message = re.escape(_CHECKPOINT_DIR_NOT_EMPTY.format(os.path.realpath(checkpoint_dir))) + r"\Z"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=message)
+        yield

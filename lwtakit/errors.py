@@ -20,9 +20,29 @@ class UserError(Exception):
         super().__init__(" ".join(str(message).split()))
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help that shows each option's default (unless its help already says it, or there is none to show: None,
+    False, a required option) and keeps descriptions and epilogs laid out as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        nothing = default is None or default is False or default == argparse.SUPPRESS  # `is`: 0 is a default
+        if "default" in text.lower() or nothing or action.required or not action.option_strings:
+            return text
+        # argparse %-formats the help: a list default is written out here, its own % signs escaped
+        shown = " ".join(map(str, default)).replace("%", "%%") if isinstance(default, list | tuple) else "%(default)s"
+        return f"{text} (default: {shown})"
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with the entry points' error format: one line ``error: ...`` and exit status 2 (argparse
-    itself prints the whole usage block first); ``--help`` still shows the usage."""
+    itself prints the whole usage block first); ``--help`` still shows the usage, with every default
+    (:class:`HelpFormatter`, also for subcommands: ``add_parser`` builds this class)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"error: {self.prog}: {' '.join(message.split())} (see {self.prog} --help)\n")

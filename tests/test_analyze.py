@@ -181,8 +181,10 @@ def test_explain_lists_winning_units_with_labels(runs, tmp_path, capsys):
     code, out, err = run_cli(capsys, "explain", "--ckpt", runs["lwta"] / "checkpoints" / "last.ckpt", "--image",
                              path, "--labels", labels, "--top", 5)
     assert code == 0, err
-    lines = out.strip().splitlines()
-    assert len(lines) == 6 and "concept" in lines[1]
+    lines = out.strip().splitlines()  # prediction, layer and labels lines, then the table
+    assert lines[2] == f"labels: labels of layer4.1.act2 in {labels}"
+    lines = lines[3:]
+    assert len(lines) == 6 and lines[0].split() == ["unit", "activation", "label"] and "concept" in lines[1]
     acts = [float(line.split()[1]) for line in lines[1:]]
     assert acts == sorted(acts, reverse=True)
 

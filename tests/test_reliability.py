@@ -333,7 +333,9 @@ def test_explain_takes_the_labels_of_analyze_label_for_the_layer_it_is_told(tmp_
     code = analyze.main(["explain", "--ckpt", str(ckpt), "--image", str(tmp_path / "ok.png"), "--layer",
                          "layer4.1.act2", "--labels", str(tmp_path / "labels.csv"), "--top", "5", "--device", "cpu"])
     out = capsys.readouterr().out.splitlines()
-    assert code == 0 and len(out) == 6
+    assert code == 0 and out[2] == f"labels: labels of layer4.1.act2 in {tmp_path / 'labels.csv'}"
+    out = out[3:]  # after the prediction, layer and labels lines: the table
+    assert len(out) == 6
     assert all(line.split()[2:] == ["concept", line.split()[0]] for line in out[1:]), out
 
 

@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from .load import ClipWeightsUnavailable, load_clip
+from .load import TRAIN_CLIP, ClipWeightsUnavailable, load_clip
 
 __all__ = ["FALLBACKS", "ClipChoice", "clip_or_fallback"]
 
@@ -51,7 +51,7 @@ def clip_or_fallback(methods: list[str], clip_cfg: Any, labels: str | None) -> C
                          batch_size=clip_cfg.batch_size)
     except ClipWeightsUnavailable as exc:
         if clip_cfg.fallback != "invert" or labels is None:
-            raise
+            raise exc.told(TRAIN_CLIP) from None
         used = list(dict.fromkeys("invert" if m == "clip_dissect" else m for m in methods))
         line = (f"CLIP-Dissect not run: tried CLIP {exc.model} pretrained={exc.pretrained}, {exc.why}; "
                 f"used INVERT on the probe's {labels} instead (methods: {', '.join(used)}); {_GET_WEIGHTS}")

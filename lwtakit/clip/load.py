@@ -3,8 +3,9 @@
 Where the weights come from (``load_clip``):
 
 * ``load_clip("ViT-B-32", "laion2b_s34b_b79k")``: an open_clip model name and pretrained tag (downloads
-  through open_clip / Hugging Face; offline this fails with one :class:`UserError` saying how to supply
-  weights).
+  through open_clip / Hugging Face, or loads from its cache; offline, detected in about a second by
+  :mod:`.online`, weights not in the cache fail at once with one :class:`ClipWeightsUnavailable` saying how
+  to supply them).
 * ``load_clip("ViT-B-32", "/path/weights.bin")``: a local weights file for a built-in architecture.
 * ``load_clip("local-dir:/folder")``: open_clip's own schema, a folder with ``open_clip_config.json``
   (``{"model_cfg": ..., "preprocess_cfg": ...}``) and a weights file; ``pretrained`` may name a weights file
@@ -28,6 +29,7 @@ from lwtakit.errors import UserError
 from lwtakit.io import atomic_write, ensure_writable_dir
 
 from .encode import Clip
+from .online import hub_offline, offline_reason
 
 __all__ = ["HF_HUB", "LOCAL_DIR", "ClipWeightsUnavailable", "load_clip", "save_local_dir", "state_dict_sha256"]
 
@@ -35,20 +37,43 @@ log = logging.getLogger(__name__)
 
 LOCAL_DIR = "local-dir:"
 HF_HUB = "hf-hub:"
-_HOW_TO_SUPPLY = (
-    "supply the weights locally: clip.pretrained=/path/to/weights.bin (with a built-in model name) "
-    "or clip.model=local-dir:/folder (a folder with open_clip_config.json + weights)"
-)
+# How each entry point takes local weights: (a weights file for the named model, an open_clip folder).
+ANALYZE_CLIP = ("--clip-pretrained FILE", "--clip-model local-dir:FOLDER")
+ANALYZE_CAPTIONS = ("--caption-pretrained FILE", "--caption-model local-dir:FOLDER")
+TRAIN_CLIP = ("dissection.clip.pretrained=FILE", "dissection.clip.model=local-dir:FOLDER")
 
 
 class ClipWeightsUnavailable(UserError):
     """A pretrained tag's weights could not be had here (offline and not cached, or the download failed): the one
     CLIP failure a training run may step around (:mod:`lwtakit.clip.fallback`); a bad name or file stays an error.
-    ``model``, ``pretrained``: what was tried; ``why``: why it failed."""
+    ``model``, ``pretrained``: what was tried; ``why``: why it failed; ``supply``: the entry point's two ways to
+    give local weights (:data:`ANALYZE_CLIP`, :data:`TRAIN_CLIP`, ...; by default both entry points')."""
 
-    def __init__(self, model: str, pretrained: str | None, why: str):
-        self.model, self.pretrained, self.why = model, pretrained, why
-        super().__init__(f"could not load CLIP model {model} (pretrained={pretrained!r}): {why}; {_HOW_TO_SUPPLY}")
+    def __init__(self, model: str, pretrained: str | None, why: str, supply: tuple[str, str] | None = None):
+        self.model, self.pretrained, self.why, self.supply = model, pretrained, why, supply
+        if supply is None:
+            how = (f"analyze.py: {ANALYZE_CLIP[0]} or {ANALYZE_CLIP[1]}; train.py: {TRAIN_CLIP[0]} or "
+                   f"{TRAIN_CLIP[1]}")
+        else:
+            how = f"{supply[0]} or {supply[1]}"
+        super().__init__(f"could not load CLIP model {model} (pretrained={pretrained!r}): {why}; give the weights "
+                         f"locally: {how} (a folder with open_clip_config.json and a weights file), or run once "
+                         "with network access so that open_clip caches them")
+
+    def told(self, supply: tuple[str, str]) -> ClipWeightsUnavailable:
+        """The same failure, its message naming ``supply``: the flags or config keys of the entry point at hand."""
+        return ClipWeightsUnavailable(self.model, self.pretrained, self.why, supply)
+
+
+def first_sentence(text: str, limit: int = 300) -> str:
+    """The first sentence of ``text``'s first line, or its first ``limit`` characters cut at a word boundary
+    with '...': never a word cut in two."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    end = line.find(". ")
+    sentence = line[: end + 1] if end >= 0 else line
+    if len(sentence) <= limit:
+        return sentence
+    return sentence[:limit].rsplit(" ", 1)[0] + " ..."
 
 
 def _open_clip():
@@ -162,18 +187,21 @@ def _create_named(model_name: str, pretrained: str | None, device: str, cache_di
                 f"unknown pretrained tag {pretrained!r} for CLIP model {model_name}; known tags: {tags}; "
                 "or give a weights file"
             )
+    # Decided before open_clip starts: without network its download retries for a minute before it fails.
+    offline = offline_reason(model_name, pretrained) if is_tag or model_name.startswith(HF_HUB) else None
     previous = logging.root.manager.disable
     try:
         # open_clip logs its own ERROR line before raising; the UserError below is the one message to show.
         logging.disable(logging.ERROR)
-        model = oc.create_model(model_name, pretrained=pretrained or None, device=device, cache_dir=cache_dir)
+        with hub_offline(offline is not None):
+            model = oc.create_model(model_name, pretrained=pretrained or None, device=device, cache_dir=cache_dir)
     except (RuntimeError, OSError, ValueError, KeyError, AssertionError) as exc:
         # open_clip reports a state dict that does not fit with RuntimeError or a bare assert.
         if pretrained and not is_tag:
-            raise UserError(f"CLIP weights {pretrained} do not fit model {model_name}: {str(exc)[:300]}") from exc
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-        why = ("offline (HF_HUB_OFFLINE=1) and the weights are not in the local cache" if offline
-               else f"download failed: {str(exc).splitlines()[0][:160]}")
+            raise UserError(f"CLIP weights {pretrained} do not fit model {model_name}: "
+                            f"{first_sentence(str(exc))}") from exc
+        why = (f"{offline} and the weights are not in the local cache" if offline
+               else f"download failed: {first_sentence(str(exc))}")
         raise ClipWeightsUnavailable(model_name, pretrained, why) from exc
     finally:
         logging.disable(previous)

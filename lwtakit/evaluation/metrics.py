@@ -65,14 +65,11 @@ import torch
 
 from ..errors import UserError
 from ..labelers.invert import rank_data
+from .options import DEFAULT_ALPHA
 
 __all__ = ["DEFAULT_ALPHA", "METRICS", "Metric", "WPMI_LAMBDA", "check_alpha", "get_metric", "parse_metrics",
            "score", "score_columns", "score_pairs"]
 
-DEFAULT_ALPHA = 0.005
-"""Top fraction of images counted as the unit firing. NeuronEval's fixed alpha for hidden-layer units (its
-experimental sanity check, settings 2 and 4; other settings tune alpha per data set), which is also NetDissect's
-top quantile and :mod:`lwtakit.labelers.iou`'s default."""
 
 WPMI_LAMBDA = 1.0
 """Weight of the concept prior in ``wpmi`` (NeuronEval's default ``lam``)."""

@@ -1,10 +1,16 @@
-"""Settings of the held-out assessment of labels (torch-free: the config schema embeds them)."""
+"""Settings of the held-out assessment of labels, and NeuronEval's default alpha (torch-free: the config schema
+embeds them and the CLI shows them in its --help before torch is imported)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from ..errors import UserError
+
+DEFAULT_ALPHA = 0.005
+"""Top fraction of images counted as the unit firing. NeuronEval's fixed alpha for hidden-layer units (its
+experimental sanity check, settings 2 and 4; other settings tune alpha per data set), which is also NetDissect's
+top quantile and :mod:`lwtakit.labelers.iou`'s default."""
 
 
 @dataclass

@@ -1,0 +1,44 @@
+"""What ``train.py --help`` lists after its options (issue 11): the experiment configs, each with the first
+sentence of its leading comment, and the config groups with their choices, read from configs/ as it is."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import textwrap
+from pathlib import Path
+
+from lwtakit.config import CONFIG_DIR, GROUPS
+
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
+
+
+def describe(path: Path) -> str:
+    """The first sentence of the comment block that opens the YAML file ``path`` ('' when it opens without one)."""
+    lines = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    text = " ".join(lines)
+    end = _SENTENCE_END.search(text)
+    return text[: end.end()] if end else text
+
+
+def config_epilog(config_dir: Path = CONFIG_DIR) -> str:
+    """The experiment configs (``--config NAME``) with their descriptions, then ``GROUP=`` and its choices for
+    every config group, wrapped to the terminal like argparse's own help."""
+    width = max(60, min(shutil.get_terminal_size().columns, 120) - 2)
+    experiments = sorted((config_dir / "experiment").glob("*.yaml"))
+    column = max(len(p.stem) for p in experiments) + 4
+    lines = ["experiment configs (--config NAME, files in configs/experiment/):"]
+    for path in experiments:
+        lines += textwrap.wrap(describe(path) or "(no description)", width,
+                               initial_indent=f"  {path.stem:<{column - 2}}", subsequent_indent=" " * column,
+                               break_on_hyphens=False)
+    lines.append("config groups (GROUP=NAME merges configs/GROUP/NAME.yaml under GROUP):")
+    for group in GROUPS:
+        choices = " | ".join(sorted(p.stem for p in (config_dir / group).glob("*.yaml")))
+        lines += textwrap.wrap(choices, width, initial_indent=f"  {group + '=':<{column - 2}}",
+                               subsequent_indent=" " * column, break_on_hyphens=False)
+    return "\n".join(lines)
