@@ -282,6 +282,7 @@ def test_a_run_folder_stands_for_its_last_checkpoint(tmp_path):
     for (k, a), (_, b) in zip(by_folder.model.state_dict().items(), by_file.model.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
     (tmp_path / "empty").mkdir()
-    for spec, words in ((tmp_path / "empty", "has no checkpoints/; give a run folder"), (tmp_path / "nope", "does not exist")):
+    for spec, words in ((tmp_path / "empty", "has no checkpoints/; give a run folder"),
+                        (tmp_path / "nope", "does not exist")):
         with pytest.raises(UserError, match=words):
             load_model(str(spec))
