@@ -23,14 +23,10 @@ from lwtakit.errors import UserError
 from lwtakit.evaluation.options import HeldOutOptions
 from lwtakit.evaluation.verdict import SIGNIFICANT, VERDICT_METRICS
 from lwtakit.labels import SIGNIFICANT_P
-from lwtakit.lwta import LWTA, lwta_inference, lwta_layers, mc_predict
+from lwtakit.models import activation_layers
+from lwtakit.lwta import lwta_inference, lwta_layers, mc_predict
 from lwtakit.recording import analysis_mode, make_loader, split_batch
 from lwtakit.rng import fork_rng
-
-
-def activation_layers(model: nn.Module) -> list[str]:
-    """Names of the activation modules (LWTA, ReLU, GELU) in forward order."""
-    return [n for n, m in model.named_modules() if isinstance(m, (LWTA, nn.ReLU, nn.GELU))]
 
 
 def accuracy_by_mode(model: nn.Module, dataset, modes: list[str], mc_samples: int = 4, seed: int = 0,

@@ -29,7 +29,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 ACTS = ("relu", "gelu", "lwta")
 
-__all__ = ["MODELS", "ArchOptions", "build_model", "convert_activations", "default_layers", "make_act_layer",
+__all__ = ["MODELS", "ArchOptions", "activation_layers", "build_model", "convert_activations", "default_layers", "make_act_layer",
            "ResNet", "VisionTransformer"]
 
 
@@ -81,10 +81,15 @@ def build_model(name: str, num_classes: int, act: str = "lwta", lwta: LWTAOption
 _ACT_TYPES = (LWTA, nn.ReLU, nn.GELU)
 
 
+def activation_layers(model: nn.Module) -> list[str]:
+    """Names of the activation modules (LWTA, ReLU, GELU) in forward order."""
+    return [n for n, m in model.named_modules() if isinstance(m, _ACT_TYPES)]
+
+
 def default_layers(model: nn.Module) -> list[str]:
     """Activation modules of the last stage (ResNet ``layer4``, ViT last block, else the last
     activation) followed by the classifier (``fc`` / ``head`` / last ``nn.Linear``)."""
-    names = [n for n, m in model.named_modules() if isinstance(m, _ACT_TYPES)]
+    names = activation_layers(model)
     if not names:
         raise UserError(f"{type(model).__name__} has no ReLU/GELU/LWTA activation modules to dissect")
     mods = dict(model.named_modules())
