@@ -23,8 +23,8 @@ from lwtakit.errors import UserError
 from lwtakit.evaluation.options import HeldOutOptions
 from lwtakit.evaluation.verdict import SIGNIFICANT, VERDICT_METRICS
 from lwtakit.labels import SIGNIFICANT_P
-from lwtakit.models import activation_layers
 from lwtakit.lwta import lwta_inference, lwta_layers, mc_predict
+from lwtakit.models import activation_layers
 from lwtakit.recording import analysis_mode, make_loader, split_batch
 from lwtakit.rng import fork_rng
 

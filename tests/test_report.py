@@ -462,8 +462,8 @@ def test_ablation_axis_of_a_wide_layer_is_log2_with_k0_as_its_own_point():
     C = 256
     ks = [0, 13, 26, 64, 128, 192, C]
     pca, neurons = [0.9, 0.4, 0.3, 0.2, 0.1, 0.1, 0.1], [0.9, 0.88, 0.8, 0.6, 0.4, 0.2, 0.1]
-    curve = {"k": list(range(1, C + 1)), "pca_variance": np.linspace(0.1, 1, C), "neuron_variance": np.linspace(0, 1, C),
-             "k_ablation": ks, "pca_ablation_acc": pca, "neuron_ablation_acc": neurons}
+    curve = {"k": list(range(1, C + 1)), "pca_variance": np.linspace(0.1, 1, C),
+             "neuron_variance": np.linspace(0, 1, C), "k_ablation": ks, "pca_ablation_acc": pca, "neuron_ablation_acc": neurons}
     fig = plots.completeness_curves({"layer4": curve})
     ax = fig.axes[1]
     assert ax.get_xscale() == "log" and ax.get_xaxis().get_scale() == "log"
@@ -486,7 +486,8 @@ def test_label_agreement_colours_a_layer_alike_in_every_run_and_styles_each_run(
     lines = {line.get_label(): line for line in ax.get_lines()}
     assert set(lines) == {"l3 · lwta", "fc · lwta", "l3 · dense", "fc · dense"}
     assert lines["l3 · lwta"].get_color() == lines["l3 · dense"].get_color() != lines["fc · lwta"].get_color()
-    assert lines["l3 · lwta"].get_linestyle() == lines["fc · lwta"].get_linestyle() != lines["l3 · dense"].get_linestyle()
+    style = {name: line.get_linestyle() for name, line in lines.items()}
+    assert style["l3 · lwta"] == style["fc · lwta"] != style["l3 · dense"]
     assert "e − 1" in ax.get_xlabel()
     legend = ax.get_legend()
     assert legend.get_bbox_to_anchor().x0 >= ax.bbox.x1 - 1  # outside the axes, right of them

@@ -1,7 +1,7 @@
 """The lines train.py prints when a run ends, from planted metrics and run folders."""
 
 from lwtakit.io import write_csv
-from lwtakit.run_summary import summary_lines, final_accuracy
+from lwtakit.run_summary import final_accuracy, summary_lines
 
 
 def test_lwta_run_summary_names_every_figure_and_the_next_step(tmp_path):

@@ -29,8 +29,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 ACTS = ("relu", "gelu", "lwta")
 
-__all__ = ["MODELS", "ArchOptions", "activation_layers", "build_model", "convert_activations", "default_layers", "make_act_layer",
-           "ResNet", "VisionTransformer"]
+__all__ = ["MODELS", "ArchOptions", "activation_layers", "build_model", "convert_activations", "default_layers",
+           "make_act_layer", "ResNet", "VisionTransformer"]
 
 
 def make_act_layer(act: str, lwta: LWTAOptions | None = None) -> Callable[[int], nn.Module]:
