@@ -463,7 +463,8 @@ def test_ablation_axis_of_a_wide_layer_is_log2_with_k0_as_its_own_point():
     ks = [0, 13, 26, 64, 128, 192, C]
     pca, neurons = [0.9, 0.4, 0.3, 0.2, 0.1, 0.1, 0.1], [0.9, 0.88, 0.8, 0.6, 0.4, 0.2, 0.1]
     curve = {"k": list(range(1, C + 1)), "pca_variance": np.linspace(0.1, 1, C),
-             "neuron_variance": np.linspace(0, 1, C), "k_ablation": ks, "pca_ablation_acc": pca, "neuron_ablation_acc": neurons}
+             "neuron_variance": np.linspace(0, 1, C), "k_ablation": ks, "pca_ablation_acc": pca,
+             "neuron_ablation_acc": neurons}
     fig = plots.completeness_curves({"layer4": curve})
     ax = fig.axes[1]
     assert ax.get_xscale() == "log" and ax.get_xaxis().get_scale() == "log"
