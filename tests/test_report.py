@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
 import math
 import re
@@ -366,8 +367,9 @@ def test_compare_report_one_column_per_run(tmp_path):
             continue
         assert len(row) == 1 + len(runs)
         values[row[0][2]] = [c[2] for c in row[1:]]
-    assert values["argmax"] == ["0.9", "–", "0.91"]
-    assert values["dense"] == ["–", "0.93", "–"]
+    # aligned accuracy: the dense run's one function fills every mode's row (it is the same in each mode)
+    assert values["argmax"] == ["0.9", "0.93", "0.91"] and "dense" not in values
+    assert values["as evaluated (LWTA: mc · dense: its one function)"] == ["–", "0.93", "–"]  # no mc measured
     assert values["layer4"] == [fmt_num(0.25), "1", "0.5"]
     assert values["layer4 · distinct labels"] == ["31", "32", "33"]
     assert values["planted recovery"] == [fmt_num(0.6), fmt_num(0.7), fmt_num(0.8)]
@@ -493,3 +495,59 @@ def test_label_agreement_colours_a_layer_alike_in_every_run_and_styles_each_run(
     legend = ax.get_legend()
     assert legend.get_bbox_to_anchor().x0 >= ax.bbox.x1 - 1  # outside the axes, right of them
     plots._close(fig)
+
+
+def _verdicts():
+    """A pair of runs whose layer4 f1 differs clearly (lwta higher) and whose concepts per unit differ too (lwta
+    fewer: more focused), with fc the same in both."""
+    from lwtakit.evaluation.verdict import VERDICT_METRICS, holm_adjust, verdict
+
+    rng = np.random.default_rng(0)
+    lo, hi, same = rng.uniform(0.1, 0.3, 60), rng.uniform(0.5, 0.7, 60), rng.uniform(0, 1, 60)
+    family = [verdict("layer4", VERDICT_METRICS["heldout_f1"], ("lwta", hi), ("dense", lo)),
+              verdict("layer4", VERDICT_METRICS["concepts"], ("lwta", lo * 10), ("dense", hi * 10)),
+              verdict("fc", VERDICT_METRICS["heldout_f1"], ("lwta", same), ("dense", same))]
+    return holm_adjust(family)
+
+
+def test_compare_report_first_screen_answers_how_the_runs_differ(tmp_path):
+    a, b = _run("lwta", 4, 0.975, 1), _run("dense", 1, 0.993, 2)
+    a.accuracy["mc"] = 0.975
+    for run in (a, b):
+        run.stability = run.completeness = run.active_counts = None
+    how = {"probe set": "val, 300 images", "LWTA mode of labels and sparsity": "mc: 4 passes", "seed": "0"}
+    doc = _parse(compare_report(tmp_path, [a, b], verdicts=_verdicts(), how=how))
+    summary, headline = _table(doc, "summary")[0], _table(doc, "headlines")[0]
+    assert [[c[2] for c in r] for r in summary["rows"][1:]] == [["lwta", "97.5%", "2.5%", fmt_num(0.625)],
+                                                                 ["dense", "99.3%", "0.7%", "1"]]
+    # the significant verdicts, as which run is more interpretable: higher f1, fewer concepts per unit
+    rows = [[c[2] for c in r] for r in headline["rows"][1:]]
+    assert [(r[0], r[1], r[2]) for r in rows] == [("layer4", "f1", "lwta"), ("layer4", "concepts per unit (fewer)",
+                                                                              "lwta")]
+    text = "".join(doc.text)
+    assert "2 of 3 layer × metric comparisons differ significantly after Holm's correction" in text
+    # how the report was made
+    kv = {r[0][2]: r[1][2] for t in _table(doc, "kv") for r in t["rows"] if len(r) == 2}
+    assert kv["probe set"] == "val, 300 images" and kv["LWTA mode of labels and sparsity"] == "mc: 4 passes"
+    # aligned accuracy rows, each with a filled difference; the dense value repeated in mode rows says why
+    (metrics,) = _table(doc, "metrics")
+    by_name = {r[0][2]: r for r in metrics["rows"][1:] if len(r) == 4}
+    evaluated = by_name["as evaluated (LWTA: mc · dense: its one function)"]
+    assert [c[2] for c in evaluated[1:]] == ["0.975", "0.993", "+" + fmt_num(0.993 - 0.975)]
+    for mode, value in (("mc", 0.975), ("sample", 0.965), ("argmax", 0.975)):
+        cells = by_name[mode]
+        assert [c[2] for c in cells[1:]] == [fmt_num(value), "0.993", "+" + fmt_num(0.993 - value)]
+        assert "one function" in cells[2][1]["title"]
+    # every metric is explained: a hover text on its name, and a glossary entry with the same text
+    for name, row in by_name.items():
+        if name not in ("final-layer top-1 label acc", "planted recovery"):  # the fixture's own names
+            assert row[0][1].get("title"), name
+    assert "share p<0.001" not in text
+    raw = (tmp_path / "report.html").read_text(encoding="utf-8")
+    glossary = {html.unescape(name): html.unescape(title)
+                for title, name in re.findall(r'<dt title="([^"]*)">([^<]*)</dt>', raw)}
+    for name in ("as evaluated", "mc", "active fraction", "concepts found", "mean settle epoch", "concepts per unit"):
+        assert glossary[name]
+    assert by_name["layer4 · mean score"][0][1]["title"] == glossary["mean score"]
+    # the accuracy chart plots the error rate, so 0.975 vs 0.993 is 2.5% vs 0.7%, not two full bars
+    assert (tmp_path / "plots" / "accuracy.png").exists()
