@@ -56,7 +56,7 @@ def dissect_to_report(loaded, probe, concepts: ConceptSource, request: DissectRe
     meta = {"run": name, "checkpoint": where, "model": _model_text(loaded),
             "LWTA inference mode": _mode_text(result, opts),
             "probe set": f"{request.probe_name or 'the run’s validation split'}, {len(probe)} images",
-            "labels chosen / scored on": _split_text(result, len(probe)), "seed": request.seed,
+            "labels chosen / scored on": _split_text(result, len(probe)), "seed": str(request.seed),
             "layers": ", ".join(request.layers), "methods": ", ".join(labeler.name for labeler in request.labelers),
             **_invert_meta(request), "seconds": f"{time.perf_counter() - started:.1f}"}
     with staged_dir(out) as stage:

@@ -90,3 +90,17 @@ def test_relu_and_gelu_sparsity_equals_a_direct_count_of_positive_activations():
                 sum(float((b > 0).float().mean()) for b in batches) / 3)
             assert torch.allclose(summary[name]["win_rate"], positive.double().mean(0))
             assert summary[name]["dead_units"] == int((positive.sum(0) == 0).sum())
+
+
+def test_dissection_recording_counts_a_gelu_unit_as_firing_where_its_output_is_positive():
+    """The reports' firing rates and active fractions use the same rule as the monitor: a GELU fires where > 0."""
+    from lwtakit.dissect import DissectOptions, record
+
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(4, 6), nn.GELU())
+    probe = torch.utils.data.TensorDataset(torch.randn(40, 4), torch.zeros(40, dtype=torch.long))
+    rec = record(net, probe, ["1"], DissectOptions(batch_size=16, progress=False))
+    with torch.no_grad():
+        expected = (net(probe.tensors[0]) > 0).float().mean(0)
+    assert 0 < float(expected.mean()) < 1
+    assert torch.allclose(rec.firing["1"].float(), expected)

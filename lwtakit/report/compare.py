@@ -139,8 +139,9 @@ def _plots(runs: Sequence[RunSummary]) -> PendingPlots:
                  "mode (a dense run repeats its one value), on an axis from 0: accuracies near 1 differ visibly.")
     if any(r.sparsity for r in runs):
         figs.add("sparsity", lambda: plots.bar_compare(
-            {r.name: r.sparsity for r in runs}, "Measured active fraction", "fraction of outputs non-zero"),
-            "sparsity", "Measured fraction of non-zero outputs per layer (LWTA with U competitors: about 1/U).")
+            {r.name: r.sparsity for r in runs}, "Measured active fraction", "fraction of outputs active"),
+            "sparsity", "Measured fraction of active outputs per activation layer: LWTA winners, ReLU / GELU outputs "
+            "> 0 (LWTA with U competitors: about 1/U).")
     if any(r.label_quality for r in runs):
         figs.add("label_quality", lambda: plots.bar_compare(
             {r.name: r.label_quality for r in runs}, "Label quality", "value"),
