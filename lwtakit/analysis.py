@@ -78,9 +78,8 @@ def run_name(source: str, loaded) -> tuple[str, str]:
         return loaded.name, source or loaded.name
     if path.is_dir():  # a run folder (load_model already checked it and printed any note)
         return path.resolve().name, str(last_checkpoint(path / "checkpoints")[0])
-    run_dir = path.resolve().parent.parent  # runs/<name>/checkpoints/<file>.ckpt
-    named = path.resolve().parent.name == "checkpoints" and (run_dir / "config.yaml").is_file()
-    return (run_dir.name if named else path.stem), str(path)
+    in_run = path.resolve().parent.name == "checkpoints"  # runs/<name>/checkpoints/<file>.ckpt
+    return (path.resolve().parent.parent.name if in_run else path.stem), str(path)
 
 
 def _model_text(loaded) -> str:
