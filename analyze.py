@@ -153,7 +153,7 @@ def cmd_dissect(args) -> Path:
         layers=args.layers or default_layers(model), labelers=labelers, grid_units=args.grid_units, seed=args.seed,
         options=DissectOptions(pca_components=args.pca, batch_size=args.batch_size, topk=args.top_images,
                                device=device, mode=args.mode, passes=args.passes, heldout=_heldout(args)),
-        history=history, probe_name=args.probe or "")
+        history=history, probe_name=args.probe or "", source=args.ckpt or args.model)
     return dissect_to_report(loaded, probe, concepts, request, args.out)
 
 

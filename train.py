@@ -157,7 +157,7 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, datamodule: VisionDataModule
     ]
     if cfg.logger != "none":
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
-    if cfg.sparsity.enabled and cfg.model.act == "lwta":
+    if cfg.sparsity.enabled:  # dense nets too: their ReLU / GELU sparsity is what LWTA's is compared with
         callbacks.append(SparsityMonitor(every_n_steps=cfg.sparsity.every_n_steps))
     if cfg.dissection.enabled:
         callbacks.append(DissectionCallback.from_config(cfg.dissection, datamodule, run_dir, seed=cfg.seed))

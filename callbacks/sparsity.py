@@ -1,4 +1,4 @@
-"""SparsityMonitor: measured activation sparsity of every LWTA layer during training."""
+"""SparsityMonitor: measured activation sparsity of every activation layer (LWTA, ReLU, GELU) during training."""
 
 from __future__ import annotations
 
@@ -6,21 +6,25 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from torch import nn
 
 from lightning_modules.classifier import network_of
-from lwtakit.lwta import lwta_layers
+from lwtakit.lwta import LWTA
+from lwtakit.models import activation_layers
 from lwtakit.recording import capture
 
 
 class SparsityMonitor(pl.Callback):
-    """Logs, per LWTA layer, the measured fraction of non-zero outputs and per-unit win rates.
+    """Logs, per activation layer, the measured fraction of active outputs and per-unit firing (win) rates.
 
-    Every ``every_n_steps`` training batches the outputs of each LWTA layer are observed by a forward
-    hook (the measurement looks at what the layer emitted, it does not assume 1/U). Per unit, wins
-    (non-zero outputs) are counted over the epoch; at the epoch's end it logs
+    Every ``every_n_steps`` training batches the outputs of each activation layer are observed by a forward
+    hook (the measurement looks at what the layer emitted, it does not assume 1/U). An output is active when
+    it is non-zero for an LWTA layer (a winner; its value may be negative) and when it is > 0 for a ReLU or
+    GELU (a GELU is never exactly 0: its small negative dip counts as off), so an LWTA network and its dense
+    twin are measured alike. Per unit, active outputs are counted over the epoch; at the epoch's end it logs
 
-    - ``sparsity/<layer>/active_fraction``: non-zero outputs / all outputs (1/U by construction);
-    - ``sparsity/<layer>/dead_units``: units that never won in the observed batches of the epoch;
+    - ``sparsity/<layer>/active_fraction``: active outputs / all outputs (1/U for LWTA by construction);
+    - ``sparsity/<layer>/dead_units``: units never active in the observed batches of the epoch;
     - ``sparsity/<layer>/win_rate_min`` / ``_max``: the extremes of the per-unit win rates (any logger), and
       a histogram of all of them when a W&B logger is attached.
     """
@@ -30,7 +34,7 @@ class SparsityMonitor(pl.Callback):
             raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
         self.every_n_steps = every_n_steps
         self.log_histograms = log_histograms
-        self._layers: dict[str, torch.nn.Module] = {}
+        self._layers: dict[str, nn.Module] = {}
         self._wins: dict[str, torch.Tensor] = {}
         self._seen: dict[str, int] = {}
         self._active: dict[str, list[float]] = {}
@@ -42,7 +46,8 @@ class SparsityMonitor(pl.Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._net = network_of(pl_module)
-        self._layers = lwta_layers(self._net)
+        modules = dict(self._net.named_modules())
+        self._layers = {name: modules[name] for name in activation_layers(self._net)}
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._wins, self._seen, self._active = {}, {}, {}
@@ -59,7 +64,10 @@ class SparsityMonitor(pl.Callback):
         self._ctx = self._outputs = None
         ctx.__exit__(None, None, None)
         for name, outputs in captured.items():
-            for nonzero, total, per_unit in map(_win_counts, outputs):
+            layer = self._layers[name]
+            positive = not isinstance(layer, LWTA) or layer.U == 1  # U = 1: the plain dense activation
+            for out in outputs:
+                nonzero, total, per_unit = _win_counts(out, positive)
                 self._active.setdefault(name, []).append(nonzero / total)
                 self._wins[name] = self._wins.get(name, 0) + per_unit
                 self._seen[name] = self._seen.get(name, 0) + total // per_unit.numel()
@@ -93,9 +101,10 @@ class SparsityMonitor(pl.Callback):
         return out
 
 
-def _win_counts(out: torch.Tensor) -> tuple[int, int, torch.Tensor]:
-    """(non-zero outputs, all outputs, per-unit non-zero counts) of one LWTA output."""
-    nz = out.detach() != 0
+def _win_counts(out: torch.Tensor, positive: bool) -> tuple[int, int, torch.Tensor]:
+    """(active outputs, all outputs, per-unit active counts) of one layer output: active = > 0 with
+    ``positive`` (ReLU, GELU), else non-zero (LWTA winners)."""
+    nz = out.detach() > 0 if positive else out.detach() != 0
     unit_dim = 1 if out.dim() == 4 else out.dim() - 1
     dims = [d for d in range(out.dim()) if d != unit_dim]
     per_unit = nz.sum(dim=dims).cpu()

@@ -24,7 +24,7 @@ from lwtakit.rng import fork_rng
 class DissectRequest:
     """What to dissect and show: ``layers``, ``labelers``, how (``options``), the ``grid_units`` best units per
     layer with top-image grids (0: all), the ``seed``, the run's label ``history`` (its labels.csv rows) for drift, and
-    ``probe_name`` for the report's header."""
+    ``probe_name`` and ``source`` (checkpoint or run folder) for the report's header."""
 
     layers: list[str]
     labelers: list[Labeler]
@@ -33,6 +33,7 @@ class DissectRequest:
     seed: int = 0
     history: list[dict] | None = None  # rows of lwtakit.drift.read_history
     probe_name: str = ""
+    source: str = ""  # the checkpoint, run folder or torchvision:NAME given: the report's title and header name it
 
 
 def dissect_to_report(loaded, probe, concepts: ConceptSource, request: DissectRequest, out: str | Path) -> Path:
@@ -50,19 +51,43 @@ def dissect_to_report(loaded, probe, concepts: ConceptSource, request: DissectRe
             completeness = completeness_curves(model, probe, request.layers[:-1] or request.layers, result, request)
     evaluation = label_evaluation(result, loaded, probe, concepts.clip, request)
     heldout = heldout_evaluation(result, concepts, request)
-    infos = layer_infos(result, probe, request)
-    meta = {"model": loaded.name, "probe": f"{request.probe_name or 'training data (val)'}, {len(probe)} images",
-            "methods": ", ".join(labeler.name for labeler in request.labelers), **_invert_meta(request),
-            "layers": ", ".join(request.layers), "LWTA mode": _mode_text(result, opts),
-            "labels chosen / scored on": _split_text(result, len(probe)),
-            "seconds": f"{time.perf_counter() - started:.1f}"}
+    infos = layer_infos(model, result, probe, request)
+    name, where = run_name(request.source, loaded)
+    meta = {"run": name, "checkpoint": where, "model": _model_text(loaded),
+            "LWTA inference mode": _mode_text(result, opts),
+            "probe set": f"{request.probe_name or 'the run’s validation split'}, {len(probe)} images",
+            "labels chosen / scored on": _split_text(result, len(probe)), "seed": str(request.seed),
+            "layers": ", ".join(request.layers), "methods": ", ".join(labeler.name for labeler in request.labelers),
+            **_invert_meta(request), "seconds": f"{time.perf_counter() - started:.1f}"}
     with staged_dir(out) as stage:
         result.table.write_csv(stage / "labels.csv")
         sections = report.Sections(meta=meta, evaluation=evaluation, completeness=completeness,
                                    drift=drift_curves(request.history), heldout=heldout)
-        report.dissection_report(stage, title=f"Dissection of {loaded.name}", rows=result.table.records(),
+        report.dissection_report(stage, title=f"Dissection of {name}", rows=result.table.records(),
                                  layers=infos, sections=sections)
     return Path(out) / "report.html"
+
+
+def run_name(source: str, loaded) -> tuple[str, str]:
+    """``(name, checkpoint)`` of what was dissected: a ``train.py`` run is named by its folder (``default``, not
+    ``default:last.ckpt``), anything else by the loaded model's name; the checkpoint is the file that was read."""
+    from lwtakit.checkpoint import last_checkpoint
+
+    path = Path(source)
+    if not source or source.startswith("torchvision:"):
+        return loaded.name, source or loaded.name
+    if path.is_dir():  # a run folder (load_model already checked it and printed any note)
+        return path.resolve().name, str(last_checkpoint(path / "checkpoints")[0])
+    in_run = path.resolve().parent.name == "checkpoints"  # runs/<name>/checkpoints/<file>.ckpt
+    return (path.resolve().parent.parent.name if in_run else path.stem), str(path)
+
+
+def _model_text(loaded) -> str:
+    """Architecture, activation and U of a train.py checkpoint (its config), else the model's name."""
+    cfg = getattr(loaded, "cfg", None)
+    if cfg is None:
+        return loaded.name
+    return f"{cfg.model.name}, {cfg.model.act}" + (f", U={cfg.model.U}" if cfg.model.act == "lwta" else "")
 
 
 def label_evaluation(result: DissectionResult, loaded, probe, clip, request: DissectRequest) -> dict[str, float]:
@@ -99,9 +124,13 @@ def _invert_meta(request: DissectRequest) -> dict[str, str]:
 
 
 def _mode_text(result: DissectionResult, opts: DissectOptions) -> str:
+    """The function of the network that was dissected, in words (the LWTA mode and its passes)."""
     if result.mode is None:
-        return "none (no LWTA layers, or their own mode)"
-    return f"mc (mean of {opts.passes} seeded stochastic passes)" if result.mode == "mc" else result.mode
+        return "none: a dense network (one deterministic function), or the LWTA layers' own mode"
+    if result.mode == "mc":
+        return f"mc: the mean of {opts.passes} seeded stochastic passes (the function the network is evaluated as)"
+    return {"sample": "sample: one seeded stochastic pass",
+            "argmax": "argmax: the most likely winner of every block (deterministic)"}.get(result.mode, result.mode)
 
 
 def _split_text(result: DissectionResult, n: int) -> str:
@@ -175,13 +204,15 @@ def completeness_curves(model, probe, layers: list[str], result: DissectionResul
     return curves
 
 
-def layer_infos(result: DissectionResult, probe, request: DissectRequest) -> list:
-    """Per layer: units, measured active fraction, firing rates and the top images of its best units; per pole of
-    its principal directions (``<layer>#pca+`` / ``-``): the top images of its best directions."""
+def layer_infos(model, result: DissectionResult, probe, request: DissectRequest) -> list:
+    """Per layer: units, the top images of its best units and, for an activation layer (LWTA, ReLU, GELU), its
+    measured active fraction and firing rates (a linear layer's outputs are all non-zero, so it gets none); per pole
+    of its principal directions (``<layer>#pca+`` / ``-``): the top images of its best directions."""
     from lwtakit.labels import PCA_SUFFIX, POLES, pca_pole
+    from lwtakit.models import activation_layers
     from lwtakit.report import LayerInfo
 
-    infos = []
+    infos, activations = [], set(activation_layers(model))
     poles = [layer + PCA_SUFFIX + pole for layer in result.directions for pole in POLES]
     for layer in [*request.layers, *poles]:
         units = [u for u, _ in result.table.best_units(layer, request.grid_units or None)]
@@ -192,8 +223,9 @@ def layer_infos(result: DissectionResult, probe, request: DissectRequest) -> lis
             infos.append(LayerInfo(name=layer, units=len(result.directions[pole[0]].components), top_images=top))
             continue
         firing = result.recording.firing[layer].numpy()
-        infos.append(LayerInfo(name=layer, units=len(firing), active_fraction=float(firing.mean()), firing=firing,
-                               top_images=top))
+        active = layer in activations
+        infos.append(LayerInfo(name=layer, units=len(firing), active_fraction=float(firing.mean()) if active else None,
+                               firing=firing if active else None, top_images=top, activation=active))
     return infos
 
 

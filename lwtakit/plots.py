@@ -177,51 +177,85 @@ def completeness_curves(curves: Mapping[str, Mapping[str, Any]], split_runs: boo
     return fig
 
 
+_ZERO_AT = 0.5  # where k = 0 (nothing ablated) sits on a log2 k axis: one octave left of k = 1
+_BASES = (("PCA", "-", "o", None), ("neurons", "--", "s", "none"))  # basis, line style, marker, marker face
+
+
+def _log_k(k: np.ndarray) -> bool:
+    """A log2 k axis when k reaches past 64 (wide layers), else a linear one."""
+    return k.size > 0 and float(np.nanmax(k)) > 64
+
+
 def _plot_bases(ax, curve: Mapping[str, Any], name: str, k, keys: tuple[str, str], color) -> None:
-    """The PCA (solid) and neuron (dashed) series ``keys`` of one curve against ``k``."""
+    """The PCA (solid, filled circles) and neuron (dashed, hollow squares) series ``keys`` of one curve against
+    ``k``; on a log2 axis k = 0 (the unablated model) is drawn at :data:`_ZERO_AT` as a separate point, not joined
+    to the line."""
     k = np.asarray(k, dtype=np.float64).ravel()
-    marker = "o" if k.size <= 40 else None
-    for key, style, basis in zip(keys, ("-", "--"), ("PCA", "neurons"), strict=True):
-        y = _series(curve, key, name, k.size)
-        if y is not None:
-            ax.plot(k, y, style, color=color, marker=marker, markersize=2.5, label=f"{name} {basis}")
+    log = _log_k(k)
+    marker_size = 4 if k.size <= 40 else 0
+    for basis, style, marker, face in _BASES:
+        y = _series(curve, keys[0] if basis == "PCA" else keys[1], name, k.size)
+        if y is None:
+            continue
+        line = k > 0 if log else np.ones(k.size, bool)
+        face_kw = {} if face is None else {"markerfacecolor": face}
+        ax.plot(k[line], y[line], style, color=color, marker=marker, markersize=marker_size, label=f"{name} {basis}",
+                **face_kw)
+        if log and (~line).any():
+            ax.plot(np.full(int((~line).sum()), _ZERO_AT), y[~line], linestyle="none", color=color, marker=marker,
+                    markersize=5, **face_kw)
 
 
 def _finish_k_axis(ax) -> None:
-    """Axis labels, grid and legend; a log k axis when k reaches past 64 (symlog when k = 0, the unablated
-    model, is on the axis)."""
-    ax.set_xlabel("k", fontsize=8)
+    """Axis labels, grid and legend; a log2 k axis when k reaches past 64, with k = 0 (when drawn) as its own tick
+    left of a dotted break."""
+    ax.set_xlabel("k (directions)", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3)
-    lines = ax.get_lines()
-    if lines:
-        ax.legend(fontsize=7, frameon=False)
-        if max(float(np.nanmax(line.get_xdata())) for line in lines) > 64:
-            if min(float(np.nanmin(line.get_xdata())) for line in lines) >= 1:
-                ax.set_xscale("log")
-            else:
-                ax.set_xscale("symlog", linthresh=1)
+    lines = [line for line in ax.get_lines() if len(line.get_xdata())]
+    if not lines:
+        return
+    ax.legend(fontsize=7, frameon=False)
+    xs = np.concatenate([np.asarray(line.get_xdata(), dtype=np.float64) for line in lines])
+    if not _log_k(xs):
+        return
+    ax.set_xscale("log", base=2)
+    if (xs == _ZERO_AT).any():
+        ax.axvline(_ZERO_AT * 2 ** 0.5, color="0.5", linestyle=":", linewidth=0.8)
+        ticks = [t for t in ax.get_xticks() if 1 <= t <= xs.max()]
+        ax.set_xticks([_ZERO_AT, *ticks], ["0", *[f"{t:g}" for t in ticks]])
+        ax.set_xlim(_ZERO_AT / 1.4, xs.max() * 1.4)
 
 
-def label_agreement(agreement: Mapping[str, Sequence[tuple[int, float]]]) -> Figure:
-    """Label stability over training: per layer, fraction of units whose label equals the previous
-    dissection's label, at each dissection epoch."""
+def label_agreement(agreement: Mapping[str, Sequence[tuple[int, float]]], split_runs: bool = False) -> Figure:
+    """Label stability over training: per series, the fraction of units whose label at the dissection of epoch e
+    equals their label at the previous dissection (e - 1), at each e. With ``split_runs`` names ``"run/layer"``
+    get one colour per layer and one line style (and marker) per run; otherwise one colour per name. The legend
+    sits outside the axes, so it never covers a line."""
     series = {k: v for k, v in agreement.items() if v}
     if not series:
         return _empty("no label history (fewer than two dissections)")
-    fig = Figure(figsize=(6.4, 3.4), layout="constrained")
+    fig = Figure(figsize=(7.6, 3.4), layout="constrained")
     ax = fig.add_subplot()
+    palette = matplotlib.colormaps["tab10"]
+    styles = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"))
+    colours: dict[str, int] = {}
+    runs: dict[str, int] = {}
     for name, pts in series.items():
+        run, _, layer = name.partition("/") if split_runs else ("", "", name)
+        colour = colours.setdefault(layer or run, len(colours))
+        style, marker = styles[runs.setdefault(run, len(runs)) % len(styles)]
         pts = sorted((float(e), float(f)) for e, f in pts)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=name)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle=style, marker=marker, markersize=3.5,
+                color=palette(colour % 10), label=f"{layer} · {run}" if split_runs else name)
     ax.set_ylim(-0.02, 1.05)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch", fontsize=8)
+    ax.set_xlabel("epoch e (labels at e compared with labels at e − 1)", fontsize=8)
     ax.set_ylabel("units with unchanged label", fontsize=8)
-    ax.set_title("Label agreement with previous dissection", fontsize=9)
+    ax.set_title("Label agreement with the previous dissection", fontsize=9)
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, frameon=False)
+    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
 

@@ -52,13 +52,17 @@ def _first_tensor(output) -> torch.Tensor:
     raise RuntimeError(f"layer output of type {type(output).__name__} holds no tensor")
 
 
-def _active_mask(module: nn.Module, out: torch.Tensor) -> torch.Tensor:
-    """Where units fire: the LWTA winner mask when the module has one, else non-zero outputs."""
+def active_mask(module: nn.Module, out: torch.Tensor) -> torch.Tensor:
+    """Where units fire: the LWTA winner mask when the module has one; positive outputs of a GELU (it is
+    never exactly 0, and its negative dip, at least -0.17, is the "off" side of the gate); else non-zero
+    outputs (a ReLU's positive ones)."""
     winner_mask = getattr(module, "winner_mask", None)
     if callable(winner_mask) and getattr(module, "U", 2) != 1:  # U == 1: plain dense activation
         mask = winner_mask()
         if isinstance(mask, torch.Tensor) and mask.shape == out.shape:
             return mask.bool()
+    if isinstance(module, nn.GELU):
+        return out > 0
     return out != 0
 
 
@@ -103,7 +107,7 @@ class _LayerHook:
         else:
             raise RuntimeError(f"layer {self.name!r}: cannot reduce an output of shape {tuple(out.shape)}")
         if self.extras:
-            mask = _active_mask(module, out).float()
+            mask = active_mask(module, out).float()
             self.per_image.append(mask.mean(dim=positions) if positions else mask)
         if self.pending is not None:  # conv maps whole (moments over positions), other outputs as recorded
             self.pending.append(out.float() if out.dim() == 4 else self.outputs[-1])

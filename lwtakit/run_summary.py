@@ -11,12 +11,24 @@ from lwtakit.io import read_csv
 _MODES = ("sample", "argmax", "mc")
 
 
+def final_accuracy(metrics: dict[str, float], stage: str = "test") -> dict[str, float]:
+    """A run's accuracy per evaluation mode from its final metrics (``results.json``): ``{"dense": acc}`` for a
+    dense network, logged as ``<stage>/acc_dense`` (or ``<stage>/acc_argmax`` by runs before issue 11, when the
+    run has no other mode), else ``{mode: acc}`` for the LWTA modes it was evaluated in."""
+    if f"{stage}/acc_dense" in metrics:
+        return {"dense": metrics[f"{stage}/acc_dense"]}
+    modes = {m: metrics[f"{stage}/acc_{m}"] for m in _MODES if f"{stage}/acc_{m}" in metrics}
+    if set(modes) == {"argmax"}:  # an old dense run: its one deterministic function, named argmax
+        return {"dense": modes["argmax"]}
+    return modes
+
+
 def _accuracy(metrics: dict[str, float]) -> str | None:
-    modes = {m: metrics[f"test/acc_{m}"] for m in _MODES if f"test/acc_{m}" in metrics}
+    modes = final_accuracy(metrics)
     if not modes:
         return None
-    if set(modes) == {"argmax"}:  # a dense network has one deterministic function
-        return f"test accuracy: {modes['argmax']:.1%}"
+    if set(modes) == {"dense"}:
+        return f"test accuracy: {modes['dense']:.1%}"
     return "test accuracy: " + " · ".join(f"{m} {v:.1%}" for m, v in modes.items())
 
 
@@ -24,7 +36,8 @@ def _active(metrics: dict[str, float]) -> str | None:
     fractions = [v for k, v in metrics.items() if k.startswith("sparsity/") and k.endswith("/active_fraction")]
     if not fractions:
         return None
-    return f"active fraction: {sum(fractions) / len(fractions):.3f} (mean over {len(fractions)} LWTA layers)"
+    return (f"active fraction: {sum(fractions) / len(fractions):.3f} (mean over {len(fractions)} activation "
+            "layers)")
 
 
 def _labels(run_dir: Path) -> str | None:
@@ -56,7 +69,7 @@ def _fallback(run_dir: Path) -> str | None:
 
 
 def summary_lines(metrics: dict[str, float], run_dir: Path) -> list[str]:
-    """``run: ...``, then test accuracy per inference mode, the mean active fraction of the LWTA layers, the last
+    """``run: ...``, then test accuracy per inference mode, the mean active fraction of the activation layers, the last
     dissection's labels (and its CLIP fallback, if it fell back), the offline W&B run to sync and the next
     commands; lines without data are left out."""
     lines = [f"run: {run_dir}"]

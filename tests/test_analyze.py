@@ -1,7 +1,9 @@
 """analyze.py end to end on checkpoints that train.py writes, and its bad-input behaviour."""
 
 import csv
+import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -63,6 +65,13 @@ def test_final_layer_labels_of_a_trained_model_are_its_class_names(runs, tmp_pat
     assert hits >= 5, fc
     html = (out / "report.html").read_text()
     assert "layer4.1.act2" in html and html.count("data:image/png;base64") >= 3
+    # titled by the run folder, and says how it was made: the mode it dissected, the probe, the seed
+    assert "<title>Dissection of lwta</title>" in html and "How this report was made" in html
+    ckpt = runs["lwta"] / "checkpoints" / "last.ckpt"
+    for row in ("<th>LWTA inference mode</th><td>argmax: ", "<th>probe set</th><td>the run’s validation split, 256",
+                "<th>seed</th><td>0</td>", f"<th>checkpoint</th><td>{ckpt}</td>"):
+        assert row in html, row
+    assert "n/a — linear layer" in html  # fc has no activity to show
     assert html.count('class="topimg"') == 4 * 3 + 3  # --grid-units 3 in each of the 5 layers
 
 
@@ -207,6 +216,13 @@ def test_compare_sparse_and_dense_writes_report_and_csv(runs, tmp_path, capsys):
     assert (runs["lwta"] / "label_drift.png").stat().st_size > 1000  # written by the callback at fit end
     assert "lwta" in (out / "report.html").read_text()
     assert (out / "plots" / "distributions.png").stat().st_size > 1000  # per-unit held-out values side by side
+    # the dense twin logs acc_dense and the sparsity of its ReLUs, as the LWTA run logs its layers'
+    results = {n: json.loads((runs[n] / "results.json").read_text()) for n in ("lwta", "dense")}
+    assert "test/acc_dense" in results["dense"] and "test/acc_argmax" not in results["dense"]
+    fractions = {n: sorted(k for k in r if k.endswith("/active_fraction")) for n, r in results.items()}
+    assert fractions["dense"] and fractions["dense"] == fractions["lwta"]  # the same activation sites, measured alike
+    trained = r"<th>test accuracy at end of training</th><td>sample 0\.\d+, argmax 0\.\d+</td><td>dense 0\.\d+</td>"
+    assert re.search(trained, (out / "report.html").read_text())
 
 
 # --- analyze.py label ---------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
 import math
 import re
@@ -210,7 +211,7 @@ def _dissection(tmp_path, **kw):
     layers = [
         LayerInfo("layer4", 40, active_fraction=0.25, firing=firing,
                   top_images={3: _images(4, 3), 17: _images(4, 17, size=32), 39: _images(2, 39)}),
-        LayerInfo("fc", 5, top_images={np.int64(0): _images(3, 0)}),
+        LayerInfo("fc", 5, top_images={np.int64(0): _images(3, 0)}, activation=False),
     ]
     args = dict(title="Dissection <of> resnet", rows=rows, layers=layers)
     sections = dict(evaluation={"final-layer top-1": 0.9, "planted recovery (invert)": 0.8125},
@@ -245,8 +246,9 @@ def test_dissection_report_content(tmp_path):
         cells = [c[2] for c in layer4[1 + r["unit"]]]
         assert cells[0] == str(r["unit"])
         assert r["label"] in cells
-        if r["method"] == "invert":
-            assert f"{r['p_value']:.1e}" in cells
+        if r["method"] == "invert":  # a p-value above 1e-3 is flagged: not significant in the report
+            weak = r["p_value"] > 1e-3
+            assert f"{r['p_value']:.1e}" + (" †" if weak else "") in cells
             assert f"{r['score']:.3g}" in cells
     assert [c[2] for c in layer4[1]][1] == "0" and [c[2] for c in layer4[40]][1] == "0.5"  # firing column
 
@@ -266,6 +268,19 @@ def test_dissection_report_content(tmp_path):
     assert len(DATA_URI.findall(raw)) == len(grids) + len(written)
     assert "src=\"http" not in raw and "<link" not in raw  # self-contained
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["plots", "report.html"]
+
+    # Weak p-values: flagged in the table with a hover text, and the mark is explained above the table
+    flagged = [c for row in layer4[1:] for c in row if "weak" in c[1].get("class", "")]
+    expected = [r for r in rows if r["layer"] == "layer4" and r.get("p_value", 0) > 1e-3]
+    assert 0 < len(flagged) == len(expected) < 40
+    assert all("not significant" in c[1]["title"] for c in flagged)
+    assert "† marks a label whose p-value is above 0.001" in text
+
+    # A linear layer has no activity to show: n/a in the overview, no firing column in its units table
+    overview = next(t for t in doc.tables if [c[2] for c in t["rows"][0]][:3] == ["layer", "units", "active fraction"])
+    fc_row = next(r for r in overview["rows"][1:] if r[0][2] == "fc")
+    assert [c[2] for c in fc_row[2:4]] == ["n/a — linear layer", "n/a"]
+    assert [c[2] for c in units_tables[1]["rows"][0]][1] != "firing"
 
     # Evaluation summary table
     kv = {r[0][2]: r[1][2] for t in _table(doc, "kv") for r in t["rows"] if len(r) == 2}
@@ -331,8 +346,8 @@ def test_dissection_report_from_csv_strings(tmp_path):
     doc = _parse(path)
     (table,) = _table(doc, "units")
     assert [r[0][2] for r in table["rows"][1:]] == [str(u) for u in range(6)]
-    p0 = float(rows[1]["p_value"])
-    assert f"{p0:.1e}" in [c[2] for c in table["rows"][1]]
+    p0 = float(rows[1]["p_value"])  # 2.5e-3, read back as text: still compared as a number, and flagged
+    assert p0 > 1e-3 and f"{p0:.1e} †" in [c[2] for c in table["rows"][1]]
 
 
 def test_underflowed_p_value_is_escaped_text(tmp_path):
@@ -380,8 +395,9 @@ def test_compare_report_one_column_per_run(tmp_path):
             continue
         assert len(row) == 1 + len(runs)
         values[row[0][2]] = [c[2] for c in row[1:]]
-    assert values["argmax"] == ["0.9", "–", "0.91"]
-    assert values["dense"] == ["–", "0.93", "–"]
+    # aligned accuracy: the dense run's one function fills every mode's row (it is the same in each mode)
+    assert values["argmax"] == ["0.9", "0.93", "0.91"] and "dense" not in values
+    assert values["as evaluated (LWTA: mc · dense: its one function)"] == ["–", "0.93", "–"]  # no mc measured
     assert values["layer4"] == [fmt_num(0.25), "1", "0.5"]
     assert values["layer4 · distinct labels"] == ["31", "32", "33"]
     assert values["planted recovery"] == [fmt_num(0.6), fmt_num(0.7), fmt_num(0.8)]
@@ -468,3 +484,98 @@ def test_dissection_report_shows_the_heldout_assessment(tmp_path):
     assert header[-3:] == ["F1invert, held-out", "corrinvert, held-out", "conceptsinvert, held-out"]
     assert [[c[2] for c in r][-3:] for r in units["rows"][1:3]] == [["0", "0.2", "0"], ["0.1", "0.2", "1"]]
     assert (tmp_path / "out" / "plots" / "heldout.png").stat().st_size > 1000
+
+
+def test_ablation_axis_of_a_wide_layer_is_log2_with_k0_as_its_own_point():
+    """k = 0 (nothing ablated) cannot sit on a log axis: it is drawn apart, at 0.5 with its own tick "0", not joined
+    to the line; PCA and neurons differ in line style and marker so overlapping curves stay apart."""
+    C = 256
+    ks = [0, 13, 26, 64, 128, 192, C]
+    pca, neurons = [0.9, 0.4, 0.3, 0.2, 0.1, 0.1, 0.1], [0.9, 0.88, 0.8, 0.6, 0.4, 0.2, 0.1]
+    curve = {"k": list(range(1, C + 1)), "pca_variance": np.linspace(0.1, 1, C),
+             "neuron_variance": np.linspace(0, 1, C), "k_ablation": ks, "pca_ablation_acc": pca,
+             "neuron_ablation_acc": neurons}
+    fig = plots.completeness_curves({"layer4": curve})
+    ax = fig.axes[1]
+    assert ax.get_xscale() == "log" and ax.get_xaxis().get_scale() == "log"
+    lines = {line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")}
+    pca_line, neuron_line = lines["layer4 PCA"], lines["layer4 neurons"]
+    assert list(pca_line.get_xdata()) == ks[1:] and list(pca_line.get_ydata()) == pca[1:]
+    assert (pca_line.get_linestyle(), neuron_line.get_linestyle()) == ("-", "--")
+    assert pca_line.get_marker() != neuron_line.get_marker()
+    zeros = sorted(float(line.get_ydata()[0]) for line in ax.get_lines() if list(line.get_xdata()) == [0.5])
+    assert zeros == [pca[0], neurons[0]]
+    assert [t.get_text() for t in ax.get_xticklabels()][0] == "0"
+    plots._close(fig)
+
+
+def test_label_agreement_colours_a_layer_alike_in_every_run_and_styles_each_run():
+    stab = {"lwta/l3": [(1, 0.2), (2, 0.5)], "lwta/fc": [(1, 0.4), (2, 0.9)],
+            "dense/l3": [(1, 0.3), (2, 0.6)], "dense/fc": [(1, 0.1), (2, 0.7)]}
+    fig = plots.label_agreement(stab, split_runs=True)
+    ax = fig.axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert set(lines) == {"l3 · lwta", "fc · lwta", "l3 · dense", "fc · dense"}
+    assert lines["l3 · lwta"].get_color() == lines["l3 · dense"].get_color() != lines["fc · lwta"].get_color()
+    style = {name: line.get_linestyle() for name, line in lines.items()}
+    assert style["l3 · lwta"] == style["fc · lwta"] != style["l3 · dense"]
+    assert "e − 1" in ax.get_xlabel()
+    legend = ax.get_legend()
+    assert legend.get_bbox_to_anchor().x0 >= ax.bbox.x1 - 1  # outside the axes, right of them
+    plots._close(fig)
+
+
+def _verdicts():
+    """A pair of runs whose layer4 f1 differs clearly (lwta higher) and whose concepts per unit differ too (lwta
+    fewer: more focused), with fc the same in both."""
+    from lwtakit.evaluation.verdict import VERDICT_METRICS, holm_adjust, verdict
+
+    rng = np.random.default_rng(0)
+    lo, hi, same = rng.uniform(0.1, 0.3, 60), rng.uniform(0.5, 0.7, 60), rng.uniform(0, 1, 60)
+    family = [verdict("layer4", VERDICT_METRICS["heldout_f1"], ("lwta", hi), ("dense", lo)),
+              verdict("layer4", VERDICT_METRICS["concepts"], ("lwta", lo * 10), ("dense", hi * 10)),
+              verdict("fc", VERDICT_METRICS["heldout_f1"], ("lwta", same), ("dense", same))]
+    return holm_adjust(family)
+
+
+def test_compare_report_first_screen_answers_how_the_runs_differ(tmp_path):
+    a, b = _run("lwta", 4, 0.975, 1), _run("dense", 1, 0.993, 2)
+    a.accuracy["mc"] = 0.975
+    for run in (a, b):
+        run.stability = run.completeness = run.active_counts = None
+    how = {"probe set": "val, 300 images", "LWTA mode of labels and sparsity": "mc: 4 passes", "seed": "0"}
+    doc = _parse(compare_report(tmp_path, [a, b], verdicts=_verdicts(), how=how))
+    summary, headline = _table(doc, "summary")[0], _table(doc, "headlines")[0]
+    assert [[c[2] for c in r] for r in summary["rows"][1:]] == [["lwta", "97.5%", "2.5%", fmt_num(0.625)],
+                                                                 ["dense", "99.3%", "0.7%", "1"]]
+    # the significant verdicts, as which run is more interpretable: higher f1, fewer concepts per unit
+    rows = [[c[2] for c in r] for r in headline["rows"][1:]]
+    assert [(r[0], r[1], r[2]) for r in rows] == [("layer4", "f1", "lwta"), ("layer4", "concepts per unit (fewer)",
+                                                                              "lwta")]
+    text = "".join(doc.text)
+    assert "2 of 3 layer × metric comparisons differ significantly after Holm's correction" in text
+    # how the report was made
+    kv = {r[0][2]: r[1][2] for t in _table(doc, "kv") for r in t["rows"] if len(r) == 2}
+    assert kv["probe set"] == "val, 300 images" and kv["LWTA mode of labels and sparsity"] == "mc: 4 passes"
+    # aligned accuracy rows, each with a filled difference; the dense value repeated in mode rows says why
+    (metrics,) = _table(doc, "metrics")
+    by_name = {r[0][2]: r for r in metrics["rows"][1:] if len(r) == 4}
+    evaluated = by_name["as evaluated (LWTA: mc · dense: its one function)"]
+    assert [c[2] for c in evaluated[1:]] == ["0.975", "0.993", "+" + fmt_num(0.993 - 0.975)]
+    for mode, value in (("mc", 0.975), ("sample", 0.965), ("argmax", 0.975)):
+        cells = by_name[mode]
+        assert [c[2] for c in cells[1:]] == [fmt_num(value), "0.993", "+" + fmt_num(0.993 - value)]
+        assert "one function" in cells[2][1]["title"]
+    # every metric is explained: a hover text on its name, and a glossary entry with the same text
+    for name, row in by_name.items():
+        if name not in ("final-layer top-1 label acc", "planted recovery"):  # the fixture's own names
+            assert row[0][1].get("title"), name
+    assert "share p<0.001" not in text
+    raw = (tmp_path / "report.html").read_text(encoding="utf-8")
+    glossary = {html.unescape(name): html.unescape(title)
+                for title, name in re.findall(r'<dt title="([^"]*)">([^<]*)</dt>', raw)}
+    for name in ("as evaluated", "mc", "active fraction", "concepts found", "mean settle epoch", "concepts per unit"):
+        assert glossary[name]
+    assert by_name["layer4 · mean score"][0][1]["title"] == glossary["mean score"]
+    # the accuracy chart plots the error rate, so 0.975 vs 0.993 is 2.5% vs 0.7%, not two full bars
+    assert (tmp_path / "plots" / "accuracy.png").exists()

@@ -1,7 +1,7 @@
 """The lines train.py prints when a run ends, from planted metrics and run folders."""
 
 from lwtakit.io import write_csv
-from lwtakit.run_summary import summary_lines
+from lwtakit.run_summary import final_accuracy, summary_lines
 
 
 def test_lwta_run_summary_names_every_figure_and_the_next_step(tmp_path):
@@ -14,7 +14,7 @@ def test_lwta_run_summary_names_every_figure_and_the_next_step(tmp_path):
     lines = summary_lines(metrics, tmp_path)
     assert lines[0] == f"run: {tmp_path}"
     assert lines[1] == "test accuracy: sample 96.7% · argmax 93.4% · mc 97.8%"
-    assert lines[2] == "active fraction: 0.375 (mean over 2 LWTA layers)"
+    assert lines[2] == "active fraction: 0.375 (mean over 2 activation layers)"
     # the last dissection only (epoch 2): F1 0.20, 0.21, 0.20, 0.21
     assert lines[3] == f"labels: 4 units in 2 layers at epoch 2, mean held-out F1 0.205 ({tmp_path / 'labels.csv'})"
     assert lines[4].startswith("W&B (offline): upload with  wandb sync")
@@ -22,5 +22,13 @@ def test_lwta_run_summary_names_every_figure_and_the_next_step(tmp_path):
 
 
 def test_dense_run_without_dissection_or_wandb(tmp_path):
-    lines = summary_lines({"test/acc_argmax": 0.989}, tmp_path)
+    lines = summary_lines({"test/acc_dense": 0.989}, tmp_path)
     assert lines[1] == "test accuracy: 98.9%" and len(lines) == 3 and lines[2].startswith("next: ")
+
+
+def test_accuracy_reads_dense_runs_by_their_new_and_their_old_metric_name():
+    assert final_accuracy({"test/acc_dense": 0.98, "val/acc_dense": 0.97}) == {"dense": 0.98}
+    assert final_accuracy({"test/acc_argmax": 0.99}) == {"dense": 0.99}  # a run logged before issue 11
+    assert final_accuracy({"val/acc_argmax": 0.97}, stage="val") == {"dense": 0.97}
+    lwta = {"test/acc_sample": 0.9, "test/acc_argmax": 0.8}
+    assert final_accuracy(lwta) == {"sample": 0.9, "argmax": 0.8}

@@ -54,3 +54,53 @@ def test_win_rates_dead_units_and_active_fraction_match_the_known_winners(tmp_pa
 def test_every_n_steps_is_validated():
     with pytest.raises(ValueError, match="every_n_steps"):
         SparsityMonitor(every_n_steps=0)
+
+
+class TinyDense(pl.LightningModule):
+    """A ReLU and a GELU layer whose weights stay fixed (only the head trains), so every measured batch can be
+    recounted directly after training."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5), nn.GELU(), nn.Linear(5, 2))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self.model(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.model[4].parameters(), lr=0.01)
+
+
+def test_relu_and_gelu_sparsity_equals_a_direct_count_of_positive_activations():
+    torch.manual_seed(2)
+    data = torch.utils.data.TensorDataset(torch.randn(48, 4), torch.randint(0, 2, (48,)))
+    net, monitor = TinyDense(), SparsityMonitor(every_n_steps=2)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, callbacks=[monitor],
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(net, torch.utils.data.DataLoader(data, batch_size=8))  # batches 0, 2, 4 are measured
+    summary = monitor.summary()
+    assert set(summary) == {"1", "3"}
+    with torch.no_grad():
+        for name, upto in (("1", 2), ("3", 4)):
+            batches = [net.model[:upto](data.tensors[0][i:i + 8]) for i in (0, 16, 32)]
+            positive = torch.cat(batches) > 0  # GELU counts as active where its output is > 0
+            assert summary[name]["active_fraction"] == pytest.approx(
+                sum(float((b > 0).float().mean()) for b in batches) / 3)
+            assert torch.allclose(summary[name]["win_rate"], positive.double().mean(0))
+            assert summary[name]["dead_units"] == int((positive.sum(0) == 0).sum())
+
+
+def test_dissection_recording_counts_a_gelu_unit_as_firing_where_its_output_is_positive():
+    """The reports' firing rates and active fractions use the same rule as the monitor: a GELU fires where > 0."""
+    from lwtakit.dissect import DissectOptions, record
+
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(4, 6), nn.GELU())
+    probe = torch.utils.data.TensorDataset(torch.randn(40, 4), torch.zeros(40, dtype=torch.long))
+    rec = record(net, probe, ["1"], DissectOptions(batch_size=16, progress=False))
+    with torch.no_grad():
+        expected = (net(probe.tensors[0]) > 0).float().mean(0)
+    assert 0 < float(expected.mean()) < 1
+    assert torch.allclose(rec.firing["1"].float(), expected)

@@ -10,6 +10,7 @@ import train as train_script
 from lwtakit.checkpoint import load_checkpoint
 from lwtakit.config import load_config
 from lwtakit.lwta import lwta_layers
+from lwtakit.models import activation_layers
 
 TINY = [
     "data.train_size=96", "data.val_size=32", "data.test_size=32", "data.batch_size=32",
@@ -82,10 +83,18 @@ def test_dissection_callback_does_not_change_the_training_trajectory(tmp_path):
     assert_same_weights(weights(with_cb.run_dir), weights(without.run_dir))
 
 
-def test_dense_twin_trains_with_relu(tmp_path):
-    result = train_script.train(tiny_cfg(tmp_path, "logger=none", experiment="default_dense"))
+def test_dense_twin_trains_with_relu_logs_acc_dense_and_its_relu_sparsity(tmp_path):
+    result = train_script.train(tiny_cfg(tmp_path, "logger=none", "dissection.enabled=false",
+                                         experiment="default_dense"))
     assert not lwta_layers(result.module.model)
-    assert "val/acc_argmax" in result.metrics
+    # a dense net has one function: its accuracy is acc_dense, never an LWTA mode's name
+    assert "val/acc_dense" in result.metrics and "test/acc_dense" in result.metrics
+    assert not any(k.endswith(("acc_argmax", "acc_sample", "acc_mc")) for k in result.metrics)
+    # the SparsityMonitor measures every ReLU of the dense twin, as it does the LWTA layers of the LWTA net
+    relus = activation_layers(result.module.model)
+    fractions = {k for k in result.metrics if k.endswith("/active_fraction")}
+    assert fractions == {f"sparsity/{n}/active_fraction" for n in relus}
+    assert all(0 < result.metrics[k] < 1 for k in fractions)
 
 
 @pytest.mark.parametrize(

@@ -29,8 +29,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 ACTS = ("relu", "gelu", "lwta")
 
-__all__ = ["MODELS", "ArchOptions", "build_model", "convert_activations", "default_layers", "make_act_layer",
-           "ResNet", "VisionTransformer"]
+__all__ = ["MODELS", "ArchOptions", "activation_layers", "build_model", "convert_activations", "default_layers",
+           "make_act_layer", "ResNet", "VisionTransformer"]
 
 
 def make_act_layer(act: str, lwta: LWTAOptions | None = None) -> Callable[[int], nn.Module]:
@@ -81,10 +81,15 @@ def build_model(name: str, num_classes: int, act: str = "lwta", lwta: LWTAOption
 _ACT_TYPES = (LWTA, nn.ReLU, nn.GELU)
 
 
+def activation_layers(model: nn.Module) -> list[str]:
+    """Names of the activation modules (LWTA, ReLU, GELU) in forward order."""
+    return [n for n, m in model.named_modules() if isinstance(m, _ACT_TYPES)]
+
+
 def default_layers(model: nn.Module) -> list[str]:
     """Activation modules of the last stage (ResNet ``layer4``, ViT last block, else the last
     activation) followed by the classifier (``fc`` / ``head`` / last ``nn.Linear``)."""
-    names = [n for n, m in model.named_modules() if isinstance(m, _ACT_TYPES)]
+    names = activation_layers(model)
     if not names:
         raise UserError(f"{type(model).__name__} has no ReLU/GELU/LWTA activation modules to dissect")
     mods = dict(model.named_modules())

@@ -12,9 +12,10 @@ import numpy as np
 
 from lwtakit import plots
 from lwtakit.errors import UserError
-from lwtakit.evaluation.verdict import DISTRIBUTION_PANELS, VERDICT_METRICS
+from lwtakit.evaluation.verdict import DISTRIBUTION_PANELS, VERDICT_METRICS, Verdict, format_p
 from lwtakit.io import ensure_writable_dir
 from lwtakit.report.formatting import as_float
+from lwtakit.report.glossary import EVALUATED, GLOSSARY, explain
 from lwtakit.report.page import PendingPlots, write_report
 
 INTERPRETABILITY_NOTE = (
@@ -51,6 +52,19 @@ class _Metric:
     name: str
     values: list[Any]  # per run, None where a run lacks the metric
     diff: float | None  # second run minus first, when exactly two runs both have it
+    help: str = ""  # hover text: what the metric means (see lwtakit.report.glossary)
+    notes: list[str | None] = field(default_factory=list)  # per run, a hover note on its value (e.g. repeated)
+
+
+@dataclass
+class _Headline:
+    """One significant verdict, for the summary: in ``layer`` ``winner`` is more interpretable by ``metric``."""
+
+    layer: str
+    metric: str
+    winner: str
+    values: str  # both runs' means, winner first
+    p: str  # the Holm-adjusted p-value
 
 
 def _union(runs: Sequence[RunSummary], get: Callable[[RunSummary], Mapping[str, Any] | None]) -> list[str]:
@@ -63,17 +77,38 @@ def _union(runs: Sequence[RunSummary], get: Callable[[RunSummary], Mapping[str, 
     return keys
 
 
-def _metric(name: str, values: list[Any], two: bool) -> _Metric:
+def _metric(name: str, values: list[Any], two: bool, group: str | None = None) -> _Metric:
     a, b = (as_float(values[0]), as_float(values[1])) if two else (None, None)
-    return _Metric(name, values, b - a if a is not None and b is not None else None)
+    return _Metric(name, values, b - a if a is not None and b is not None else None, explain(name, group))
+
+
+def evaluated_accuracy(run: RunSummary) -> float | None:
+    """The accuracy of the function a run is evaluated as: an LWTA run's mc, a dense run's one function."""
+    return run.accuracy.get("mc", run.accuracy.get("dense"))
+
+
+def _accuracy_metrics(runs: Sequence[RunSummary]) -> list[_Metric]:
+    """Accuracy rows aligned across runs: first each run as evaluated, then one row per LWTA mode, where a dense run
+    (one function, the same in every mode) repeats its accuracy with a note, so every row has a difference."""
+    two = len(runs) == 2
+    dense_note = "dense network: one function, the same in every mode"
+    rows = [_metric(f"{EVALUATED} (LWTA: mc · dense: its one function)", [evaluated_accuracy(r) for r in runs], two)]
+    modes = [m for m in ("mc", "sample", "argmax") if any(m in r.accuracy for r in runs)]
+    for mode in modes:
+        values = [r.accuracy.get(mode, r.accuracy.get("dense")) for r in runs]
+        row = _metric(mode, values, two)
+        row.notes = [dense_note if mode not in r.accuracy and "dense" in r.accuracy else None for r in runs]
+        rows.append(row)
+    others = _union(runs, lambda r: {k: v for k, v in r.accuracy.items() if k not in modes and k != "dense"})
+    return rows + [_metric(k, [r.accuracy.get(k) for r in runs], two) for k in others]
 
 
 def _metric_groups(runs: Sequence[RunSummary]) -> list[tuple[str, list[_Metric]]]:
     """Groups of metrics with one value per run, the union of metrics over runs in first-seen order."""
     two = len(runs) == 2
 
-    def group(get: Callable[[RunSummary], Mapping[str, Any] | None]) -> list[_Metric]:
-        return [_metric(k, [(get(r) or {}).get(k) for r in runs], two) for k in _union(runs, get)]
+    def group(get: Callable[[RunSummary], Mapping[str, Any] | None], name: str | None = None) -> list[_Metric]:
+        return [_metric(k, [(get(r) or {}).get(k) for r in runs], two, name) for k in _union(runs, get)]
 
     layer_keys: list[tuple[str, str]] = []
     for r in runs:
@@ -82,8 +117,8 @@ def _metric_groups(runs: Sequence[RunSummary]) -> list[tuple[str, list[_Metric]]
                 if (layer, s) not in layer_keys:
                     layer_keys.append((layer, s))
     groups = [
-        ("Accuracy (top-1) per inference mode", group(lambda r: r.accuracy)),
-        ("Measured active fraction per layer", group(lambda r: r.sparsity)),
+        ("Accuracy (top-1): as evaluated, then per inference mode", _accuracy_metrics(runs)),
+        ("Measured active fraction per layer", group(lambda r: r.sparsity, "sparsity")),
         ("Label quality", group(lambda r: r.label_quality)),
         ("Label statistics per layer", [
             _metric(f"{layer} · {s}", [((r.layer_stats or {}).get(layer) or {}).get(s) for r in runs], two)
@@ -95,13 +130,18 @@ def _metric_groups(runs: Sequence[RunSummary]) -> list[tuple[str, list[_Metric]]
 def _plots(runs: Sequence[RunSummary]) -> PendingPlots:
     figs = PendingPlots()
     if any(r.accuracy for r in runs):
-        figs.add("accuracy", lambda: plots.bar_compare(
-            {r.name: r.accuracy for r in runs}, "Top-1 accuracy per inference mode", "accuracy"),
-            "accuracy", "Top-1 accuracy of each run per inference mode.")
+        errors = {r.name: {m.name.split(" (")[0]: 1 - v for m, v in
+                           ((m, as_float(m.values[i])) for m in _accuracy_metrics(runs)) if v is not None}
+                  for i, r in enumerate(runs)}
+        figs.add("accuracy", lambda: plots.bar_compare(errors, "Test error rate (1 − accuracy), lower is better",
+                                                       "error rate"),
+                 "error rate", "Test error rate (1 − top-1 accuracy) of each run, as evaluated and per inference "
+                 "mode (a dense run repeats its one value), on an axis from 0: accuracies near 1 differ visibly.")
     if any(r.sparsity for r in runs):
         figs.add("sparsity", lambda: plots.bar_compare(
-            {r.name: r.sparsity for r in runs}, "Measured active fraction", "fraction of outputs non-zero"),
-            "sparsity", "Measured fraction of non-zero outputs per layer (LWTA with U competitors: about 1/U).")
+            {r.name: r.sparsity for r in runs}, "Measured active fraction", "fraction of outputs active"),
+            "sparsity", "Measured fraction of active outputs per activation layer: LWTA winners, ReLU / GELU outputs "
+            "> 0 (LWTA with U competitors: about 1/U).")
     if any(r.label_quality for r in runs):
         figs.add("label_quality", lambda: plots.bar_compare(
             {r.name: r.label_quality for r in runs}, "Label quality", "value"),
@@ -118,8 +158,10 @@ def _plots(runs: Sequence[RunSummary]) -> PendingPlots:
                  "1.5 IQR; white dot: mean). These are the values the verdicts test.")
     stab = {f"{r.name}/{layer}": pts for r in runs for layer, pts in (r.stability or {}).items() if pts}
     if stab:
-        figs.add("stability", lambda: plots.label_agreement(stab), "label stability",
-                 "Label stability over training: fraction of units whose label equals the previous dissection's.")
+        figs.add("stability", lambda: plots.label_agreement(stab, split_runs=True), "label stability",
+                 "Label stability over training: the fraction of units whose label at the dissection of epoch e "
+                 "equals their label at epoch e − 1 (so the axis starts at the second dissection); one colour per "
+                 "layer, one line style per run.", 760)
     comp = {f"{r.name}/{layer}": c for r in runs for layer, c in (r.completeness or {}).items()}
     if comp:
         figs.add("completeness", lambda: plots.completeness_curves(comp, split_runs=True), "completeness",
@@ -135,16 +177,20 @@ def _plots(runs: Sequence[RunSummary]) -> PendingPlots:
 
 
 def compare_report(out_dir: str | os.PathLike, runs: Sequence[RunSummary], *, title: str = "Sparse vs dense",
-                   verdicts: Sequence[str] = ()) -> Path:
+                   verdicts: Sequence[Verdict] = (), how: Mapping[str, Any] | None = None) -> Path:
     """Write ``out_dir/report.html`` comparing runs side by side (plots also in ``out_dir/plots/``).
 
-    Sections: the verdicts (one sentence per pair of runs, layer and metric) and the interpretability table
+    Sections: a summary (each run's accuracy as evaluated and mean active fraction; the verdicts significant after
+    Holm's correction: which run is more interpretable in which layer by which metric); how the report was made
+    (``how``: settings shared by every run); the verdicts (one sentence per pair of runs, layer and metric,
+    :class:`~lwtakit.evaluation.verdict.Verdict`) and the interpretability table
     (held-out label quality per run and layer, with 95% bootstrap intervals over units); runs (meta as a
     table, one column per run); all metrics (accuracy per inference mode,
     measured active fraction per layer, label quality, per-layer label statistics; one column per run,
-    plus the difference when there are exactly two); bar charts of those; label stability over training
-    when histories exist; completeness curves (Dey et al. 2020) of every run and layer; histograms of
-    the number of active neurons per image.
+    plus the difference when there are exactly two; accuracy rows aligned: as evaluated, then per mode); a
+    glossary of every metric (each metric's name also carries it as hover text); bar charts of those (accuracy
+    as error rate); label stability over training when histories exist; completeness curves (Dey et al. 2020)
+    of every run and layer; histograms of the number of active neurons per image.
     """
     runs = list(runs)
     if not runs:
@@ -156,12 +202,46 @@ def compare_report(out_dir: str | os.PathLike, runs: Sequence[RunSummary], *, ti
 
     figs = _plots(runs)
     interp = _interpretability_rows(runs)
-    nav = [("interpretability", "interpretability")] * bool(interp or verdicts)
-    nav += [("runs", "runs"), ("metrics", "metrics")] + [("plots", "plots")] * bool(figs.figures)
+    nav = [("summary", "summary"), ("how", "how it was made")]
+    nav += [("interpretability", "interpretability")] * bool(interp or verdicts)
+    nav += [("runs", "runs"), ("metrics", "metrics"), ("glossary", "glossary")] + [("plots", "plots")] * bool(
+        figs.figures)
     return write_report(out_dir, "compare.html", figs, title=title, nav=nav, names=names,
                         metas=[r.meta or {} for r in runs], meta_keys=_union(runs, lambda r: r.meta),
-                        groups=_metric_groups(runs), verdicts=list(verdicts), interpretability=interp,
-                        interpretability_note=INTERPRETABILITY_NOTE)
+                        groups=_metric_groups(runs), verdicts=[v.sentence() for v in verdicts],
+                        interpretability=interp, interpretability_note=INTERPRETABILITY_NOTE, how=how or {},
+                        summary=_summary(runs), headlines=headlines(verdicts), tests=len(verdicts),
+                        glossary=_glossary(), explain=explain)
+
+
+def _summary(runs: Sequence[RunSummary]) -> list[tuple[str, float | None, float | None]]:
+    """Per run: its name, accuracy as evaluated and mean measured active fraction over its activation layers."""
+    return [(r.name, evaluated_accuracy(r), float(np.mean(list(r.sparsity.values()))) if r.sparsity else None)
+            for r in runs]
+
+
+def headlines(verdicts: Sequence[Verdict]) -> list[_Headline]:
+    """The verdicts that call a difference (Holm-adjusted p <= alpha), each as the run that is more interpretable:
+    the higher one, except for concepts per unit, where fewer is more focused."""
+    out = []
+    for v in verdicts:
+        if v.higher is None:
+            continue
+        lower = v.run_b if v.higher == v.run_a else v.run_a
+        fewer_is_better = v.metric == VERDICT_METRICS["concepts"]
+        winner = lower if fewer_is_better else v.higher
+        first, second = (v.a, v.b) if winner == v.run_a else (v.b, v.a)
+        out.append(_Headline(v.layer, v.metric + (" (fewer)" if fewer_is_better else ""), winner,
+                             f"{first[0]:.3g} vs {second[0]:.3g}", format_p(v.decisive_p)[4:]))
+    return out
+
+
+def _glossary() -> list[tuple[str, list[tuple[str, str]]]]:
+    """The glossary's entries by group, in the order the report shows the metrics."""
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for name, (group, text) in GLOSSARY.items():
+        groups.setdefault(group, []).append((name, text))
+    return list(groups.items())
 
 
 def _interpretability_rows(runs: Sequence[RunSummary]) -> list[tuple[str, str, list]]:

@@ -31,6 +31,7 @@ class LayerInfo:
     active_fraction: float | None = None  # measured: fraction of non-zero outputs over the probe set
     firing: np.ndarray | None = None  # [C] per-unit firing (LWTA: win) rate
     top_images: dict[int, Any] = field(default_factory=dict)  # unit -> [k, 3, H, W] top-activating images
+    activation: bool = True  # an activation layer (LWTA, ReLU, GELU); False: linear, where activity means nothing
 
 
 @dataclass
@@ -48,6 +49,9 @@ class HeldOut:
 HELDOUT_NOTE = ("Means over the labelled units; a significant label has held-out p < 0.001; concepts per unit counts "
                 "the concepts a unit detects significantly on the held-out images (Benjamini-Hochberg): fewer is "
                 "more focused.")
+WEAK_P_NOTE = ("† marks a label whose p-value is above {threshold:g}, the threshold a label must pass to count as "
+               "significant in this report: with hundreds of units and concepts tested, such a label can be chance; "
+               "read it as a hint, not a finding.")
 SANITY_NOTE = ("NeuronEval's sanity tests (Oikarinen et al. 2025) on the held-out images with each unit's INVERT "
                "label: the share of units whose score drops when half of the label's positive images are removed "
                "(missing labels) and when random positives double them (extra labels). A metric passes at 90% or "
@@ -180,7 +184,9 @@ def _cards(top: Mapping[Any, Any], methods: Sequence[_Method], firing: np.ndarra
 def _layer(name: str, info: LayerInfo | None, rows: Sequence[Row], anchor: str) -> _Layer:
     """Everything the overview row and the section of one layer show."""
     methods = _methods(rows)
-    firing = None if info is None or info.firing is None else np.asarray(plots._to_numpy(info.firing)).ravel()
+    linear = info is not None and not info.activation  # every output non-zero: no firing to show
+    firing = None if linear or info is None or info.firing is None else np.asarray(
+        plots._to_numpy(info.firing)).ravel()
     top = {} if info is None else {_unit_key(u)[1]: v for u, v in (info.top_images or {}).items()}
     keys = {k for m in methods for k in m.by_unit} | {_unit_key(u) for u in top}
     if not keys and firing is not None:
@@ -225,17 +231,20 @@ def _plots(rows: Sequence[Row], layers: Sequence[LayerInfo], completeness: Mappi
                  "held-out label quality per unit",
                  "Each unit's label scored on the held-out images, per layer (boxes: quartiles; whiskers: 1.5 IQR; "
                  "white dot: mean). Concepts per unit counts the concepts a unit detects significantly there.")
-    firing = {li.name: li.firing for li in layers if li.firing is not None}
+    firing = {li.name: li.firing for li in layers if li.firing is not None and li.activation}
     if firing:
         figs.add("firing_rates", lambda: plots.firing_rates(firing), "firing rates",
                  "Per-unit firing rates sorted from most to least active; a tail at zero means dead units.", 720)
     if completeness:
         figs.add("completeness", lambda: plots.completeness_curves(completeness), "completeness curves",
                  "Completeness (Dey et al. 2020): variance explained by, and accuracy after ablating, the top-k "
-                 "principal components (solid) vs the top-k neurons (dashed).")
+                 "principal components (solid, filled circles) vs the top-k neurons (dashed, hollow squares). Wide "
+                 "layers get a log2 k axis, on which k = 0 (nothing ablated) is the separate point left of the "
+                 "dotted break.")
     if drift:
         figs.add("label_agreement", lambda: plots.label_agreement(drift), "label agreement",
-                 "Fraction of units whose label is unchanged since the previous dissection during training.", 720)
+                 "Fraction of units whose label at the training-time dissection of epoch e equals their label at "
+                 "epoch e − 1, so the axis starts at the second dissection.", 720)
     return figs
 
 
@@ -293,15 +302,15 @@ def dissection_report(out_dir: str | os.PathLike, *, title: str, rows: Sequence[
                       layers: Sequence[LayerInfo], sections: Sections | None = None) -> Path:
     """Write ``out_dir/report.html`` (plots also as ``out_dir/plots/*.png``) and return its path.
 
-    Sections (:class:`Sections`): meta; evaluation summary; the held-out assessment (:class:`HeldOut`: means
-    per layer and method, the metrics' sanity tests); layer overview (units, measured active fraction, dead units,
-    per method mean score / distinct labels / share significant); plots (label-score histograms, sorted
-    firing rates, PCA-vs-neuron completeness after Dey et al. 2020, label drift over training); then
-    one section per layer: a sortable table of every labelled unit (label and score per method,
-    INVERT Mann-Whitney p-value) and, for the units given in ``LayerInfo.top_images``, a card with the
-    unit's labels next to its top-activating images. Layers present only in ``rows`` get a section too. A pole of
-    principal directions (``"<layer>#pca+"`` / ``"-"``) says what directions are and lists the labels they find
-    that no unit of the layer gets.
+    Sections (:class:`Sections`): meta (how the report was made); evaluation summary; the held-out assessment
+    (:class:`HeldOut`: means per layer and method, the metrics' sanity tests); layer overview (units, measured
+    active fraction and dead units, n/a for a linear layer; per method mean score / distinct labels / share
+    significant); plots (label-score histograms, sorted firing rates, PCA-vs-neuron completeness after Dey et al.
+    2020, label drift over training); then one section per layer: a sortable table of every labelled unit (label
+    and score per method, INVERT Mann-Whitney p-value, marked † above :data:`~lwtakit.labels.SIGNIFICANT_P`)
+    and, for the units given in ``LayerInfo.top_images``, a card with the unit's labels next to its top-activating
+    images. Layers present only in ``rows`` get a section too. A pole of principal directions (``"<layer>#pca+"`` /
+    ``"-"``) says what directions are and lists the labels they find that no unit of the layer gets.
     """
     out_dir = ensure_writable_dir(out_dir)
     rows, sec = list(rows), sections or Sections()
@@ -319,14 +328,15 @@ def dissection_report(out_dir: str | os.PathLike, *, title: str, rows: Sequence[
         if (pole := pca_pole(view.name)) is not None:
             view.note = _directions_note(pole[0], view.pole, rows_by_layer.get(view.name, []),
                                          rows_by_layer.get(pole[0], []))
-    nav = [("meta", "run")] * bool(sec.meta) + [("evaluation", "evaluation")] * bool(sec.evaluation)
+    nav = [("meta", "how it was made")] * bool(sec.meta) + [("evaluation", "evaluation")] * bool(sec.evaluation)
     nav += [("heldout", "held-out")] * bool(sec.heldout)
     nav += [("overview", "layers")] + [("plots", "plots")] * bool(figs.figures)
     nav += [(v.anchor, v.name) for v in views]
     return write_report(out_dir, "dissect.html", figs, title=title, nav=nav, meta=sec.meta,
                         evaluation=sec.evaluation, heldout=sec.heldout, heldout_columns=VERDICT_METRICS,
                         heldout_note=HELDOUT_NOTE, sanity_note=SANITY_NOTE, layers=views,
-                        interpretable_iou=INTERPRETABLE_IOU,
+                        interpretable_iou=INTERPRETABLE_IOU, weak_p=SIGNIFICANT_P,
+                        weak_p_note=WEAK_P_NOTE.format(threshold=SIGNIFICANT_P),
                         show_interpretable=any(m.interpretable is not None for v in views for m in v.methods),
                         n_units=len({(str(r.get("layer")), str(r.get("unit"))) for r in rows}),
                         methods=sorted({str(r.get("method", "")) for r in rows}))
