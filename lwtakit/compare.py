@@ -10,6 +10,7 @@ completeness of the last activation layer (Dey et al. 2020) and per-image counts
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -76,11 +77,15 @@ def summarize_run(spec: str, probe_size: int = 1000, eval_size: int = 1000, seed
     act_layers = activation_layers(model)
     # the network as it is evaluated (mc: the mean of seeded stochastic passes); labels held out
     opts = DissectOptions(batch_size=256, device=device, progress=False, heldout=HeldOutOptions(seed=seed))
+    concepts = ConceptSource.from_dataset(probe)
     with fork_rng(seed):  # sparsity and completeness need every activation layer, the labels only `labelled`
         rec = record(model, probe, list(dict.fromkeys(act_layers + labelled)), opts, moments=True)
-        table = dissect(model, probe, labelled, ["invert"], ConceptSource.from_dataset(probe), opts,
-                        recording=rec).table
+        table = dissect(model, probe, labelled, ["invert"], concepts, opts, recording=rec).table
     quality, layer_stats = label_quality(table, loaded.class_names, probe)
+    if hasattr(probe, "concept_masks"):  # per-pixel concept masks (the synthetic data): NetDissect's count too
+        with fork_rng(seed):
+            iou = dissect(model, probe, labelled, ["iou"], concepts, replace(opts, heldout=None), recording=rec)
+        add_interpretable_units(layer_stats, iou.table)
     interpretability, unit_values = interpretability_of(table, seed)
     stability = None if history is None else training_stability(history, layer_stats)
     explained = act_layers[-1]
@@ -129,6 +134,19 @@ def label_quality(table, class_names: list[str], probe) -> tuple[dict[str, float
                            "distinct labels": float(s.distinct_labels)}
                    for (layer, _), s in table.summaries().items()}
     return quality, layer_stats
+
+
+def add_interpretable_units(layer_stats: dict[str, dict[str, float]], iou_table) -> None:
+    """Add NetDissect's headline figure (Bau et al. 2017) to each conv layer's stats: the units whose IoU label has
+    IoU > :data:`~lwtakit.labels.INTERPRETABLE_IOU` ("interpretable units"), their share and the distinct concepts
+    they cover (:func:`lwtakit.labels.interpretable_units`)."""
+    from lwtakit.report.glossary import INTERPRETABLE_CONCEPTS, INTERPRETABLE_SHARE, INTERPRETABLE_UNITS
+
+    for (layer, _), summary in iou_table.summaries().items():
+        if layer in layer_stats and summary.interpretable is not None:
+            found = summary.interpretable
+            layer_stats[layer].update({INTERPRETABLE_UNITS: float(found.units), INTERPRETABLE_SHARE: found.share,
+                                       INTERPRETABLE_CONCEPTS: float(found.concepts)})
 
 
 def interpretability_of(table, seed: int = 0):

@@ -74,3 +74,18 @@ def test_dissect_report_overview_shows_them_only_with_iou_labels(tmp_path):
     invert_only = table.select(method="invert").records()
     overview = _overview(dissection_report(tmp_path / "b", title="t", rows=invert_only, layers=[]))
     assert not any("IoU" in cell for cell in overview[0])
+
+
+def test_compare_adds_them_to_each_layers_stats_from_a_per_unit_loop():
+    from lwtakit.compare import add_interpretable_units
+    from lwtakit.report.glossary import GLOSSARY, INTERPRETABLE_CONCEPTS, INTERPRETABLE_SHARE, INTERPRETABLE_UNITS
+
+    table = _planted(seed=1)
+    stats = {"layer3": {"units": 30.0}, "layer4": {"units": 45.0}, "fc": {"units": 10.0}}
+    add_interpretable_units(stats, table.select(method="iou"))
+    for layer in ("layer3", "layer4"):
+        units, share, concepts = _per_unit(table, layer)
+        assert stats[layer][INTERPRETABLE_UNITS] == units and stats[layer][INTERPRETABLE_CONCEPTS] == concepts
+        assert stats[layer][INTERPRETABLE_SHARE] == pytest.approx(share)
+    assert stats["fc"] == {"units": 10.0}  # no IoU labels (a linear layer): nothing added
+    assert all(name in GLOSSARY for name in (INTERPRETABLE_UNITS, INTERPRETABLE_SHARE, INTERPRETABLE_CONCEPTS))

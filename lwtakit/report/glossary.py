@@ -5,6 +5,12 @@ from __future__ import annotations
 import re
 
 from lwtakit.evaluation.verdict import VERDICT_METRICS
+from lwtakit.labels import INTERPRETABLE_IOU
+
+# NetDissect's per-layer count, as compare names it (lwtakit.compare.add_interpretable_units)
+INTERPRETABLE_UNITS = f"IoU > {INTERPRETABLE_IOU:g} units"
+INTERPRETABLE_SHARE = f"IoU > {INTERPRETABLE_IOU:g} share"
+INTERPRETABLE_CONCEPTS = f"IoU > {INTERPRETABLE_IOU:g} concepts"
 
 EVALUATED = "as evaluated"
 
@@ -36,6 +42,14 @@ GLOSSARY: dict[str, tuple[str, str]] = {
     "mean score": ("labels", "Mean INVERT AUC of the layer's labels, in-sample (chosen and scored on the same "
                    "images; the interpretability table has the held-out values)."),
     "distinct labels": ("labels", "Different labels among the layer's units: few = many units share a concept."),
+    INTERPRETABLE_UNITS: ("labels", "NetDissect's headline figure (Bau et al. 2017): units whose IoU label "
+                          f"(Network-Dissection IoU against the probe's per-pixel concept masks) has IoU > "
+                          f"{INTERPRETABLE_IOU:g}, the 'interpretable units'. Probe sets with masks only (synthetic)."),
+    INTERPRETABLE_SHARE: ("labels", f"The interpretable units (IoU > {INTERPRETABLE_IOU:g}) as a share of the "
+                          "layer's units."),
+    INTERPRETABLE_CONCEPTS: ("labels", f"Distinct concepts the interpretable units (IoU > {INTERPRETABLE_IOU:g}) "
+                             "detect: how many concepts the layer covers, the figure NetDissect compares networks "
+                             "by."),
     "stable fraction": ("training", "Mean over units of the share of training-time dissections after which the "
                         "unit's label no longer changes: 1 = settled from the first dissection."),
     "mean settle epoch": ("training", "Mean over units of the epoch from which the unit's label never changes "
