@@ -28,9 +28,11 @@ class LitClassifier(pl.LightningModule):
         cfg = config_lib.from_dict(cfg) if isinstance(cfg, dict) else cfg
         self.cfg = cfg
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+        # Kept in the checkpoint (load_checkpoint reads them) but not logged: train.py gives W&B the resolved config
+        # once, when the run starts; logged here too, it appeared twice (and with every class name).
         self.save_hyperparameters(
             {"cfg": config_lib.to_dict(cfg), "num_classes": num_classes, "in_chans": in_chans,
-             "mean": list(mean), "std": list(std), "class_names": self.class_names}
+             "mean": list(mean), "std": list(std), "class_names": self.class_names}, logger=False,
         )
         self.model = build_network(cfg, num_classes, in_chans, mean, std)
         self.temperature_at(0)  # validate the schedule now, not at the first epoch

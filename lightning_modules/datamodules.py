@@ -62,7 +62,7 @@ class VisionDataModule(L.LightningDataModule):
             raise UserError(f"data.batch_size must be >= 1, got {batch_size}")
         if int(num_workers) < 0:
             raise UserError(f"data.num_workers must be >= 0, got {num_workers}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # in the run config already: logged once, by train.py
         self.name = name
         self.root = root
         self.download = bool(download)

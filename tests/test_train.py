@@ -40,6 +40,10 @@ def test_fast_dev_run_touches_every_part(tmp_path):
     assert "train/loss" in result.metrics and "val/acc_argmax" in result.metrics
 
 
+def loaded_hparams(run):
+    return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]
+
+
 def test_run_folder_holds_config_checkpoint_metrics_labels_and_offline_wandb(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     result = train_script.train(tiny_cfg(tmp_path))
@@ -47,6 +51,10 @@ def test_run_folder_holds_config_checkpoint_metrics_labels_and_offline_wandb(tmp
     assert (run / "config.yaml").exists() and (run / "checkpoints" / "last.ckpt").exists()
     assert (run / "logs" / "metrics.csv").read_text().count("\n") > 1
     assert list((run / "wandb").glob("offline-run-*/run-*.wandb")), "no offline W&B run"
+    # The loggers get no hyper-parameters from Lightning (W&B has the resolved config once, from train.py; the
+    # module's and datamodule's hyper-parameters logged too made it appear twice): CSVLogger writes no hparams.yaml
+    assert not (run / "logs" / "hparams.yaml").exists()
+    assert loaded_hparams(run)["num_classes"] == result.module.hparams["num_classes"] > 1  # kept in the checkpoint
     labels = (run / "labels.csv").read_text().splitlines()
     assert labels[0].startswith("epoch,step,layer,unit,method,mode,label,score,firing_rate")
     assert len(labels) > 1
