@@ -485,10 +485,11 @@ def _explain_labels(args, layer: str, run_dir: Path | None):
 
 # ------------------------------------------------------------------------------------------- compare
 def cmd_compare(args) -> Path:
-    from lwtakit.compare import compare
+    from lwtakit.compare import CompareOptions, compare
 
-    return compare(args.runs, args.out, probe_size=args.probe_size, seed=args.seed, eval_size=args.eval_size,
-                   device=_device(args.device))
+    return compare(args.runs, args.out, CompareOptions(probe_size=args.probe_size, eval_size=args.eval_size,
+                                                       seed=args.seed, device=_device(args.device),
+                                                       layers=args.layers))
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -595,6 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test images for accuracy per inference mode")
     c.add_argument("--seed", type=int, default=0,
                    help="seed of the probe and test subsets, the held-out split and LWTA sampling")
+    c.add_argument("--layers", nargs="+", metavar="LAYER",
+                   help="layers labelled in every run (default: each run's last stage and classifier); e.g. one "
+                        "activation per stage, to see where the planted concepts are found")
     c.add_argument("--device", default="auto", help=DEVICE_HELP)
     c.add_argument("--out", required=True, help="report folder: report.html, compare.csv")
     return p

@@ -10,8 +10,9 @@ completeness of the last activation layer (Dey et al. 2020) and per-image counts
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from torch import nn
@@ -25,7 +26,7 @@ from lwtakit.evaluation.options import HeldOutOptions
 from lwtakit.evaluation.verdict import SIGNIFICANT, VERDICT_METRICS
 from lwtakit.lwta import lwta_inference, lwta_layers, mc_predict
 from lwtakit.models import activation_layers
-from lwtakit.recording import analysis_mode, make_loader, split_batch
+from lwtakit.recording import analysis_mode, make_loader, resolve_module, split_batch
 from lwtakit.rng import fork_rng
 
 
@@ -52,8 +53,20 @@ def accuracy_by_mode(model: nn.Module, dataset, modes: list[str], mc_samples: in
     return out
 
 
-def summarize_run(spec: str, probe_size: int = 1000, eval_size: int = 1000, seed: int = 0, device="cpu",
-                  history: list[dict] | None = None):
+@dataclass
+class CompareOptions:
+    """How every run of a comparison is measured: ``probe_size`` validation images for sparsity and labels,
+    ``eval_size`` test images for accuracy, the ``seed`` of subsets and passes, the ``device``, and the ``layers``
+    labelled in every run (None: each run's last stage and classifier, :func:`lwtakit.models.default_layers`)."""
+
+    probe_size: int = 1000
+    eval_size: int = 1000
+    seed: int = 0
+    device: Any = "cpu"
+    layers: list[str] | None = None
+
+
+def summarize_run(spec: str, options: CompareOptions, history: list[dict] | None = None):
     """Everything :func:`compare` shows about one run, as a :class:`lwtakit.report.RunSummary`; ``history`` is
     the run's label history (:func:`lwtakit.analysis.run_history`), for its stability over training."""
     from lwtakit.labelers.pca import variance_curves
@@ -62,18 +75,21 @@ def summarize_run(spec: str, probe_size: int = 1000, eval_size: int = 1000, seed
 
     run_dir, loaded = load_run(spec)
     ckpt = loaded.path
+    seed, device = options.seed, options.device
     model, cfg = loaded.model.to(device), loaded.cfg
+    labelled = options.layers or default_layers(model)
+    for layer in labelled:  # a wrong name fails before any measurement
+        resolve_module(model, layer)
     has_lwta = bool(lwta_layers(model))
     modes = ["sample", "argmax", "mc"] if has_lwta else ["dense"]
-    test = probe_subset(loaded.dataset("test"), eval_size, seed)
+    test = probe_subset(loaded.dataset("test"), options.eval_size, seed)
     # mc as the run's config evaluates it (eval.mc_samples passes, averaged as eval.mc_average says)
     accuracy = accuracy_by_mode(model, test, [m if m != "dense" else "argmax" for m in modes], seed=seed,
                                 device=device, mc_samples=cfg.eval.mc_samples, mc_average=cfg.eval.mc_average)
     if not has_lwta:
         accuracy = {"dense": accuracy["argmax"]}
 
-    probe = probe_subset(loaded.dataset("val"), probe_size, seed)
-    labelled = default_layers(model)
+    probe = probe_subset(loaded.dataset("val"), options.probe_size, seed)
     act_layers = activation_layers(model)
     # the network as it is evaluated (mc: the mean of seeded stochastic passes); labels held out
     opts = DissectOptions(batch_size=256, device=device, progress=False, heldout=HeldOutOptions(seed=seed))
@@ -196,17 +212,17 @@ def training_stability(history: list[dict], layer_stats: dict[str, dict[str, flo
     return agreement(history, "invert") or None
 
 
-def compare(specs: list[str], out: str | Path, probe_size: int = 1000, eval_size: int = 1000, seed: int = 0,
-            device="cpu") -> Path:
-    """Summarise every run and write ``out/report.html`` and ``out/compare.csv``; returns the report path."""
+def compare(specs: list[str], out: str | Path, options: CompareOptions | None = None) -> Path:
+    """Summarise every run (as ``options`` say) and write ``out/report.html`` and ``out/compare.csv``; returns the
+    report path."""
     from lwtakit.io import staged_dir, write_csv
     from lwtakit.report import compare_report
 
     if len(specs) < 1:
         raise UserError("give at least one run folder or checkpoint to compare")
     histories = [run_history(s) for s in specs]  # every run's labels.csv checked before the long work starts
-    summaries = [summarize_run(s, probe_size, eval_size, seed, device, h)
-                 for s, h in zip(specs, histories, strict=True)]
+    options = options or CompareOptions()
+    summaries = [summarize_run(s, options, h) for s, h in zip(specs, histories, strict=True)]
     rows = []
     for s in summaries:
         for group, values in (("accuracy", s.accuracy), ("sparsity", s.sparsity), ("labels", s.label_quality)):
@@ -218,17 +234,18 @@ def compare(specs: list[str], out: str | Path, probe_size: int = 1000, eval_size
         for layer, metrics in s.interpretability.items():
             rows += [{"run": s.name, "metric": f"interpretability/{layer}/{k}", "value": est, "ci_low": lo,
                       "ci_high": hi} for k, (est, lo, hi) in metrics.items()]
-    found = verdicts(summaries, seed=seed)
+    found = verdicts(summaries, seed=options.seed)
     rows += [row for v in found for row in v.records()]
     with staged_dir(out) as stage:
         write_csv(stage / "compare.csv", rows, ["run", "metric", "value", "ci_low", "ci_high"])
         compare_report(stage, summaries, title="Sparse vs dense: " + " vs ".join(s.name for s in summaries),
-                       verdicts=found, how=how_made(probe_size, eval_size, seed))
+                       verdicts=found, how=how_made(options))
     return Path(out) / "report.html"
 
 
-def how_made(probe_size: int, eval_size: int, seed: int) -> dict[str, str]:
+def how_made(options: CompareOptions) -> dict[str, str]:
     """The settings every run of a comparison is measured with, in words, for the report's header."""
+    probe_size, eval_size, seed = options.probe_size, options.eval_size, options.seed
     passes, split = DissectOptions().passes, HeldOutOptions().fraction
     return {
         "accuracy": f"each run's test split, {eval_size} images (seeded subset), in every inference mode: LWTA "
@@ -238,7 +255,9 @@ def how_made(probe_size: int, eval_size: int, seed: int) -> dict[str, str]:
                                             "network is evaluated as); dense runs as they are",
         "probe set": f"each run's validation split, {probe_size} images (seeded subset)",
         "labels": f"INVERT, chosen on {split:.0%} of the probe set and scored on the rest (held-out, seeded split)",
-        "layers": "each run's default layers: the activations of its last stage and the classifier (per run below)",
+        "layers": ", ".join(options.layers) + " in every run" if options.layers else
+                  "each run's default layers: the activations of its last stage and the classifier (per run below); "
+                  "concept coverage counts only these (--layers to label earlier stages too)",
         "verdicts": "two-sided Mann-Whitney test over units per layer and metric, Holm-adjusted over each pair's "
                     "tests, alpha 0.05",
         "seed": str(seed),

@@ -225,6 +225,25 @@ def test_compare_sparse_and_dense_writes_report_and_csv(runs, tmp_path, capsys):
     assert re.search(trained, (out / "report.html").read_text())
 
 
+def test_compare_labels_the_layers_it_is_given_in_every_run(runs, tmp_path, capsys):
+    """--layers replaces the default (last stage + classifier) in every run, and the report says so; a wrong name
+    fails before any measurement, naming close matches."""
+    out = tmp_path / "compare"
+    layers = ["layer1.0.act1", "layer2.0.act1", "fc"]
+    code, _, err = run_cli(capsys, "compare", runs["lwta"], runs["dense"], "--probe-size", 64, "--eval-size", 32,
+                           "--layers", *layers, "--out", out)
+    assert code == 0, err
+    for run in ("lwta", "dense"):
+        labelled = {r["metric"].split("/")[1] for r in read_rows(out / "compare.csv")
+                    if r["run"] == run and r["metric"].startswith("interpretability/")}
+        assert labelled == set(layers)
+    assert "layer1.0.act1, layer2.0.act1, fc in every run" in (out / "report.html").read_text()
+    code, _, err = run_cli(capsys, "compare", runs["lwta"], "--layers", "layer1.0.act9", "--out", tmp_path / "x")
+    (line,) = [line for line in err if line.startswith("error: ")]
+    assert code == 2 and "no layer named 'layer1.0.act9'; close matches:" in line and "layer1.0.act1" in line
+    assert not (tmp_path / "x").exists()
+
+
 # --- analyze.py label ---------------------------------------------------------------------------
 def _planted(tmp_path, n=1000, k=100, seed=0):
     """Units that follow concepts 3, 0 and 4 (+ noise); P is a CLIP-like oracle: many rare concepts, image-concept

@@ -35,7 +35,8 @@ GLOSSARY: dict[str, tuple[str, str]] = {
                                "labels."),
     "concepts found": ("labels", "Planted-concept coverage (synthetic data only): share of the planted concepts "
                        "(of one group, e.g. shape or colour, or of all) that label at least one unit with "
-                       "AUC ≥ 0.9."),
+                       "AUC ≥ 0.9, among the labelled layers only: by default the last stage, where colour, "
+                       "pattern or position may have no unit; compare --layers labels earlier stages too."),
     "mean AUC": ("labels", "Mean INVERT score over every labelled unit: the AUC with which the unit's activation "
                  "separates images with and without its label's concept (0.5 = chance), in-sample."),
     "units": ("labels", "Units labelled in the layer."),
