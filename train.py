@@ -130,6 +130,10 @@ def _start_wandb(cfg: DictConfig, run_dir: Path, offline: bool) -> Logger | None
             tags=list(cfg.wandb.tags), config=to_dict(cfg), mode="offline" if offline else "online",
             settings=wandb.Settings(init_timeout=cfg.wandb.init_timeout, silent=True),
         )
+        # Lightning passes anonymous=None, which W&B (>= 0.19) answers with "The anonymous setting has no effect"
+        # on every run: a notice nobody can act on (issue 11). Without the key W&B uses its default, the same.
+        if logger._wandb_init.get("anonymous", "unset") is None:
+            del logger._wandb_init["anonymous"]
         _ = logger.experiment  # start the run now, so that a failure happens here and not mid-training
         return logger
     except Exception as exc:  # noqa: BLE001 - no account, no network, server down: never stop training
