@@ -73,14 +73,29 @@ def test_wandb_disabled_trains_and_logs_csv(tmp_path, monkeypatch):
     assert (result.run_dir / "logs" / "metrics.csv").exists()
 
 
+def train_ddp(tmp_path, run_name, *overrides):
+    """``train.py`` with ddp_spawn, retried once (in a fresh folder) when a spawned process dies with SIGABRT
+    ("terminate called without an active exception"): seen once in about ten runs of these tests on the 2-core
+    machine, in rank 1 during trainer.test after the fit had written its labels; the cause (in torch's spawned
+    processes or gloo) was not found. Anything else fails the test, and so does a second abort."""
+    from torch.multiprocessing.spawn import ProcessExitedException
+
+    ddp = ["trainer.strategy=ddp_spawn", "trainer.devices=2", *overrides]
+    try:
+        return train_script.train(load_config("default", [f"run_dir={tmp_path}", f"run_name={run_name}", *ddp]))
+    except ProcessExitedException as exc:
+        if "SIGABRT" not in str(exc):
+            raise
+    return train_script.train(load_config("default", [f"run_dir={tmp_path}", f"run_name={run_name}-retry", *ddp]))
+
+
 def test_two_process_ddp_fit_dissects_like_one_process(tmp_path):
     """ddp_spawn on CPU: the fit runs, rank 0 alone writes labels.csv, and the dissection of the (untrained,
     identically initialised) weights equals the one-process result row for row."""
     common = [*TINY, "trainer.accelerator=cpu", "trainer.limit_train_batches=0", "trainer.max_epochs=1",
               "dissection.every_n_epochs=0"]
     one = train_script.train(load_config("default", [f"run_dir={tmp_path}", "run_name=one", *common]))
-    two = train_script.train(load_config("default", [f"run_dir={tmp_path}", "run_name=two", *common,
-                                                     "trainer.strategy=ddp_spawn", "trainer.devices=2"]))
+    two = train_ddp(tmp_path, "two", *common)
     rows_one, rows_two = read_csv(one.run_dir / "labels.csv"), read_csv(two.run_dir / "labels.csv")
     assert rows_one and rows_one == rows_two
 
@@ -93,9 +108,7 @@ def test_two_process_ddp_training_steps_and_per_epoch_dissection(tmp_path):
               "optim.schedule=none"]
     init = train_script.train(load_config("default", [f"run_dir={tmp_path}", "run_name=init", *common,
                                                       "trainer.limit_train_batches=0", "trainer.max_epochs=1"]))
-    ddp = train_script.train(load_config("default", [f"run_dir={tmp_path}", "run_name=ddp", *common,
-                                                     "trainer.limit_train_batches=2", "trainer.strategy=ddp_spawn",
-                                                     "trainer.devices=2"]))
+    ddp = train_ddp(tmp_path, "ddp", *common, "trainer.limit_train_batches=2")
     before = {f"model.{k}": v for k, v in init.module.model.state_dict().items()}  # no step taken: the init
     after = final_weights(ddp.run_dir)
     assert before.keys() == after.keys()
