@@ -92,7 +92,7 @@ def summarize_run(spec: str, options: CompareOptions, history: list[dict] | None
     probe = probe_subset(loaded.dataset("val"), options.probe_size, seed)
     act_layers = activation_layers(model)
     # the network as it is evaluated (mc: the mean of seeded stochastic passes); labels held out
-    opts = DissectOptions(batch_size=256, device=device, progress=False, heldout=HeldOutOptions(seed=seed))
+    opts = DissectOptions(batch_size=256, device=device, progress=False, heldout=HeldOutOptions(seed=seed), seed=seed)
     concepts = ConceptSource.from_dataset(probe)
     with fork_rng(seed):  # sparsity and completeness need every activation layer, the labels only `labelled`
         rec = record(model, probe, list(dict.fromkeys(act_layers + labelled)), opts, moments=True)

@@ -42,6 +42,7 @@ from lwtakit.labelers.base import CAPTIONER, CLIP, Context, Labeler, Target, cre
 from lwtakit.labels import PCA_SUFFIX, POLES, LabelTable, pca_pole
 from lwtakit.lwta import lwta_inference, lwta_layers
 from lwtakit.recording import Recording, RecordOptions, record_activations
+from lwtakit.shard import Collective
 from lwtakit.stats import Moments
 
 
@@ -125,6 +126,11 @@ class DissectOptions:
     (a different function: its accuracy lags); None keeps the layers' own mode. Networks without LWTA layers
     ignore it. ``heldout``: labels are chosen on one part of the probe set and assessed on the other
     (:class:`~lwtakit.evaluation.assess.HeldOutOptions`); None labels and scores on the whole probe set.
+
+    ``seed``: the stochastic passes of batch b draw from a seed derived from ``(seed, b)``
+    (:func:`lwtakit.shard.batch_seed`). ``collective``: the processes share the recording, each its shard of the
+    probe set, and rank 0 labels (:mod:`lwtakit.shard`). ``memory_budget``: host bytes the recording may take
+    before it spills to a memory-mapped file (:class:`lwtakit.recording.RecordOptions`).
     """
 
     pca_components: int = 0
@@ -135,6 +141,9 @@ class DissectOptions:
     mode: str | None = "mc"
     passes: int = 4
     heldout: HeldOutOptions | None = field(default_factory=HeldOutOptions)
+    seed: int = 0
+    collective: Collective | None = None
+    memory_budget: int | None = None
 
     def __post_init__(self) -> None:
         if self.mode is not None and self.mode not in MODES:
@@ -180,7 +189,7 @@ def check_labelers(labelers: Sequence[Labeler], concepts: ConceptSource, probe) 
 
 def dissect(model: nn.Module, probe, layers: Sequence[str], labelers: Sequence[str | Labeler],
             concepts: ConceptSource, options: DissectOptions | None = None, *, settings: Any = None,
-            recording: Recording | None = None) -> DissectionResult:
+            recording: Recording | None = None) -> DissectionResult | None:
     """Label every unit of ``layers`` (and ``options.pca_components`` principal directions per layer) with each
     labeler (a registered name or a :class:`Labeler`; names take their settings from ``settings.<name>``, e.g.
     the ``dissection`` config group), on the network in ``options.mode``.
@@ -188,7 +197,8 @@ def dissect(model: nn.Module, probe, layers: Sequence[str], labelers: Sequence[s
     With ``options.heldout``, labels are chosen on the explanation part of the probe set and every label is then
     assessed on the evaluation part (:func:`lwtakit.evaluation.assess.assess`; needs concept labels). ``probe`` is
     a map-style dataset of ``(image, label)`` items, images in [0, 1]. A ``recording`` of the same probe set that
-    already holds ``layers`` is reused instead of a new pass.
+    already holds ``layers`` is reused instead of a new pass. With ``options.collective`` each process records its
+    shard and rank 0 labels the whole probe set (the labels one process finds); the other ranks return None.
     """
     options = options or DissectOptions()
     labelers = create_labelers(labelers, settings)
@@ -200,12 +210,14 @@ def dissect(model: nn.Module, probe, layers: Sequence[str], labelers: Sequence[s
     with lwta_inference(model, "sample" if mode == "mc" else mode):
         t = time.perf_counter()
         rec = recording or record(model, probe, layers, options)
-        missing = [name for name in layers if name not in rec.acts]
-        if missing:
-            raise ValueError(f"the given recording lacks layers {missing}")
         seconds["record"] = time.perf_counter() - t
         t = time.perf_counter()
         moments, directions = _fit_directions(model, probe, layers, options, split)
+        if rec is None:  # another process's shard, gathered on rank 0, which labels
+            return None
+        missing = [name for name in layers if name not in rec.acts]
+        if missing:
+            raise ValueError(f"the given recording lacks layers {missing}")
         if directions:
             seconds["pca_fit"] = time.perf_counter() - t
         ctx = _context(model, probe, rec, concepts, options, split)
@@ -231,7 +243,7 @@ def dissect(model: nn.Module, probe, layers: Sequence[str], labelers: Sequence[s
 
 
 def record(model: nn.Module, probe, layers: Sequence[str], options: DissectOptions, *,
-           moments: bool = False) -> Recording:
+           moments: bool = False) -> Recording | None:
     """One pass over the probe set recording ``layers`` of the network in ``options.mode`` (mc: each batch's
     ``options.passes`` sampled passes averaged); what :func:`dissect` labels, also for callers that record more
     layers than they label (``compare``). ``moments``: also the per-position :class:`Moments` of each layer."""
@@ -239,7 +251,8 @@ def record(model: nn.Module, probe, layers: Sequence[str], options: DissectOptio
     with lwta_inference(model, "sample" if mode == "mc" else mode):
         return record_activations(model, probe, list(layers), RecordOptions(
             batch_size=options.batch_size, topk=options.topk, device=options.device, progress=options.progress,
-            passes=options.passes if mode == "mc" else 1, moments=moments))
+            passes=options.passes if mode == "mc" else 1, moments=moments, seed=options.seed,
+            collective=options.collective, memory_budget=options.memory_budget))
 
 
 def _fit_directions(model: nn.Module, probe, layers: Sequence[str], options: DissectOptions,
@@ -252,7 +265,10 @@ def _fit_directions(model: nn.Module, probe, layers: Sequence[str], options: Dis
     from lwtakit.labelers.pca import fit_pca
 
     part = probe if split is None else ProbeSubset(probe, split.explain)
-    moments = record(model, part, layers, options, moments=True).moments
+    recorded = record(model, part, layers, options, moments=True)
+    if recorded is None:  # not rank 0: the moments were gathered there
+        return {}, {}
+    moments = recorded.moments
     return moments, {layer: fit_pca(moments[layer], k=options.pca_components) for layer in layers}
 
 

@@ -16,15 +16,20 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Iterator, Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from .errors import UserError
 from .rng import fork_rng
+from .rows import Rows
+from .shard import CHUNK_BYTES, Collective, Shard, batch_bounds, batch_seed
 from .stats import Moments, UnitStats
 
 REDUCE_MODES = ("mean", "max", "none")
@@ -133,7 +138,7 @@ class _LayerHook:
 
 @contextmanager
 def _hooks(model: nn.Module, layers: Sequence[str], reduce: str, tokens: str, extras: bool,
-           moments: bool = False) -> Iterator[dict[str, _LayerHook]]:
+           moments: bool = False, must_fire: bool = True) -> Iterator[dict[str, _LayerHook]]:
     if isinstance(layers, str):
         layers = [layers]
     if reduce not in REDUCE_MODES:
@@ -153,7 +158,7 @@ def _hooks(model: nn.Module, layers: Sequence[str], reduce: str, tokens: str, ex
         for handle in handles:
             handle.remove()
     silent = [name for name, hook in hooks.items() if hook.calls == 0]
-    if silent:
+    if silent and must_fire:
         raise RuntimeError(f"forward hook of layer(s) {', '.join(silent)} never fired: the forward pass "
                            "does not use them")
 
@@ -222,7 +227,7 @@ class Recording:
     ``stats`` (streaming :class:`UnitStats` of ``acts``), ``labels`` [N] (class labels, if given) and, when
     recorded with ``moments``, the streaming :class:`~lwtakit.stats.Moments` of each layer's channel vectors over
     every image x position (conv maps; other layers: over the recorded rows), the covariance of Dey et al.'s
-    per-position PCA."""
+    per-position PCA. ``shard_sizes``: the images each process recorded, rank by rank (:mod:`lwtakit.shard`)."""
 
     acts: dict[str, torch.Tensor] = field(default_factory=dict)
     acts_max: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -233,6 +238,7 @@ class Recording:
     labels: torch.Tensor | None = None
     spatial: dict[str, bool] = field(default_factory=dict)  # layer gave [B, C, H, W] maps
     moments: dict[str, Moments] = field(default_factory=dict)
+    shard_sizes: list[int] = field(default_factory=list)  # images each process recorded (one process: [N])
 
     @property
     def layers(self) -> list[str]:
@@ -242,13 +248,21 @@ class Recording:
         return next(iter(self.acts.values())).shape[0] if self.acts else 0
 
 
+
+
 @dataclass
 class RecordOptions:
     """How :func:`record_activations` runs: probe ``batch_size``, the reduction of conv maps (``reduce``: spatial
     mean or max) and of tokens (``tokens``: CLS or mean), ``topk`` image indices kept per unit, the ``device``, a
     progress bar, and ``passes`` forward passes per batch whose recordings are averaged (with a stochastic
     network, e.g. LWTA in ``sample`` mode: the Monte-Carlo estimate of its expected activation); ``moments``
-    also accumulates :attr:`Recording.moments` (one ``C x C`` float64 state per layer; the maps are never kept)."""
+    also accumulates :attr:`Recording.moments` (one ``C x C`` float64 state per layer; the maps are never kept).
+
+    ``seed``: batch b's passes draw from ``torch.manual_seed(batch_seed(seed, b))`` (:func:`lwtakit.shard.batch_seed`),
+    so its draws do not depend on the batches before it or on the process that records it (None: the global RNG as
+    it stands). ``collective``: record only this process's shard of a map-style probe set and gather it on rank 0
+    (:mod:`lwtakit.shard`). ``memory_budget``: bytes of host memory the recorded rows may take; above it they are
+    spilled to a memory-mapped temporary file in ``spill_dir`` (:mod:`lwtakit.rows`; None: no limit)."""
 
     batch_size: int = 256
     reduce: str = "mean"
@@ -258,70 +272,219 @@ class RecordOptions:
     progress: bool = True
     passes: int = 1
     moments: bool = False
+    seed: int | None = None
+    collective: Collective | None = None
+    memory_budget: int | None = None
+    spill_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.reduce == "none":
             raise UserError("record_activations keeps [N, C] per layer; use reduce='mean' or 'max'")
         if self.passes < 1:
             raise UserError(f"passes must be >= 1, got {self.passes}")
+        if self.memory_budget is not None and self.memory_budget < 0:
+            raise UserError(f"memory_budget must be >= 0 bytes, got {self.memory_budget}")
+
+    @property
+    def shard(self) -> Shard:
+        return self.collective.shard if self.collective is not None else Shard()
+
+
+@dataclass
+class _Plan:
+    """The batches one process records: a loader over them, their global indices, and the ``(start, stop)`` of
+    every batch of the probe set (filled while iterating when a DataLoader is given)."""
+
+    loader: Any
+    batches: Iterable[int]
+    bounds: list[tuple[int, int]]
+    n: int | None  # probe images (None: a DataLoader)
+
+    @property
+    def images(self) -> int | None:
+        """Images this process will record (a DataLoader: its dataset's length, if it has one)."""
+        if self.n is None:
+            return len(self.loader.dataset) if hasattr(self.loader.dataset, "__len__") else None
+        return sum(self.bounds[b][1] - self.bounds[b][0] for b in self.batches)
+
+
+def _plan(dataset_or_loader, opts: RecordOptions) -> _Plan:
+    if isinstance(dataset_or_loader, torch.utils.data.DataLoader):
+        if opts.shard.world > 1:
+            raise UserError("a sharded recording needs the probe set as a map-style dataset, not a DataLoader")
+        return _Plan(dataset_or_loader, itertools.count(), [], None)
+    make_loader(dataset_or_loader, opts.batch_size)  # checks the dataset and batch size
+    n = len(dataset_or_loader)
+    bounds = batch_bounds(n, opts.batch_size)
+    mine = opts.shard.batches(len(bounds))
+    sampler = [list(range(*bounds[b])) for b in mine]
+    loader = torch.utils.data.DataLoader(dataset_or_loader, batch_sampler=sampler, num_workers=0)
+    return _Plan(loader, mine, bounds, n)
+
+
+class _Store:
+    """One process's recorded rows: per layer the reduced outputs, spatial maxes (conv layers) and per-image firing
+    fractions, and the class labels, each a :class:`~lwtakit.rows.Rows`."""
+
+    def __init__(self, layers: Sequence[str]) -> None:
+        self.acts = {name: Rows() for name in layers}
+        self.maxes = {name: Rows() for name in layers}
+        self.per_image = {name: Rows() for name in layers}
+        self.labels = Rows()
+
+    def all(self) -> list[Rows]:
+        return [*self.acts.values(), *self.maxes.values(), *self.per_image.values(), self.labels]
+
+    def add(self, hooks: dict[str, _LayerHook], labels: torch.Tensor | None) -> None:
+        for name, hook in hooks.items():
+            for pieces, rows in ((hook.outputs, self.acts[name]), (hook.maxes, self.maxes[name]),
+                                 (hook.per_image, self.per_image[name])):
+                if pieces:
+                    rows.append(pieces[-1])
+                    pieces.clear()
+        if labels is not None:
+            self.labels.append(torch.as_tensor(labels).reshape(-1))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(r.nbytes for r in self.all())
+
+    def budget(self, image_bytes: float, n_images: int | None, opts: RecordOptions) -> None:
+        """Spill every row store to disk when ``n_images`` of ``image_bytes`` each exceed ``opts.memory_budget``."""
+        if opts.memory_budget is not None and n_images is not None and image_bytes * n_images > opts.memory_budget:
+            for rows in self.all():
+                rows.spill(opts.spill_dir)
 
 
 def record_activations(model: nn.Module, dataset_or_loader, layers: Sequence[str],
-                       options: RecordOptions | None = None, **overrides) -> Recording:
+                       options: RecordOptions | None = None, **overrides) -> Recording | None:
     """Run the probe set through ``model`` once and record the reduced activations of ``layers``.
 
     See :class:`Recording` for what is kept and :class:`RecordOptions` for how (``overrides`` are its fields,
     e.g. ``batch_size=64``). Model in eval mode and ``torch.inference_mode()`` inside; training flags and RNG
-    states restored afterwards (:func:`analysis_mode`).
+    states restored afterwards (:func:`analysis_mode`). With ``options.collective`` every process records its shard
+    and rank 0 returns the recording of the whole probe set, equal to one process's; the other ranks return None.
     """
-    from tqdm.auto import tqdm
-
     opts = dataclasses.replace(options or RecordOptions(), **overrides)
     if isinstance(layers, str):
         layers = [layers]
-    loader = make_loader(dataset_or_loader, opts.batch_size)
-    device = torch.device(opts.device)
-    labels: list[torch.Tensor] = []
-    stats: dict[str, UnitStats] = {}
-    seen = 0
-    with analysis_mode(model), _hooks(model, layers, opts.reduce, opts.tokens, True, opts.moments) as hooks:
-        for batch in tqdm(loader, desc="recording", disable=not opts.progress, leave=False):
-            images, batch_labels = split_batch(batch)
-            starts = {name: len(hook.outputs) for name, hook in hooks.items()}
-            x = images.to(device, non_blocking=True)
-            for _ in range(opts.passes):
-                model(x)
-            B = images.shape[0]
-            index = torch.arange(seen, seen + B)
-            for name, hook in hooks.items():
-                hook.flush(starts[name], opts.passes)
-                if not hook.outputs:
-                    continue
-                if name not in stats:
-                    stats[name] = UnitStats(hook.outputs[-1].shape[1], opts.topk)
-                stats[name].update(hook.outputs[-1], index)
-            if batch_labels is not None:
-                labels.append(torch.as_tensor(batch_labels).reshape(-1).cpu())
-            seen += B
-    if seen == 0:
+    plan = _plan(dataset_or_loader, opts)
+    store = _Store(layers)
+    # a process whose shard is empty (more processes than batches) runs no forward pass: its hooks never fire
+    must_fire = plan.images != 0
+    with analysis_mode(model), _hooks(model, layers, opts.reduce, opts.tokens, True, opts.moments, must_fire) as hooks:
+        recorded = _record_batches(model, plan, hooks, store, opts)
+    moments = {name: hook.moments for name, hook in hooks.items() if hook.moments is not None}
+    spatial = {name: hook.is_spatial for name, hook in hooks.items()}
+    sizes = [recorded]
+    if opts.collective is not None:
+        store, moments, sizes = _gather(opts.collective, plan, store, moments, recorded, opts)
+        if store is None:
+            return None
+    if sum(sizes) == 0:
         raise UserError("the probe set is empty")
-    return _recording(hooks, stats, labels, seen)
+    return _recording(store, plan.bounds, spatial, moments, sizes, opts.topk)
 
 
-def _recording(hooks: dict[str, _LayerHook], stats: dict[str, UnitStats], labels: list[torch.Tensor],
-               seen: int) -> Recording:
-    rec = Recording(stats=stats)
-    # torch.cat outside inference_mode turns inference tensors into ordinary ones.
-    for name, hook in hooks.items():
-        rec.acts[name] = torch.cat(hook.outputs).float()
-        rec.acts_max[name] = torch.cat(hook.maxes).float() if hook.maxes else rec.acts[name]
-        rec.firing_per_image[name] = torch.cat(hook.per_image)
+def _record_batches(model: nn.Module, plan: _Plan, hooks: dict[str, _LayerHook], store: _Store,
+                    opts: RecordOptions) -> int:
+    """Record this process's batches into ``store``; returns the number of images."""
+    from tqdm.auto import tqdm
+
+    device = torch.device(opts.device)
+    recorded = 0
+    bar = tqdm(plan.loader, desc="recording", disable=not opts.progress, leave=False)
+    for b, batch in zip(plan.batches, bar, strict=False):  # a DataLoader's batches: counted as they come
+        images, labels = split_batch(batch)
+        if plan.n is None:  # a DataLoader: its batches as they come
+            start = plan.bounds[-1][1] if plan.bounds else 0
+            plan.bounds.append((start, start + images.shape[0]))
+        if opts.seed is not None:
+            torch.manual_seed(batch_seed(opts.seed, b))
+        x = images.to(device, non_blocking=True)
+        for _ in range(opts.passes):
+            model(x)
+        for hook in hooks.values():
+            hook.flush(0, opts.passes)
+        store.add(hooks, labels)
+        recorded += images.shape[0]
+        store.budget(store.nbytes / recorded, plan.images, opts)
+    return recorded
+
+
+def _gather(collective: Collective, plan: _Plan, store: _Store, moments: dict[str, Moments], recorded: int,
+            opts: RecordOptions):
+    """On rank 0: the rows of every rank reassembled in the probe set's batch order, the moments merged in rank
+    order and the images each rank recorded (``recorded``: counted here); ``(None, {}, None)`` elsewhere. The rows
+    travel a few batches at a time (at most :data:`lwtakit.shard.CHUNK_BYTES` a rank per gather), so neither side
+    holds a second full copy."""
+    sizes = collective.gather_object(recorded)
+    whole = _Store(list(store.acts)) if collective.is_root else None
+    pairs = [(mine, None if whole is None else getattr(whole, kind)[name])
+             for kind in ("acts", "maxes", "per_image") for name, mine in getattr(store, kind).items()]
+    if whole is not None:  # rank 0 recorded batch 0: its rows tell the bytes an image takes
+        whole.budget(store.nbytes / max(1, sizes[0]), plan.n, opts)
+    for mine, rows in [*pairs, (store.labels, None if whole is None else whole.labels)]:
+        _gather_rows(collective, plan, mine.finish() if mine.tail is not None else None, rows, opts)
+    merged = {}
+    for name in store.acts if opts.moments else ():  # one C x C state a rank and layer (a rank without images: None)
+        states = collective.gather_object(moments.get(name))
+        parts = [m for m in states or () if m is not None]
+        if parts:
+            merged[name] = Moments(parts[0].num_units)
+            for part in parts:  # in rank order
+                merged[name].merge(part)
+    return whole, merged, sizes
+
+
+def _gather_rows(collective: Collective, plan: _Plan, mine: torch.Tensor, rows: Rows | None,
+                 opts: RecordOptions) -> None:
+    """Rank 0 appends every rank's rows of ``mine`` to ``rows`` in global batch order: a round gathers local
+    batches ``j0..j1`` of every rank (global batches ``j * world + rank``)."""
+    metas = collective.gather_object(None if mine is None else (tuple(mine.shape[1:]), mine.dtype))
+    meta = collective.broadcast_object(None if metas is None else next((m for m in metas if m), None))
+    if meta is None:  # no rank has such rows (the maxes of a non-spatial layer; labels of an unlabelled probe)
+        return
+    mine = torch.empty((0, *meta[0]), dtype=meta[1]) if mine is None else mine
+    world, n_batches = collective.world, len(plan.bounds)
+    size = [stop - start for start, stop in plan.bounds]
+    rounds = -(-n_batches // world)
+    row_bytes = max(1, int(np.prod(meta[0], dtype=np.int64)) * mine.element_size())
+    step = max(1, CHUNK_BYTES // (opts.batch_size * row_bytes))
+    offset = 0
+    for j0 in range(0, rounds, step):
+        j1 = min(j0 + step, rounds)
+        count = sum(size[j * world + collective.rank] for j in range(j0, j1) if j * world + collective.rank < n_batches)
+        parts = collective.gather(mine[offset:offset + count])
+        offset += count
+        if parts is None:
+            continue
+        cursor = [0] * world
+        for j in range(j0, j1):
+            for r in range(world):
+                b = j * world + r
+                if b < n_batches and parts[r].shape[0]:
+                    rows.append(parts[r][cursor[r]:cursor[r] + size[b]])
+                    cursor[r] += size[b]
+
+
+def _recording(store: _Store, bounds: list[tuple[int, int]], spatial: dict[str, bool], moments: dict[str, Moments],
+               sizes: list[int], topk: int) -> Recording:
+    """The recording of the whole probe set from its rows in batch order; the streaming statistics are updated batch
+    by batch in that order, as one process would while recording."""
+    rec = Recording(spatial=spatial, moments=moments, shard_sizes=[int(n) for n in sizes])
+    for name, rows in store.acts.items():
+        acts = rows.finish()
+        rec.acts[name] = acts
+        rec.acts_max[name] = store.maxes[name].finish() if store.maxes[name].count else acts
+        per_image = store.per_image[name].finish()
+        rec.firing_per_image[name] = per_image
         # every image has the same number of positions: the probe-set firing rate is the mean over images
-        rec.firing[name] = rec.firing_per_image[name].double().mean(0).float()
-        rec.active_per_image[name] = rec.firing_per_image[name].sum(1)
-        rec.spatial[name] = hook.is_spatial
-        if hook.moments is not None:
-            rec.moments[name] = hook.moments
-    if labels and sum(x.numel() for x in labels) == seen:
-        rec.labels = torch.cat(labels).clone()
+        rec.firing[name] = per_image.double().mean(0).float()
+        rec.active_per_image[name] = per_image.sum(1)
+        rec.stats[name] = UnitStats(acts.shape[1], topk)
+        for start, stop in bounds:
+            rec.stats[name].update(acts[start:stop], torch.arange(start, stop))
+    if store.labels.count == sum(sizes):
+        rec.labels = store.labels.finish().clone()
     return rec

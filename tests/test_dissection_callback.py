@@ -175,8 +175,9 @@ def test_resume_restores_history_and_rewrites_labels_csv_without_lost_or_duplica
     state = torch.load(first.last_ckpt, weights_only=True)["callbacks"][cb.state_key]
     fresh = DissectionCallback(cb.probe, cb.concepts, DissectionConfig(top_images=4))
     fresh.load_state_dict(state)
-    assert fresh.history == cb.history and fresh.done == cb.done
-    assert fresh.state_dict() == cb.state_dict()
+    # repr: a held-out p-value is NaN where the label is true on no evaluation image (NaN != NaN)
+    assert repr(fresh.history) == repr(cb.history) and fresh.done == cb.done
+    assert repr(fresh.state_dict()) == repr(cb.state_dict())
 
     # A crash after a dissection the checkpoint never saw: labels.csv holds an extra, newer block.
     labels = first.run_dir / "labels.csv"
@@ -190,7 +191,7 @@ def test_resume_restores_history_and_rewrites_labels_csv_without_lost_or_duplica
     rows = read_csv(resumed.run_dir / "labels.csv")
     assert sorted(_blocks(rows)) == [(0, 2), (1, 4)]  # the stray step-99 block is gone
     assert rows == _as_csv(history, cb.columns)  # exactly the history: nothing lost, nothing twice
-    assert history[: len(cb.history)] == cb.history
+    assert repr(history[: len(cb.history)]) == repr(cb.history)
 
 
 # ---------------------------------------------------------------------------------------- CLIP-Dissect

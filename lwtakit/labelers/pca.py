@@ -168,8 +168,9 @@ def _ablation_basis(model: torch.nn.Module, layer: str, dataset, basis, data, ru
         if basis not in ("pca", "neurons"):
             raise UserError(f"basis must be 'pca', 'neurons' or a [m, C] tensor, got {basis!r}")
         if data is None:
-            data = record_activations(model, dataset, [layer], RecordOptions(
-                batch_size=run.batch_size, device=run.device, progress=False, moments=True)).moments[layer]
+            options = RecordOptions(batch_size=run.batch_size, device=run.device, progress=False, moments=True,
+                                    seed=run.seed)
+            data = record_activations(model, dataset, [layer], options).moments[layer]
         return (pca_basis if basis == "pca" else neuron_basis)(data)
     directions = torch.as_tensor(basis).float()
     if directions.dim() != 2:

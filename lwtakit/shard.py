@@ -1,0 +1,112 @@
+"""A probe set sharded over processes, and the collective that puts the shards back together on rank 0.
+
+A probe set of N images is cut into the batches one process would use (batch b holds images ``[b*B, (b+1)*B)``);
+process ``r`` of ``W`` records batches ``r, r+W, r+2W, ...`` (:meth:`Shard.batches`). Stochastic passes are seeded
+per batch (:func:`batch_seed`), so a batch's draws do not depend on which process records it; gathering the batches
+back in their order gives rank 0 exactly what one process records, and rank 0 alone labels and writes.
+
+The processes are Lightning's: the Trainer's strategy during training, Lightning Fabric for ``analyze.py dissect
+--devices N``. Both leave an initialised ``torch.distributed`` default process group, which :class:`Collective`
+uses (gloo on the CPU, NCCL on GPUs). Gathers go to rank 0 only, in chunks of a bounded size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+CHUNK_BYTES = 64 * 2**20  # the most one rank sends in one gather
+
+
+def batch_seed(seed: int, batch: int) -> int:
+    """The seed of batch ``batch``'s stochastic passes: a hash of ``(seed, batch)`` (numpy's SeedSequence), so
+    neighbouring batches or seeds get unrelated streams."""
+    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(batch)]).generate_state(1)[0])
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Process ``rank`` of ``world``: which of a probe set's batches it records."""
+
+    rank: int = 0
+    world: int = 1
+
+    def batches(self, n_batches: int) -> range:
+        """The global indices of this process's batches."""
+        return range(self.rank, n_batches, self.world)
+
+
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of each batch of ``n`` images cut into batches of ``batch_size``."""
+    return [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+
+
+class Collective:
+    """Rank 0 gathers from every rank over ``torch.distributed``'s default process group."""
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        import torch.distributed as dist
+
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        # gloo moves CPU tensors; NCCL only device tensors
+        self.device = torch.device(device) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+    @classmethod
+    def current(cls, device: torch.device | str = "cpu") -> Collective | None:
+        """The collective of the running process group; None in a single process."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return None
+        return cls(device)
+
+    @property
+    def shard(self) -> Shard:
+        return Shard(self.rank, self.world)
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+    def gather_object(self, obj: Any) -> list[Any] | None:
+        """Every rank's ``obj`` (small, picklable) on rank 0, in rank order; None elsewhere."""
+        import torch.distributed as dist
+
+        out: list[Any] | None = [None] * self.world if self.is_root else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        import torch.distributed as dist
+
+        box = [obj if self.is_root else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, tensor: torch.Tensor) -> list[torch.Tensor] | None:
+        """Every rank's ``tensor`` (same trailing shape and dtype; any number of rows) on rank 0's CPU, in rank order;
+        None elsewhere. Rows are padded to the longest rank's and sent in chunks of at most :data:`CHUNK_BYTES`."""
+        import torch.distributed as dist
+
+        rows = self.gather_object(int(tensor.shape[0]))
+        longest = self.broadcast_object(max(rows) if self.is_root else None)
+        row_bytes = max(1, tensor[:1].numel() * tensor.element_size())
+        step = max(1, CHUNK_BYTES // row_bytes)
+        pieces: list[list[torch.Tensor]] = [[] for _ in range(self.world)]
+        for start in range(0, max(longest, 1), step):
+            stop = min(start + step, longest)
+            chunk = torch.zeros((stop - start, *tensor.shape[1:]), dtype=tensor.dtype, device=self.device)
+            mine = tensor[start:stop]
+            chunk[: mine.shape[0]] = mine.to(self.device)
+            out = [torch.empty_like(chunk) for _ in range(self.world)] if self.is_root else None
+            dist.gather(chunk, out, dst=0)
+            if self.is_root:
+                for r, part in enumerate(out):
+                    pieces[r].append(part.cpu())
+        if not self.is_root:
+            return None
+        return [torch.cat(p)[: rows[r]] if p else tensor[:0].cpu() for r, p in enumerate(pieces)]
