@@ -21,6 +21,7 @@ from lwtakit.io import append_csv, atomic_write, write_csv
 from lwtakit.labelers.base import create_labelers
 from lwtakit.labels import LabelRow, LabelTable
 from lwtakit.recording import analysis_mode
+from lwtakit.shard import Collective
 
 HISTORY_COLUMNS = ("epoch", "step", "layer", "unit", "method", "mode", "label", "score", "firing_rate", "auc",
                    "p_value", "length", "top5")  # + the held-out columns of the configured metrics
@@ -43,9 +44,9 @@ class DissectionCallback(pl.Callback):
     set and their held-out F1 / AUPRC / correlation, significance and concepts per unit measured on the other half
     go to the loggers, labels.csv and the W&B table with every dissection.
 
-    Distributed: every rank dissects the whole (small, fixed) probe set with the same weights and seed, so
-    results are identical on 1 and N processes and no collective is needed; only global rank 0 writes
-    ``labels.csv`` and logs.
+    Distributed: each rank records only its shard of the probe set (whole batches, each seeded by its index), the
+    shards are gathered on global rank 0 (:mod:`lwtakit.shard`), which labels, writes ``labels.csv`` and logs: the
+    labels are those of one process. ``dissection.json`` lists the images each process recorded.
 
     At the end of fit, label stability per layer and method (:func:`lwtakit.drift.stability`: the stable
     fraction and the mean settle epoch) goes to the loggers and to ``label_stability.csv``.
@@ -64,8 +65,7 @@ class DissectionCallback(pl.Callback):
     """
 
     def __init__(self, probe: torch.utils.data.Dataset, concepts: ConceptSource, settings: Any = None, *,
-                 run_dir: str | Path | None = None, seed: int = 0,
-                 batch_size: int = 128) -> None:
+                 run_dir: str | Path | None = None, seed: int = 0) -> None:
         from lwtakit.config import DissectionConfig
 
         s = settings if settings is not None else DissectionConfig()
@@ -79,8 +79,9 @@ class DissectionCallback(pl.Callback):
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.seed = seed
         heldout = s.heldout if s.heldout.enabled else None
-        self.options = DissectOptions(batch_size=batch_size, topk=s.top_images, progress=False, mode=s.mode,
-                                      passes=s.passes, heldout=heldout)
+        budget = None if s.memory_budget_gb is None else int(s.memory_budget_gb * 2**30)
+        self.options = DissectOptions(batch_size=s.batch_size, topk=s.top_images, progress=False, mode=s.mode,
+                                      passes=s.passes, heldout=heldout, seed=seed, memory_budget=budget)
         self.columns = list(HISTORY_COLUMNS)
         if heldout is not None:
             self.columns += [f"heldout_{m}" for m in heldout.metrics] + list(HELDOUT_COLUMNS)
@@ -90,6 +91,7 @@ class DissectionCallback(pl.Callback):
         self.seconds = 0.0
         self._wandb_table: Any = None  # the INCREMENTAL label table of the current W&B run
         self._wandb_table_run: Any = None
+        self.shard_sizes: list[int] = []  # images each process recorded in the latest dissection
         # what the run dissects with, written to dissection.json (from_config adds the CLIP choice)
         self.choice: dict[str, Any] = {"methods_requested": self.methods, "methods_used": self.methods,
                                        "clip": None, "fallback": None}
@@ -156,10 +158,15 @@ class DissectionCallback(pl.Callback):
         return trainer.current_epoch
 
     # --- hooks -------------------------------------------------------------------------------------
+    def _write_choice(self) -> None:
+        """dissection.json: the methods requested and used, the CLIP model, any fallback and the images each process
+        recorded in the latest dissection."""
+        with atomic_write(self.run_dir / "dissection.json") as fh:
+            json.dump({**self.choice, "images_per_process": self.shard_sizes}, fh, indent=2)
+
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero and self.run_dir is not None:
-            with atomic_write(self.run_dir / "dissection.json") as fh:
-                json.dump(self.choice, fh, indent=2)
+            self._write_choice()
         path = None if self.run_dir is None else self.run_dir / "labels.csv"
         if trainer.is_global_zero and path is not None and (self.history or path.exists()):
             # The file mirrors the history restored from the checkpoint: rows of a dissection that ran
@@ -210,19 +217,24 @@ class DissectionCallback(pl.Callback):
         started = time.perf_counter()
         model = network_of(pl_module)
         layers = self.layers or _default_layers(model)
-        options = dataclasses.replace(self.options, device=pl_module.device)
-        # the same seed: the same noise on every rank and at every dissection (sample mode)
+        # several processes: each records its shard of the probe set, rank 0 labels (lwtakit.shard)
+        collective = Collective.current(pl_module.device) if trainer.world_size > 1 else None
+        options = dataclasses.replace(self.options, device=pl_module.device, collective=collective)
+        # the same seed at every dissection: drift measures learning, not sampling noise
         with analysis_mode(model, seed=self.seed):
             result = dissect(model, self.probe, layers, self.labelers, self.concepts, options)
+        self.done.append(step)
+        self.seconds += time.perf_counter() - started
+        if result is None:  # not rank 0: its shard went there
+            return []
         rows = result.table.records(epoch=self._epoch(trainer), step=step)
         previous = list(self.history)
         self.history.extend(rows)
-        self.done.append(step)
-        self.seconds += time.perf_counter() - started
-        if trainer.is_global_zero:
-            if self.run_dir is not None:
-                append_csv(self.run_dir / "labels.csv", rows, self.columns)
-            self._log(trainer, rows, previous, result)
+        self.shard_sizes = result.recording.shard_sizes
+        if self.run_dir is not None:
+            append_csv(self.run_dir / "labels.csv", rows, self.columns)
+            self._write_choice()
+        self._log(trainer, rows, previous, result)
         return rows
 
     def label_stability(self) -> list[dict]:

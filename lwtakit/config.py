@@ -150,6 +150,8 @@ class DissectionConfig:
     layers: list[str] = field(default_factory=list)  # empty = last stage + classifier
     methods: list[str] = field(default_factory=lambda: ["invert"])  # registered labelers: invert clip_dissect iou
     probe_size: int = 512
+    batch_size: int = 128  # probe images per forward pass; with N processes each records every N-th batch
+    memory_budget_gb: float | None = None  # host memory the recording may take before it spills to a mapped file
     # CLIP's concepts: a text file (one a line), a built-in (concept_sets.py: words20k ...), or classes (the probe's)
     concepts: str = "synthetic"
     drop_class_words: bool = False  # remove the concepts too close to a class name (final-layer evaluation)
@@ -210,7 +212,8 @@ CHOICES = {
 }
 # Keys that must be at least 1 (a size of 0 used to fall back silently to the data set's default size).
 AT_LEAST_ONE = ("data.batch_size", "data.train_size", "data.val_size", "data.test_size", "data.img_size",
-                "trainer.max_epochs", "trainer.num_nodes", "eval.mc_samples", "dissection.passes")
+                "trainer.max_epochs", "trainer.num_nodes", "eval.mc_samples", "dissection.passes",
+                "dissection.batch_size")
 
 
 # Keys that moved (labeler settings now sit under their labeler): a stored config of an earlier version is read
@@ -371,6 +374,9 @@ def validate(cfg: DictConfig) -> None:
         if OmegaConf.select(cfg, key) < 1:
             raise UserError(f"config key '{key}' must be >= 1, got {OmegaConf.select(cfg, key)}")
     _validate_numbers(cfg)
+    budget = cfg.dissection.memory_budget_gb
+    if budget is not None and not (math.isfinite(budget) and budget >= 0):
+        raise UserError(f"config key 'dissection.memory_budget_gb' must be a number of GiB >= 0 or null, got {budget}")
     if cfg.dissection.probe_size < max(2, cfg.dissection.top_images):
         raise UserError(f"config key 'dissection.probe_size' ({cfg.dissection.probe_size}) must be >= 2 and >= "
                         f"dissection.top_images ({cfg.dissection.top_images})")

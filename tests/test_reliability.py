@@ -1,5 +1,6 @@
 """Reliability of the whole loop: W&B never blocks, DDP, bad inputs (kills and full disks: test_crash_windows.py)."""
 
+import json
 import os
 import struct
 import time
@@ -89,15 +90,28 @@ def train_ddp(tmp_path, run_name, *overrides):
     return train_script.train(load_config("default", [f"run_dir={tmp_path}", f"run_name={run_name}-retry", *ddp]))
 
 
+def same_rows(a, b, tol=1e-6):
+    """Rows equal column by column: numbers within ``tol``, everything else as written."""
+    def close(x, y):
+        try:
+            return abs(float(x) - float(y)) <= tol or x == y
+        except ValueError:
+            return x == y
+    return len(a) == len(b) and all(r.keys() == s.keys() and all(close(r[k], s[k]) for k in r) for r, s in zip(a, b))
+
+
 def test_two_process_ddp_fit_dissects_like_one_process(tmp_path):
-    """ddp_spawn on CPU: the fit runs, rank 0 alone writes labels.csv, and the dissection of the (untrained,
-    identically initialised) weights equals the one-process result row for row."""
+    """ddp_spawn on CPU: the fit runs, each process records half the probe set's batches (mc mode: 4 stochastic
+    passes, seeded per batch), rank 0 alone labels and writes labels.csv, and the dissection of the (untrained,
+    identically initialised) weights equals the one-process result row for row, every score to 1e-6."""
     common = [*TINY, "trainer.accelerator=cpu", "trainer.limit_train_batches=0", "trainer.max_epochs=1",
-              "dissection.every_n_epochs=0"]
+              "dissection.every_n_epochs=0", "dissection.batch_size=8"]
     one = train_script.train(load_config("default", [f"run_dir={tmp_path}", "run_name=one", *common]))
     two = train_ddp(tmp_path, "two", *common)
     rows_one, rows_two = read_csv(one.run_dir / "labels.csv"), read_csv(two.run_dir / "labels.csv")
-    assert rows_one and rows_one == rows_two
+    assert rows_one and same_rows(rows_one, rows_two)
+    assert json.loads((one.run_dir / "dissection.json").read_text())["images_per_process"] == [32]
+    assert json.loads((two.run_dir / "dissection.json").read_text())["images_per_process"] == [16, 16]
 
 
 @pytest.mark.timeout(300)
