@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 # Only light modules here: --help and argument errors answer before numpy, torch and open_clip are imported
 # (issue 11); each command imports the heavy ones it needs.
 from lwtakit.console import quiet_third_party
-from lwtakit.errors import ArgumentParser, UserError, int_at_least
+from lwtakit.errors import ArgumentParser, UserError, float_at_least, int_at_least
 from lwtakit.evaluation.options import DEFAULT_ALPHA
 from lwtakit.labelers.configs import ALTERNATIVES, SIMILARITIES, InvertConfig
 
@@ -127,12 +127,38 @@ def _check_finite(matrix: np.ndarray, path: str, what: str) -> None:
 
 # ------------------------------------------------------------------------------------------- dissect
 def cmd_dissect(args) -> Path:
+    """One process, or ``--devices N`` (x ``--num-nodes M``) Lightning Fabric processes that each record a shard
+    of the probe set; rank 0 labels and writes the report (:mod:`lwtakit.shard`)."""
+    device = _device(args.device)
+    if args.devices * args.num_nodes == 1:
+        return _dissect(args, device, None)
+    from lightning.fabric import Fabric
+
+    fabric = Fabric(accelerator="cuda" if device.type == "cuda" else "cpu", devices=args.devices,
+                    num_nodes=args.num_nodes, strategy="ddp_spawn")
+    out = fabric.launch(_dissect_process, args)
+    if isinstance(out, UserError):  # raised alike in every process (its inputs are theirs too): one line
+        raise out
+    return out
+
+
+def _dissect_process(fabric, args) -> Path | UserError | None:
+    """One Fabric process of ``dissect --devices N``: rank 0 returns the report's path; a bad input comes back as the
+    error (an exception would reach the parent as a traceback of the spawned process)."""
+    from lwtakit.shard import Collective
+
+    try:
+        return _dissect(args, fabric.device, Collective.current(fabric.device))
+    except UserError as exc:
+        return exc
+
+
+def _dissect(args, device, collective) -> Path | None:
     from lwtakit.analysis import DissectRequest, dissect_to_report, run_history
     from lwtakit.checkpoint import load_model
     from lwtakit.dissect import ConceptSource, DissectOptions, check_labelers
     from lwtakit.models import default_layers
 
-    device = _device(args.device)
     labelers = _labelers(args)
     # CLIP first: weights that cannot be had here (offline) fail in a second, before any other work
     clip = _clip(args, device) if any("clip" in lab.needs or "captioner" in lab.needs for lab in labelers) else None
@@ -152,7 +178,9 @@ def cmd_dissect(args) -> Path:
     request = DissectRequest(
         layers=args.layers or default_layers(model), labelers=labelers, grid_units=args.grid_units, seed=args.seed,
         options=DissectOptions(pca_components=args.pca, batch_size=args.batch_size, topk=args.top_images,
-                               device=device, mode=args.mode, passes=args.passes, heldout=_heldout(args)),
+                               device=device, mode=args.mode, passes=args.passes, heldout=_heldout(args),
+                               seed=args.seed, collective=collective, progress=collective is None or collective.is_root,
+                               memory_budget=None if args.memory_budget is None else int(args.memory_budget * 2**30)),
         history=history, probe_name=args.probe or "", source=args.ckpt or args.model)
     return dissect_to_report(loaded, probe, concepts, request, args.out)
 
@@ -547,6 +575,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--batch-size", type=int_at_least(1), default=128, help="images per forward pass")
     d.add_argument("--seed", type=int, default=0, help="seed of the probe subset, held-out split and LWTA sampling")
     d.add_argument("--device", default="auto", help=DEVICE_HELP)
+    d.add_argument("--devices", type=int_at_least(1), default=1,
+                   help="processes on this machine (GPUs with --device cuda): each records its shard of the probe "
+                        "set, rank 0 labels and writes; the labels equal one process's (default: 1)")
+    d.add_argument("--num-nodes", type=int_at_least(1), default=1, help="machines, each running --devices processes")
+    d.add_argument("--memory-budget", type=float_at_least(0), metavar="GIB",
+                   help="host memory the recorded activations may take; above it they are kept in a memory-mapped "
+                        "temporary file (default: no limit)")
     d.add_argument("--out", required=True, help="report folder: report.html and labels.csv")
 
     lab = _subcommand(sub, "label", "label activations you already have (A.npy [N, C])")

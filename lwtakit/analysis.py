@@ -36,9 +36,11 @@ class DissectRequest:
     source: str = ""  # the checkpoint, run folder or torchvision:NAME given: the report's title and header name it
 
 
-def dissect_to_report(loaded, probe, concepts: ConceptSource, request: DissectRequest, out: str | Path) -> Path:
+def dissect_to_report(loaded, probe, concepts: ConceptSource, request: DissectRequest,
+                      out: str | Path) -> Path | None:
     """Dissect ``loaded.model`` (a :class:`lwtakit.checkpoint.LoadedModel`) on ``probe``, write ``out/labels.csv``
-    and ``out/report.html``; returns the report's path."""
+    and ``out/report.html``; returns the report's path. With ``request.options.collective`` every process records its
+    shard and rank 0 alone goes on to measure and write; the other ranks return None."""
     from lwtakit import report
     from lwtakit.io import staged_dir
 
@@ -46,6 +48,8 @@ def dissect_to_report(loaded, probe, concepts: ConceptSource, request: DissectRe
     started = time.perf_counter()
     with fork_rng(request.seed):  # every pass over the model from the request's seed, the caller's RNGs untouched
         result = dissect(model, probe, request.layers, request.labelers, concepts, opts)
+        if result is None:  # another process's shard: rank 0 writes
+            return None
         completeness = None
         if opts.pca_components:
             completeness = completeness_curves(model, probe, request.layers[:-1] or request.layers, result, request)
@@ -58,7 +62,7 @@ def dissect_to_report(loaded, probe, concepts: ConceptSource, request: DissectRe
             "probe set": f"{request.probe_name or 'the run’s validation split'}, {len(probe)} images",
             "labels chosen / scored on": _split_text(result, len(probe)), "seed": str(request.seed),
             "layers": ", ".join(request.layers), "methods": ", ".join(labeler.name for labeler in request.labelers),
-            **_invert_meta(request), "seconds": f"{time.perf_counter() - started:.1f}"}
+            **_invert_meta(request), **_shard_meta(result), "seconds": f"{time.perf_counter() - started:.1f}"}
     with staged_dir(out) as stage:
         result.table.write_csv(stage / "labels.csv")
         sections = report.Sections(meta=meta, evaluation=evaluation, completeness=completeness,
@@ -121,6 +125,15 @@ def _invert_meta(request: DissectRequest) -> dict[str, str]:
     can tell our search from the reference's (Bykov et al. 2023); empty without INVERT."""
     configs = [labeler.config for labeler in request.labelers if labeler.name == "invert"]
     return {"INVERT": configs[0].describe()} if configs else {}
+
+
+def _shard_meta(result: DissectionResult) -> dict[str, str]:
+    """How many processes recorded the probe set, and how many images each (nothing for one process)."""
+    sizes = result.recording.shard_sizes
+    if len(sizes) < 2:
+        return {}
+    return {"processes": f"{len(sizes)}, each recorded its shard of the probe set (images: "
+                         f"{', '.join(map(str, sizes))}); rank 0 labelled"}
 
 
 def _mode_text(result: DissectionResult, opts: DissectOptions) -> str:

@@ -8,6 +8,7 @@ key, a shape, a missing weight file) and say *how* to fix it in the message.
 from __future__ import annotations
 
 import argparse
+import math
 
 
 class UserError(Exception):
@@ -62,4 +63,20 @@ def int_at_least(minimum: int):
         return value
 
     parse.__name__ = f"int >= {minimum}"  # argparse names the type in some messages
+    return parse
+
+
+def float_at_least(minimum: float):
+    """An argparse ``type``: a finite number >= ``minimum`` (:func:`int_at_least` for amounts like GiB)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+        if not math.isfinite(value) or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be a number >= {minimum}, got {text}")
+        return value
+
+    parse.__name__ = f"number >= {minimum}"
     return parse
