@@ -74,7 +74,8 @@ def _clip(args, device):
     from lwtakit.clip.load import ANALYZE_CLIP
 
     try:
-        return load_clip(args.clip_model, args.clip_pretrained, device=str(device), cache_dir=args.clip_cache)
+        return load_clip(args.clip_model, args.clip_pretrained, device=str(device), cache_dir=args.clip_cache,
+                         batch_size=args.batch_size)
     except ClipWeightsUnavailable as exc:
         raise exc.told(ANALYZE_CLIP) from None
 

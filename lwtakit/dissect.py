@@ -213,16 +213,18 @@ def dissect(model: nn.Module, probe, layers: Sequence[str], labelers: Sequence[s
         seconds["record"] = time.perf_counter() - t
         t = time.perf_counter()
         moments, directions = _fit_directions(model, probe, layers, options, split)
+        if directions:
+            seconds["pca_fit"] = time.perf_counter() - t
+        t = time.perf_counter()
+        image_embeddings = _sharded_clip_images(labelers, concepts, _labelled_part(probe, split), options)
         if rec is None:  # another process's shard, gathered on rank 0, which labels
             return None
         missing = [name for name in layers if name not in rec.acts]
         if missing:
             raise ValueError(f"the given recording lacks layers {missing}")
-        if directions:
-            seconds["pca_fit"] = time.perf_counter() - t
         ctx = _context(model, probe, rec, concepts, options, split)
-        if any(CLIP in labeler.needs or CAPTIONER in labeler.needs for labeler in labelers):
-            t = time.perf_counter()
+        ctx.image_embeddings = image_embeddings
+        if _needs_clip(labelers):
             ctx.clip_embeddings()
             seconds["clip_embed"] = time.perf_counter() - t
         targets = [target for layer in layers for target in _targets(layer, rec, directions.get(layer), split)]
@@ -264,12 +266,32 @@ def _fit_directions(model: nn.Module, probe, layers: Sequence[str], options: Dis
         return {}, {}
     from lwtakit.labelers.pca import fit_pca
 
-    part = probe if split is None else ProbeSubset(probe, split.explain)
-    recorded = record(model, part, layers, options, moments=True)
+    recorded = record(model, _labelled_part(probe, split), layers, options, moments=True)
     if recorded is None:  # not rank 0: the moments were gathered there
         return {}, {}
     moments = recorded.moments
     return moments, {layer: fit_pca(moments[layer], k=options.pca_components) for layer in layers}
+
+
+def _labelled_part(probe, split: ProbeSplit | None):
+    """The images labels are chosen on: the explanation part with a split, else the whole probe set."""
+    return probe if split is None else ProbeSubset(probe, split.explain)
+
+
+def _needs_clip(labelers: Sequence[Labeler]) -> bool:
+    return any(CLIP in labeler.needs or CAPTIONER in labeler.needs for labeler in labelers)
+
+
+def _sharded_clip_images(labelers: Sequence[Labeler], concepts: ConceptSource, part,
+                         options: DissectOptions) -> torch.Tensor | None:
+    """With several processes and a labeler that reads CLIP: the image embeddings of ``part``, each process
+    embedding its batches (:func:`lwtakit.clip.cache.embed_dataset_sharded`); on rank 0, None elsewhere and with one
+    process (the labelers' context embeds them on first use)."""
+    if options.collective is None or not _needs_clip(labelers):
+        return None
+    from lwtakit.clip.cache import embed_dataset_sharded
+
+    return embed_dataset_sharded(concepts.clip, part, options.collective, concepts.clip_cache_dir)
 
 
 def _mode(model: nn.Module, options: DissectOptions) -> str | None:
@@ -287,8 +309,8 @@ def _context(model, probe, rec: Recording, concepts: ConceptSource, options: Dis
              split: ProbeSplit | None) -> Context:
     """What the labelers read: the whole probe set, or its explanation part when labels are assessed held out."""
     concepts = concepts.resolved(rec)
+    probe = _labelled_part(probe, split)
     if split is not None:
-        probe = ProbeSubset(probe, split.explain)
         if concepts.labels is not None:
             concepts = dataclasses.replace(concepts, labels=concepts.labels[split.explain])
     return Context(model, probe, rec, concepts, options.device, options.batch_size)

@@ -22,14 +22,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from .errors import UserError
 from .rng import fork_rng
 from .rows import Rows
-from .shard import CHUNK_BYTES, Collective, Shard, batch_bounds, batch_seed
+from .shard import Collective, Shard, batch_bounds, batch_seed, gather_in_order
 from .stats import Moments, UnitStats
 
 REDUCE_MODES = ("mean", "max", "none")
@@ -425,7 +424,8 @@ def _gather(collective: Collective, plan: _Plan, store: _Store, moments: dict[st
     if whole is not None:  # rank 0 recorded batch 0: its rows tell the bytes an image takes
         whole.budget(store.nbytes / max(1, sizes[0]), plan.n, opts)
     for mine, rows in [*pairs, (store.labels, None if whole is None else whole.labels)]:
-        _gather_rows(collective, plan, mine.finish() if mine.tail is not None else None, rows, opts)
+        gather_in_order(collective, mine.finish() if mine.tail is not None else None, plan.bounds,
+                        None if rows is None else rows.append)
     merged = {}
     for name in store.acts if opts.moments else ():  # one C x C state a rank and layer (a rank without images: None)
         states = collective.gather_object(moments.get(name))
@@ -435,37 +435,6 @@ def _gather(collective: Collective, plan: _Plan, store: _Store, moments: dict[st
             for part in parts:  # in rank order
                 merged[name].merge(part)
     return whole, merged, sizes
-
-
-def _gather_rows(collective: Collective, plan: _Plan, mine: torch.Tensor, rows: Rows | None,
-                 opts: RecordOptions) -> None:
-    """Rank 0 appends every rank's rows of ``mine`` to ``rows`` in global batch order: a round gathers local
-    batches ``j0..j1`` of every rank (global batches ``j * world + rank``)."""
-    metas = collective.gather_object(None if mine is None else (tuple(mine.shape[1:]), mine.dtype))
-    meta = collective.broadcast_object(None if metas is None else next((m for m in metas if m), None))
-    if meta is None:  # no rank has such rows (the maxes of a non-spatial layer; labels of an unlabelled probe)
-        return
-    mine = torch.empty((0, *meta[0]), dtype=meta[1]) if mine is None else mine
-    world, n_batches = collective.world, len(plan.bounds)
-    size = [stop - start for start, stop in plan.bounds]
-    rounds = -(-n_batches // world)
-    row_bytes = max(1, int(np.prod(meta[0], dtype=np.int64)) * mine.element_size())
-    step = max(1, CHUNK_BYTES // (opts.batch_size * row_bytes))
-    offset = 0
-    for j0 in range(0, rounds, step):
-        j1 = min(j0 + step, rounds)
-        count = sum(size[j * world + collective.rank] for j in range(j0, j1) if j * world + collective.rank < n_batches)
-        parts = collective.gather(mine[offset:offset + count])
-        offset += count
-        if parts is None:
-            continue
-        cursor = [0] * world
-        for j in range(j0, j1):
-            for r in range(world):
-                b = j * world + r
-                if b < n_batches and parts[r].shape[0]:
-                    rows.append(parts[r][cursor[r]:cursor[r] + size[b]])
-                    cursor[r] += size[b]
 
 
 def _recording(store: _Store, bounds: list[tuple[int, int]], spatial: dict[str, bool], moments: dict[str, Moments],

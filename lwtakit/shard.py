@@ -12,6 +12,7 @@ uses (gloo on the CPU, NCCL on GPUs). Gathers go to rank 0 only, in chunks of a 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,3 +111,39 @@ class Collective:
         if not self.is_root:
             return None
         return [torch.cat(p)[: rows[r]] if p else tensor[:0].cpu() for r, p in enumerate(pieces)]
+
+
+def gather_in_order(collective: Collective, mine: torch.Tensor | None, bounds: list[tuple[int, int]],
+                    append: Callable[[torch.Tensor], None] | None) -> None:
+    """Rank 0 passes every rank's rows of its batches to ``append``, in the probe set's batch order.
+
+    ``mine``: this rank's rows, its batches (:meth:`Shard.batches` of ``bounds``) one after the other (None: it has
+    none, or no such rows). A round gathers local batches ``j0..j1`` of every rank, i.e. global batches
+    ``j * world + rank``, at most :data:`CHUNK_BYTES` a rank, so rank 0 never holds more than a round beyond what it
+    keeps. ``append`` is None on the other ranks.
+    """
+    metas = collective.gather_object(None if mine is None else (tuple(mine.shape[1:]), mine.dtype))
+    meta = collective.broadcast_object(None if metas is None else next((m for m in metas if m), None))
+    if meta is None:  # no rank has such rows (e.g. the spatial maxes of a linear layer)
+        return
+    mine = torch.empty((0, *meta[0]), dtype=meta[1]) if mine is None else mine
+    world, rank, n_batches = collective.world, collective.rank, len(bounds)
+    size = [stop - start for start, stop in bounds]
+    rounds = -(-n_batches // world)
+    row_bytes = max(1, int(np.prod(meta[0], dtype=np.int64)) * mine.element_size())
+    step = max(1, CHUNK_BYTES // (max(size, default=1) * row_bytes))
+    offset = 0
+    for j0 in range(0, rounds, step):
+        j1 = min(j0 + step, rounds)
+        count = sum(size[j * world + rank] for j in range(j0, j1) if j * world + rank < n_batches)
+        parts = collective.gather(mine[offset:offset + count])
+        offset += count
+        if parts is None:
+            continue
+        cursor = [0] * world
+        for j in range(j0, j1):
+            for r in range(world):
+                b = j * world + r
+                if b < n_batches:
+                    append(parts[r][cursor[r]:cursor[r] + size[b]])
+                    cursor[r] += size[b]

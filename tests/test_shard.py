@@ -112,23 +112,33 @@ def test_batch_seeds_differ_between_batches_and_seeds_and_are_reproducible():
 
 @pytest.mark.timeout(400)
 def test_analyze_dissect_on_two_processes_writes_the_labels_of_one(tmp_path, capsys):
-    """``analyze.py dissect --devices 2`` (Lightning Fabric, ddp_spawn, gloo): labels.csv equals the one-process run's,
-    every score to 1e-6, and the report says each process recorded half of the 64 images (counted while recording)."""
+    """``analyze.py dissect --devices 2`` (Lightning Fabric, ddp_spawn, gloo) with INVERT and CLIP-Dissect (each process
+    embeds its batches of the probe with a tiny local CLIP): labels.csv equals the one-process run's, every score to
+    1e-6, and the report says each process recorded half of the 64 images (counted while recording)."""
     import analyze
     import train as train_script
     from lwtakit.config import load_config
     from lwtakit.io import read_csv
+    from tests.golden.cases import tiny_clip
     from tests.test_reliability import same_rows
 
     cfg = load_config("default", [f"run_dir={tmp_path}", "run_name=r", "data.train_size=32", "data.val_size=64",
                                   "data.test_size=16", "data.batch_size=16", "model.width=0.125", "logger=none",
-                                  "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "dissection.enabled=false"])
+                                  "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
+                                  "dissection.enabled=false"])
     run = train_script.train(cfg).run_dir
-    common = ["dissect", "--ckpt", str(run), "--probe-size", "64", "--batch-size", "8", "--device", "cpu"]
-    assert analyze.main([*common, "--out", str(tmp_path / "one")]) == 0
-    assert analyze.main([*common, "--devices", "2", "--out", str(tmp_path / "two")]) == 0
+    common = ["dissect", "--ckpt", str(run), "--probe-size", "64", "--batch-size", "8", "--device", "cpu",
+              "--methods", "invert", "clip_dissect", "--clip-model", f"local-dir:{tiny_clip(tmp_path / 'clip')}"]
+    assert analyze.main([*common, "--clip-cache", str(tmp_path / "c1"), "--out", str(tmp_path / "one")]) == 0
+    assert analyze.main([*common, "--clip-cache", str(tmp_path / "c2"), "--devices", "2",
+                         "--out", str(tmp_path / "two")]) == 0
     one, two = read_csv(tmp_path / "one" / "labels.csv"), read_csv(tmp_path / "two" / "labels.csv")
-    assert one and same_rows(one, two)
+    assert {r["method"] for r in one} == {"invert", "clip_dissect"} and same_rows(one, two)
+    # the embeddings rank 0 gathered are the one process's, cached under the same content key
+    (cached_one,), (cached_two,) = (tmp_path / "c1").glob("img_*.pt"), (tmp_path / "c2").glob("img_*.pt")
+    assert cached_one.name == cached_two.name
+    torch.testing.assert_close(torch.load(cached_two, weights_only=True)["emb"],
+                               torch.load(cached_one, weights_only=True)["emb"], rtol=0, atol=1e-6)
     report = (tmp_path / "two" / "report.html").read_text()
     assert "2, each recorded its shard of the probe set (images: 32, 32)" in report
     assert "each recorded its shard" not in (tmp_path / "one" / "report.html").read_text()

@@ -17,7 +17,7 @@ import pickle
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -26,7 +26,11 @@ from lwtakit.io import atomic_write, ensure_writable_dir
 
 from .encode import Clip, _iter_image_batches
 
-__all__ = ["content_hash_images", "default_cache_dir", "embed_dataset_cached", "embed_texts_cached"]
+if TYPE_CHECKING:
+    from lwtakit.shard import Collective
+
+__all__ = ["content_hash_images", "default_cache_dir", "embed_dataset_cached", "embed_dataset_sharded",
+           "embed_texts_cached"]
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +90,42 @@ def embed_dataset_cached(clip: Clip, dataset: Tensor | torch.utils.data.Dataset,
     The cache key is sha256(clip identity, preprocessing parameters, sha256 of the image tensors), so a
     changed image, model or preprocessing is a miss; equal content is a hit even under another name.
     """
-    cache_dir = ensure_writable_dir(cache_dir or default_cache_dir())
-    key = _key("images", clip.name, clip.preprocess_params, content_hash_images(dataset))
-    path = Path(cache_dir) / f"img_{key[:40]}.pt"
+    path, key = _image_entry(clip, dataset, cache_dir)
     emb = _load_cached(path, key)
     if emb is None:
         emb = clip.encode_images(dataset, batch_size=batch_size)
         _save_cached(path, key, emb)
+    return emb
+
+
+def _image_entry(clip: Clip, dataset, cache_dir) -> tuple[Path, str]:
+    cache_dir = ensure_writable_dir(cache_dir or default_cache_dir())
+    key = _key("images", clip.name, clip.preprocess_params, content_hash_images(dataset))
+    return Path(cache_dir) / f"img_{key[:40]}.pt", key
+
+
+def embed_dataset_sharded(clip: Clip, dataset: torch.utils.data.Dataset, collective: Collective,
+                          cache_dir: str | os.PathLike | None = None) -> Tensor | None:
+    """:func:`embed_dataset_cached` over processes: rank 0 looks the embeddings up; on a miss each process embeds its
+    batches of ``clip.batch_size`` images (:mod:`lwtakit.shard`), rank 0 gathers them in order and caches them. Rank
+    0 returns the embeddings [N, D] of the whole dataset, the others None."""
+    from lwtakit.data import ProbeSubset
+    from lwtakit.rows import Rows
+    from lwtakit.shard import batch_bounds, gather_in_order
+
+    entry = _image_entry(clip, dataset, cache_dir) if collective.is_root else None
+    emb = _load_cached(*entry) if entry is not None else None
+    if collective.broadcast_object(emb is not None):
+        return emb
+    bounds = batch_bounds(len(dataset), clip.batch_size)
+    mine = [i for b in collective.shard.batches(len(bounds)) for i in range(*bounds[b])]
+    local = clip.encode_images(ProbeSubset(dataset, mine), clip.batch_size) if mine else None
+    rows = Rows() if collective.is_root else None
+    gather_in_order(collective, local, bounds, None if rows is None else rows.append)
+    if rows is None:
+        return None
+    emb = rows.finish()
+    _save_cached(*entry, emb)
     return emb
 
 

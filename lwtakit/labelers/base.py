@@ -68,6 +68,7 @@ class Context:
     concepts: Any  # lwtakit.dissect.ConceptSource
     device: Any = "cpu"
     batch_size: int = 128
+    image_embeddings: torch.Tensor | None = None  # the probe's CLIP image embeddings when already computed
     _clip: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
     def clip_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,7 +78,9 @@ class Context:
             from lwtakit.clip import embed_dataset_cached, embed_texts_cached
 
             c = self.concepts
-            images = embed_dataset_cached(c.clip, self.probe, c.clip_cache_dir)
+            images = self.image_embeddings
+            if images is None:
+                images = embed_dataset_cached(c.clip, self.probe, c.clip_cache_dir)
             texts = embed_texts_cached(c.clip, c.clip_concepts, c.clip_cache_dir)
             self._clip = (images.float(), texts.float())
         return self._clip
