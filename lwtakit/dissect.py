@@ -218,6 +218,7 @@ def dissect(model: nn.Module, probe, layers: Sequence[str], labelers: Sequence[s
         t = time.perf_counter()
         image_embeddings = _sharded_clip_images(labelers, concepts, _labelled_part(probe, split), options)
         if rec is None:  # another process's shard, gathered on rank 0, which labels
+            _join_sharded_labelers(model, _labelled_part(probe, split), labelers, concepts, options)
             return None
         missing = [name for name in layers if name not in rec.acts]
         if missing:
@@ -228,6 +229,8 @@ def dissect(model: nn.Module, probe, layers: Sequence[str], labelers: Sequence[s
             ctx.clip_embeddings()
             seconds["clip_embed"] = time.perf_counter() - t
         targets = [target for layer in layers for target in _targets(layer, rec, directions.get(layer), split)]
+        _share_targets(targets, labelers, options)
+        ctx.collective = options.collective
         for target in targets:
             for labeler in labelers:
                 if labeler.applies_to(target):
@@ -292,6 +295,31 @@ def _sharded_clip_images(labelers: Sequence[Labeler], concepts: ConceptSource, p
     from lwtakit.clip.cache import embed_dataset_sharded
 
     return embed_dataset_sharded(concepts.clip, part, options.collective, concepts.clip_cache_dir)
+
+
+def _sharded(labelers: Sequence[Labeler], options: DissectOptions) -> list[Labeler]:
+    """The labelers every process runs (each on its share of the probe set), when there are several processes."""
+    return [labeler for labeler in labelers if labeler.sharded] if options.collective is not None else []
+
+
+def _share_targets(targets: list[Target], labelers: Sequence[Labeler], options: DissectOptions) -> None:
+    """Rank 0 tells the other processes what the sharded labelers label: each target without its activations."""
+    if _sharded(labelers, options):
+        options.collective.broadcast_object([dataclasses.replace(t, acts=t.acts[:0], firing=None, holdout=None)
+                                             for t in targets])
+
+
+def _join_sharded_labelers(model: nn.Module, part, labelers: Sequence[Labeler], concepts: ConceptSource,
+                           options: DissectOptions) -> None:
+    """Not rank 0: run each sharded labeler on the targets rank 0 labels, in its order (its rows stay there)."""
+    sharded = _sharded(labelers, options)
+    if not sharded:
+        return
+    ctx = Context(model, part, None, concepts, options.device, options.batch_size, collective=options.collective)
+    for target in options.collective.broadcast_object(None):
+        for labeler in sharded:
+            if labeler.applies_to(target):
+                labeler.label(target, ctx)
 
 
 def _mode(model: nn.Module, options: DissectOptions) -> str | None:

@@ -88,11 +88,22 @@ class Collective:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
-    def gather(self, tensor: torch.Tensor) -> list[torch.Tensor] | None:
-        """Every rank's ``tensor`` (same trailing shape and dtype; any number of rows) on rank 0's CPU, in rank order;
-        None elsewhere. Rows are padded to the longest rank's and sent in chunks of at most :data:`CHUNK_BYTES`."""
+    def agree(self, tensor: torch.Tensor | None) -> tuple[tuple[int, ...], torch.dtype] | None:
+        """The trailing shape and dtype of the ranks' ``tensor`` (None where a rank has none), on every rank; None
+        when no rank has one."""
+        metas = self.gather_object(None if tensor is None else (tuple(tensor.shape[1:]), tensor.dtype))
+        return self.broadcast_object(None if metas is None else next((m for m in metas if m), None))
+
+    def gather(self, tensor: torch.Tensor | None) -> list[torch.Tensor] | None:
+        """Every rank's ``tensor`` (same trailing shape and dtype; any number of rows; None: no rows) on rank 0's CPU,
+        in rank order; None elsewhere, and on rank 0 too when no rank has one. Rows are padded to the longest rank's
+        and sent in chunks of at most :data:`CHUNK_BYTES`."""
         import torch.distributed as dist
 
+        meta = self.agree(tensor)
+        if meta is None:
+            return None
+        tensor = torch.empty((0, *meta[0]), dtype=meta[1]) if tensor is None else tensor
         rows = self.gather_object(int(tensor.shape[0]))
         longest = self.broadcast_object(max(rows) if self.is_root else None)
         row_bytes = max(1, tensor[:1].numel() * tensor.element_size())
@@ -122,8 +133,7 @@ def gather_in_order(collective: Collective, mine: torch.Tensor | None, bounds: l
     ``j * world + rank``, at most :data:`CHUNK_BYTES` a rank, so rank 0 never holds more than a round beyond what it
     keeps. ``append`` is None on the other ranks.
     """
-    metas = collective.gather_object(None if mine is None else (tuple(mine.shape[1:]), mine.dtype))
-    meta = collective.broadcast_object(None if metas is None else next((m for m in metas if m), None))
+    meta = collective.agree(mine)
     if meta is None:  # no rank has such rows (e.g. the spatial maxes of a linear layer)
         return
     mine = torch.empty((0, *meta[0]), dtype=meta[1]) if mine is None else mine

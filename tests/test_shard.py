@@ -112,9 +112,11 @@ def test_batch_seeds_differ_between_batches_and_seeds_and_are_reproducible():
 
 @pytest.mark.timeout(400)
 def test_analyze_dissect_on_two_processes_writes_the_labels_of_one(tmp_path, capsys):
-    """``analyze.py dissect --devices 2`` (Lightning Fabric, ddp_spawn, gloo) with INVERT and CLIP-Dissect (each process
-    embeds its batches of the probe with a tiny local CLIP): labels.csv equals the one-process run's, every score to
-    1e-6, and the report says each process recorded half of the 64 images (counted while recording)."""
+    """``analyze.py dissect --devices 2`` (Lightning Fabric, ddp_spawn, gloo) with INVERT, CLIP-Dissect (each process
+    embeds its batches with a tiny local CLIP), NetDissect IoU (each process streams its batches, thresholds from
+    the merged top-quantile candidates, overlaps summed) and both poles of 2 principal directions (per-position
+    moments merged): labels.csv equals the one-process run's, every score to 1e-6, and the report says each process
+    recorded half of the 64 images (counted while recording)."""
     import analyze
     import train as train_script
     from lwtakit.config import load_config
@@ -128,12 +130,14 @@ def test_analyze_dissect_on_two_processes_writes_the_labels_of_one(tmp_path, cap
                                   "dissection.enabled=false"])
     run = train_script.train(cfg).run_dir
     common = ["dissect", "--ckpt", str(run), "--probe-size", "64", "--batch-size", "8", "--device", "cpu",
-              "--methods", "invert", "clip_dissect", "--clip-model", f"local-dir:{tiny_clip(tmp_path / 'clip')}"]
+              "--methods", "invert", "clip_dissect", "iou", "--pca", "2",
+              "--clip-model", f"local-dir:{tiny_clip(tmp_path / 'clip')}"]
     assert analyze.main([*common, "--clip-cache", str(tmp_path / "c1"), "--out", str(tmp_path / "one")]) == 0
     assert analyze.main([*common, "--clip-cache", str(tmp_path / "c2"), "--devices", "2",
                          "--out", str(tmp_path / "two")]) == 0
     one, two = read_csv(tmp_path / "one" / "labels.csv"), read_csv(tmp_path / "two" / "labels.csv")
-    assert {r["method"] for r in one} == {"invert", "clip_dissect"} and same_rows(one, two)
+    assert {r["method"] for r in one} == {"invert", "clip_dissect", "iou"} and same_rows(one, two)
+    assert any(r["layer"].endswith("#pca-") and r["method"] == "iou" for r in one)
     # the embeddings rank 0 gathered are the one process's, cached under the same content key
     (cached_one,), (cached_two,) = (tmp_path / "c1").glob("img_*.pt"), (tmp_path / "c2").glob("img_*.pt")
     assert cached_one.name == cached_two.name

@@ -69,6 +69,7 @@ class Context:
     device: Any = "cpu"
     batch_size: int = 128
     image_embeddings: torch.Tensor | None = None  # the probe's CLIP image embeddings when already computed
+    collective: Any = None  # lwtakit.shard.Collective: several processes label (sharded labelers)
     _clip: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
     def clip_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,6 +93,9 @@ class Labeler(ABC):
     name: ClassVar[str]
     config_class: ClassVar[type | None] = None
     needs: ClassVar[frozenset[str]] = frozenset()
+    # With several processes (ctx.collective) a sharded labeler's label() runs in every process, each streaming its
+    # share of the probe set; rank 0 returns the rows. Other labelers run on rank 0 alone.
+    sharded: ClassVar[bool] = False
 
     def __init__(self, config: Any = None, **overrides: Any) -> None:
         if config is None and self.config_class is not None:

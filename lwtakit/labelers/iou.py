@@ -37,14 +37,10 @@ import torch.nn.functional as F
 from ..errors import UserError
 from ..labels import LabelRow
 from ..recording import analysis_mode, capture, resolve_module, split_batch
+from ..shard import Shard, batch_bounds, batch_seed
 from .base import MASKS, SPATIAL, Context, Labeler, Target, register_labeler, rows_from_dicts
 from .configs import IoUConfig
 from .run_options import RunOptions
-
-
-def _batches(n: int, batch_size: int):
-    for lo in range(0, n, batch_size):
-        yield list(range(lo, min(lo + batch_size, n)))
 
 
 def _maps(model, layer: str, images: torch.Tensor, device, directions=None) -> torch.Tensor:
@@ -85,24 +81,29 @@ def _check_probe(model: torch.nn.Module, dataset, layer: str) -> None:
 
 
 def _probe_maps(model: torch.nn.Module, dataset, layer: str, run: RunOptions, directions, desc: str):
-    """``(indices, maps [B, C, h, w])`` per batch of the probe set, after seeding torch with ``run.seed`` so that
-    every pass over a stochastic model sees the same maps."""
+    """``(indices, maps [B, C, h, w])`` per batch of this process's share of the probe set (all of it without
+    ``run.collective``, :mod:`lwtakit.shard`), each batch's draws seeded by ``(run.seed, batch index)``, so that both
+    passes, and every process, see the maps of a stochastic model that one process sees."""
     from tqdm.auto import tqdm
 
-    torch.manual_seed(run.seed)
     device = torch.device(run.device)
-    for idx in tqdm(list(_batches(len(dataset), run.batch_size)), desc=desc, disable=not run.progress,
-                    leave=False):
+    bounds = batch_bounds(len(dataset), run.batch_size)
+    shard = run.collective.shard if run.collective is not None else Shard()
+    for b in tqdm(list(shard.batches(len(bounds))), desc=desc, disable=not run.progress, leave=False):
+        torch.manual_seed(batch_seed(run.seed, b))
+        idx = list(range(*bounds[b]))
         yield idx, _maps(model, layer, _images(dataset, idx), device, directions)
 
 
-def _threshold_pass(batches, quantile: float, N: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pass 1: ``(T_k [C], min_k [C])``, the smallest of each unit's exact top ``m = max(1, round(quantile * N *
-    h * w))`` activations (a running ``topk``) and its minimum activation, over ``batches`` of maps."""
-    top = unit_min = m = None
+def _threshold_pass(batches, quantile: float, N: int) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
+    """Pass 1: ``(top [C, <= m], min_k [C], m)``: each unit's exact top ``m = max(1, round(quantile * N * h * w))``
+    activations over ``batches`` of maps (a running ``topk``, descending) and its minimum activation; Nones and 0
+    for no batches."""
+    top = unit_min = None
+    m = 0
     for _, maps in batches:
         B, C, h, w = maps.shape
-        if m is None:
+        if top is None:
             m = max(1, int(round(quantile * N * h * w)))
             top = torch.empty(C, 0, device=maps.device)
             unit_min = torch.full((C,), float("inf"), device=maps.device)
@@ -110,7 +111,31 @@ def _threshold_pass(batches, quantile: float, N: int) -> tuple[torch.Tensor, tor
         unit_min = torch.minimum(unit_min, flat.amin(1))
         both = torch.cat([top, flat], 1)
         top = torch.topk(both, min(m, both.shape[1]), dim=1).values
-    return top[:, -1].clone(), unit_min
+    return top, unit_min, m
+
+
+def _thresholds(top: torch.Tensor | None, unit_min: torch.Tensor | None, m: int,
+                run: RunOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(T_k, min_k)``: the smallest of the top ``m`` and the minimum; with ``run.collective``, of the candidates
+    every process kept (the top m of the union is the top m of the processes' top m), on every process."""
+    if run.collective is None:
+        return top[:, -1].clone(), unit_min
+    c = run.collective
+    tops = c.gather(None if top is None else top.t().contiguous())  # [m_r, C] a rank
+    mins = c.gather(None if unit_min is None else unit_min[None])
+    merged = None
+    if c.is_root:  # rank 0 recorded batch 0: its m is the probe set's
+        both = torch.cat([t for t in tops if t.numel()]).t()
+        merged = torch.topk(both, min(m, both.shape[1]), dim=1).values[:, -1].clone(), torch.cat(mins).amin(0)
+    return tuple(t.to(run.device) for t in c.broadcast_object(merged))
+
+
+def _sums(parts: tuple, run: RunOptions) -> tuple | None:
+    """Pass 2's sums added over the processes in rank order, on rank 0 (None elsewhere); as they are in one."""
+    if run.collective is None:
+        return parts
+    gathered = [run.collective.gather(None if p is None else p[None]) for p in parts]
+    return None if gathered[0] is None else tuple(torch.cat(g).sum(0) for g in gathered)
 
 
 def _overlap_pass(batches, dataset, thresholds: torch.Tensor, unit_min: torch.Tensor,
@@ -118,7 +143,7 @@ def _overlap_pass(batches, dataset, thresholds: torch.Tensor, unit_min: torch.Te
     """Pass 2: float64 ``(sum_x |M_k ∩ L_c| [C, K], sum_x |M_k| [C], sum_x |L_c| [K])`` with ``M_k`` the map
     upsampled (bilinear) to mask resolution and binarised at ``T_k`` (never at the unit's minimum); units are
     chunked so that at most about ``max_elements`` upsampled values exist at once."""
-    inter = act_area = mask_area = None
+    inter = act_area = mask_area = None  # stay None for a process without batches
     for idx, maps in batches:
         masks = torch.from_numpy(np.stack([np.asarray(dataset.concept_masks(i), bool) for i in idx]))
         masks = masks.to(maps.device)
@@ -146,7 +171,7 @@ def _overlap_pass(batches, dataset, thresholds: torch.Tensor, unit_min: torch.Te
 
 def iou_matrix(model: torch.nn.Module, dataset, layer: str, config: IoUConfig | None = None,
                run: RunOptions | None = None, *, directions: tuple[torch.Tensor, torch.Tensor] | None = None,
-               max_elements: int = 1 << 26, **overrides) -> tuple[torch.Tensor, torch.Tensor]:
+               max_elements: int = 1 << 26, **overrides) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Dataset-level IoU ``[C, K]`` (float64; NaN for concepts whose masks are empty on the whole probe
     set) and the thresholds ``T_k [C]`` of Network Dissection (Bau et al. 2017, eq. 1; see the module docstring).
 
@@ -154,16 +179,19 @@ def iou_matrix(model: torch.nn.Module, dataset, layer: str, config: IoUConfig | 
     quantile (:class:`IoUConfig`); ``run``: batch size, device, seed, progress (:class:`RunOptions`);
     ``overrides``: fields of either (``quantile=0.01, batch_size=16``). A stochastic model (LWTA sampling) is
     run with the same seed in both passes so they see the same maps. ``directions = (mean [C], V [k, C])``
-    dissects the k directions instead of the C units (module docstring).
+    dissects the k directions instead of the C units (module docstring). With ``run.collective`` each process streams
+    its batches and rank 0 gets the result (the other ranks None).
     """
     config, run = _settings(config, run, overrides)
     _check_probe(model, dataset, layer)
     with analysis_mode(model):
-        thresholds, unit_min = _threshold_pass(
-            _probe_maps(model, dataset, layer, run, directions, "IoU thresholds"), config.quantile, len(dataset))
-        inter, act_area, mask_area = _overlap_pass(
-            _probe_maps(model, dataset, layer, run, directions, "IoU overlaps"), dataset, thresholds, unit_min,
-            max_elements)
+        thresholds, unit_min = _thresholds(*_threshold_pass(
+            _probe_maps(model, dataset, layer, run, directions, "IoU thresholds"), config.quantile, len(dataset)), run)
+        sums = _sums(_overlap_pass(_probe_maps(model, dataset, layer, run, directions, "IoU overlaps"), dataset,
+                                   thresholds, unit_min, max_elements), run)
+    if sums is None:  # not rank 0: its sums went there
+        return None
+    inter, act_area, mask_area = sums
     union = act_area[:, None] + mask_area[None, :] - inter
     iou = torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(inter))
     iou[:, mask_area == 0] = float("nan")
@@ -179,7 +207,10 @@ def label_units(model: torch.nn.Module, dataset, layer: str, concept_names: Sequ
     ``run`` and ``overrides`` as in :func:`iou_matrix`. With ``directions`` the rows are those directions
     (e.g. PCA components) instead of the layer's units."""
     names = list(concept_names if concept_names is not None else getattr(dataset, "concept_names", []))
-    iou, thresholds = iou_matrix(model, dataset, layer, config, run, directions=directions, **overrides)
+    result = iou_matrix(model, dataset, layer, config, run, directions=directions, **overrides)
+    if result is None:  # another process's share (run.collective): rank 0 labels
+        return []
+    iou, thresholds = result
     if len(names) != iou.shape[1]:
         raise UserError(f"{len(names)} concept names for {iou.shape[1]} concept masks")
     valid = ~torch.isnan(iou[0]) if iou.shape[0] else torch.zeros(0, dtype=torch.bool)
@@ -205,8 +236,10 @@ class IoULabeler(Labeler):
     config_class = IoUConfig
     needs = frozenset({MASKS, SPATIAL})
 
+    sharded = True
+
     def label(self, target: Target, ctx: Context) -> list[LabelRow]:
-        run = RunOptions(batch_size=ctx.batch_size, device=ctx.device)
+        run = RunOptions(batch_size=ctx.batch_size, device=ctx.device, collective=ctx.collective)
         dicts = label_units(ctx.model, ctx.probe, target.layer, list(ctx.probe.concept_names), self.config, run,
                             directions=target.directions)
         return rows_from_dicts(dicts, target, self.name)

@@ -9,10 +9,12 @@ from typing import Any
 @dataclass(frozen=True)
 class RunOptions:
     """``batch_size`` probe images per forward pass on ``device``; ``seed`` is the torch seed set before each
-    pass, so a stochastic network (LWTA sampling) makes the same draws in every pass that must agree (the two
-    passes of IoU, every k of an ablation curve); ``progress`` shows a progress bar."""
+    pass (IoU: before each batch, with the batch's index, :func:`lwtakit.shard.batch_seed`), so a stochastic network
+    (LWTA sampling) makes the same draws in every pass that must agree (the two passes of IoU, every k of an
+    ablation curve); ``progress`` shows a progress bar."""
 
     batch_size: int = 32
     device: Any = "cpu"
     seed: int = 0
     progress: bool = False
+    collective: Any = None  # a lwtakit.shard.Collective: the processes share the passes, rank 0 gets the result
