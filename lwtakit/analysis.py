@@ -259,6 +259,6 @@ def run_history(spec: str) -> list[dict] | None:
     from lwtakit.checkpoint import resolve_run
     from lwtakit.drift import read_history
 
-    run_dir, ckpt = resolve_run(spec)
+    run_dir, ckpt = resolve_run(spec, say=False)  # the caller loads the run too, and says which checkpoint
     path = (run_dir or ckpt.resolve().parent.parent) / "labels.csv"
     return read_history(path) if path.is_file() else None

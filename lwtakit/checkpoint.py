@@ -168,14 +168,15 @@ def _complete(path: Path) -> bool:
     return path.is_file() and zipfile.is_zipfile(path)
 
 
-def resolve_run(spec: str) -> tuple[Path | None, Path]:
-    """(run folder or None, checkpoint) for a run folder (its :func:`last_checkpoint`) or a checkpoint path."""
+def resolve_run(spec: str, say: bool = True) -> tuple[Path | None, Path]:
+    """(run folder or None, checkpoint) for a run folder (its :func:`last_checkpoint`) or a checkpoint path; ``say``:
+    print :func:`last_checkpoint`'s note (False where the same run is loaded, and the note printed, elsewhere)."""
     path = Path(spec)
     if path.is_dir():
         if not (path / "checkpoints").is_dir():
             raise UserError(f"run folder {path} has no checkpoints/; give a run folder of train.py")
         ckpt, note = last_checkpoint(path / "checkpoints")
-        if note:
+        if note and say:
             print(note, file=sys.stderr)
         return path, ckpt
     if path.is_file():

@@ -377,7 +377,8 @@ def test_resume_from_a_checkpoint_of_the_same_architecture_passes_the_checks(tmp
 
 def test_a_run_folder_with_a_dangling_last_ckpt_is_read_from_its_newest_complete_checkpoint(tmp_path, ckpt, capsys):
     """A folder of an earlier version (or edited by hand): last.ckpt dangles, a truncated later checkpoint sits
-    beside a complete one. explain uses the complete one, and says so in one note line."""
+    beside a complete one. explain and dissect use the complete one, and say so in one note line (dissect reads the
+    run's labels.csv and loads its network: the note was printed twice)."""
     from PIL import Image
 
     folder = tmp_path / "run" / "checkpoints"
@@ -390,5 +391,9 @@ def test_a_run_folder_with_a_dangling_last_ckpt_is_read_from_its_newest_complete
                          "--device", "cpu"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 0
-    assert [line for line in err if line.startswith("note: ")] == [
-        f"note: {folder / 'last.ckpt'} is dangling; using epoch=0-step=2.ckpt, the newest complete checkpoint"]
+    note = f"note: {folder / 'last.ckpt'} is dangling; using epoch=0-step=2.ckpt, the newest complete checkpoint"
+    assert [line for line in err if line.startswith("note: ")] == [note]
+    code = analyze.main(["dissect", "--ckpt", str(tmp_path / "run"), "--probe-size", "16", "--top-images", "2",
+                         "--device", "cpu", "--out", str(tmp_path / "report")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 0 and [line for line in err if line.startswith("note: ")] == [note]
