@@ -232,8 +232,10 @@ def _invert_search(args, hierarchy, class_names, st: _Stages) -> dict:
     timed = args.invert_timed or args.invert_units
     configs = {"default": InvertConfig(max_length=3, beam=5)}
     configs["reference"] = configs["default"].without_parsimony()
+    # On the CPU whatever --device: the search builds some of its tensors on the CPU (label_units on CUDA
+    # activations would mix devices).
     out = {"INVERT search: units x concepts x images": f"{args.invert_units} x {len(names)} x {args.invert_n}",
-           "INVERT search units timed": timed}
+           "INVERT search device": f"cpu ({torch.get_num_threads()} threads)", "INVERT search units timed": timed}
     for tag, config in configs.items():
         rows, seconds = st.run(f"INVERT search {tag}", lambda config=config: label_units(
             acts, labels, names, config, units=range(timed), progress=False))
