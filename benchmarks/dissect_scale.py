@@ -234,7 +234,7 @@ def _invert_search(args, hierarchy, class_names, st: _Stages) -> dict:
     configs["reference"] = configs["default"].without_parsimony()
     # On the CPU whatever --device: the search builds some of its tensors on the CPU (label_units on CUDA
     # activations would mix devices).
-    out = {"INVERT search: units x concepts x images": f"{args.invert_units} x {len(names)} x {args.invert_n}",
+    out = {"INVERT search units x concepts x images": f"{args.invert_units} x {len(names)} x {args.invert_n}",
            "INVERT search device": f"cpu ({torch.get_num_threads()} threads)", "INVERT search units timed": timed}
     for tag, config in configs.items():
         rows, seconds = st.run(f"INVERT search {tag}", lambda config=config: label_units(
@@ -244,7 +244,7 @@ def _invert_search(args, hierarchy, class_names, st: _Stages) -> dict:
         out[f"INVERT search {tag} s/unit"] = seconds / timed
         out[f"INVERT search {tag} s, all units" + (" (extrapolated)" if timed < args.invert_units else "")] = \
             seconds / timed * args.invert_units
-        out[f"INVERT search {tag}: planted formula found (same images), labels of length 3"] = \
+        out[f"INVERT search {tag} planted formula found (same images), labels of length 3"] = \
             f"{found}/{timed}, {sum(r['length'] == 3 for r in rows)}/{timed}"
     return out
 
