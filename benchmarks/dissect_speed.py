@@ -1,6 +1,6 @@
 """Dissection speed benchmarks: print ratios measured in one run (never pass/fail).
 
-Parts (``--part``, repeatable; default all):
+Parts (``--part``, repeatable; default all but ``scale``):
 
 * ``recording``: time of :func:`lwtakit.recording.record_activations` over a probe set / time of bare
   forward passes over the same probe set (same loader, same batches). Target <= 1.2.
@@ -11,6 +11,9 @@ Parts (``--part``, repeatable; default all):
   with P given as factors) vs the dense formulation (dense P and softmax), each in a fresh subprocess
   (peak RSS minus the RSS after imports + inputs). Dense vs chunked at a small size (same labels?),
   chunked alone at N=50,000 x M=20,000 (target <= 1 GB); ``--wpmi-dense-full`` adds dense at full size.
+* ``scale``: ResNet-50 + CLIP ViT-B-16 (random weights) over N synthetic 224-px images, five layers labelled
+  by CLIP-Dissect and INVERT, and INVERT's length-3 search at 512 units x 1,473 concepts
+  (:mod:`benchmarks.dissect_scale`). Not in the default set (minutes on a CPU): name it.
 
 Each part is one ``bench_<part>(args) -> dict`` function registered in ``PARTS``; add a part by writing
 the function, registering it and adding its flags in ``add_<part>_args``.
@@ -18,6 +21,8 @@ the function, registering it and adding its flags in ``add_<part>_args``.
     python benchmarks/dissect_speed.py --part recording --probe 512 --img 64
     python benchmarks/dissect_speed.py --part auc --n 10000 --units 512 --concepts 200
     python benchmarks/dissect_speed.py --part wpmi --threads 2
+    python benchmarks/dissect_speed.py --part scale --threads 2 --scale-n 200 --invert-n 50000
+    python benchmarks/dissect_speed.py --part scale --device cuda --scale-n 50000 --scale-batch 256
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.dissect_scale import add_scale_args, bench_scale  # noqa: E402
 
 
 def _best_of(fn, repeats: int) -> float:
@@ -275,6 +281,7 @@ def bench_wpmi(args) -> dict:
 
 PARTS = {"recording": (add_recording_args, bench_recording), "auc": (add_auc_args, bench_auc)}
 PARTS["wpmi"] = (add_wpmi_args, bench_wpmi)
+PARTS["scale"] = (add_scale_args, bench_scale)
 
 
 def main(argv=None) -> None:
@@ -287,7 +294,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    for name in args.part or list(PARTS):
+    for name in args.part or [part for part in PARTS if part != "scale"]:
         result = PARTS[name][1](args)
         print(f"[{name}]")
         for key, value in result.items():
