@@ -47,6 +47,8 @@ def add_scale_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--scale-classes", type=int, default=1000)
     g.add_argument("--scale-groups", type=int, default=473, help="hypernym groups above the classes")
     g.add_argument("--scale-clip", default="ViT-B-16", help="open_clip model name or config json (random weights)")
+    g.add_argument("--scale-memory-budget", type=float, default=None, metavar="GIB",
+                   help="host memory the recording may take before it spills to a memory-mapped file (default: none)")
     g.add_argument("--invert-n", type=int, default=50000, help="images of the INVERT search (0: skip it)")
     g.add_argument("--invert-units", type=int, default=512)
     g.add_argument("--invert-timed", type=int, default=0, help="units actually searched (0: all)")
@@ -96,6 +98,21 @@ def _reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+def _mapped_from_file(tensor: torch.Tensor) -> bool:
+    """Whether the tensor's memory is a mapping of a (deleted) file, as a recording over its budget is (Linux)."""
+    ptr = tensor.untyped_storage().data_ptr()
+    try:
+        with open("/proc/self/maps") as fh:
+            for line in fh:
+                fields = line.split(maxsplit=5)
+                lo, hi = (int(x, 16) for x in fields[0].split("-"))
+                if lo <= ptr < hi:
+                    return len(fields) == 6 and fields[5].strip().endswith("(deleted)")
+    except OSError:
+        pass
+    return False
 
 
 def _proc_status() -> dict[str, float]:
@@ -189,7 +206,9 @@ def _dissection(args, device: torch.device, probe, hierarchy, st: _Stages) -> di
     _, t_resnet = st.run("bare ResNet-50", _bare(resnet, loader, device))
     _, t_clip = st.run("bare CLIP image encoder", _bare(lambda x: clip.model.encode_image(clip.preprocess(x)),
                                                         loader, device))
-    options = DissectOptions(batch_size=args.scale_batch, device=device, progress=False, mode=None, heldout=None)
+    budget = None if args.scale_memory_budget is None else int(args.scale_memory_budget * 2**30)
+    options = DissectOptions(batch_size=args.scale_batch, device=device, progress=False, mode=None, heldout=None,
+                             memory_budget=budget)
     rec, t_rec = st.run("record (5 layers)", lambda: record(resnet, probe, LAYERS, options))
     with tempfile.TemporaryDirectory() as cache:  # a fresh cache: every embedding is computed
         _, t_text = st.run(f"text embedding ({len(words)} words)", lambda: embed_texts_cached(clip, words, cache))
@@ -217,6 +236,7 @@ def _summary(args, rec, result, concepts) -> dict:
             "INVERT concepts": len(concepts.names),
             "units (5 layers)": sum(channels.values()), "rows labelled": len(result.table.rows),
             "recording MiB (kept)": kept / 2**20,
+            "recording in a mapped file (over --scale-memory-budget)": _mapped_from_file(rec.acts[LAYERS[0]]),
             "recording MiB (formula)": recording_formula(args.scale_n, channels, rec.spatial) / 2**20,
             "recording MiB at N=50,000 (formula)": recording_formula(50000, channels, rec.spatial) / 2**20}
 

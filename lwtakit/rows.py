@@ -64,7 +64,9 @@ class Rows:
         if self.count == 0:
             return torch.empty((0, *self.tail), dtype=self.dtype)
         if self.file is None:
-            return torch.cat(self.pieces) if len(self.pieces) != 1 else self.pieces[0]
+            if len(self.pieces) > 1:  # one tensor from now on: the pieces are freed, not kept beside their copy
+                self.pieces = [torch.cat(self.pieces)]
+            return self.pieces[0]
         self.file.flush()
         buffer = mmap.mmap(self.file.fileno(), 0)  # the mapping keeps the file's pages after it is closed
         self.file.close()

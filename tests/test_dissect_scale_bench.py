@@ -71,11 +71,12 @@ def test_tiny_scale_run(tmp_path, capsys):
     dissect_speed.main(["--part", "scale", "--threads", "2", "--scale-n", str(n), "--scale-img", "64",
                         "--scale-batch", "4", "--scale-words", "30", "--scale-classes", "20", "--scale-groups", "9",
                         "--scale-clip", str(config), "--invert-n", "3000", "--invert-units", "4",
-                        "--invert-noise", "0"])
+                        "--invert-noise", "0", "--scale-memory-budget", "0"])
     out = dict(line.strip().split(": ", 1) for line in capsys.readouterr().out.splitlines()[1:])
     conv = 256 + 512 + 1024 + 2048  # ResNet-50's layer1-4 channels: acts, acts_max, firing_per_image
     expected = n * (3 * conv + 2 * 1000) * 4 + 5 * n * 4  # + fc (acts_max is acts) + active_per_image
     assert float(out["recording MiB (kept)"]) == pytest.approx(expected / 2**20, rel=1e-3)
+    assert out["recording in a mapped file (over --scale-memory-budget)"] == "True"  # budget 0: spilled, labelled
     assert int(out["rows labelled"]) == 2 * (conv + 1000) and int(out["INVERT concepts"]) == 29
     assert out["INVERT search reference planted formula found (same images), labels of length 3"].endswith("4/4")
     assert float(out["ratio everything / bare (ResNet-50 + CLIP image encoder), target <= 1.2"]) > 0
