@@ -190,8 +190,9 @@ def _extension_ok(unit: _Unit, current: list[_Node], auc, n, concepts: _Concepts
     """Which extensions may enter the beam ``[B, 4, K]``: new concept, neither empty nor everything, and the
     parsimony tests; with the Bonferroni-corrected level of this step's term test (None without it)."""
     K = concepts.K
-    parent_auc = torch.tensor([node.auc for node in current], dtype=torch.float64).view(-1, 1, 1)
-    used = torch.zeros(len(current), 1, K, dtype=torch.bool)
+    # on the device of the scores: a search on CUDA would otherwise mix devices here
+    parent_auc = torch.tensor([node.auc for node in current], dtype=torch.float64, device=auc.device).view(-1, 1, 1)
+    used = torch.zeros(len(current), 1, K, dtype=torch.bool, device=auc.device)
     for b, node in enumerate(current):
         for concept, _ in node.formula.atoms():
             used[b, 0, concept] = True
