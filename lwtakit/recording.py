@@ -5,7 +5,9 @@ runs a probe set through a model and returns a :class:`Recording` with per-layer
 (spatial mean and max for conv maps, CLS or mean token for ``[B, T, D]`` outputs), the per-unit firing
 rate over (image x position) and streaming :class:`~lwtakit.stats.UnitStats`. Memory is O(N x C) per
 layer, independent of the spatial size of the maps (CLIP-Dissect, Oikarinen & Weng ICLR 2023, sec. 3,
-records the spatial mean of conv channels and the CLS token of ViTs in the same way).
+records the spatial mean of conv channels and the CLS token of ViTs in the same way). Above a host-memory budget the
+rows are kept in a memory-mapped temporary file (:mod:`lwtakit.rows`); with several processes each records its
+shard of the probe set and rank 0 gathers them (:mod:`lwtakit.shard`).
 
 The model is analysed in eval mode under ``torch.inference_mode()``; its training flags and the global
 RNG states (python, numpy, torch CPU and CUDA) are restored afterwards, so recording during training
@@ -116,15 +118,15 @@ class _LayerHook:
         if self.pending is not None:  # conv maps whole (moments over positions), other outputs as recorded
             self.pending.append(out.float() if out.dim() == 4 else self.outputs[-1])
 
-    def flush(self, start: int, passes: int = 1) -> None:
-        """Move the pieces recorded since index ``start`` to the CPU (after the forward passes of a batch); with
-        ``passes`` > 1 those pieces are the same batch's passes, replaced by their mean."""
+    def flush(self, passes: int = 1) -> None:
+        """Move the pieces of a batch's forward passes to the CPU; with ``passes`` > 1 they are the same batch's
+        passes, replaced by their mean."""
         for pieces in (self.outputs, self.maxes, self.per_image):
-            if passes > 1 and len(pieces) > start:
-                mean = torch.stack(pieces[start:]).mean(0)
-                del pieces[start:]
+            if passes > 1 and pieces:
+                mean = torch.stack(pieces).mean(0)
+                pieces.clear()
                 pieces.append(mean)
-            for i in range(start, len(pieces)):
+            for i in range(len(pieces)):
                 pieces[i] = pieces[i].cpu()
         if self.pending:
             x = torch.stack(self.pending).mean(0) if len(self.pending) > 1 else self.pending[0]
@@ -393,7 +395,7 @@ def _record_batches(model: nn.Module, plan: _Plan, hooks: dict[str, _LayerHook],
     device = torch.device(opts.device)
     recorded = 0
     bar = tqdm(plan.loader, desc="recording", disable=not opts.progress, leave=False)
-    for b, batch in zip(plan.batches, bar, strict=False):  # a DataLoader's batches: counted as they come
+    for b, batch in zip(plan.batches, bar, strict=False):
         images, labels = split_batch(batch)
         if plan.n is None:  # a DataLoader: its batches as they come
             start = plan.bounds[-1][1] if plan.bounds else 0
@@ -404,7 +406,7 @@ def _record_batches(model: nn.Module, plan: _Plan, hooks: dict[str, _LayerHook],
         for _ in range(opts.passes):
             model(x)
         for hook in hooks.values():
-            hook.flush(0, opts.passes)
+            hook.flush(opts.passes)
         store.add(hooks, labels)
         recorded += images.shape[0]
         store.budget(store.nbytes / recorded, plan.images, opts)
