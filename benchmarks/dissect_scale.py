@@ -19,6 +19,7 @@ host RSS (``VmHWM`` after resetting it through ``/proc/self/clear_refs``) and pe
   ``--invert-timed`` < units only that many units are searched and the time is extrapolated linearly.
 
 (everything) = record + text + dissect; the ratio divides it by the bare passes of both networks.
+``--scale-record-only`` runs the recording alone, for its memory at large N (small images keep it short on a CPU).
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ def add_scale_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--scale-clip", default="ViT-B-16", help="open_clip model name or config json (random weights)")
     g.add_argument("--scale-memory-budget", type=float, default=None, metavar="GIB",
                    help="host memory the recording may take before it spills to a memory-mapped file (default: none)")
+    g.add_argument("--scale-record-only", action="store_true",
+                   help="only the recording of ResNet-50's five layers (its memory against --scale-memory-budget); "
+                        "no CLIP, no search")
     g.add_argument("--invert-n", type=int, default=50000, help="images of the INVERT search (0: skip it)")
     g.add_argument("--invert-units", type=int, default=512)
     g.add_argument("--invert-timed", type=int, default=0, help="units actually searched (0: all)")
@@ -182,6 +186,10 @@ def bench_scale(args) -> dict:
     st = _Stages(device)
     out = {"device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
            "threads": torch.get_num_threads()}
+    if args.scale_record_only:
+        out.update(_record_only(args, device, probe, st))
+        out.update(_peaks(st, device))
+        return out
     if args.scale_n > 0:  # returns without its models and recording
         out.update(_dissection(args, device, probe, hierarchy, st))
     else:
@@ -226,6 +234,29 @@ def _dissection(args, device: torch.device, probe, hierarchy, st: _Stages) -> di
     out["ratio everything / bare (ResNet-50 + CLIP image encoder), target <= 1.2"] = everything / bare
     out["ratio (everything - text embedding) / bare"] = (everything - t_text) / bare
     return out
+
+
+def _record_only(args, device: torch.device, probe, st: _Stages) -> dict:
+    """The recording alone (ResNet-50, five layers): its bytes against the formula and the host budget, and where it
+    ended (memory or a mapped file)."""
+    import torchvision
+
+    from lwtakit.dissect import DissectOptions, record
+
+    torch.manual_seed(0)
+    resnet = torchvision.models.resnet50(weights=None).eval().to(device)
+    budget = None if args.scale_memory_budget is None else int(args.scale_memory_budget * 2**30)
+    options = DissectOptions(batch_size=args.scale_batch, device=device, progress=True, mode=None, heldout=None,
+                             memory_budget=budget)
+    st.start()
+    rec, seconds = st.run("record (5 layers)", lambda: record(resnet, probe, LAYERS, options))
+    channels = {name: int(rec.acts[name].shape[1]) for name in LAYERS}
+    return {"N": args.scale_n, "image side": args.scale_img, "images/s (record)": args.scale_n / seconds,
+            "recording MiB (kept)": recording_bytes(rec) / 2**20,
+            "recording MiB (formula)": recording_formula(args.scale_n, channels, rec.spatial) / 2**20,
+            "host budget MiB": float("nan") if budget is None else budget / 2**20,
+            "recording in a mapped file (over --scale-memory-budget)": _mapped_from_file(rec.acts[LAYERS[0]]),
+            **st.result}
 
 
 def _summary(args, rec, result, concepts) -> dict:
