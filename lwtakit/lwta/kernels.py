@@ -247,6 +247,28 @@ class _LWTAPairFused(torch.autograd.Function):
         return _LWTAPair.backward(ctx, g, _gw)
 
 
+class _LWTAPairTraced(torch.autograd.Function):
+    """U = 2 LWTA (eqs. 1-2) inside a network under ``torch.compile`` (``trainer.compile``): the fused kernels'
+    arithmetic as plain tensor ops, with no nested compiled call, Triton launch or Python fallback, so Dynamo
+    traces it into the network's graph and Inductor fuses it with the neighbouring layers (and CUDA graphs
+    capture it). Same saved tensors and uniforms (:func:`_hash_uniform`) as :class:`_LWTAPairFused`."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scales: tuple[float, float], save_dtype, u: Tensor | None):
+        a, b = scales
+        it = torch.full((), a * b, dtype=x.dtype, device=x.device)
+        if u is None:
+            u = _hash_uniform(torch.randint(0, 2**31, (2,), device=x.device), x[:, :, 0])
+        out, loser, ks = _pair_fwd_math(x, u, it, save_dtype, b == 1.0)
+        ctx.save_for_backward(out, loser, ks)
+        ctx.mark_non_differentiable(ks)
+        return out, ks
+
+    @staticmethod
+    def backward(ctx, g: Tensor, _gw):
+        return _pair_bwd_math(g.contiguous(), *ctx.saved_tensors), None, None, None
+
+
 class _LWTABlock(torch.autograd.Function):
     """General-U LWTA (eqs. 1-2) with Gumbel noise g; saves h and the relaxed soft probabilities."""
 
