@@ -13,7 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lwtakit import config as config_lib
 from lwtakit.checkpoint import CONFIG_KEY, build_network
-from lwtakit.fast_path import compile_failure, fallback_notice, plan_compile, triton_available
+from lwtakit.fast_path import compile_failure, fallback_notice, observed, plan_compile, triton_available
 from lwtakit.lwta import lwta_inference, lwta_layers, mc_predict, set_temperature, total_kl
 from lwtakit.lwta.temperature import SCHEDULE_ARGS, make_schedule
 
@@ -75,9 +75,9 @@ class LitClassifier(pl.LightningModule):
 
     def _train_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The network's training forward on the path ``configure_model`` chose; under ``auto``, a compiler
-        failure switches to eager for the rest of the run, with one notice."""
+        failure switches to eager for the rest of the run, with one notice. Steps a hook watches run eager."""
         compiled = self.__dict__.get("_compiled")
-        if compiled is None:
+        if compiled is None or observed(self.model):
             return self.model(x)
         try:
             return compiled(x)

@@ -69,6 +69,13 @@ def triton_available() -> bool:
     return bool(has_triton())
 
 
+def observed(model) -> bool:
+    """Whether a forward hook watches any module of ``model`` (the sparsity monitor's or a recording's): such a
+    step runs eager, since a hook's Python side effects would split the compiled graph, and tensors it keeps
+    would be overwritten by the next CUDA-graph replay."""
+    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
 def compile_failure(exc: BaseException) -> bool:
     """Whether ``exc`` is Inductor/Dynamo failing to build the compiled graph (not an error of the model)."""
     import torch._dynamo

@@ -107,6 +107,20 @@ def test_auto_falls_back_to_eager_with_one_notice_when_the_compiler_fails(caplog
     assert len(notes) == 1 and "no C++ compiler found" in notes[0] and "eager" in notes[0]
 
 
+def test_a_step_watched_by_a_forward_hook_runs_eager():
+    """The sparsity monitor and recordings hook layers for one step: that step must not enter the compiled graph
+    (here a compiler that always fails, with no fallback, so entering it would raise)."""
+    module = _module("false")
+    module.__dict__["_compiled"] = torch.compile(module.model, backend=_failing_backend)
+    seen = []
+    handle = module.model.layer1[0].act1.register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+    out = module._train_forward(torch.randn(2, 3, 8, 8))
+    handle.remove()
+    assert out.shape == (2, 10) and len(seen) == 1 and seen[0].shape[0] == 2
+    with pytest.raises(Exception, match="no C.. compiler found"):
+        module._train_forward(torch.randn(2, 3, 8, 8))
+
+
 def test_auto_on_the_cpu_trains_eager():
     module = _module("auto")
     assert module.__dict__["_compiled"] is None
