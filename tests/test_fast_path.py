@@ -65,7 +65,7 @@ def _loss_and_grads(module, forward, x, y):
     return loss.detach(), grads
 
 
-def test_compiled_training_forward_matches_eager(monkeypatch):
+def test_compiled_training_forward_matches_eager():
     """trainer.compile=true on the CPU (tiny ResNet-18, 8 px): the compiled training forward's loss and
     gradients equal the eager network's under the same seed. Inductor's own RNG is switched to torch's
     generator (fallback_random) and the eager layers take the fused path (``fused=True``: the same hash
@@ -74,13 +74,13 @@ def test_compiled_training_forward_matches_eager(monkeypatch):
 
     from lwtakit.lwta import lwta_layers
 
-    monkeypatch.setattr(inductor_config, "fallback_random", True)
     module = _module("true")
     assert module.__dict__["_compiled"] is not None
     for layer in lwta_layers(module.model).values():
         layer.fused = True
     x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))
-    loss_c, grads_c = _loss_and_grads(module, module._train_forward, x, y)
+    with inductor_config.patch(fallback_random=True):  # torch's own patcher: monkeypatch's undo deletes the key
+        loss_c, grads_c = _loss_and_grads(module, module._train_forward, x, y)
     loss_e, grads_e = _loss_and_grads(module, module.model, x, y)
     assert torch.allclose(loss_c, loss_e, rtol=1e-5, atol=1e-6)
     # the LWTA layers save float16 tensors for backward (save_dtype "half"): the graphs may round at other points
