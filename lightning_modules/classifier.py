@@ -7,11 +7,13 @@ import math
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig
 from torchmetrics.classification import MulticlassAccuracy
 
 from lwtakit import config as config_lib
 from lwtakit.checkpoint import CONFIG_KEY, build_network
+from lwtakit.fast_path import compile_failure, fallback_notice, observed, plan_compile, triton_available
 from lwtakit.lwta import lwta_inference, lwta_layers, mc_predict, set_temperature, total_kl
 from lwtakit.lwta.temperature import SCHEDULE_ARGS, make_schedule
 
@@ -59,8 +61,32 @@ class LitClassifier(pl.LightningModule):
         return make_schedule(t.schedule, t.t0, **kwargs)(epoch)
 
     def configure_model(self) -> None:
-        if self.cfg.trainer.compile and not isinstance(self.model, torch._dynamo.eval_frame.OptimizedModule):
-            self.model = torch.compile(self.model)
+        """Resolve ``trainer.compile`` (:mod:`lwtakit.fast_path`) for this run's device. The compiled network is
+        kept outside the module tree (``__dict__``), so checkpoints hold the bare network's keys; it runs the
+        training forward only (evaluation switches LWTA modes, each a new graph, for a small share of the time)."""
+        if "_compiled" in self.__dict__:
+            return
+        device = self.trainer.strategy.root_device.type if self._trainer is not None else self.device.type
+        plan = plan_compile(self.cfg.trainer.compile, device, device == "cuda" and triton_available())
+        if plan.notice:
+            rank_zero_info(plan.notice)
+        self.__dict__["_compile_fallback"] = plan.fallback
+        self.__dict__["_compiled"] = torch.compile(self.model, mode=plan.mode) if plan.compile else None
+
+    def _train_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's training forward on the path ``configure_model`` chose; under ``auto``, a compiler
+        failure switches to eager for the rest of the run, with one notice. Steps a hook watches run eager."""
+        compiled = self.__dict__.get("_compiled")
+        if compiled is None or observed(self.model):
+            return self.model(x)
+        try:
+            return compiled(x)
+        except Exception as exc:
+            if not (self.__dict__.get("_compile_fallback") and compile_failure(exc)):
+                raise
+            rank_zero_info(fallback_notice(exc))
+            self.__dict__["_compiled"] = None
+            return self.model(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -74,7 +100,7 @@ class LitClassifier(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch[0], batch[1]
-        logits = self.model(x)
+        logits = self._train_forward(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.optim.label_smoothing)
         if self.cfg.model.kl and self.cfg.optim.kl_weight > 0:
             kl = total_kl(self.model)

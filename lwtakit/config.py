@@ -26,6 +26,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from lwtakit.errors import UserError
 from lwtakit.evaluation.options import HeldOutOptions
+from lwtakit.fast_path import check_compile
 from lwtakit.labelers.configs import ALTERNATIVES, RENAMED, CaptionsConfig, ClipDissectConfig, InvertConfig, IoUConfig
 
 # The repository's configs/, reached through the link lwtakit/configs in a checkout and installed as package data.
@@ -98,7 +99,7 @@ class TrainerConfig:
     num_nodes: int = 1
     strategy: str = "auto"
     precision: str = "32-true"  # 16-mixed / bf16-mixed for AMP
-    compile: bool = False  # torch.compile the network
+    compile: bool | str = "auto"  # auto (torch.compile on CUDA, eager elsewhere) | true | false: lwtakit.fast_path
     fast_dev_run: bool = False
     limit_train_batches: float = 1.0
     limit_val_batches: float = 1.0
@@ -363,6 +364,7 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value not in choices:
             raise UserError(f"config key '{key}' is {value!r}; choose one of: {', '.join(choices)}")
+    check_compile(cfg.trainer.compile)
     for mode in cfg.eval.modes:
         if mode not in ("sample", "argmax", "mc"):
             raise UserError(f"config key 'eval.modes' has {mode!r}; choose from sample, argmax, mc")

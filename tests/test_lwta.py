@@ -335,3 +335,45 @@ def test_options_build_the_layer_and_hold_the_defaults():
         LWTAOptions(temperature=float("inf"))
     with pytest.raises(TypeError):
         LWTA(2, bogus=1)
+
+
+def _lowbias32(x: int) -> int:
+    """Python-int reference of the lowbias32 hash (xor-shift 16, * 0x7feb352d, xor-shift 15, * 0x846ca68b,
+    xor-shift 16, all mod 2**32)."""
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def test_hash_uniforms_match_the_integer_hash_and_are_uniform_and_independent():
+    """The fused CPU sampler's counter-based uniforms: the tensor hash equals plain integer arithmetic, the
+    values are uniform (KS), adjacent values independent (chi-square on a 4x4 grid), seeds give new streams."""
+    from lwtakit.lwta.kernels import _hash_uniform, _mix32
+
+    xs = [0, 1, 2**16 + 3, 2**31 - 1, 2**31, 2**32 - 1, 123456789]
+    assert _mix32(torch.tensor(xs)).tolist() == [_lowbias32(v) for v in xs]
+    seed = torch.tensor([12345, 678])
+    like = torch.empty(200000)
+    u = _hash_uniform(seed, like)
+    m = [_lowbias32(_lowbias32(i ^ 12345) ^ 678) >> 9 for i in (0, 1, 99999)]
+    assert u[[0, 1, 99999]].tolist() == [(v + 0.5) / 2**23 for v in m]
+    assert u.min() >= 2**-24 and u.max() <= 1 - 2**-24
+    assert stats.kstest(u.double().numpy(), "uniform").pvalue > 1e-3
+    cells = (u * 4).long().clamp_max(3)
+    pairs = np.bincount((cells[:-1:2] * 4 + cells[1::2]).numpy(), minlength=16)
+    assert stats.chisquare(pairs).pvalue > 1e-3
+    other = _hash_uniform(torch.tensor([12346, 678]), like)
+    assert abs(np.corrcoef(u.numpy(), other.numpy())[0, 1]) < 0.01
+
+
+def test_fused_sampling_is_reproducible_under_manual_seed():
+    x = torch.randn(4, 8, 16, 16)
+    m = LWTA(2, fused=True)
+    winners = []
+    for seed in (5, 5, 6):
+        torch.manual_seed(seed)
+        m(x)
+        winners.append(m.last_winners.clone())
+    assert torch.equal(winners[0], winners[1]) and not torch.equal(winners[0], winners[2])

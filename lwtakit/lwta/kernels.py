@@ -101,22 +101,61 @@ class _LWTAPair(torch.autograd.Function):
 
 
 # Fused kernels (torch.compile / Inductor): the same arithmetic as _LWTAPair's eager code in one
-# pass over memory each way (~8x faster than the eager ops on CPU). Compiled lazily on first use with
-# dynamic shapes; if compilation is impossible we warn once and stay eager.
+# pass over memory each way. Compiled lazily on first use with dynamic shapes; if compilation is
+# impossible we warn once and stay eager.
+_M32 = 0xFFFFFFFF
+
+
+def _mul32(x: Tensor, c: int) -> Tensor:
+    """x c mod 2**32 for 32-bit x held in int64, without int64 overflow: c's bit 31 is added as a shift of
+    x's lowest bit (the only bit of x that survives a shift by 31 mod 2**32)."""
+    return (x * (c & 0x7FFFFFFF) + ((x & 1) << 31) * (c >> 31)) & _M32
+
+
+def _mix32(x: Tensor) -> Tensor:
+    """The "lowbias32" integer hash (C. Wellons, hash-prospector, 2018: xor-shift 16, multiply, xor-shift
+    15, multiply, xor-shift 16): a bijection of 32-bit integers whose output bits flip ~independently when
+    any input bit flips."""
+    x = _mul32(x ^ (x >> 16), 0x7FEB352D)
+    x = _mul32(x ^ (x >> 15), 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def _hash_uniform(seed: Tensor, like: Tensor) -> Tensor:
+    """Counter-based uniforms of ``like``'s shape, u_i = (m_i + 1/2) / 2**23 in [2**-24, 1 - 2**-24] with
+    m_i the top 23 bits of mix32(mix32(i ^ s0) ^ (s1 + i // 2**32)) (``seed = (s0, s1)``, drawn from torch's
+    generator, so torch.manual_seed reproduces them). Why not ``torch.rand`` inside the compiled graph:
+    Inductor's CPU code draws it with one scalar Philox call per element, which took ~2/3 of the fused
+    forward; the hash vectorises. Neither 0 nor 1 is reachable, so no logit or ratio below is infinite."""
+    i = torch.arange(like.numel(), dtype=torch.int64, device=like.device).view(like.shape)
+    m = _mix32(_mix32((i & _M32) ^ seed[0]) ^ ((seed[1] + (i >> 32)) & _M32)) >> 9
+    return (m.to(like.dtype) + 0.5) * 2.0**-23
+
+
 def _pair_fwd_math(x: Tensor, u: Tensor, inv_t: Tensor, save_dtype: torch.dtype, on_logits: bool):
     # (a, b) = (1/T, 1) or (1, 1/T); the flag specialises the compiled graph, so neither has a dead multiply
     h0, h1 = x[:, :, 0], x[:, :, 1]
-    z = (h0 - h1) * inv_t - torch.logit(u) if on_logits else (h0 - h1) - torch.logit(u)
-    w = (z < 0).to(x.dtype)
+    d = h0 - h1
+    if on_logits:
+        # b = 1: with v = 1 - u and r = u exp(-a d), z = a d - logit(u) < 0 iff v < r, and
+        # sigmoid(z) = v / (v + r): one exp instead of a log and an exp (the clamp keeps r finite and
+        # changes no decision: exp(80) u > 1 for every u the sampler draws).
+        r = u * torch.exp(torch.clamp(d * -inv_t, max=80.0))
+        v = 1 - u
+        w = (v < r).to(x.dtype)
+        s = v / (v + r)
+    else:
+        z = d - torch.logit(u)
+        w = (z < 0).to(x.dtype)
+        s = torch.sigmoid(z * inv_t)
     out = torch.stack((h0 * (1 - w), h1 * w), dim=2)
-    s = torch.sigmoid(z if on_logits else z * inv_t)
     ks = torch.clamp_min(s * (1 - s) * inv_t, 2.0**-24) * (1 - 2 * w)
-    loser = h1 + w * (h0 - h1)
+    loser = h1 + w * d
     return out, loser.to(save_dtype), ks.to(save_dtype)
 
 
-def _pair_fwd_rand_math(x: Tensor, inv_t: Tensor, save_dtype: torch.dtype, on_logits: bool):
-    return _pair_fwd_math(x, torch.rand_like(x[:, :, 0]), inv_t, save_dtype, on_logits)
+def _pair_fwd_rand_math(x: Tensor, seed: Tensor, inv_t: Tensor, save_dtype: torch.dtype, on_logits: bool):
+    return _pair_fwd_math(x, _hash_uniform(seed, x[:, :, 0]), inv_t, save_dtype, on_logits)
 
 
 def _pair_bwd_math(g: Tensor, out: Tensor, loser: Tensor, ks: Tensor):
@@ -181,8 +220,11 @@ class _LWTAPairFused(torch.autograd.Function):
         else:
             a, b = scales
             it = torch.full((), a * b, dtype=x.dtype, device=x.device)
-            res = _fused_call(_kernel("fwd"), x, u, it, save_dtype, b == 1.0) if u is not None else \
-                _fused_call(_kernel("fwd_rand"), x, it, save_dtype, b == 1.0)
+            if u is not None:
+                res = _fused_call(_kernel("fwd"), x, u, it, save_dtype, b == 1.0)
+            else:
+                seed = torch.randint(0, 2**31, (2,), device=x.device)  # from torch's generator: reproducible
+                res = _fused_call(_kernel("fwd_rand"), x, seed, it, save_dtype, b == 1.0)
         if res is None:
             ctx.eager = True
             return _LWTAPair.forward(ctx, x, scales, save_dtype, u)
@@ -203,6 +245,28 @@ class _LWTAPairFused(torch.autograd.Function):
             if res is not None:
                 return res, None, None, None
         return _LWTAPair.backward(ctx, g, _gw)
+
+
+class _LWTAPairTraced(torch.autograd.Function):
+    """U = 2 LWTA (eqs. 1-2) inside a network under ``torch.compile`` (``trainer.compile``): the fused kernels'
+    arithmetic as plain tensor ops, with no nested compiled call, Triton launch or Python fallback, so Dynamo
+    traces it into the network's graph and Inductor fuses it with the neighbouring layers (and CUDA graphs
+    capture it). Same saved tensors and uniforms (:func:`_hash_uniform`) as :class:`_LWTAPairFused`."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scales: tuple[float, float], save_dtype, u: Tensor | None):
+        a, b = scales
+        it = torch.full((), a * b, dtype=x.dtype, device=x.device)
+        if u is None:
+            u = _hash_uniform(torch.randint(0, 2**31, (2,), device=x.device), x[:, :, 0])
+        out, loser, ks = _pair_fwd_math(x, u, it, save_dtype, b == 1.0)
+        ctx.save_for_backward(out, loser, ks)
+        ctx.mark_non_differentiable(ks)
+        return out, ks
+
+    @staticmethod
+    def backward(ctx, g: Tensor, _gw):
+        return _pair_bwd_math(g.contiguous(), *ctx.saved_tensors), None, None, None
 
 
 class _LWTABlock(torch.autograd.Function):

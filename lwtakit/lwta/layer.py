@@ -26,6 +26,7 @@ from lwtakit.lwta.kernels import (
     _LWTABlock,
     _LWTAPair,
     _LWTAPairFused,
+    _LWTAPairTraced,
 )
 
 INFERENCE_MODES = ("sample", "argmax")
@@ -182,6 +183,8 @@ class LWTA(nn.Module):
             return _argmax_competition(xv)
         if self.U == 2:
             sd = torch.float16 if (self.save_dtype == "half" and xv.dtype == torch.float32) else xv.dtype
+            if torch.compiler.is_compiling():  # the network is compiled: one traceable graph, whatever ``fused``
+                return _LWTAPairTraced.apply(xv, scales, sd, noise)
             # CUDA: always (a Triton launch costs less host time than the eager ops); CPU: large inputs only
             fuse = self.fused is True or (self.fused == "auto" and (xv.is_cuda or xv.numel() >= _FUSE_MIN_NUMEL))
             return (_LWTAPairFused if fuse else _LWTAPair).apply(xv, scales, sd, noise)
