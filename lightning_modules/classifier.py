@@ -13,7 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lwtakit import config as config_lib
 from lwtakit.checkpoint import CONFIG_KEY, build_network
-from lwtakit.fast_path import compile_failure, fallback_notice, observed, plan_compile, triton_available
+from lwtakit.fast_path import fallback_notice, observed, plan_compile, triton_available
 from lwtakit.lwta import lwta_inference, lwta_layers, mc_predict, set_temperature, total_kl
 from lwtakit.lwta.temperature import SCHEDULE_ARGS, make_schedule
 
@@ -74,15 +74,16 @@ class LitClassifier(pl.LightningModule):
         self.__dict__["_compiled"] = torch.compile(self.model, mode=plan.mode) if plan.compile else None
 
     def _train_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The network's training forward on the path ``configure_model`` chose; under ``auto``, a compiler
-        failure switches to eager for the rest of the run, with one notice. Steps a hook watches run eager."""
+        """The network's training forward on the path ``configure_model`` chose; under ``auto``, a failing compiled
+        step (not built, or failing to run) switches to eager for the rest of the run, with one notice; an error of
+        the model then fails the eager step too. Steps a hook watches run eager."""
         compiled = self.__dict__.get("_compiled")
         if compiled is None or observed(self.model):
             return self.model(x)
         try:
             return compiled(x)
         except Exception as exc:
-            if not (self.__dict__.get("_compile_fallback") and compile_failure(exc)):
+            if not self.__dict__.get("_compile_fallback"):
                 raise
             rank_zero_info(fallback_notice(exc))
             self.__dict__["_compiled"] = None

@@ -24,8 +24,9 @@ class CompilePlan:
     Attributes:
         compile: whether the network runs under ``torch.compile``.
         mode: the ``torch.compile`` mode (None: torch's default).
-        fallback: on a compiler failure (Inductor cannot build), train eager with a notice instead of failing
-            (``auto`` only: an explicit ``true`` fails loudly).
+        fallback: when the compiled step fails (Inductor cannot build it, or it fails to run), train eager with a
+            notice instead of failing (``auto`` only: an explicit ``true`` fails loudly). A model error fails the
+            eager step as well, so it is still raised.
         notice: one line for the user when ``auto`` could not apply, else None.
     """
 
@@ -76,15 +77,9 @@ def observed(model) -> bool:
     return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
-def compile_failure(exc: BaseException) -> bool:
-    """Whether ``exc`` is Inductor/Dynamo failing to build the compiled graph (not an error of the model)."""
-    import torch._dynamo
-
-    return isinstance(exc, torch._dynamo.exc.BackendCompilerFailed)
-
-
 def fallback_notice(exc: BaseException) -> str:
-    """The one line shown when ``auto``'s compiled step could not be built and training continues eager."""
+    """The one line shown when ``auto``'s compiled step failed (could not be built, or failed to run: CUDA-graph
+    replays have limits eager code does not) and training continues eager."""
     exc = getattr(exc, "inner_exception", None) or exc  # BackendCompilerFailed wraps the compiler's own error
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return f"trainer.compile=auto: torch.compile could not build the step ({first[:160]}); training continues eager"
+    return f"trainer.compile=auto: the compiled step failed ({first[:160]}); training continues eager"

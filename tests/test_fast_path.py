@@ -107,6 +107,25 @@ def test_auto_falls_back_to_eager_with_one_notice_when_the_compiler_fails(caplog
     assert len(notes) == 1 and "no C++ compiler found" in notes[0] and "eager" in notes[0]
 
 
+def _replay_failing_backend(gm, example_inputs):
+    def run(*args):  # builds, then fails when it runs, as a CUDA-graph replay can
+        raise RuntimeError("accessing tensor output of CUDAGraphs that has been overwritten")
+    return run
+
+
+def test_auto_falls_back_when_the_compiled_step_fails_to_run_and_a_model_error_still_raises(caplog):
+    module = _module("false")
+    module.__dict__["_compiled"] = torch.compile(module.model, backend=_replay_failing_backend)
+    module.__dict__["_compile_fallback"] = True
+    with caplog.at_level(logging.INFO, logger="lightning"):
+        out = module._train_forward(torch.randn(2, 3, 8, 8))
+    assert out.shape == (2, 10) and module.__dict__["_compiled"] is None
+    assert any("overwritten); training continues eager" in r.getMessage() for r in caplog.records)
+    module.__dict__["_compiled"] = torch.compile(module.model, backend=_replay_failing_backend)
+    with pytest.raises(UserError, match="expects 3 input channels"):  # a model error: the eager step raises it
+        module._train_forward(torch.randn(2, 5, 8, 8))
+
+
 def test_a_step_watched_by_a_forward_hook_runs_eager():
     """The sparsity monitor and recordings hook layers for one step: that step must not enter the compiled graph
     (here a compiler that always fails, with no fallback, so entering it would raise)."""
