@@ -327,11 +327,11 @@ class _Store:
     """One process's recorded rows: per layer the reduced outputs, spatial maxes (conv layers) and per-image firing
     fractions, and the class labels, each a :class:`~lwtakit.rows.Rows`."""
 
-    def __init__(self, layers: Sequence[str]) -> None:
-        self.acts = {name: Rows() for name in layers}
-        self.maxes = {name: Rows() for name in layers}
-        self.per_image = {name: Rows() for name in layers}
-        self.labels = Rows()
+    def __init__(self, layers: Sequence[str], images: int | None) -> None:
+        self.acts = {name: Rows(images) for name in layers}
+        self.maxes = {name: Rows(images) for name in layers}
+        self.per_image = {name: Rows(images) for name in layers}
+        self.labels = Rows(images)
 
     def all(self) -> list[Rows]:
         return [*self.acts.values(), *self.maxes.values(), *self.per_image.values(), self.labels]
@@ -370,7 +370,7 @@ def record_activations(model: nn.Module, dataset_or_loader, layers: Sequence[str
     if isinstance(layers, str):
         layers = [layers]
     plan = _plan(dataset_or_loader, opts)
-    store = _Store(layers)
+    store = _Store(layers, plan.images if plan.n is not None else None)
     # a process whose shard is empty (more processes than batches) runs no forward pass: its hooks never fire
     must_fire = plan.images != 0
     with analysis_mode(model), _hooks(model, layers, opts.reduce, opts.tokens, True, opts.moments, must_fire) as hooks:
@@ -420,7 +420,7 @@ def _gather(collective: Collective, plan: _Plan, store: _Store, moments: dict[st
     travel a few batches at a time (at most :data:`lwtakit.shard.CHUNK_BYTES` a rank per gather), so neither side
     holds a second full copy."""
     sizes = collective.gather_object(recorded)
-    whole = _Store(list(store.acts)) if collective.is_root else None
+    whole = _Store(list(store.acts), plan.n) if collective.is_root else None
     pairs = [(mine, None if whole is None else getattr(whole, kind)[name])
              for kind in ("acts", "maxes", "per_image") for name, mine in getattr(store, kind).items()]
     if whole is not None:  # rank 0 recorded batch 0: its rows tell the bytes an image takes
@@ -450,8 +450,10 @@ def _recording(store: _Store, bounds: list[tuple[int, int]], spatial: dict[str, 
         rec.acts_max[name] = store.maxes[name].finish() if store.maxes[name].count else acts
         per_image = store.per_image[name].finish()
         rec.firing_per_image[name] = per_image
-        # every image has the same number of positions: the probe-set firing rate is the mean over images
-        rec.firing[name] = per_image.double().mean(0).float()
+        # every image has the same number of positions: the probe-set firing rate is the mean over images (float64
+        # sums batch by batch: a float64 copy of the whole [N, C] would double the recording's memory for a moment)
+        total = sum(per_image[start:stop].double().sum(0) for start, stop in bounds)
+        rec.firing[name] = (total / per_image.shape[0]).float()
         rec.active_per_image[name] = per_image.sum(1)
         rec.stats[name] = UnitStats(acts.shape[1], topk)
         for start, stop in bounds:

@@ -18,10 +18,13 @@ import torch
 
 class Rows:
     """Rows appended with :meth:`append` (tensors of the same trailing shape and dtype), returned whole by
-    :meth:`finish`: concatenated in memory, or memory-mapped from a temporary file once :meth:`spill` was called."""
+    :meth:`finish`: in memory, or memory-mapped from a temporary file once :meth:`spill` was called. With the number
+    of rows known (``capacity``) they are copied into one tensor allocated at the first append, so the rows never
+    exist twice (pieces and their concatenation)."""
 
-    def __init__(self) -> None:
-        self.pieces: list[torch.Tensor] = []
+    def __init__(self, capacity: int | None = None) -> None:
+        self.capacity = capacity
+        self.pieces: list[torch.Tensor] = []  # capacity known: one preallocated tensor
         self.file = None
         self.count = 0
         self.tail: tuple[int, ...] | None = None
@@ -42,9 +45,16 @@ class Rows:
         rows = rows.detach().cpu().contiguous()
         if self.tail is None:
             self.tail, self.dtype = tuple(rows.shape[1:]), rows.dtype
-        self.count += rows.shape[0]
+        start, self.count = self.count, self.count + rows.shape[0]
+        if self.capacity is not None and self.count > self.capacity:
+            raise ValueError(f"{self.count} rows appended to a store of {self.capacity}")
         if self.file is not None:
             self.file.write(rows.numpy().tobytes())
+        elif self.capacity is not None:
+            with torch.inference_mode(False):  # an ordinary tensor, though recorded under inference_mode
+                if not self.pieces:
+                    self.pieces.append(torch.empty((self.capacity, *self.tail), dtype=self.dtype))
+                self.pieces[0][start:self.count] = rows
         else:
             self.pieces.append(rows)
 
@@ -53,6 +63,8 @@ class Rows:
         if self.file is not None:
             return
         self.file = tempfile.TemporaryFile(dir=directory)
+        if self.capacity is not None and self.pieces:
+            self.pieces = [self.pieces[0][:self.count]]
         for piece in self.pieces:
             self.file.write(piece.numpy().tobytes())
         self.pieces.clear()
@@ -64,9 +76,10 @@ class Rows:
         if self.count == 0:
             return torch.empty((0, *self.tail), dtype=self.dtype)
         if self.file is None:
-            if len(self.pieces) > 1:  # one tensor from now on: the pieces are freed, not kept beside their copy
+            if len(self.pieces) > 1 or self.pieces[0].is_inference():
+                # one ordinary tensor from now on: the pieces are freed, not kept beside their copy
                 self.pieces = [torch.cat(self.pieces)]
-            return self.pieces[0]
+            return self.pieces[0][:self.count]
         self.file.flush()
         buffer = mmap.mmap(self.file.fileno(), 0)  # the mapping keeps the file's pages after it is closed
         self.file.close()

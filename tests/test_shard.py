@@ -150,3 +150,21 @@ def test_analyze_dissect_on_two_processes_writes_the_labels_of_one(tmp_path, cap
     assert analyze.main([*common, "--devices", "2", "--layers", "layer9", "--out", str(tmp_path / "bad")]) == 2
     assert "error: model has no layer named 'layer9'" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("capacity", [None, 10])
+def test_rows_in_memory_and_spilled_give_the_appended_rows_as_one_ordinary_tensor(tmp_path, capacity):
+    from lwtakit.rows import Rows
+
+    pieces = [torch.randn(4, 3), torch.randn(4, 3), torch.randn(2, 3)]
+    for spill_after in (None, 1):
+        rows = Rows(capacity)
+        for i, piece in enumerate(pieces):
+            with torch.inference_mode():  # as a recording appends them
+                rows.append(piece.clone())
+            if spill_after == i:
+                rows.spill(str(tmp_path))
+        out = rows.finish()
+        assert torch.equal(out, torch.cat(pieces)) and not out.is_inference() and rows.spilled == (spill_after == 1)
+    with pytest.raises(ValueError, match="11 rows appended to a store of 10"):
+        Rows(10).append(torch.zeros(11, 3))
