@@ -306,13 +306,14 @@ def _invert_search(args, hierarchy, class_names, st: _Stages) -> dict:
     timed = args.invert_timed or args.invert_units
     configs = {"default": InvertConfig(max_length=3, beam=5)}
     configs["reference"] = configs["default"].without_parsimony()
-    # On the CPU whatever --device: the search builds some of its tensors on the CPU (label_units on CUDA
-    # activations would mix devices).
+    device = torch.device(args.device)  # the search runs where its inputs are
+    where = f"cpu ({torch.get_num_threads()} threads)" if device.type == "cpu" else torch.cuda.get_device_name(device)
     out = {"INVERT search units x concepts x images": f"{args.invert_units} x {len(names)} x {args.invert_n}",
-           "INVERT search device": f"cpu ({torch.get_num_threads()} threads)", "INVERT search units timed": timed}
+           "INVERT search device": where, "INVERT search units timed": timed}
+    on_device = acts.to(device), labels.to(device)
     for tag, config in configs.items():
         rows, seconds = st.run(f"INVERT search {tag}", lambda config=config: label_units(
-            acts, labels, names, config, units=range(timed), progress=False))
+            *on_device, names, config, units=range(timed), progress=False))
         found = sum(bool(torch.equal(r["formula"].evaluate(labels), truth[:, r["unit"]])) for r in rows
                     if r["formula"] is not None)
         out[f"INVERT search {tag} s/unit"] = seconds / timed
