@@ -421,11 +421,10 @@ def _gather(collective: Collective, plan: _Plan, store: _Store, moments: dict[st
     holds a second full copy."""
     sizes = collective.gather_object(recorded)
     whole = _Store(list(store.acts), plan.n) if collective.is_root else None
-    pairs = [(mine, None if whole is None else getattr(whole, kind)[name])
-             for kind in ("acts", "maxes", "per_image") for name, mine in getattr(store, kind).items()]
     if whole is not None:  # rank 0 recorded batch 0: its rows tell the bytes an image takes
         whole.budget(store.nbytes / max(1, sizes[0]), plan.n, opts)
-    for mine, rows in [*pairs, (store.labels, None if whole is None else whole.labels)]:
+    targets = whole.all() if whole is not None else [None] * len(store.all())  # the same order on every rank
+    for mine, rows in zip(store.all(), targets, strict=True):
         gather_in_order(collective, mine.finish() if mine.tail is not None else None, plan.bounds,
                         None if rows is None else rows.append)
     merged = {}
@@ -459,5 +458,5 @@ def _recording(store: _Store, bounds: list[tuple[int, int]], spatial: dict[str, 
         for start, stop in bounds:
             rec.stats[name].update(acts[start:stop], torch.arange(start, stop))
     if store.labels.count == sum(sizes):
-        rec.labels = store.labels.finish().clone()
+        rec.labels = store.labels.finish()
     return rec

@@ -39,7 +39,7 @@ class Rows:
         """Bytes of the rows appended so far."""
         if self.tail is None:
             return 0
-        return self.count * int(np.prod(self.tail, dtype=np.int64)) * torch.empty((), dtype=self.dtype).element_size()
+        return self.count * int(np.prod(self.tail, dtype=np.int64)) * self.dtype.itemsize
 
     def append(self, rows: torch.Tensor) -> None:
         rows = rows.detach().cpu().contiguous()

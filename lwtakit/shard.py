@@ -100,20 +100,24 @@ class Collective:
         and sent in chunks of at most :data:`CHUNK_BYTES`."""
         import torch.distributed as dist
 
-        meta = self.agree(tensor)
-        if meta is None:
+        mine = None if tensor is None else (int(tensor.shape[0]), tuple(tensor.shape[1:]), tensor.dtype)
+        metas = self.gather_object(mine)
+        known = [m for m in metas or () if m is not None]
+        # every rank learns the longest row count and the rows' shape and dtype (None: no rank has a tensor)
+        agreed = self.broadcast_object((max(m[0] for m in known), *known[0][1:]) if known else None)
+        if agreed is None:
             return None
-        tensor = torch.empty((0, *meta[0]), dtype=meta[1]) if tensor is None else tensor
-        rows = self.gather_object(int(tensor.shape[0]))
-        longest = self.broadcast_object(max(rows) if self.is_root else None)
-        row_bytes = max(1, tensor[:1].numel() * tensor.element_size())
-        step = max(1, CHUNK_BYTES // row_bytes)
+        longest, tail, dtype = agreed
+        rows = [0 if m is None else m[0] for m in metas] if metas is not None else None
+        tensor = torch.empty((0, *tail), dtype=dtype) if tensor is None else tensor
+        # from the agreed shape, not this rank's rows: every rank must make the same number of gathers
+        step = max(1, CHUNK_BYTES // max(1, int(np.prod(tail, dtype=np.int64)) * dtype.itemsize))
         pieces: list[list[torch.Tensor]] = [[] for _ in range(self.world)]
         for start in range(0, max(longest, 1), step):
             stop = min(start + step, longest)
-            chunk = torch.zeros((stop - start, *tensor.shape[1:]), dtype=tensor.dtype, device=self.device)
-            mine = tensor[start:stop]
-            chunk[: mine.shape[0]] = mine.to(self.device)
+            chunk = torch.zeros((stop - start, *tail), dtype=dtype, device=self.device)
+            sent = tensor[start:stop]
+            chunk[: sent.shape[0]] = sent.to(self.device)
             out = [torch.empty_like(chunk) for _ in range(self.world)] if self.is_root else None
             dist.gather(chunk, out, dst=0)
             if self.is_root:

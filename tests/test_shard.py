@@ -47,7 +47,11 @@ def _record(probe, collective=None, **options):
             batch_size=8, passes=3, seed=11, topk=4, progress=False, moments=True, collective=collective, **options))
 
 
-def _worker(rank, world, init, out, n, budget):
+def _worker(rank, world, init, out, n, budget, chunk):
+    import lwtakit.shard
+
+    if chunk:  # tiny gathers: many chunks, rounds of one batch
+        lwtakit.shard.CHUNK_BYTES = chunk
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
     try:
         rec = _record(CountingProbe(n, out), Collective(), memory_budget=budget)
@@ -62,11 +66,13 @@ def _worker(rank, world, init, out, n, budget):
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("world, n, budget", [(2, 37, 0), (3, 13, None)])
-def test_a_sharded_recording_equals_one_process_and_each_rank_reads_only_its_batches(tmp_path, world, n, budget):
+@pytest.mark.parametrize("world, n, budget, chunk", [(2, 37, 0, None), (3, 13, None, 64)])
+def test_a_sharded_recording_equals_one_process_and_each_rank_reads_only_its_batches(tmp_path, world, n, budget,
+                                                                                     chunk):
     """37 images in batches of 8: 5 batches, ranks get 3 and 2 (budget 0: every store spilled to disk); 13 images,
-    3 processes: 2 batches, the third process records nothing and still takes part."""
-    mp.spawn(_worker, args=(world, str(tmp_path / "init"), str(tmp_path), n, budget), nprocs=world, join=True)
+    3 processes: 2 batches, the third process records nothing and still takes part, with gathers of 64 bytes (every
+    rank must make as many gathers as the others, its own rows or none)."""
+    mp.spawn(_worker, args=(world, str(tmp_path / "init"), str(tmp_path), n, budget, chunk), nprocs=world, join=True)
     got = torch.load(tmp_path / "rec.pt", weights_only=True)
     one = _record(CountingProbe(n))
     for key, ref in (("acts", one.acts), ("acts_max", one.acts_max), ("per_image", one.firing_per_image),
