@@ -133,7 +133,12 @@ def cmd_dissect(args) -> Path:
     device = _device(args.device)
     if args.devices * args.num_nodes == 1:
         return _dissect(args, device, None)
+    import torch
     from lightning.fabric import Fabric
+
+    if device.type == "cuda" and (device.index is not None or args.devices > torch.cuda.device_count()):
+        raise UserError(f"--devices {args.devices} uses GPUs 0..{args.devices - 1} and this machine sees "
+                        f"{torch.cuda.device_count()}; give --device cuda (no index) and at most that many --devices")
 
     fabric = Fabric(accelerator="cuda" if device.type == "cuda" else "cpu", devices=args.devices,
                     num_nodes=args.num_nodes, strategy="ddp_spawn")

@@ -183,3 +183,16 @@ def test_rows_in_memory_and_spilled_give_the_appended_rows_as_one_ordinary_tenso
         assert torch.equal(out, torch.cat(pieces)) and not out.is_inference() and rows.spilled == (spill_after == 1)
     with pytest.raises(ValueError, match="11 rows appended to a store of 10"):
         Rows(10).append(torch.zeros(11, 3))
+
+
+def test_more_devices_than_gpus_is_one_error_line(tmp_path, capsys, monkeypatch):
+    """Checked before any process starts (Lightning's own message would come as a traceback)."""
+    import analyze
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    code = analyze.main(["dissect", "--model", "torchvision:resnet18", "--devices", "2", "--device", "cuda",
+                         "--out", str(tmp_path / "out")])
+    assert code == 2 and not (tmp_path / "out").exists()
+    assert capsys.readouterr().err.strip() == ("error: --devices 2 uses GPUs 0..1 and this machine sees 1; give "
+                                               "--device cuda (no index) and at most that many --devices")
