@@ -72,12 +72,15 @@ def _clip(args, device):
         return None
     from lwtakit.clip import ClipWeightsUnavailable, load_clip
     from lwtakit.clip.load import ANALYZE_CLIP
+    from lwtakit.models.precision import at_precision
 
     try:
-        return load_clip(args.clip_model, args.clip_pretrained, device=str(device), cache_dir=args.clip_cache,
+        clip = load_clip(args.clip_model, args.clip_pretrained, device=str(device), cache_dir=args.clip_cache,
                          batch_size=args.batch_size)
     except ClipWeightsUnavailable as exc:
         raise exc.told(ANALYZE_CLIP) from None
+    at_precision(clip.model, args.precision)
+    return clip
 
 
 def _read_names(path: str) -> list[str]:
@@ -164,12 +167,13 @@ def _dissect(args, device, collective) -> Path | None:
     from lwtakit.checkpoint import load_model
     from lwtakit.dissect import ConceptSource, DissectOptions, check_labelers
     from lwtakit.models import default_layers
+    from lwtakit.models.precision import at_precision
 
     labelers = _labelers(args)
     # CLIP first: weights that cannot be had here (offline) fail in a second, before any other work
     clip = _clip(args, device) if any("clip" in lab.needs or "captioner" in lab.needs for lab in labelers) else None
     loaded = load_model(args.ckpt or args.model)
-    model = loaded.model.to(device)
+    model = at_precision(loaded.model, args.precision).to(device)
     probe = _probe(args.probe, loaded, args.probe_size, args.seed)
     clip_concepts = _clip_concepts(args, probe) if clip is not None else None
     concepts = ConceptSource.from_dataset(probe, clip=clip, clip_concepts=clip_concepts,
@@ -304,8 +308,10 @@ def cmd_label(args) -> Path:
         scores = _load_npy(args.concept_scores, "concept scores")
         _check_concepts(acts, scores, names, args.concept_scores)
         _check_finite(scores, args.concept_scores, "concept scores")
-        rows = label_units(torch.from_numpy(acts.astype(np.float32)), torch.from_numpy(scores.astype(np.float32)),
-                           names, method=args.method)
+        # float32, as CLIP's scores are; float64 arrays stay float64 (reproducible on any CPU)
+        wide = np.promote_types(np.result_type(acts, scores), np.float32)
+        rows = label_units(torch.from_numpy(acts.astype(wide)), torch.from_numpy(scores.astype(wide)), names,
+                           method=args.method)
         columns = ["unit", "label", "score", "top5"]
     else:
         raise UserError(f"unknown method {args.method!r}; choose invert or one of {', '.join(SIMILARITIES)}")
@@ -523,10 +529,17 @@ def cmd_compare(args) -> Path:
 
     return compare(args.runs, args.out, CompareOptions(probe_size=args.probe_size, eval_size=args.eval_size,
                                                        seed=args.seed, device=_device(args.device),
-                                                       layers=args.layers))
+                                                       layers=args.layers, precision=args.precision))
 
 
 # ---------------------------------------------------------------------------------------------- main
+def _add_precision_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--precision", type=int, choices=(32, 64), default=32,
+                        help="bits of the network's floats: 64 gives the same labels and figures on any CPU "
+                             "(float32 sums differ between instruction sets and thread counts), at a slower "
+                             "forward pass (default: 32)")
+
+
 def _subcommand(sub, name: str, summary: str) -> argparse.ArgumentParser:
     """A subcommand whose one-line summary is both its entry in ``analyze.py --help`` and its own description."""
     return sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".")
@@ -585,6 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="processes on this machine (GPUs with --device cuda): each records its shard of the probe "
                         "set, rank 0 labels and writes; the labels equal one process's (default: 1)")
     d.add_argument("--num-nodes", type=int_at_least(1), default=1, help="machines, each running --devices processes")
+    _add_precision_flag(d)
     d.add_argument("--memory-budget", type=float_at_least(0), metavar="GIB",
                    help="host memory the recorded activations may take; above it they are kept in a memory-mapped "
                         "temporary file (default: no limit)")
@@ -641,6 +655,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="layers labelled in every run (default: each run's last stage and classifier); e.g. one "
                         "activation per stage, to see where the planted concepts are found")
     c.add_argument("--device", default="auto", help=DEVICE_HELP)
+    _add_precision_flag(c)
     c.add_argument("--out", required=True, help="report folder: report.html, compare.csv")
     return p
 

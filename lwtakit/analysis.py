@@ -17,6 +17,7 @@ import torch
 
 from lwtakit.dissect import ConceptSource, DissectionResult, DissectOptions, dissect
 from lwtakit.labelers.base import Labeler
+from lwtakit.models.precision import precision_of, precision_text
 from lwtakit.rng import fork_rng
 
 
@@ -58,7 +59,7 @@ def dissect_to_report(loaded, probe, concepts: ConceptSource, request: DissectRe
     infos = layer_infos(model, result, probe, request)
     name, where = run_name(request.source, loaded)
     meta = {"run": name, "checkpoint": where, "model": _model_text(loaded),
-            "LWTA inference mode": _mode_text(result, opts),
+            "LWTA inference mode": _mode_text(result, opts), "float precision": precision_text(precision_of(model)),
             "probe set": f"{request.probe_name or 'the run’s validation split'}, {len(probe)} images",
             "labels chosen / scored on": _split_text(result, len(probe)), "seed": str(request.seed),
             "layers": ", ".join(request.layers), "methods": ", ".join(labeler.name for labeler in request.labelers),

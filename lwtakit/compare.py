@@ -26,6 +26,7 @@ from lwtakit.evaluation.options import HeldOutOptions
 from lwtakit.evaluation.verdict import SIGNIFICANT, VERDICT_METRICS
 from lwtakit.lwta import lwta_inference, lwta_layers, mc_predict
 from lwtakit.models import activation_layers
+from lwtakit.models.precision import at_precision, precision_text
 from lwtakit.recording import analysis_mode, make_loader, resolve_module, split_batch
 from lwtakit.rng import fork_rng
 
@@ -56,14 +57,16 @@ def accuracy_by_mode(model: nn.Module, dataset, modes: list[str], mc_samples: in
 @dataclass
 class CompareOptions:
     """How every run of a comparison is measured: ``probe_size`` validation images for sparsity and labels,
-    ``eval_size`` test images for accuracy, the ``seed`` of subsets and passes, the ``device``, and the ``layers``
-    labelled in every run (None: each run's last stage and classifier, :func:`lwtakit.models.default_layers`)."""
+    ``eval_size`` test images for accuracy, the ``seed`` of subsets and passes, the ``device``, the ``layers``
+    labelled in every run (None: each run's last stage and classifier, :func:`lwtakit.models.default_layers`) and
+    the float ``precision`` of the networks (:mod:`lwtakit.models.precision`)."""
 
     probe_size: int = 1000
     eval_size: int = 1000
     seed: int = 0
     device: Any = "cpu"
     layers: list[str] | None = None
+    precision: int = 32
 
 
 def summarize_run(spec: str, options: CompareOptions, history: list[dict] | None = None):
@@ -76,7 +79,7 @@ def summarize_run(spec: str, options: CompareOptions, history: list[dict] | None
     run_dir, loaded = load_run(spec)
     ckpt = loaded.path
     seed, device = options.seed, options.device
-    model, cfg = loaded.model.to(device), loaded.cfg
+    model, cfg = at_precision(loaded.model, options.precision).to(device), loaded.cfg
     labelled = options.layers or default_layers(model)
     for layer in labelled:  # a wrong name fails before any measurement
         resolve_module(model, layer)
@@ -261,4 +264,5 @@ def how_made(options: CompareOptions) -> dict[str, str]:
         "verdicts": "two-sided Mann-Whitney test over units per layer and metric, Holm-adjusted over each pair's "
                     "tests, alpha 0.05",
         "seed": str(seed),
+        "float precision": precision_text(options.precision),
     }

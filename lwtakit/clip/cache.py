@@ -100,7 +100,7 @@ def embed_dataset_cached(clip: Clip, dataset: Tensor | torch.utils.data.Dataset,
 
 def _image_entry(clip: Clip, dataset, cache_dir) -> tuple[Path, str]:
     cache_dir = ensure_writable_dir(cache_dir or default_cache_dir())
-    key = _key("images", clip.name, clip.preprocess_params, content_hash_images(dataset))
+    key = _key("images", clip.name, str(clip.dtype), clip.preprocess_params, content_hash_images(dataset))
     return Path(cache_dir) / f"img_{key[:40]}.pt", key
 
 
@@ -133,7 +133,7 @@ def embed_texts_cached(clip: Clip, texts: Sequence[str], cache_dir: str | os.Pat
                        template: str = "{}", batch_size: int | None = None) -> Tensor:
     """Text embeddings [M, D] of ``texts``; cache key sha256(clip identity, template, the strings in order)."""
     cache_dir = ensure_writable_dir(cache_dir or default_cache_dir())
-    key = _key("texts", clip.name, template, list(texts))
+    key = _key("texts", clip.name, str(clip.dtype), template, list(texts))
     path = Path(cache_dir) / f"txt_{key[:40]}.pt"
     emb = _load_cached(path, key)
     if emb is None:

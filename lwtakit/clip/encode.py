@@ -43,6 +43,11 @@ class Clip:
     calls: dict = field(default_factory=lambda: {"images": 0, "texts": 0})
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The floats the model computes in (float64 after ``at_precision(model, 64)``)."""
+        return next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)
+
+    @property
     def preprocess_params(self) -> dict:
         """Everything that changes the pixels the model sees (part of the image cache key)."""
         return {"size": list(self.image_size), "mean": list(self.mean), "std": list(self.std),
@@ -54,7 +59,7 @@ class Clip:
         centre crop, as open_clip's default transform), normalise with the model's mean/std."""
         if images.ndim != 4 or images.shape[1] not in (1, 3):
             raise UserError(f"CLIP needs images [B, 1|3, H, W]; got shape {tuple(images.shape)}")
-        x = images.to(self.device, torch.float32)
+        x = images.to(self.device, self.dtype)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         th, tw = self.image_size
@@ -76,15 +81,15 @@ class Clip:
 
     @torch.inference_mode()
     def encode_images(self, images: Tensor | torch.utils.data.Dataset, batch_size: int | None = None) -> Tensor:
-        """L2-normalised image embeddings [N, D] (float32, CPU) of a tensor [N, C, H, W] or a dataset of
-        ``(image, label)`` items."""
+        """L2-normalised image embeddings [N, D] (float32, or float64 for a float64 model; CPU) of a tensor
+        [N, C, H, W] or a dataset of ``(image, label)`` items."""
         bs = batch_size or self.batch_size
         self.model.eval()
         out = []
         for batch in _iter_image_batches(images, bs):
             self.calls["images"] += 1
             emb = self.model.encode_image(self.preprocess(batch))
-            out.append(F.normalize(emb.float(), dim=-1).cpu())
+            out.append(F.normalize(_widened(emb), dim=-1).cpu())
         if not out:
             raise UserError("no images to embed: the probe set is empty")
         return torch.cat(out)
@@ -92,7 +97,8 @@ class Clip:
     # -- texts
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], template: str = "{}", batch_size: int | None = None) -> Tensor:
-        """L2-normalised text embeddings [M, D] (float32, CPU) of ``template.format(text)`` for each text."""
+        """L2-normalised text embeddings [M, D] (float32, or float64 for a float64 model; CPU) of
+        ``template.format(text)`` for each text."""
         if isinstance(texts, str):
             raise UserError("encode_texts needs a list of strings, got one string")
         if "{}" not in template:
@@ -106,8 +112,13 @@ class Clip:
         for i in range(0, len(texts), bs):
             self.calls["texts"] += 1
             tokens = self.tokenizer(texts[i:i + bs]).to(self.device)
-            out.append(F.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu())
+            out.append(F.normalize(_widened(self.model.encode_text(tokens)), dim=-1).cpu())
         return torch.cat(out)
+
+
+def _widened(x: Tensor) -> Tensor:
+    """Half-precision embeddings as float32 (normalised and compared in it); float32 and float64 as they are."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def _iter_image_batches(images, batch_size: int):

@@ -83,7 +83,8 @@ class Context:
             if images is None:
                 images = embed_dataset_cached(c.clip, self.probe, c.clip_cache_dir)
             texts = embed_texts_cached(c.clip, c.clip_concepts, c.clip_cache_dir)
-            self._clip = (images.float(), texts.float())
+            wide = torch.promote_types(images.dtype, torch.float32)  # float64 stays (--precision 64)
+            self._clip = (images.to(wide), texts.to(wide))
         return self._clip
 
 
