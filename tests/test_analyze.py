@@ -49,21 +49,13 @@ def read_rows(path):
         return list(csv.DictReader(fh))
 
 
-def test_final_layer_labels_of_a_trained_model_are_its_class_names(runs, tmp_path, capsys):
+def test_dissect_in_argmax_mode_labels_held_out_and_says_how_it_was_made(runs, tmp_path, capsys):
     out = tmp_path / "dissect"
-    # argmax: this 4-epoch net (~50% validation accuracy) is weak enough that its circle and square logits follow
-    # size more than shape (both labelled "large"): 3 of 6 class names in argmax and 4 in mc with the CPU kernel's
-    # hash uniforms (5 in argmax with the earlier draws; the README's 6-epoch default: 6 of 6 in mc). A random label
-    # would hit about 0.2 of them (6 units, ~30 concepts). What is tested here is the held-out pipeline end to end.
     code, _, err = run_cli(capsys, "dissect", "--ckpt", runs["lwta"] / "checkpoints" / "last.ckpt",
                            "--probe-size", 256, "--top-images", 4, "--grid-units", 3, "--mode", "argmax", "--out", out)
     assert code == 0, err
     rows = read_rows(out / "labels.csv")
     assert {r["mode"] for r in rows} == {"argmax"} and all(r["heldout_f1"] for r in rows if r["layer"] == "fc")
-    fc = {int(r["unit"]): r["label"] for r in rows if r["layer"] == "fc"}
-    classes = ["circle", "square", "triangle", "cross", "diamond", "ring"]
-    hits = sum(fc[i] == c for i, c in enumerate(classes))
-    assert hits >= 3, fc
     html = (out / "report.html").read_text()
     assert "layer4.1.act2" in html and html.count("data:image/png;base64") >= 3
     # titled by the run folder, and says how it was made: the mode it dissected, the probe, the seed
@@ -74,6 +66,28 @@ def test_final_layer_labels_of_a_trained_model_are_its_class_names(runs, tmp_pat
         assert row in html, row
     assert "n/a — linear layer" in html  # fc has no activity to show
     assert html.count('class="topimg"') == 4 * 3 + 3  # --grid-units 3 in each of the 5 layers
+
+
+@pytest.mark.numerics
+def test_final_layer_labels_of_a_competent_model_are_its_class_names(tmp_path, capsys):
+    """The committed dense golden run (2 epochs of default_dense, 98.5% test accuracy) has its six class logits
+    labelled by their class names, all six, held out.
+
+    Why this holds on any machine: the weights are committed, so only the dissection's arithmetic can differ
+    (float32 sums in another order, ~1e-6). A logit of a classifier this accurate ranks its class's images above
+    the others (held-out AUC 0.975-1.0 here), while every other concept of the synthetic data (colour, size, texture,
+    position, background) is drawn independently of the shape (lwtakit/data/synthetic.py), so its AUC for the unit
+    stays far below: a margin of tenths against rounding of millionths. (A weak network is another matter: a 4-epoch
+    LWTA net near 50% accuracy labels its circle and square logits "large", and which of its units get their class
+    name moves with the training trajectory, i.e. with the machine.)"""
+    from tests.golden.cases import RUNS
+
+    out = tmp_path / "dissect"
+    code, _, err = run_cli(capsys, "dissect", "--ckpt", RUNS / "default_dense", "--layers", "fc", "--max-length", 1,
+                           "--probe-size", 512, "--top-images", 2, "--grid-units", 1, "--device", "cpu", "--out", out)
+    assert code == 0, err
+    fc = {int(r["unit"]): r["label"] for r in read_rows(out / "labels.csv")}
+    assert fc == dict(enumerate(["circle", "square", "triangle", "cross", "diamond", "ring"]))
 
 
 def test_grid_units_zero_shows_every_unit(runs, tmp_path, capsys):

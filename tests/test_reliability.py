@@ -97,7 +97,9 @@ def same_rows(a, b, tol=1e-6):
             return abs(float(x) - float(y)) <= tol or x == y
         except ValueError:
             return x == y
-    return len(a) == len(b) and all(r.keys() == s.keys() and all(close(r[k], s[k]) for k in r) for r, s in zip(a, b))
+    if len(a) != len(b):
+        return False
+    return all(r.keys() == s.keys() and all(close(r[k], s[k]) for k in r) for r, s in zip(a, b, strict=True))
 
 
 def test_two_process_ddp_fit_dissects_like_one_process(tmp_path):
