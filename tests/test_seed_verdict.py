@@ -10,6 +10,8 @@ Each simulation is one layer of one table: ``n_sims`` independent A/A (or A/B) c
 
 import csv
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -244,3 +246,10 @@ def test_a_margin_or_level_out_of_range_is_one_error_line_before_reading(tmp_pat
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and "\n" not in err and expected in err, err
     assert not (tmp_path / "v").exists()
+
+
+def test_the_statistics_core_is_framework_free():
+    code = ("import sys, lwtakit.evaluation.seeds, lwtakit.evaluation.unit_scores; "
+            "print(','.join(m for m in ('torch', 'lightning', 'matplotlib') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == ""
