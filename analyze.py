@@ -532,6 +532,28 @@ def cmd_compare(args) -> Path:
                                                        layers=args.layers, precision=args.precision))
 
 
+# ------------------------------------------------------------------------------------------- verdict
+def _primary(text: str) -> tuple[str, str]:
+    """``--primary LAYER:METRIC`` (split at the last colon: layer names may hold dots, not colons)."""
+    layer, sep, metric = text.rpartition(":")
+    if not (sep and layer and metric):
+        raise argparse.ArgumentTypeError(f"give the primary endpoint as LAYER:METRIC, got {text!r}")
+    return layer, metric
+
+
+def cmd_verdict(args) -> Path:
+    from lwtakit.evaluation.seeds import SeedVerdictOptions, seed_verdict
+    from lwtakit.evaluation.unit_scores import read_unit_scores
+    from lwtakit.report.verdict import write_verdict
+
+    options = SeedVerdictOptions(reference=args.reference, margin=args.margin, alpha=args.alpha_level,
+                                 primary=args.primary, n_resamples=args.resamples, seed=args.seed)
+    result = seed_verdict(read_unit_scores(args.scores), options)
+    for line in [r.sentence(options.margin) for r in result.rows if r.family == "primary"] + result.notes:
+        print(line)
+    return write_verdict(result, args.out, source=args.scores)
+
+
 # ---------------------------------------------------------------------------------------------- main
 def _add_precision_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", type=int, choices=(32, 64), default=32,
@@ -657,6 +679,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default="auto", help=DEVICE_HELP)
     _add_precision_flag(c)
     c.add_argument("--out", required=True, help="report folder: report.html, compare.csv")
+
+    v = _subcommand(sub, "verdict", "seed-level verdict of arms of seeded runs from unit_scores.csv: differences "
+                                    "with intervals, tests, equivalence, trend over U")
+    v.add_argument("--scores", required=True, help="unit_scores.csv: arm,seed,run,layer,unit,metric,value[,u]")
+    v.add_argument("--reference", required=True, metavar="ARM", help="the arm every other is compared with")
+    v.add_argument("--margin", type=float, default=0.05, help="equivalence margin (TOST), in the metric's units")
+    v.add_argument("--alpha-level", type=float, default=0.05, help="significance level of every test")
+    v.add_argument("--primary", type=_primary, metavar="LAYER:METRIC",
+                   help="pre-declared primary endpoint (default: heldout_correlation of the last layer that has it)")
+    v.add_argument("--resamples", type=int_at_least(1), default=9999, help="permutations of the trend test over U")
+    v.add_argument("--seed", type=int, default=0, help="seed of the trend test's permutations")
+    v.add_argument("--out", required=True, help="folder: verdict.csv and verdict.html")
     return p
 
 
@@ -665,7 +699,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_third_party()
     try:
         out = {"dissect": cmd_dissect, "label": cmd_label, "explain": cmd_explain, "compare": cmd_compare,
-               "sanity": cmd_sanity}[args.command](args)
+               "sanity": cmd_sanity, "verdict": cmd_verdict}[args.command](args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -50,6 +50,7 @@ print("heavy:" + ",".join(m for m in {heavy!r} if m in sys.modules))
     ("train", ["--help"]), ("train", ["--bogus"]),
     ("analyze", ["--help"]), ("analyze", ["dissect", "--help"]), ("analyze", ["dissect", "--pca", "-1"]),
     ("analyze", ["explain", "--top", "0"]), ("analyze", ["bogus"]),
+    ("analyze", ["verdict", "--help"]), ("analyze", ["verdict", "--resamples", "0"]),
 ])
 def test_parsing_imports_no_heavy_module(module, argv):
     code = _PARSE.format(repo=str(REPO), module=module, argv=argv, heavy=HEAVY)
@@ -102,7 +103,7 @@ def test_every_flag_has_help_and_defaults_are_shown():
     import train
 
     commands = {"train": train.build_parser(), **_subparsers(analyze.build_parser())}
-    assert set(commands) == {"train", "dissect", "label", "sanity", "explain", "compare"}
+    assert set(commands) == {"train", "dissect", "label", "sanity", "explain", "compare", "verdict"}
     for name, parser in commands.items():
         for action in parser._actions:
             assert action.help, f"{name} {action.option_strings or action.dest} has no help"
@@ -117,7 +118,7 @@ def test_every_flag_has_help_and_defaults_are_shown():
     formatter = commands["dissect"]._get_formatter()
     for action in commands["dissect"]._actions:
         assert formatter._expand_help(action).lower().count("(default") <= 1, action.option_strings
-    for name in ("label", "sanity", "explain", "compare"):
+    for name in ("label", "sanity", "explain", "compare", "verdict"):
         text = " ".join(commands[name].format_help().split())
         assert "(default:" in text or "(default " in text, name
     assert "(default: 20)" in " ".join(commands["explain"].format_help().split())

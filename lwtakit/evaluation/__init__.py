@@ -8,6 +8,8 @@
 * :mod:`.split`, :mod:`.heldout`, :mod:`.assess` (settings in :mod:`.options`): labels chosen on one part of the
   probe set and assessed on the other; polysemanticity and simulation per unit.
 * :mod:`.verdict`: bootstrap intervals over units, two-run tests and plain sentences for ``compare``.
+* :mod:`.unit_scores` and :mod:`.seeds`: the per-unit table of arms of seeded runs (``unit_scores.csv``) and
+  the seed-level verdict on it (``analyze.py verdict``): the seed, not the unit, is the unit of analysis.
 
 The names of :mod:`.truth` are re-exported here (``lwtakit.evaluation`` was one module before), loaded on first
 use so that the torch-free :mod:`.options` can be imported by the config schema without torch.

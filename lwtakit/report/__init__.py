@@ -11,7 +11,8 @@ PNGs and ``report.html`` written (each atomically), so a failure while rendering
 
 Modules: :mod:`.images` (image rows, data URIs), :mod:`.formatting` (number formats, also jinja
 filters), :mod:`.page` (jinja environment, plot collector, the write), :mod:`.dissect` and
-:mod:`.compare` (the two reports); the HTML itself is in ``templates/``.
+:mod:`.compare` (the two reports), :mod:`.verdict` (``analyze.py verdict``'s ``verdict.csv`` and
+``verdict.html``); the HTML itself is in ``templates/``.
 """
 
 from lwtakit.report.compare import RunSummary, compare_report
