@@ -13,7 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lwtakit import config as config_lib
 from lwtakit.checkpoint import CONFIG_KEY, build_network
-from lwtakit.fast_path import fallback_notice, observed, plan_compile, triton_available
+from lwtakit.fast_path import compile_per_isa, fallback_notice, observed, plan_compile, triton_available
 from lwtakit.lwta import lwta_inference, lwta_layers, mc_predict, set_temperature, total_kl
 from lwtakit.lwta.temperature import SCHEDULE_ARGS, make_schedule
 
@@ -71,7 +71,7 @@ class LitClassifier(pl.LightningModule):
         if plan.notice:
             rank_zero_info(plan.notice)
         self.__dict__["_compile_fallback"] = plan.fallback
-        self.__dict__["_compiled"] = torch.compile(self.model, mode=plan.mode) if plan.compile else None
+        self.__dict__["_compiled"] = compile_per_isa(self.model, mode=plan.mode) if plan.compile else None
 
     def _train_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The network's training forward on the path ``configure_model`` chose; under ``auto``, a failing compiled

@@ -9,6 +9,7 @@ fused compiled kernels and a whole-network compile buys little for a long first-
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from lwtakit.errors import UserError
@@ -34,6 +35,22 @@ class CompilePlan:
     mode: str | None = None
     fallback: bool = False
     notice: str | None = None
+
+
+def compile_per_isa(fn, **options):
+    """``torch.compile(fn, **options)`` with Inductor's cache kept apart per CPU instruction set: torch 2.14
+    reuses a CPU kernel compiled under another ``ATEN_CPU_CAPABILITY`` from its cache, and the process aborts
+    ("double free or corruption": compiled with avx2, loaded by an AVX-512 process). A cache folder the user chose
+    (``TORCHINDUCTOR_CACHE_DIR``) is left as it is; Inductor's own default (which importing it writes into the
+    environment) gets a sub-folder per instruction set."""
+    import torch
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if chosen is None or os.path.abspath(chosen) == os.path.abspath(default_cache_dir()):
+        capability = torch.backends.cpu.get_cpu_capability().lower()
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(default_cache_dir(), capability)
+    return torch.compile(fn, **options)
 
 
 def check_compile(setting) -> None:

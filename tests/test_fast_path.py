@@ -2,6 +2,7 @@
 compiled training forward computes what the eager one does."""
 
 import logging
+import os
 
 import pytest
 import torch
@@ -131,3 +132,23 @@ def test_a_step_watched_by_a_forward_hook_runs_eager():
 def test_auto_on_the_cpu_trains_eager():
     module = _module("auto")
     assert module.__dict__["_compiled"] is None
+
+
+@pytest.mark.parametrize("capability", ["default", "avx2"])
+def test_compiled_kernels_are_cached_apart_per_instruction_set(tmp_path, capability):
+    """A kernel Inductor built under one ATEN_CPU_CAPABILITY, loaded from the shared cache by a process running
+    another, aborts that process (seen with avx2 then AVX-512): each instruction set gets its own folder, unless the
+    user chose one."""
+    import subprocess
+    import sys
+
+    code = ("import os; from lwtakit.fast_path import compile_per_isa; compile_per_isa(lambda x: x); "
+            "print(os.environ['TORCHINDUCTOR_CACHE_DIR'])")
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    env["ATEN_CPU_CAPABILITY"] = capability
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert os.path.basename(out.stdout.strip()) == capability
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == str(tmp_path)

@@ -177,7 +177,9 @@ def _kernel(name: str):
     """The fused kernel ``name`` (fwd, fwd_rand, bwd), compiled lazily with dynamic shapes."""
     if name not in _KERNELS:
         fn = {"fwd": _pair_fwd_math, "fwd_rand": _pair_fwd_rand_math, "bwd": _pair_bwd_math}[name]
-        _KERNELS[name] = torch.compile(fn, dynamic=True)
+        from lwtakit.fast_path import compile_per_isa
+
+        _KERNELS[name] = compile_per_isa(fn, dynamic=True)
     return _KERNELS[name]
 
 
