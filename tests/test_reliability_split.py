@@ -103,13 +103,13 @@ class _Net(nn.Module):
 
 @pytest.fixture(scope="module")
 def probe():
-    return probe_subset(ConceptShapes(size=200, split="val"), 96, seed=0)
+    return probe_subset(ConceptShapes(size=200, split="val"), 64, seed=0)
 
 
 def test_recorded_halves_lwta_is_noisy_dense_is_exactly_reliable(probe):
     """The dense twin's halves are computed and come out identical (reliability exactly 1); the LWTA layer's
     halves differ (reliability < 1) and more passes raise it."""
-    opts = DissectOptions(mode="mc", passes=4, progress=False, heldout=None, batch_size=48)
+    opts = DissectOptions(mode="mc", passes=4, progress=False, heldout=None, batch_size=64)
     dense = split_half(_Net(False).eval(), probe, ["act"], opts)
     assert torch.equal(dense.a["act"], dense.b["act"])
     rel_dense = split_half_reliability(dense.a["act"], dense.b["act"], dense.passes, dense.passes_half)
@@ -119,7 +119,29 @@ def test_recorded_halves_lwta_is_noisy_dense_is_exactly_reliable(probe):
     assert (four.passes, four.passes_half) == (4, 2)
     assert not torch.equal(four.a["act"], four.b["act"])
     rel4 = layer_reliability(split_half_reliability(four.a["act"], four.b["act"], 4, 2))
-    sixteen = split_half(lwta, probe, ["act"], DissectOptions(**{**opts.__dict__, "passes": 16}))
-    rel16 = layer_reliability(split_half_reliability(sixteen.a["act"], sixteen.b["act"], 16, 8))
+    sixteen = split_half(lwta, probe, ["act"], DissectOptions(**{**opts.__dict__, "passes": 12}))
+    rel16 = layer_reliability(split_half_reliability(sixteen.a["act"], sixteen.b["act"], 12, 6))
     assert 0 < rel4 < rel16 < 1
     assert lwta.act.inference == "sample"
+
+
+def test_dissect_adds_each_units_reliability_and_disattenuated_correlation(probe):
+    """dissect(reliability=True): every assessed unit carries its split-half reliability on the evaluation images
+    (recomputed here from split_half) and its held-out correlation divided by sqrt(reliability)."""
+    from lwtakit.dissect import ConceptSource, dissect
+    from lwtakit.evaluation.options import HeldOutOptions
+
+    net = _Net(True).eval()
+    opts = DissectOptions(mode="mc", passes=4, progress=False, batch_size=64, reliability=True,
+                          heldout=HeldOutOptions(fraction=0.5, seed=1))
+    result = dissect(net, probe, ["act"], ["invert"], ConceptSource.from_dataset(probe), opts)
+    halves = split_half(net, probe, ["act"], opts)
+    ev = result.split.evaluate
+    want = split_half_reliability(halves.a["act"][ev], halves.b["act"][ev], 4, 2)
+    rows = [r for r in result.table if "heldout_correlation" in r.extra]
+    assert rows and all(r.extra["dead"] == 0 for r in rows)
+    for r in rows:
+        assert r.extra["reliability"] == pytest.approx(float(want[r.unit]), abs=1e-12)
+        assert r.extra["heldout_correlation_disattenuated"] == pytest.approx(
+            r.extra["heldout_correlation"] / math.sqrt(r.extra["reliability"]), rel=1e-9)
+        assert isinstance(r.extra["concepts_stepwise"], int)
