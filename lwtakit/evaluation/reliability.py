@@ -23,9 +23,13 @@ divides by at most 1.026).
 
 Why activations, not softmax, are averaged: ``eval.mc_average`` averages the passes' softmax (``probs``) or logits
 of the *output*; an intermediate layer has no softmax, and the mean of its activations over passes is the
-Monte-Carlo estimate of the unit's expected activation ``E[a(x)]``, which is what a label explains. For the output
-layer the dissection's mean of logits is the ``logits`` average, not ``probs``; softmax is monotone but not linear,
-so the two differ in scale, not in which images rank highest for a unit at moderate noise.
+Monte-Carlo estimate of the unit's expected activation ``E[a(x)]``, which is what a label explains. The output
+layer (``fc``) is dissected as its logits, before any softmax: their mean over passes is what ``mc_average =
+"logits"`` feeds to its softmax; with ``"probs"`` (the default) the evaluated prediction is the mean of the passes'
+softmax, which is not a function of the mean logits, so the dissected logit is the expected logit under either
+setting, not the evaluated class probability. Both use the same passes when ``dissection.passes`` equals
+``eval.mc_samples`` (4 and 4 by default); the passes of the dissection are an analysis setting, chosen with
+:func:`passes_for_reliability`.
 """
 
 from __future__ import annotations
