@@ -8,6 +8,9 @@
 * :mod:`.split`, :mod:`.heldout`, :mod:`.assess` (settings in :mod:`.options`): labels chosen on one part of the
   probe set and assessed on the other; polysemanticity and simulation per unit.
 * :mod:`.verdict`: bootstrap intervals over units, two-run tests and plain sentences for ``compare``.
+* :mod:`.reliability`: split-half reliability of mc-averaged activations, passes for a target reliability and the
+  attenuation correction; :mod:`.polysemanticity`: concepts per unit by stepwise regression;
+  :mod:`.unit_metrics`: the per-unit verdict metrics (frequency-matched F1 / kappa, ...) and their names.
 
 The names of :mod:`.truth` are re-exported here (``lwtakit.evaluation`` was one module before), loaded on first
 use so that the torch-free :mod:`.options` can be imported by the config schema without torch.
