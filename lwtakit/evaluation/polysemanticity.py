@@ -92,13 +92,16 @@ def unit_concepts(y, concepts, options: PolysemanticityOptions | None = None) ->
     docstring) chooses for one unit's activation ``y [N]``; empty for a constant ``y``."""
     options = options or PolysemanticityOptions()
     a, c = _inputs(torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y).reshape(-1, 1), concepts)
-    y = a[:, 0] - a[:, 0].mean()
-    X = c - c.mean(0)
-    N, K = X.shape
     if not bool(a[:, 0].max() > a[:, 0].min()):
         return []
-    Z, e = X.clone(), y.clone()
-    zz = (Z * Z).sum(0)
+    X = c - c.mean(0)
+    return _select(a[:, 0] - a[:, 0].mean(), X, (X * X).sum(0), options)
+
+
+def _select(y: torch.Tensor, X: torch.Tensor, xx: torch.Tensor, options: PolysemanticityOptions) -> list[int]:
+    """Forward selection on centred ``y [N]`` and centred concepts ``X [N, K]`` (``xx``: their squared norms)."""
+    N = X.shape[0]
+    Z, e, zz = X.clone(), y.clone(), xx.clone()
     free = zz > 1e-9 * N
     chosen: list[int] = []
     while len(chosen) < options.max_concepts:
@@ -123,8 +126,10 @@ def concept_counts(acts, concepts, options: PolysemanticityOptions | None = None
     the count is then free of the images labels were chosen on. Cost: ``O(N K)`` per step and unit."""
     options = options or PolysemanticityOptions()
     a, c = _inputs(acts, concepts)
+    X = c - c.mean(0)
+    xx = (X * X).sum(0)
+    live = a.amax(0) > a.amin(0)
     out = torch.full((a.shape[1],), math.nan, dtype=torch.float64)
-    for i in range(a.shape[1]):
-        if bool(a[:, i].max() > a[:, i].min()):
-            out[i] = len(unit_concepts(a[:, i], c, options))
+    for i in torch.nonzero(live).flatten().tolist():
+        out[i] = len(_select(a[:, i] - a[:, i].mean(), X, xx, options))
     return out
