@@ -6,7 +6,8 @@
     python analyze.py label --activations A.npy --method invert --concept-labels L.npy \\
         --concept-names names.txt [--hierarchy parents.csv] --out labels.csv
     python analyze.py sanity --activations A.npy --concept-labels L.npy --concept-names names.txt \\
-        --out sanity.csv [--labels labels.csv] [--metrics f1,iou] [--alpha 0.005] [--repeats 10] [--seed 0]
+        --out sanity.csv [--labels labels.csv] [--metrics f1,iou] [--alpha 0.005] [--seed 0] \\
+        [--protocol neuroneval | --protocol averaged --repeats 10]
     python analyze.py explain --ckpt last.ckpt --image cat.png [--layer layer4.1.act2] [--labels labels.csv]
     python analyze.py compare runs/default-A runs/default_dense-B --out reports/compare
 
@@ -422,6 +423,7 @@ def cmd_sanity(args) -> Path:
 
     check_output_file(args.out)
     config = SanityConfig(metrics=tuple(_metric_names(args)), alpha=args.alpha, repeats=args.repeats,
+                          protocol=args.protocol,
                           seed=args.seed)
     acts = _load_activations(args.activations)
     names = _read_names(args.concept_names)
@@ -649,7 +651,11 @@ def build_parser() -> argparse.ArgumentParser:
     san.add_argument("--metrics", help="comma-separated metric names (default: all)")
     san.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
                      help="top fraction of images a unit fires on (default %(default)s, NeuronEval's)")
-    san.add_argument("--repeats", type=int, default=10, help="perturbations averaged per unit")
+    san.add_argument("--protocol", choices=("neuroneval", "averaged"), default="neuroneval",
+                     help="neuroneval: one perturbation per unit and test (NeuronEval's protocol, default); "
+                     "averaged: the mean of --repeats perturbations before the threshold (a gentler test)")
+    san.add_argument("--repeats", type=int, default=None,
+                     help="perturbations averaged per unit with --protocol averaged (default 10 there)")
     san.add_argument("--seed", type=int, default=0, help="seed of the perturbations")
     san.add_argument("--out", required=True, help="sanity.csv: metric,missing_decrease,extra_decrease,passes")
 

@@ -173,7 +173,8 @@ def heldout_evaluation(result: DissectionResult, concepts: ConceptSource, reques
 def _sanity(result: DissectionResult, concepts: ConceptSource, request: DissectRequest):
     """NeuronEval's tests on the evaluation part, every labelled layer's INVERT units side by side."""
     from lwtakit.evaluation.heldout import label_vectors_for
-    from lwtakit.evaluation.sanity import SanityConfig, sanity_check
+    from lwtakit.evaluation.sanity import SanityConfig, sanity_check, scorer_row
+    from lwtakit.evaluation.unit_metrics import KAPPA_MATCHED, matched_sanity_scorer
 
     resolved = concepts.resolved(result.recording)
     concepts_eval = torch.as_tensor(result.split.parts(resolved.labels)[1])
@@ -187,10 +188,11 @@ def _sanity(result: DissectionResult, concepts: ConceptSource, request: DissectR
         vectors.append(v[:, labelled])
     if not acts:
         return []
-    acts = torch.cat(acts, 1)
+    acts, vectors = torch.cat(acts, 1), torch.cat(vectors, 1)
     config = SanityConfig(seed=request.seed, alpha=request.options.heldout.alpha)
-    return sanity_check(acts, concepts_eval, config, units=range(acts.shape[1]),
-                        label_vectors=torch.cat(vectors, 1)).rows
+    rows = sanity_check(acts, concepts_eval, config, units=range(acts.shape[1]), label_vectors=vectors).rows
+    # the verdict's label metric is no NeuronEval metric: the same tests, its threshold fixed by the original label
+    return (*rows, scorer_row(KAPPA_MATCHED, matched_sanity_scorer(), (-1.0, 1.0), acts, vectors, config))
 
 
 def completeness_curves(model, probe, layers: list[str], result: DissectionResult,

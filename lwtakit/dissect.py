@@ -130,7 +130,11 @@ class DissectOptions:
     ``seed``: the stochastic passes of batch b draw from a seed derived from ``(seed, b)``
     (:func:`lwtakit.shard.batch_seed`). ``collective``: the processes share the recording, each its shard of the
     probe set, and rank 0 labels (:mod:`lwtakit.shard`). ``memory_budget``: host bytes the recording may take
-    before it spills to a memory-mapped file (:class:`lwtakit.recording.RecordOptions`).
+    before it spills to a memory-mapped file (:class:`lwtakit.recording.RecordOptions`). ``reliability``: with a
+    held-out split, also record the probe set as two halves of ``passes / 2`` passes from independent seeds and add
+    each unit's split-half reliability and its disattenuated held-out correlation
+    (:mod:`lwtakit.evaluation.reliability`, which also says why activations, not softmax, are averaged; one more
+    recording, on the labelling process alone).
     """
 
     pca_components: int = 0
@@ -144,6 +148,7 @@ class DissectOptions:
     seed: int = 0
     collective: Collective | None = None
     memory_budget: int | None = None
+    reliability: bool = False
 
     def __post_init__(self) -> None:
         if self.mode is not None and self.mode not in MODES:
@@ -241,7 +246,8 @@ def dissect(model: nn.Module, probe, layers: Sequence[str], labelers: Sequence[s
         r.mode = mode
     if split is not None and ctx.concepts.labels is not None:
         t = time.perf_counter()
-        _assess(table, targets, concepts.resolved(rec), split, options.heldout)
+        _assess(table, targets, concepts.resolved(rec), split, options.heldout,
+                _reliability(model, probe, layers, options, split))
         seconds["heldout"] = time.perf_counter() - t
     return DissectionResult(table=table, recording=rec, seconds=seconds, mode=mode, split=split, moments=moments,
                             directions=directions)
@@ -362,9 +368,23 @@ def _targets(layer: str, rec: Recording, pca, split: ProbeSplit | None) -> list[
 
 
 def _assess(table: LabelTable, targets: list[Target], concepts: ConceptSource, split: ProbeSplit,
-            heldout: HeldOutOptions) -> None:
+            heldout: HeldOutOptions, reliability: dict[str, torch.Tensor]) -> None:
     """Each target's labels assessed on the evaluation part (:func:`lwtakit.evaluation.assess.assess`)."""
     concepts_eval = split.parts(concepts.labels)[1]
     for target in targets:
         rows = [r for r in table if r.layer == target.name]
-        assess(rows, target.holdout, torch.as_tensor(concepts_eval), list(concepts.names), heldout)
+        assess(rows, target.holdout, torch.as_tensor(concepts_eval), list(concepts.names), heldout,
+               reliability.get(target.name))
+
+
+def _reliability(model, probe, layers: Sequence[str], options: DissectOptions,
+                 split: ProbeSplit) -> dict[str, torch.Tensor]:
+    """Per layer, its units' split-half reliability on the evaluation images (``options.reliability``; else
+    none)."""
+    if not options.reliability:
+        return {}
+    from lwtakit.evaluation.reliability import split_half, split_half_reliability
+
+    halves = split_half(model, probe, layers, options)
+    return {layer: split_half_reliability(split.parts(halves.a[layer])[1], split.parts(halves.b[layer])[1],
+                                          halves.passes, halves.passes_half) for layer in layers}

@@ -46,7 +46,7 @@ def _sanity_args(d, *extra):
 
 
 def test_sanity_writes_one_row_per_metric(planted, capsys):
-    code, err = _cli(capsys, *_sanity_args(planted, "--repeats", 2))
+    code, err = _cli(capsys, *_sanity_args(planted, "--protocol", "averaged", "--repeats", 2))
     assert code == 0, err
     with open(planted / "sanity.csv", newline="") as fh:
         assert next(csv.reader(fh)) == COLUMNS
@@ -63,7 +63,7 @@ def test_sanity_tests_the_labels_of_a_label_table(planted, capsys):
     assert code == 0, err
     assert [r["label"] for r in _rows(planted / "labels.csv")] == ["concept3", "concept0", "concept4", "concept1"]
     code, err = _cli(capsys, *_sanity_args(planted, "--labels", planted / "labels.csv", "--metrics", "precision,iou",
-                                           "--repeats", 2, "--seed", 5))
+                                           "--protocol", "averaged", "--repeats", 2, "--seed", 5))
     assert code == 0, err
     assert _rows(planted / "sanity.csv") == [
         {"metric": "precision", "missing_decrease": "0.0", "extra_decrease": "1.0", "passes": "False"},
@@ -71,7 +71,7 @@ def test_sanity_tests_the_labels_of_a_label_table(planted, capsys):
     # NOT x is a label too: the unit fires off its label, so adding positives to the label raises (not lowers) f1
     (planted / "neg.csv").write_text("unit,label\n0,NOT concept3\n1,\n")
     code, err = _cli(capsys, *_sanity_args(planted, "--labels", planted / "neg.csv", "--metrics", "f1",
-                                           "--repeats", 2))
+                                           "--protocol", "averaged", "--repeats", 2))
     assert code == 0, err
     assert _rows(planted / "sanity.csv")[0]["extra_decrease"] == "0.0"
 
@@ -106,6 +106,7 @@ def test_label_metrics_score_clip_labels_against_concept_labels(planted, capsys)
     (("--alpha", 1.5), ["alpha must be in (0, 1)"]),
     (("--metrics", "f1,bogus"), ["unknown metric 'bogus'", "known metrics: recall, precision, f1"]),
     (("--repeats", 0), ["repeats must be >= 1"]),
+    (("--repeats", 3), ["'averaged' protocol", "NeuronEval's protocol scores one"]),
     (("--labels", "LABELS"), ["'concept9' is not a known concept"]),
     (("--labels", "missing.csv"), ["missing.csv", "does not exist"]),
 ])

@@ -28,7 +28,7 @@ def test_planted_units_show_the_known_pass_fail_pattern():
     unit. NeuronEval's recall (tp / n_active) cannot drop when positives are added, its precision (tp / n_concept)
     cannot drop when positives are removed (the unit stays active on all that remain)."""
     acts, concepts = _planted()
-    result = sanity_check(acts, concepts, SanityConfig(metrics=(*PASSING, "recall", "precision"), repeats=3))
+    result = sanity_check(acts, concepts, SanityConfig(metrics=(*PASSING, "recall", "precision")))
     table = _table(result)
     assert result.n_units == 6  # the dead unit is left out
     for name in PASSING:
@@ -39,7 +39,7 @@ def test_planted_units_show_the_known_pass_fail_pattern():
 
 def test_given_labels_are_tested_for_every_metric():
     acts, concepts = _planted()
-    config = SanityConfig(metrics=("f1", "recall", "mad", "wpmi"), repeats=2)
+    config = SanityConfig(metrics=("f1", "recall", "mad", "wpmi"))
     best = sanity_check(acts, concepts, config, units=range(6))
     given = sanity_check(acts, concepts, config, units=range(6), label_vectors=concepts[:, :6])
     assert _table(given)["f1"] == _table(best)["f1"] == (1.0, 1.0, True)
@@ -54,7 +54,8 @@ def test_same_seed_same_table_other_seed_other_table():
     rng = np.random.default_rng(3)
     acts = rng.integers(0, 6, size=(300, 40)).astype(np.float32)  # ties
     concepts = rng.random((300, 10)) < 0.1
-    config = SanityConfig(metrics=("correlation", "inverse_auc", "iou", "mad"), repeats=2, alpha=0.05)
+    config = SanityConfig(metrics=("correlation", "inverse_auc", "iou", "mad"), repeats=2, alpha=0.05,
+                          protocol="averaged")
     first = sanity_check(acts, concepts, config)
     assert sanity_check(acts, concepts, config) == first
     other = sanity_check(acts, concepts, SanityConfig(**{**config.__dict__, "seed": 1}))

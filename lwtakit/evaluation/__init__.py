@@ -10,6 +10,9 @@
 * :mod:`.verdict`: bootstrap intervals over units, two-run tests and plain sentences for ``compare``.
 * :mod:`.unit_scores` and :mod:`.seeds`: the per-unit table of arms of seeded runs (``unit_scores.csv``) and
   the seed-level verdict on it (``analyze.py verdict``): the seed, not the unit, is the unit of analysis.
+* :mod:`.reliability`: split-half reliability of mc-averaged activations, passes for a target reliability and the
+  attenuation correction; :mod:`.polysemanticity`: concepts per unit by stepwise regression;
+  :mod:`.unit_metrics`: the per-unit verdict metrics (frequency-matched F1 / kappa, ...) and their names.
 
 The names of :mod:`.truth` are re-exported here (``lwtakit.evaluation`` was one module before), loaded on first
 use so that the torch-free :mod:`.options` can be imported by the config schema without torch.

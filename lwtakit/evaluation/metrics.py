@@ -35,9 +35,14 @@ Recall and precision are named as in NeuronEval: the explanation "recalls" the u
 Where this module differs from NeuronEval's code (Trustworthy-ML-Lab/Neuron_Eval, ``metrics.py``):
 
 * Ties are exact. NeuronEval ranks with random noise (``auc``, ``inverse_auc``, ``spearman``); here ties get
-  their average rank, so AUROC counts a tie one half (Mann & Whitney 1947) and the result is NeuronEval's
-  expectation over its noise. Average precision with tied scores is sklearn's ``average_precision_score``
-  (one precision-recall point per distinct score: ``AP = sum_t (R_t - R_{t-1}) P_t``).
+  their average rank, so AUROC counts a tie one half (Mann & Whitney 1947), which is NeuronEval's expectation
+  over its noise (AUROC is linear in the pairwise comparisons). For ``spearman`` it is not: Pearson's r of
+  randomly broken ranks is not NeuronEval's r of the average ranks: broken ranks are a permutation of
+  ``1..N`` with a larger spread than tie-averaged ones and the same expected covariance with ``c``, so the
+  tie-averaged r is larger in magnitude than the expected noisy one, by ``sd(1..N) / sd(averaged ranks)``,
+  which matters where many images tie (the zeros of a sparse unit). Average precision with tied scores is
+  sklearn's ``average_precision_score`` (one precision-recall point per distinct score:
+  ``AP = sum_t (R_t - R_{t-1}) P_t``).
 * ``correlation`` and ``spearman`` are Pearson's r. NeuronEval divides a sum of products of unit-variance
   (``torch.std``, ``N - 1``) vectors by ``N``, i.e. reports ``r (N - 1) / N``; a constant vector scores 0 in
   both.
@@ -88,9 +93,15 @@ class _Units:
 
     @cached_property
     def active(self) -> torch.Tensor:
-        """``A``: 1 where the activation is >= the k-th largest, ``k = ceil(alpha N)`` (NeuronEval's rule)."""
-        k = min(max(math.ceil(self.alpha * self.x.shape[0]), 1), self.x.shape[0])
-        cutoff = torch.topk(self.x, k, dim=0).values[-1]
+        """``A``: 1 where the activation is >= the k-th largest, ``k = ceil(alpha N)`` (NeuronEval's rule); a
+        tensor ``alpha`` gives every column its own ``k`` (e.g. matched to its label's frequency)."""
+        N = self.x.shape[0]
+        if isinstance(self.alpha, torch.Tensor):
+            k = torch.ceil(self.alpha.to(self.x) * N).clamp(1, N).long()
+            cutoff = torch.sort(self.x, dim=0, descending=True).values.gather(0, (k - 1).unsqueeze(0))[0]
+        else:
+            k = min(max(math.ceil(self.alpha * N), 1), N)
+            cutoff = torch.topk(self.x, k, dim=0).values[-1]
         return (self.x >= cutoff).to(torch.float64)
 
     @cached_property
@@ -351,7 +362,12 @@ def parse_metrics(text: str | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def check_alpha(alpha: float) -> float:
+def check_alpha(alpha):
+    """``alpha`` as a float, or a float64 tensor of per-unit alphas (:func:`score_columns`), each in (0, 1)."""
+    if isinstance(alpha, torch.Tensor):
+        if alpha.dim() != 1 or not bool(((alpha > 0) & (alpha < 1)).all()):
+            raise UserError(f"per-unit alphas must be a 1-d tensor of values in (0, 1), got {alpha}")
+        return alpha.to(torch.float64)
     if not 0 < alpha < 1:
         raise UserError(f"alpha must be in (0, 1), got {alpha}")
     return float(alpha)
@@ -394,7 +410,8 @@ def score(name: str, acts, concepts, alpha: float = DEFAULT_ALPHA) -> torch.Tens
     vectors ``[N, K]``: entry ``(i, j)`` compares unit ``i`` with concept ``j``. ``alpha`` is the top fraction
     a unit is binarised at (see the module docstring for every definition)."""
     metric = get_metric(name)
-    check_alpha(alpha)
+    if isinstance(check_alpha(alpha), torch.Tensor):
+        raise UserError("score() binarises every unit at one alpha; per-unit alphas go to score_columns")
     a = _acts(_tensor(acts))
     c = _binary(_tensor(concepts).to(a.device), a.shape[0])
     N, C = a.shape
@@ -415,10 +432,12 @@ def score_columns(name: str, acts, concepts, alpha: float = DEFAULT_ALPHA) -> to
     """Scores of unit column ``p`` of ``acts [N, P]`` for concept column ``p`` of ``concepts [N, P]`` (result
     ``[P]``), or for each of its ``R`` columns ``concepts[:, r, p]`` of ``concepts [N, R, P]`` (result ``[R, P]``:
     e.g. R perturbations of each unit's concept, the unit's ranks and threshold computed once). ``O(N x R x P)``,
-    chunked over units."""
+    chunked over units. ``alpha``: one for all units, or a ``[P]`` tensor, unit ``p`` binarised at ``alpha[p]``."""
     metric = get_metric(name)
-    check_alpha(alpha)
+    alpha = check_alpha(alpha)
     a_all, c_all = _tensor(acts), _tensor(concepts)
+    if isinstance(alpha, torch.Tensor) and alpha.shape[0] != a_all.shape[-1]:
+        raise UserError(f"{alpha.shape[0]} per-unit alphas for {a_all.shape[-1]} unit columns")
     repeated = c_all.dim() == 3
     if a_all.dim() != 2 or c_all.dim() not in (2, 3) or c_all.shape[0] != a_all.shape[0] \
             or c_all.shape[-1] != a_all.shape[1]:
@@ -432,7 +451,8 @@ def score_columns(name: str, acts, concepts, alpha: float = DEFAULT_ALPHA) -> to
     for p0 in range(0, P, step):
         a = _acts(a_all[:, p0:p0 + step])
         c = _binary(c_all[:, :, p0:p0 + step].to(a.device), N)
-        out[:, p0:p0 + step] = metric.kernel(_Batch(_Units(a, alpha), _Concepts(c), paired=True))
+        a_p = alpha[p0:p0 + step].to(a.device) if isinstance(alpha, torch.Tensor) else alpha
+        out[:, p0:p0 + step] = metric.kernel(_Batch(_Units(a, a_p), _Concepts(c), paired=True))
     return out if repeated else out[0]
 
 
@@ -440,9 +460,10 @@ def score_pairs(name: str, acts, concepts, unit_ids: Sequence[int], concept_ids:
                 alpha: float = DEFAULT_ALPHA) -> torch.Tensor:
     """Scores ``[P]`` (float64) of unit ``unit_ids[p]`` for concept ``concept_ids[p]`` only: what a label table
     needs (each unit's chosen label). ``O(N x P)``; only the named columns of ``acts [N, C]`` and
-    ``concepts [N, K]`` are read, a chunk at a time. Same values as the matching entries of :func:`score`."""
+    ``concepts [N, K]`` are read, a chunk at a time. Same values as the matching entries of :func:`score`.
+    ``alpha``: one, or a ``[P]`` tensor (pair ``p`` binarised at ``alpha[p]``)."""
     metric = get_metric(name)
-    check_alpha(alpha)
+    alpha = check_alpha(alpha)
     a_all, c_all = _tensor(acts), _tensor(concepts)
     if a_all.dim() != 2 or c_all.dim() != 2:
         raise UserError(f"activations and concepts must be 2-d, got {tuple(a_all.shape)} and {tuple(c_all.shape)}")
@@ -450,6 +471,8 @@ def score_pairs(name: str, acts, concepts, unit_ids: Sequence[int], concept_ids:
     cid = torch.as_tensor(np.asarray(concept_ids, dtype=np.int64)).reshape(-1)
     if uid.shape != cid.shape:
         raise UserError(f"{len(uid)} unit ids but {len(cid)} concept ids; give one concept per unit")
+    if isinstance(alpha, torch.Tensor) and alpha.shape[0] != len(uid):
+        raise UserError(f"{alpha.shape[0]} per-pair alphas for {len(uid)} pairs")
     for ids, size, what in ((uid, a_all.shape[1], "unit"), (cid, c_all.shape[1], "concept")):
         if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= size):
             raise UserError(f"{what} ids must lie in [0, {size}), got {int(ids.min())}..{int(ids.max())}")
@@ -457,5 +480,6 @@ def score_pairs(name: str, acts, concepts, unit_ids: Sequence[int], concept_ids:
     step = _chunks(metric, a_all.shape[0])
     for p0 in range(0, len(uid), step):
         u, k = uid[p0:p0 + step], cid[p0:p0 + step]
-        out[p0:p0 + step] = score_columns(name, a_all[:, u.to(a_all.device)], c_all[:, k.to(c_all.device)], alpha)
+        a_p = alpha[p0:p0 + step] if isinstance(alpha, torch.Tensor) else alpha
+        out[p0:p0 + step] = score_columns(name, a_all[:, u.to(a_all.device)], c_all[:, k.to(c_all.device)], a_p)
     return out

@@ -9,29 +9,36 @@ sec. 4. A metric that measures how well a concept explains a unit must give the 
   negative turns positive with probability ``n_c / (N - n_c)``),
 
 because both perturbed concepts describe the unit worse. For each metric and each tested unit this module draws
-``repeats`` perturbations of the unit's concept vector (seeded ``torch.Generator``: the same seed gives the same
-table), averages the unit's score over them, and counts the unit as a decrease when
+perturbations of the unit's concept vector (seeded ``torch.Generator``: the same seed gives the same table) and
+counts the unit as a decrease when
 
-    ``(mean perturbed score - original score) / (hi - lo) < -epsilon``,  ``epsilon = 0.001``,
+    ``(perturbed score - original score) / (hi - lo) < -epsilon``,  ``epsilon = 0.001``.
 
-with NeuronEval's normalisation: ``[lo, hi]`` is the metric's range (``[0, 1]``; ``[-1, 1]`` for ``correlation``,
-``spearman``, ``cosine``), and for the unbounded ``mad`` and ``wpmi`` the smallest and largest score observed:
-over the tested units x all concepts and over every perturbed score of the tested units (NeuronEval also
-includes perturbed scores of concepts no unit is labelled with, which are not computed here). A metric passes
-when at least 90% of the units decrease in both tests.
+``protocol="neuroneval"`` (the default) is NeuronEval's: ONE perturbation per unit and test. ``"averaged"`` is a
+different, gentler test kept under its own name: the unit's score averaged over ``repeats`` perturbations
+(default 10) before the threshold, which lets a metric whose single-sample change is noisy pass.
+
+The change is normalised as NeuronEval does: ``[lo, hi]`` is the metric's range (``[0, 1]``; ``[-1, 1]`` for
+``correlation``, ``spearman``, ``cosine``), and for the unbounded ``mad`` and ``wpmi`` the smallest and largest
+score observed: over the tested units x all concepts and over every perturbed score of the tested units
+(NeuronEval also includes perturbed scores of concepts no unit is labelled with, which are not computed here).
+A metric passes when at least 90% of the units decrease in both tests.
 
 Units whose activation is constant on the probe set are left out (nothing to explain). Perturbations are drawn
 per concept vector, not per unit: units labelled with the same concept see the same perturbed vector, as in
 NeuronEval, and every metric sees the same random stream, so tables for different metrics are comparable.
 
+A verdict uses a metric only if it passes on every arm compared (:func:`metrics_passing_every_arm`); scores that
+are not NeuronEval metrics (e.g. F1 at each unit's label frequency) are tested the same way by :func:`scorer_row`.
+
 Cost per metric: one ``[C, K]`` score matrix when the concept is each unit's best (otherwise only for ``mad``
-and ``wpmi``), then ``2 x repeats x units`` pair scores (``O(N)`` each; one chunked call per test, each unit
+and ``wpmi``), then ``2 x draws x units`` pair scores (``O(N)`` each; one chunked call per test, each unit
 ranked and thresholded once).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,26 +47,42 @@ import torch
 from ..errors import UserError
 from .metrics import DEFAULT_ALPHA, METRICS, check_alpha, get_metric, score, score_columns, score_pairs
 
-__all__ = ["SanityConfig", "SanityResult", "SanityRow", "extra_labels", "missing_labels", "sanity_check"]
+__all__ = ["PROTOCOLS", "SanityConfig", "SanityResult", "SanityRow", "extra_labels", "metrics_passing_every_arm",
+           "missing_labels", "sanity_check", "scorer_row"]
+
+PROTOCOLS = ("neuroneval", "averaged")
+_AVERAGED_REPEATS = 10
 
 
 @dataclass(frozen=True)
 class SanityConfig:
-    """Settings of the sanity tests (NeuronEval's: ``epsilon = 0.001``, pass at 90%)."""
+    """Settings of the sanity tests (NeuronEval's: one perturbation per unit, ``epsilon = 0.001``, pass at 90%).
+    ``repeats``: perturbations averaged per unit, only with ``protocol="averaged"`` (default 10 there)."""
 
     metrics: tuple[str, ...] = tuple(METRICS)
     alpha: float = DEFAULT_ALPHA
-    repeats: int = 10
+    repeats: int | None = None
     seed: int = 0
     epsilon: float = 1e-3
     pass_share: float = 0.9
+    protocol: str = "neuroneval"
 
     def __post_init__(self):
         for name in self.metrics:
             get_metric(name)
         check_alpha(self.alpha)
-        if self.repeats < 1:
+        if self.protocol not in PROTOCOLS:
+            raise UserError(f"unknown sanity protocol {self.protocol!r}; choose from {', '.join(PROTOCOLS)}")
+        if self.repeats is not None and self.repeats < 1:
             raise UserError(f"repeats must be >= 1, got {self.repeats}")
+        if self.protocol == "neuroneval" and self.repeats not in (None, 1):
+            raise UserError(f"repeats = {self.repeats} averages perturbations, which is the 'averaged' protocol; "
+                            "NeuronEval's protocol scores one: set protocol='averaged' or leave repeats out")
+
+    @property
+    def draws(self) -> int:
+        """Perturbations scored per unit and test: 1 (NeuronEval), or ``repeats`` (averaged, default 10)."""
+        return 1 if self.protocol == "neuroneval" else (self.repeats or _AVERAGED_REPEATS)
 
 
 @dataclass(frozen=True)
@@ -95,10 +118,10 @@ def extra_labels(cols: torch.Tensor, generator: torch.Generator) -> torch.Tensor
 
 
 def _perturbed_scores(name, acts, cols, unit_ids, col_of_unit, perturb, config) -> torch.Tensor:
-    """``[repeats, U]`` scores of each unit for ``repeats`` perturbations of its concept column, in one call
+    """``[draws, U]`` scores of each unit for ``config.draws`` perturbations of its concept column, in one call
     (each unit's ranks and threshold computed once for all repeats)."""
     generator = torch.Generator().manual_seed(config.seed)
-    stacked = torch.stack([perturb(cols, generator)[:, col_of_unit] for _ in range(config.repeats)], dim=1)
+    stacked = torch.stack([perturb(cols, generator)[:, col_of_unit] for _ in range(config.draws)], dim=1)
     return score_columns(name, acts[:, unit_ids], stacked, alpha=config.alpha)
 
 
@@ -112,7 +135,11 @@ def _metric_row(name, acts, cols, unit_ids, col_of_unit, base_matrix, config) ->
     else:  # NeuronEval: the observed range of the original and perturbed scores
         seen = torch.cat([base_matrix.reshape(-1), original, missing.reshape(-1), extra.reshape(-1)])
         lo, hi = float(seen.min()), float(seen.max())
-    span = hi - lo
+    return _row(name, original, missing, extra, hi - lo, config)
+
+
+def _row(name: str, original, missing, extra, span: float, config: SanityConfig) -> SanityRow:
+    """The metric's row from the original ``[U]`` and perturbed ``[draws, U]`` scores, over a range ``span``."""
 
     def share(perturbed: torch.Tensor) -> float:
         if span <= 0:
@@ -122,6 +149,57 @@ def _metric_row(name, acts, cols, unit_ids, col_of_unit, base_matrix, config) ->
 
     m, e = share(missing), share(extra)
     return SanityRow(name, m, e, bool(m >= config.pass_share and e >= config.pass_share))
+
+
+def scorer_row(name: str, scorer, bounds: tuple[float, float], acts, label_vectors,
+               config: SanityConfig | None = None) -> SanityRow:
+    """The missing- and extra-labels tests of a score that is not one of :data:`METRICS` (e.g. F1 at each unit's
+    label frequency, :mod:`.unit_metrics`): ``scorer(acts [N, U], cols bool [N, U], reference bool [N, U]) -> [U]``
+    scores unit ``i`` against column ``i`` of ``cols``; whatever it fixes per unit, such as a threshold, it takes
+    from ``reference``, the original labels, so that a perturbation cannot move it. ``bounds``: its range. Same
+    protocol, seeds and pass rule as :func:`sanity_check`; constant units are left out."""
+    config = config or SanityConfig()
+    a = _tensor(acts).to(torch.float64)
+    v = _tensor(label_vectors).bool()
+    if a.dim() != 2 or v.shape != a.shape:
+        raise UserError(f"label vectors must be [N, U] like the activations {tuple(a.shape)}, got {tuple(v.shape)}")
+    varies = a.amax(0) > a.amin(0)
+    if not varies.any():
+        raise UserError("no tested unit varies on the probe set; the sanity tests need an activation pattern")
+    a, v = a[:, varies], v[:, varies]
+    original = scorer(a, v, v)
+
+    def perturbed(perturb) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(config.seed)
+        return torch.stack([scorer(a, perturb(v, generator), v) for _ in range(config.draws)])
+
+    return _row(name, original, perturbed(missing_labels), perturbed(extra_labels), bounds[1] - bounds[0], config)
+
+
+def metrics_passing_every_arm(results: Mapping[str, SanityResult | Sequence[SanityRow]],
+                              metrics: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """Which of ``metrics`` may enter a verdict: those that pass the sanity tests on every arm (``results``: arm
+    name -> its :class:`SanityResult` or rows). Returns ``(kept, dropped)``, ``dropped`` mapping each other metric
+    to one line saying why (the arms and the shares of units that decreased), in ``metrics``' order. A metric
+    with no sanity row on an arm is dropped too (not tested is not passed)."""
+    if not results:
+        raise UserError("no arm has sanity results; run the sanity tests on every arm before the verdict")
+    kept, dropped = [], {}
+    for metric in metrics:
+        failures = []
+        for arm, result in results.items():
+            rows = {r.metric: r for r in (result.rows if isinstance(result, SanityResult) else result)}
+            row = rows.get(metric)
+            if row is None:
+                failures.append(f"not tested on arm {arm}")
+            elif not row.passes:
+                failures.append(f"fails on arm {arm} (missing labels: {row.missing_decrease:.0%}, extra labels: "
+                                f"{row.extra_decrease:.0%} of units decrease)")
+        if failures:
+            dropped[metric] = f"{metric}: " + "; ".join(failures)
+        else:
+            kept.append(metric)
+    return kept, dropped
 
 
 def _tensor(x) -> torch.Tensor:

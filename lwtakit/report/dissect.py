@@ -53,8 +53,9 @@ WEAK_P_NOTE = ("† marks a label whose p-value is above {threshold:g}, the thre
                "significant in this report: with hundreds of units and concepts tested, such a label can be chance; "
                "read it as a hint, not a finding.")
 SANITY_NOTE = ("NeuronEval's sanity tests (Oikarinen et al. 2025) on the held-out images with each unit's INVERT "
-               "label: the share of units whose score drops when half of the label's positive images are removed "
-               "(missing labels) and when random positives double them (extra labels). A metric passes at 90% or "
+               "label: the share of units whose score drops, after one perturbation per unit (NeuronEval's "
+               "protocol), when half of the label's positive images are removed (missing labels) and when random "
+               "positives double them (extra labels). A metric passes at 90% or "
                "more on both; only a passing metric can show that a unit answers to one concept and not more.")
 
 # per-unit held-out columns of the units table, and the header they get

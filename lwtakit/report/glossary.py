@@ -56,16 +56,20 @@ GLOSSARY: dict[str, tuple[str, str]] = {
     "mean settle epoch": ("training", "Mean over units of the epoch from which the unit's label never changes "
                           "again in the training-time dissections: lower = labels settle earlier."),
     "f1": ("interpretability", "Held-out F1 of a unit's label: the unit binarised at its top 5% of images "
-           "against the images that have the label's concept."),
-    "auprc": ("interpretability", "Held-out area under the precision-recall curve of the unit's activation for "
-              "its label's concept."),
+           "against the images that have the label's concept. Capped by the concept's frequency f: a perfect "
+           "unit scores at most 0.1 / (0.05 + f)."),
+    "auprc": ("interpretability", "Held-out average precision of the label's concept indicator as a score for "
+              "the unit's top 5% of images (NeuronEval's AUPRC; the activation as a score for the concept is "
+              "inverse AUPRC). Capped by the concept's frequency like F1."),
     "correlation": ("interpretability", "Held-out correlation of the unit's activation with its label's concept "
                     "indicator: also how well the label predicts the activation."),
     VERDICT_METRICS["heldout_significant"]: ("interpretability", "Share of units whose label has held-out "
                                              "p < 0.001 (INVERT's Mann-Whitney test on the images it was not "
                                              "chosen on)."),
     "concepts per unit": ("interpretability", "Concepts a unit detects significantly on the held-out images "
-                          "(Benjamini-Hochberg, q = 0.05): fewer is more focused (less polysemantic)."),
+                          "(Benjamini-Hochberg, q = 0.05): fewer is more focused (less polysemantic). Grows "
+                          "with less noise (more passes, more images) and counts concepts that merely overlap "
+                          "the unit's concept."),
     "median": ("interpretability", "A metric followed by 'median': the median over units instead of the mean."),
 }
 
