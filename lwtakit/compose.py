@@ -12,13 +12,20 @@ Hydra is imported inside the functions: ``train.py --help`` does not pay for it.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lwtakit.config import (CONFIG_DIR, GROUPS, Config, _one_line_omegaconf_error, _read_yaml, group_file,
-                            resolve_experiment, validate)
+from lwtakit.config import (
+    CONFIG_DIR,
+    GROUPS,
+    Config,
+    _one_line_omegaconf_error,
+    _read_yaml,
+    group_file,
+    resolve_experiment,
+    validate,
+)
 from lwtakit.errors import UserError
 
 SCHEMA_NAME = "lwtakit_schema"
@@ -29,8 +36,9 @@ SET_BY_TRAIN = ("run_id", "arm_id")
 
 
 def primary_node(config: str | None) -> tuple[dict, str]:
-    """The experiment ``config`` (a name in configs/experiment/, a YAML path, or None: the schema alone) as a Hydra primary config: a
-    defaults list (schema, one entry per group, ``_self_``) and the experiment's own keys; and the file it came from."""
+    """The experiment ``config`` (a name in configs/experiment/, a YAML path, or None: the schema alone) as a Hydra
+    primary config: a defaults list (schema, one entry per group, ``_self_``) and the experiment's own keys; and the
+    file it came from."""
     path = resolve_experiment(config) if config else None
     data = _read_yaml(path) if path else {}
     choices: dict[str, str | None] = dict.fromkeys(GROUPS)

@@ -181,7 +181,7 @@ class Config:
     ckpt_path: str | None = None  # resume: "last", or a checkpoint path
     overwrite: bool = False  # start clean in a run folder that already holds a run (removes its files first)
     run_id: str | None = None  # set by train.py: the id of the run folder's run (its run-id file), also the W&B id
-    arm_id: str | None = None  # set by train.py: lwtakit.arm.arm_id of this config (its arm: all but seed, run folder..)
+    arm_id: str | None = None  # set by train.py: lwtakit.arm.arm_id of this config (seeds of one arm share it)
     logger: str = "wandb"  # wandb (also writes CSV) | csv | none
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)

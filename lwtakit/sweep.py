@@ -24,7 +24,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from lwtakit.compose import (PRIMARY_NAME, compose_config, finish, parse_overrides, register, task_overrides)
+from lwtakit.compose import PRIMARY_NAME, compose_config, finish, parse_overrides, register, task_overrides
 from lwtakit.config import CONFIG_DIR
 from lwtakit.errors import UserError
 

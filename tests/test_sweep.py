@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parent.parent
 TINY = ["data.train_size=16", "data.val_size=16", "data.test_size=16", "data.batch_size=16", "model.width=0.0625",
         "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
         "dissection.enabled=false", "optim.schedule=none", "logger=csv", "sparsity.every_n_steps=1"]
-POINTS = {f"model.U={u},seed={s}": (u, s) for u in (1, 2) for s in (0, 1)}
+POINTS = {f"model.U={u},seed={s}": (u, s) for u in (1, 2) for s in (0, 1)}  # the issue's grid
+FEW = {f"model.U={u}": (u, 0) for u in (1, 2)}  # the default suite's: two points, seed 0
 
 
 def _sweep_dir(root: Path) -> Path:
@@ -31,11 +32,11 @@ def _snapshot(folder: Path) -> dict:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _check_points(sweep: Path) -> None:
-    """Four complete run folders named by their point, each config.yaml holding its U, seed and arm."""
-    assert sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")) == sorted(POINTS)
+def _check_points(sweep: Path, points: dict = POINTS) -> None:
+    """A complete run folder per point, named by it, each config.yaml holding its U, seed and arm."""
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")) == sorted(points)
     arms = {}
-    for name, (u, seed) in POINTS.items():
+    for name, (u, seed) in points.items():
         folder = sweep / name
         for part in ("config.yaml", "results.json", "run-id", "checkpoints/last.ckpt", "logs/metrics.csv"):
             assert (folder / part).is_file(), folder / part
@@ -45,34 +46,39 @@ def _check_points(sweep: Path) -> None:
         assert cfg["arm_id"] == arm_id(cfg)
         arms[(u, seed)] = cfg["arm_id"]
     # seeds share their arm; another U is another arm
-    assert arms[(1, 0)] == arms[(1, 1)] != arms[(2, 0)] == arms[(2, 1)]
+    assert arms[(1, 0)] == arms.get((1, 1), arms[(1, 0)]) != arms[(2, 0)] == arms.get((2, 1), arms[(2, 0)])
 
 
-def test_basic_sweep_trains_every_point_skips_complete_ones_and_resumes_an_interrupted_one(tmp_path, capsys):
-    argv = ["-m", "model.U=1,2", "seed=0,1", f"run_dir={tmp_path}", *TINY]
+@pytest.mark.parametrize(("sweeps", "points"), [
+    (["model.U=1,2"], FEW),  # about 20 s of CPU
+    pytest.param(["model.U=1,2", "seed=0,1"], POINTS, marks=pytest.mark.slow),  # about 40 s of CPU
+], ids=["U", "U-x-seed"])
+def test_basic_sweep_trains_every_point_skips_complete_ones_and_resumes_an_interrupted_one(tmp_path, capsys, sweeps,
+                                                                                           points):
+    argv = ["-m", *sweeps, f"run_dir={tmp_path}", *TINY]
     assert train_script.main(argv) == 0
     out = capsys.readouterr().out
     sweep = _sweep_dir(tmp_path)
-    _check_points(sweep)
-    assert out.count(" trained ") == 4 and f"analyze.py compare {sweep}/*/" in out
+    _check_points(sweep, points)
+    assert out.count(" trained ") == len(points) and f"analyze.py compare {sweep}/*/" in out
 
     before = _snapshot(sweep)
     assert train_script.main(argv) == 0  # the same command again: nothing to do
-    assert capsys.readouterr().out.count("skipped (complete)") == 4
+    assert capsys.readouterr().out.count("skipped (complete)") == len(points)
     after = _snapshot(sweep)
     # Hydra rewrites its multirun.yaml of the sweep (same content); nothing else may change
     assert after.pop("multirun.yaml")[0] == before.pop("multirun.yaml")[0]
     assert after == before
 
     # An interrupted point: its checkpoint is there, its run did not finish (no results.json)
-    interrupted = sweep / "model.U=2,seed=1"
+    interrupted = sweep / sorted(points)[-1]
     (interrupted / "results.json").unlink()
     run_id = (interrupted / "run-id").read_text()
-    others = {name: _snapshot(sweep / name) for name in POINTS if name != interrupted.name}
+    others = {name: _snapshot(sweep / name) for name in points if name != interrupted.name}
     assert train_script.main(argv) == 0
     captured = capsys.readouterr()
     assert "was interrupted; resuming" in captured.err
-    assert captured.out.count("skipped (complete)") == 3 and captured.out.count(" resumed ") == 1
+    assert captured.out.count("skipped (complete)") == len(points) - 1 and captured.out.count(" resumed ") == 1
     assert (interrupted / "results.json").is_file() and (interrupted / "run-id").read_text() == run_id
     assert {name: _snapshot(sweep / name) for name in others} == others
 
@@ -94,7 +100,8 @@ def test_submitit_local_sweep_gives_the_same_run_folders(tmp_path):
 
 
 BAD = [
-    (["trainer.max_epoch=2"], "unknown config key 'trainer.max_epoch' (command line); did you mean trainer.max_epochs?"),
+    (["trainer.max_epoch=2"],
+     "unknown config key 'trainer.max_epoch' (command line); did you mean trainer.max_epochs?"),
     (["trainer.max_epochs=abc"], "config key 'trainer.max_epochs' has the wrong type"),
     (["model=nope"], "no config 'nope' in group 'model'; choose one of: resnet18_dense"),
     (["--config", "nope"], "no config 'nope' in group 'experiment'; choose one of:"),
@@ -136,7 +143,8 @@ def test_config_that_is_a_folder_is_one_line(tmp_path, capsys):
 
 
 def test_cfg_job_prints_the_resolved_config_without_training(tmp_path, capsys):
-    assert train_script.main(["--cfg", "job", "model=resnet18_dense", "trainer.max_epochs=7", f"run_dir={tmp_path}"]) == 0
+    argv = ["--cfg", "job", "model=resnet18_dense", "trainer.max_epochs=7", f"run_dir={tmp_path}"]
+    assert train_script.main(argv) == 0
     cfg = yaml.safe_load(capsys.readouterr().out)
     # the dense group file's act, the override's epochs, the default experiment's data group, its arm recorded
     assert (cfg["model"]["act"], cfg["trainer"]["max_epochs"], cfg["data"]["name"]) == ("relu", 7, "synthetic")
