@@ -62,6 +62,10 @@ def plan_sweep(config: str | None, overrides: list[str], repo: str) -> SweepPlan
     tasks = [o for o in parsed if not o.get_key_element().lstrip("+~").startswith("hydra")]
     # The fixed overrides as Hydra applies them (in order, repeats included), then every point of the sweeps.
     compose_config(config, [o.input_line for o in tasks if not o.is_sweep_override()])
+    for o in tasks:
+        if o.is_sweep_override() and not o.is_discrete_sweep():  # interval(a,b): a range, not points to run
+            raise UserError(f"'{o.input_line}' is not a list of points; give the values to train: a,b,c, "
+                            "range(start,stop[,step]) or choice(a,b)")
     points = BasicSweeper.split_arguments(tasks, None)[0]
     first = None
     for point in points:

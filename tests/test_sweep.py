@@ -53,14 +53,29 @@ def _check_points(sweep: Path, points: dict = POINTS) -> None:
     (["model.U=1,2"], FEW),  # about 20 s of CPU
     pytest.param(["model.U=1,2", "seed=0,1"], POINTS, marks=pytest.mark.slow),  # about 40 s of CPU
 ], ids=["U", "U-x-seed"])
-def test_basic_sweep_trains_every_point_skips_complete_ones_and_resumes_an_interrupted_one(tmp_path, capsys, sweeps,
-                                                                                           points):
-    argv = ["-m", *sweeps, f"run_dir={tmp_path}", *TINY]
+def test_basic_sweep_runs_every_point_skips_complete_ones_and_resumes_an_interrupted_one(tmp_path, capsys, sweeps,
+                                                                                         points):
+    argv = ["-m", *sweeps, "run_name=s", f"run_dir={tmp_path}", *TINY]
+    sweep = tmp_path / "s"
+    # A point whose folder holds something of the user's (no checkpoint, not complete): the run-folder ownership
+    # refuses it; the sweep goes on with the other points and lists the failure at the end.
+    first = sorted(points)[0]
+    planted = sweep / first / "notes.txt"
+    planted.parent.mkdir(parents=True)
+    planted.write_text("mine")
+    assert train_script.main(argv) == 1
+    lines = capsys.readouterr().out.splitlines()
+    failed = lines.index("failed points (1): run the same command again to retry them")
+    assert lines[failed + 1].startswith(f"  {first}: run folder") and "already holds a run" in lines[failed + 1]
+    assert [p.name for p in planted.parent.iterdir()] == ["notes.txt"] and planted.read_text() == "mine"
+    assert sum(" trained " in line for line in lines) == len(points) - 1
+
+    planted.unlink()  # the user moves the file away and runs the same command: only that point trains
     assert train_script.main(argv) == 0
     out = capsys.readouterr().out
-    sweep = _sweep_dir(tmp_path)
     _check_points(sweep, points)
-    assert out.count(" trained ") == len(points) and f"analyze.py compare {sweep}/*/" in out
+    assert out.count(" trained ") == 1 and out.count("skipped (complete)") == len(points) - 1
+    assert f"analyze.py compare {sweep}/*/" in out
 
     before = _snapshot(sweep)
     assert train_script.main(argv) == 0  # the same command again: nothing to do
@@ -126,6 +141,8 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, argv, expect
     (["-m", "seed=0,1", "ckpt_path=last"], "ckpt_path is set per point by a sweep"),
     (["-m", "seed=0,1", "model.U=2,0"], "sweep point seed=0,model.U=0: config key 'model.U' must be >= 1"),
     (["arm_id=abc"], "arm_id is set by train.py"),
+    (["-m", "optim.lr=interval(0.1,0.2)"], "'optim.lr=interval(0.1,0.2)' is not a list of points"),
+    (["-m", "seed=range(0,3)", "model.U=1,,2"], "override 'model.U=1,,2' is malformed"),
 ])
 def test_sweep_misuse_is_one_line(tmp_path, capsys, argv, expected):
     assert train_script.main([*argv, f"run_dir={tmp_path}"]) == 2
@@ -181,3 +198,4 @@ def test_slurm_launcher_config_composes():
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.partition, launcher.tasks_per_node, launcher.gpus_per_node) == ("a100", 1, 1)
+
