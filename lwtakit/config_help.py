@@ -1,5 +1,6 @@
 """What ``train.py --help`` lists after its options (issue 11): the experiment configs, each with the first
-sentence of its leading comment, and the config groups with their choices, read from configs/ as it is."""
+sentence of its leading comment, the config groups with their choices, read from configs/ as it is, the sweep
+launchers (issue 19) and the run's top-level keys (issue 23)."""
 
 from __future__ import annotations
 
