@@ -63,7 +63,9 @@ def test_basic_sweep_runs_every_point_skips_complete_ones_and_resumes_an_interru
     planted = sweep / first / "notes.txt"
     planted.parent.mkdir(parents=True)
     planted.write_text("mine")
+    cwd = os.getcwd()
     assert train_script.main(argv) == 1
+    assert os.getcwd() == cwd  # hydra.job.chdir=False: data.root and other relative paths mean what they say
     lines = capsys.readouterr().out.splitlines()
     failed = lines.index("failed points (1): run the same command again to retry them")
     assert lines[failed + 1].startswith(f"  {first}: run folder") and "already holds a run" in lines[failed + 1]
