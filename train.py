@@ -5,6 +5,8 @@
     python train.py model=resnet18_dense trainer.max_epochs=3
     python train.py run_name=my-run ckpt_path=last   # resume runs/my-run from its last.ckpt
     python train.py run_name=my-run overwrite=true   # start runs/my-run again, removing what it holds
+    python train.py -m model.U=1,2,4 seed=0,1,2       # a sweep: one run folder per point (lwtakit/sweep.py)
+    python train.py --cfg job model.U=4               # print the resolved config, train nothing
 
 A run ends with a summary that starts ``run: <folder>`` (lwtakit/run_summary.py); the folder holds config.yaml,
 checkpoints/last.ckpt, metrics.csv, results.json, run-id, the offline W&B run (of the same id) and (with dissection
@@ -288,30 +290,68 @@ def _close_loggers(loggers: list[Logger], status: str) -> None:
 
 
 def build_parser() -> ArgumentParser:
-    """train.py's arguments; its help lists the experiment configs and the config groups' choices."""
+    """train.py's arguments; its help lists the experiment configs, the config groups' choices and the top-level
+    keys."""
     parser = ArgumentParser(
-        description="Train an LWTA (or dense) vision network. Overrides are key=value pairs of the config schema "
-                    "(lwtakit/config.py), e.g. trainer.max_epochs=3; GROUP=NAME picks a file of configs/GROUP/, "
-                    "e.g. model=resnet18_dense.",
+        description="Train an LWTA (or dense) vision network. Hydra composes the config: overrides are key=value "
+                    "pairs of the config schema (lwtakit/config.py), e.g. trainer.max_epochs=3; GROUP=NAME picks a "
+                    "file of configs/GROUP/, e.g. model=resnet18_dense. With -m, key=a,b sweeps: every point is "
+                    "its own run folder under one sweep folder, e.g. -m model.U=1,2,4 seed=0,1,2.",
         epilog=config_epilog(),
     )
     parser.add_argument("--config", default="default",
                         help="experiment name in configs/experiment/ (listed below) or a YAML path")
+    parser.add_argument("-m", "--multirun", action="store_true",
+                        help="run every point of the key=a,b sweeps (Hydra multirun; launcher: hydra/launcher=NAME)")
+    parser.add_argument("--cfg", choices=["job"],
+                        help="print the resolved config (every point's with -m) and exit without training")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides, e.g. trainer.max_epochs=3 model=resnet18_dense")
     return parser
 
 
+def _print_configs(args) -> int:
+    """``--cfg job``: the resolved config as config.yaml would hold it (for -m, each point's)."""
+    from omegaconf import OmegaConf
+
+    if not args.multirun:
+        print(OmegaConf.to_yaml(load_config(args.config, args.overrides)), end="")
+        return 0
+    from lwtakit.sweep import plan_sweep
+
+    plan = plan_sweep(args.config, args.overrides, str(Path(__file__).resolve().parent))
+    for point in plan.points:
+        print(f"# point: {','.join(point)}")
+        print(OmegaConf.to_yaml(load_config(args.config, point)), end="")
+    return 0
+
+
+def _sweep(args) -> int:
+    """``-m``: every point of the sweep in its own run folder (lwtakit/sweep.py); 1 if any point failed."""
+    from lwtakit.sweep import plan_sweep, run_sweep, sweep_table
+
+    plan = plan_sweep(args.config, args.overrides, str(Path(__file__).resolve().parent))
+    print(f"sweep: {len(plan.points)} points in {plan.sweep_dir}", file=sys.stderr)
+    records = run_sweep(plan)
+    print("\n".join(sweep_table(plan, records)))
+    return 1 if any(r["status"] == "failed" for r in records) else 0
+
+
 def main(argv: list[str] | None = None, *, fast_matmul: bool = False) -> int:
-    """Parse ``argv``, train, print the run's summary; ``fast_matmul``: TF32 matmuls on CUDA (the command line's
-    setting), applied after parsing so that --help needs no torch."""
-    args = build_parser().parse_args(argv)
+    """Parse ``argv``, train (or sweep), print the run's summary; ``fast_matmul``: TF32 matmuls on CUDA (the
+    command line's setting), applied after parsing so that --help needs no torch."""
+    # intermixed: options may come after overrides (train.py -m seed=0,1 --config mnist_lwta ...)
+    args = build_parser().parse_intermixed_args(argv)
     quiet_third_party()
     if fast_matmul:
         import torch
 
         torch.set_float32_matmul_precision("high")
     try:
+        if args.cfg:
+            return _print_configs(args)
+        if args.multirun:
+            return _sweep(args)
         cfg = load_config(args.config, args.overrides)
         result = train(cfg)
     except UserError as exc:

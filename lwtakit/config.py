@@ -7,8 +7,10 @@ unknown key or a value of the wrong type is an error that names the key. Configs
 2. an experiment YAML (``--config NAME`` looks in ``configs/experiment/``, or give a path); its
    ``defaults:`` list pulls group files, e.g. ``- model: resnet18_lwta`` merges
    ``configs/model/resnet18_lwta.yaml`` under ``model``;
-3. ``key=value`` overrides from the command line (OmegaConf dotlist); ``group=name`` for a config group
-   (``model=resnet18_dense``) merges that group file first.
+3. ``key=value`` overrides from the command line (Hydra's override grammar); ``group=name`` for a config group
+   (``model=resnet18_dense``) replaces the experiment's choice of that group (its own keys still come last).
+
+Hydra does the composition (:mod:`lwtakit.compose`, issue 19); this module holds the schema and its checks.
 """
 
 from __future__ import annotations
@@ -179,6 +181,7 @@ class Config:
     ckpt_path: str | None = None  # resume: "last", or a checkpoint path
     overwrite: bool = False  # start clean in a run folder that already holds a run (removes its files first)
     run_id: str | None = None  # set by train.py: the id of the run folder's run (its run-id file), also the W&B id
+    arm_id: str | None = None  # set by train.py: lwtakit.arm.arm_id of this config (seeds of one arm share it)
     logger: str = "wandb"  # wandb (also writes CSV) | csv | none
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -289,73 +292,37 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def _group_file(group: str, name: str) -> Path:
+def group_file(group: str, name: str) -> Path:
+    """configs/GROUP/NAME.yaml, or one line listing the group's choices."""
     path = CONFIG_DIR / group / f"{name}.yaml"
-    if not path.exists():
+    if not path.is_file():
         options = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
         raise UserError(f"no config '{name}' in group '{group}'; choose one of: {', '.join(options)}")
     return path
-
-
-def _expand_defaults(data: dict) -> list[tuple[str, dict]]:
-    """Return [(source, mapping)] for an experiment's ``defaults:`` groups followed by its own keys."""
-    layers = []
-    for entry in data.pop("defaults", None) or []:
-        if not isinstance(entry, dict) or len(entry) != 1:
-            raise UserError(f"each 'defaults' entry must be 'group: name', got {entry!r}")
-        (group, name), = entry.items()
-        if group not in GROUPS:
-            raise UserError(f"unknown config group '{group}' in defaults; groups are {', '.join(GROUPS)}")
-        path = _group_file(group, str(name))
-        layers.append((str(path), {group: _read_yaml(path)}))
-    layers.append(("experiment", data))
-    return layers
 
 
 def resolve_experiment(spec: str) -> Path:
     """An experiment name in configs/experiment/ or a path to a YAML file."""
     path = Path(spec)
     if path.suffix in (".yaml", ".yml"):
-        if not path.exists():
+        if path.is_dir():
+            raise UserError(f"--config {spec} is a folder; give an experiment YAML file or an experiment name")
+        if not path.is_file():
             raise UserError(f"config file {spec} does not exist")
         return path
-    return _group_file("experiment", spec)
+    return group_file("experiment", spec)
 
 
 def load_config(config: str | None = "default", overrides: list[str] | None = None) -> DictConfig:
-    """Build the resolved run config: schema <- experiment YAML (+ its groups) <- ``key=value`` overrides.
+    """Build the resolved run config: schema <- experiment YAML (+ its groups) <- ``key=value`` overrides, composed
+    by Hydra (:mod:`lwtakit.compose`).
 
     Raises :class:`UserError` with one line naming the offending key for unknown keys, wrong types and
     values outside a key's choices.
     """
-    cfg = OmegaConf.structured(Config)
-    OmegaConf.set_struct(cfg, True)
-    layers: list[tuple[str, dict]] = []
-    if config:
-        path = resolve_experiment(config)
-        data = _read_yaml(path)
-        data.setdefault("experiment", path.stem)
-        layers += _expand_defaults(data)
-    dotlist = []
-    for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"override '{item}' must look like key=value (e.g. trainer.max_epochs=3)")
-        if key in GROUPS:  # a group node takes a group file's name, never a plain value
-            layers.append((f"{key}={value}", {key: _read_yaml(_group_file(key, value))}))
-        else:
-            dotlist.append(item)
-    for where, data in layers:
-        try:
-            cfg = OmegaConf.merge(cfg, data)
-        except OmegaConfBaseException as exc:
-            raise _one_line_omegaconf_error(exc, where) from None
-    try:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
-    except OmegaConfBaseException as exc:
-        raise _one_line_omegaconf_error(exc, "command line") from None
-    validate(cfg)
-    return cfg
+    from lwtakit.compose import compose_config
+
+    return compose_config(config, overrides)
 
 
 def validate(cfg: DictConfig) -> None:

@@ -91,6 +91,11 @@ def test_train_help_lists_experiments_with_descriptions_and_group_choices():
         choices = sorted(p.stem for p in (REPO / "configs" / group).glob("*.yaml"))
         assert f"{group}= {' | '.join(choices)}" in words, group
     assert "mnist_lwta MNIST, small LWTA ResNet-18 (U=2)." in words  # a known one, spelled out
+    # the run's own keys (issue 23) and the sweep's launchers (issue 19)
+    for key in ("run_name", "run_dir", "ckpt_path", "overwrite", "logger", "seed"):
+        assert f" {key}= " in words, key
+    assert "hydra/launcher= basic | submitit_local | submitit_slurm | slurm" in words
+    assert "-m, --multirun" in words and "--cfg {job}" in words
 
 
 def _subparsers(parser):

@@ -22,6 +22,16 @@ def test_group_override_swaps_a_whole_group():
     assert cfg.model.act == "relu" and cfg.model.U == 1
 
 
+def test_a_group_override_keeps_the_experiments_own_keys():
+    # Hydra replaces the experiment's choice of the group; the experiment's own keys (mnist_lwta: model.width 0.125)
+    # still come last, so swapping the model of mnist_lwta gives the ready dense twin, mnist_dense.
+    swapped = to_dict(load_config("mnist_lwta", ["model=resnet18_dense", "eval.modes=[sample,argmax]"]))
+    twin = to_dict(load_config("mnist_dense"))
+    for cfg in (swapped, twin):
+        cfg.pop("experiment"), cfg.pop("eval"), cfg.pop("arm_id")
+    assert swapped == twin and twin["model"]["width"] == 0.125
+
+
 @pytest.mark.parametrize("path", sorted(glob.glob(str(CONFIG_DIR / "experiment" / "*.yaml"))))
 def test_every_ready_config_resolves(path):
     cfg = load_config(os.path.splitext(os.path.basename(path))[0])
