@@ -236,6 +236,7 @@ def compare(specs: list[str], out: str | Path, options: CompareOptions | None = 
     if checked.difference:
         print(checked.difference, file=sys.stderr)
     histories = [run_history(s) for s in specs]  # every run's labels.csv checked before the long work starts
+    _check_sizes(specs, options)
     summaries = _summaries(specs, histories, options)
     rows = []
     for s in summaries:
@@ -255,6 +256,19 @@ def compare(specs: list[str], out: str | Path, options: CompareOptions | None = 
         compare_report(stage, summaries, title=checked.title(), verdicts=found, how=how_made(options),
                        warning=checked.difference)
     return Path(out) / "report.html"
+
+
+def _check_sizes(specs: list[str], options: CompareOptions) -> None:
+    """``--probe-size`` and ``--eval-size`` fit every run's splits (:func:`lwtakit.analysis.take_images`), checked
+    for all runs before the first is measured."""
+    from lwtakit.checkpoint import load_checkpoint, resolve_run
+
+    if options.probe_size is None and options.eval_size is None:
+        return
+    for spec in specs:
+        loaded = load_checkpoint(resolve_run(spec, say=False)[1])
+        take_images(loaded.dataset("test"), options.eval_size, options.seed, "--eval-size")
+        take_images(loaded.dataset("val"), options.probe_size, options.seed, "--probe-size")
 
 
 # What summarize_run does for each run, in order: the progress bar's steps.
