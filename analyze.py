@@ -17,6 +17,7 @@ Every command exits with status 2 and one line ``error: ...`` on bad input, and 
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,25 +33,32 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
+# The most stochastic passes dissect --mode mc averages (see _passes for why).
+MAX_PASSES = 1000
 DEVICE_HELP = "auto (CUDA when present, else CPU) | cpu | cuda | cuda:N"
 HIERARCHY_HELP = ("parent map (CSV rows child,parent,... or JSON {child: [parents]}): each concept's ancestors "
                   "become concepts too, as INVERT's WordNet hypernyms of the ImageNet classes")
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def _probe(spec: str | None, loaded, size: int, seed: int):
-    """The probe set: ``synthetic``, ``mnist:PATH``, ``cifar10:ROOT``, ``cifar100:ROOT``,
+def _probe(spec: str | None, loaded, size: int | None, seed: int):
+    """The probe set and what it is in words: ``synthetic``, ``mnist:PATH``, ``cifar10:ROOT``, ``cifar100:ROOT``,
     ``imagefolder:ROOT`` (its val split) or ``folder:PATH`` (unlabelled images); default: the validation
-    split of the data the checkpoint was trained on (synthetic for torchvision models)."""
-    from lwtakit.data import build_dataset, probe_subset
+    split of the data the checkpoint was trained on, as the run made it (synthetic for torchvision models).
+    ``size`` None: all of it up to 1000 images; more than it holds is a UserError."""
+    from lwtakit.analysis import describe_images, take_images
+    from lwtakit.data import build_dataset
 
     if spec is None and loaded.cfg is not None:
-        ds = loaded.dataset("val")
+        ds, source = loaded.dataset("val"), f"the run’s ({loaded.cfg.data.name})"
     else:
         name, _, root = (spec or "synthetic").partition(":")
         name = {"folder": "probe_folder"}.get(name, name)
-        ds = build_dataset(name, "val", root=root or None, img_size=loaded.img_size, seed=seed)
-    return probe_subset(ds, size, seed)
+        ds, source = build_dataset(name, "val", root=root or None, img_size=loaded.img_size, seed=seed), spec or name
+    probe = take_images(ds, size, seed, "--probe-size")
+    if spec and spec.startswith("folder:"):
+        return probe, describe_images(probe, "", f"the images of {spec}", seed)
+    return probe, describe_images(probe, "val", source, seed)
 
 
 def _device(spec: str) -> torch.device:
@@ -134,6 +142,10 @@ def _check_finite(matrix: np.ndarray, path: str, what: str) -> None:
 def cmd_dissect(args) -> Path:
     """One process, or ``--devices N`` (x ``--num-nodes M``) Lightning Fabric processes that each record a shard
     of the probe set; rank 0 labels and writes the report (:mod:`lwtakit.shard`)."""
+    from lwtakit.io import check_output_folder
+
+    check_output_folder(args.out)  # a file or unwritable place fails now, not after the dissection
+    _check_layer_names(args.layers)
     device = _device(args.device)
     if args.devices * args.num_nodes == 1:
         return _dissect(args, device, None)
@@ -175,7 +187,7 @@ def _dissect(args, device, collective) -> Path | None:
     clip = _clip(args, device) if any("clip" in lab.needs or "captioner" in lab.needs for lab in labelers) else None
     loaded = load_model(args.ckpt or args.model)
     model = at_precision(loaded.model, args.precision).to(device)
-    probe = _probe(args.probe, loaded, args.probe_size, args.seed)
+    probe, probe_text = _probe(args.probe, loaded, args.probe_size, args.seed)
     clip_concepts = _clip_concepts(args, probe) if clip is not None else None
     concepts = ConceptSource.from_dataset(probe, clip=clip, clip_concepts=clip_concepts,
                                           clip_cache_dir=args.clip_cache, hierarchy=_hierarchy(args))
@@ -192,8 +204,26 @@ def _dissect(args, device, collective) -> Path | None:
                                device=device, mode=args.mode, passes=args.passes, heldout=_heldout(args),
                                seed=args.seed, collective=collective, progress=collective is None or collective.is_root,
                                memory_budget=None if args.memory_budget is None else int(args.memory_budget * 2**30)),
-        history=history, probe_name=args.probe or "", source=args.ckpt or args.model)
+        history=history, probe_name=args.probe or "", probe_text=probe_text, source=args.ckpt or args.model)
     return dissect_to_report(loaded, probe, concepts, request, args.out)
+
+
+def _check_layer_names(layers: list[str] | None) -> None:
+    """``--layers`` names each layer once (a repeat would be labelled twice and its units' rows collide)."""
+    repeated = [name for i, name in enumerate(layers or []) if name in (layers or [])[:i]]
+    if repeated:
+        raise UserError(f"--layers names {repeated[0]} more than once; give each layer once")
+
+
+def _passes(text: str) -> int:
+    """``--passes``: 1 .. :data:`MAX_PASSES`."""
+    value = int_at_least(1)(text)
+    if value > MAX_PASSES:
+        raise argparse.ArgumentTypeError(
+            f"must be at most {MAX_PASSES}, got {value}: every pass is a forward pass over the whole probe set, "
+            f"and the mean of {MAX_PASSES} passes already varies by about 1/sqrt({MAX_PASSES}) = 3% of one pass's "
+            "spread")
+    return value
 
 
 def _captioner(args, device):
@@ -469,25 +499,67 @@ def cmd_explain(args) -> list[dict]:
     return result.rows
 
 
+# Smallest image side explain accepts: below it there is nothing for the network to see once upscaled.
+MIN_IMAGE_SIDE = 8
+
+
 def _explain_image(path: str, loaded):
-    """The image file ``path`` as the network's input: [C, H, W] in [0, 1], resized to its input size."""
-    import numpy as np
+    """The image file ``path`` as the network's input: [C, H, W] in [0, 1] by the file's own bit depth (8-bit,
+    16-bit, 32-bit float in [0, 1]), resized to the network's input size; an image upscaled to it is said."""
     import torch
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
-    from lwtakit.data.folders import ImageTooLarge, open_image
+    from lwtakit.data.folders import ImageTooLarge
 
+    if Path(path).is_dir():
+        raise UserError(f"--image {path} is a folder; give one image file")
     if not Path(path).is_file():
         raise UserError(f"image {path} does not exist")
     try:
-        img = open_image(path, "L" if loaded.in_chans == 1 else "RGB")
+        x = _image_array(path, loaded.in_chans, loaded.img_size)
     except ImageTooLarge as exc:
         raise UserError(f"{exc}; shrink the image first") from None
     except (UnidentifiedImageError, OSError):
         raise UserError(f"{path} is not a readable image file") from None
-    img = img.resize((loaded.img_size, loaded.img_size), Image.BILINEAR)
-    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)
+    x = torch.from_numpy(x)
     return x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)
+
+
+def _image_array(path: str, channels: int, side: int):
+    """The image's pixels as float32 [H, W] (one channel) or [H, W, 3] in [0, 1], resized to ``side``. Images of
+    more than 8 bits per sample (PIL modes I;16, I, F) are scaled by their own range: PIL's conversion to 8 bits
+    clips every value above 255, which turned a 16-bit image white."""
+    import warnings
+
+    import numpy as np
+    from PIL import Image
+
+    from lwtakit.data.folders import ImageTooLarge, open_image
+
+    with warnings.catch_warnings():  # as open_image: a decompression bomb is refused before decoding
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path) as im:
+                mode, size = im.mode, im.size
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageTooLarge(f"{path} is too large to decode safely ({exc})") from None
+    if min(size) < MIN_IMAGE_SIDE:
+        raise UserError(f"image {path} is {size[0]}x{size[1]} pixels; explain needs at least {MIN_IMAGE_SIDE} on "
+                        f"each side (the network sees {side}x{side}): give a larger image")
+    if min(size) < side:
+        print(f"note: image {path} is {size[0]}x{size[1]}, upscaled to the network's {side}x{side}",
+              file=sys.stderr)
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        with Image.open(path) as im:
+            raw = np.asarray(im).astype(np.float64)
+        top = {"F": 1.0, "I": 65535.0 if raw.max() <= 65535 else 2.0**32 - 1}.get(mode, 65535.0)
+        if mode == "F" and (raw.min() < 0 or raw.max() > 1):
+            raise UserError(f"image {path} holds floats outside [0, 1]; save it as an 8- or 16-bit image")
+        gray = Image.fromarray((raw / top).astype(np.float32), "F").resize((side, side), Image.BILINEAR)
+        x = np.clip(np.asarray(gray, dtype=np.float32), 0, 1)
+        return x if channels == 1 else np.repeat(x[..., None], 3, axis=2)
+    img = open_image(path, "L" if channels == 1 else "RGB").resize((side, side), Image.BILINEAR)
+    return np.asarray(img, dtype=np.float32) / 255.0
 
 
 def _layer_note(args, model, layer: str) -> str:
@@ -529,9 +601,11 @@ def _explain_labels(args, layer: str, run_dir: Path | None):
 def cmd_compare(args) -> Path:
     from lwtakit.compare import CompareOptions, compare
 
+    _check_layer_names(args.layers)
     return compare(args.runs, args.out, CompareOptions(probe_size=args.probe_size, eval_size=args.eval_size,
                                                        seed=args.seed, device=_device(args.device),
-                                                       layers=args.layers, precision=args.precision))
+                                                       layers=args.layers, precision=args.precision,
+                                                       force=args.force))
 
 
 # ------------------------------------------------------------------------------------------- verdict
@@ -582,7 +656,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="labelers to run: invert clip_dissect iou captions")
     d.add_argument("--probe", help="probe images: synthetic | mnist:PATH | cifar10:ROOT | imagefolder:ROOT | "
                                    "folder:PATH (default: the validation split the checkpoint was trained on)")
-    d.add_argument("--probe-size", type=int_at_least(1), default=1000, help="probe images used (a seeded subset)")
+    d.add_argument("--probe-size", type=int_at_least(1),
+                   help="probe images used, a seeded subset; at most the split's images (default: all of them, up "
+                        "to 1000)")
     d.add_argument("--concepts", default="synthetic",
                    help="concept set for CLIP: a text file or a built-in: words20k words10k words3k (common English "
                         "words) imagenet cifar100 cifar10 mnist places365[:PATH] classes (the probe's) synthetic")
@@ -607,8 +683,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--mode", "--inference", dest="mode", choices=["mc", "sample", "argmax"], default="mc",
                    help="LWTA network dissected as: mc = mean of --passes seeded stochastic passes (the function it "
                         "is evaluated as), sample = one seeded pass, argmax = most likely winners (default: mc)")
-    d.add_argument("--passes", type=int_at_least(1), default=4,
-                   help="stochastic passes averaged in mc mode (default: 4)")
+    d.add_argument("--passes", type=_passes, default=4,
+                   help=f"stochastic passes averaged in mc mode, at most {MAX_PASSES} (default: 4)")
     d.add_argument("--heldout", type=float, default=0.5, metavar="FRACTION",
                    help="choose labels on this seeded fraction of the probe set and score them on the rest "
                         "(0: label and score on all of it, in-sample; default: 0.5)")
@@ -674,9 +750,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = _subcommand(sub, "compare", "put runs (e.g. sparse and dense) side by side; HTML report + CSV")
     c.add_argument("runs", nargs="+", help="run folders or checkpoints")
-    c.add_argument("--probe-size", type=int_at_least(1), default=1000, help="probe images for sparsity and labels")
-    c.add_argument("--eval-size", type=int_at_least(1), default=1000,
-                   help="test images for accuracy per inference mode")
+    c.add_argument("--probe-size", type=int_at_least(1),
+                   help="validation images for sparsity and labels, a seeded subset of each run's own validation "
+                        "split; at most its images (default: all of them, up to 1000)")
+    c.add_argument("--eval-size", type=int_at_least(1),
+                   help="test images for accuracy per inference mode, a seeded subset of each run's own test split; "
+                        "at most its images (default: all of them, up to 1000)")
     c.add_argument("--seed", type=int, default=0,
                    help="seed of the probe and test subsets, the held-out split and LWTA sampling")
     c.add_argument("--layers", nargs="+", metavar="LAYER",
@@ -684,6 +763,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "activation per stage, to see where the planted concepts are found")
     c.add_argument("--device", default="auto", help=DEVICE_HELP)
     _add_precision_flag(c)
+    c.add_argument("--force", action="store_true",
+                   help="compare runs whose data differ (data set, image size, synthetic target or second object): "
+                        "the difference becomes the report's first line (default: refuse)")
     c.add_argument("--out", required=True, help="report folder: report.html, compare.csv")
 
     v = _subcommand(sub, "verdict", "seed-level verdict of arms of seeded runs from unit_scores.csv: differences "
@@ -709,6 +791,16 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt:  # Ctrl-C: every output is staged or atomic, so nothing half-written stays behind
+        print(f"error: interrupted; analyze.py {args.command} wrote nothing", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: no space left on the device of --out{where}; free some space or give another --out "
+              "(nothing was written)", file=sys.stderr)
+        return 2
     if isinstance(out, Path):
         print(f"wrote {out}")
     return 0

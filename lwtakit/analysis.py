@@ -25,7 +25,8 @@ from lwtakit.rng import fork_rng
 class DissectRequest:
     """What to dissect and show: ``layers``, ``labelers``, how (``options``), the ``grid_units`` best units per
     layer with top-image grids (0: all), the ``seed``, the run's label ``history`` (its labels.csv rows) for drift, and
-    ``probe_name`` and ``source`` (checkpoint or run folder) for the report's header."""
+    ``probe_name``, ``probe_text`` (the images in words) and ``source`` (checkpoint or run folder) for the report's
+    header."""
 
     layers: list[str]
     labelers: list[Labeler]
@@ -34,6 +35,7 @@ class DissectRequest:
     seed: int = 0
     history: list[dict] | None = None  # rows of lwtakit.drift.read_history
     probe_name: str = ""
+    probe_text: str = ""  # the probe images in words (:func:`describe_images`): the report's header says them
     source: str = ""  # the checkpoint, run folder or torchvision:NAME given: the report's title and header name it
 
 
@@ -60,7 +62,7 @@ def dissect_to_report(loaded, probe, concepts: ConceptSource, request: DissectRe
     name, where = run_name(request.source, loaded)
     meta = {"run": name, "checkpoint": where, "model": _model_text(loaded),
             "LWTA inference mode": _mode_text(result, opts), "float precision": precision_text(precision_of(model)),
-            "probe set": f"{request.probe_name or 'the run’s validation split'}, {len(probe)} images",
+            "probe set": request.probe_text or f"{len(probe)} images",
             "labels chosen / scored on": _split_text(result, len(probe)), "seed": str(request.seed),
             "layers": ", ".join(request.layers), "methods": ", ".join(labeler.name for labeler in request.labelers),
             **_invert_meta(request), **_shard_meta(result), "seconds": f"{time.perf_counter() - started:.1f}"}
@@ -71,6 +73,37 @@ def dissect_to_report(loaded, probe, concepts: ConceptSource, request: DissectRe
         report.dissection_report(stage, title=f"Dissection of {name}", rows=result.table.records(),
                                  layers=infos, sections=sections)
     return Path(out) / "report.html"
+
+
+# Images an analysis takes from a split when no size is given: the whole split up to this many.
+DEFAULT_IMAGES = 1000
+SPLIT_WORDS = {"train": "training", "val": "validation", "test": "test"}
+
+
+def take_images(dataset, size: int | None, seed: int, flag: str):
+    """A seeded subset (:func:`lwtakit.data.probe_subset`) of ``size`` images of ``dataset``: None takes all of it up
+    to :data:`DEFAULT_IMAGES`; a size larger than the split is a :class:`UserError` naming ``flag``, before any
+    work (it used to fall back to the whole split without a word)."""
+    from lwtakit.data import probe_subset
+    from lwtakit.errors import UserError
+
+    available = len(dataset)
+    if size is not None and size > available:
+        raise UserError(f"{flag} {size} exceeds the {available} images of the split it draws from; give "
+                        f"{flag} {available} or less (or leave it out: all of them, up to {DEFAULT_IMAGES})")
+    return probe_subset(dataset, min(available, DEFAULT_IMAGES) if size is None else size, seed)
+
+
+def describe_images(subset, split: str, source: str, seed: int) -> str:
+    """What images an analysis used, in words: the ``split`` of which data (``source``, e.g. "the run's", with a
+    synthetic generator's seed), how many it holds and how many were used (all, or a subset drawn with ``seed``)."""
+    parent = getattr(subset, "parent", subset)
+    total, used = len(parent), len(subset)
+    data_seed = getattr(parent, "seed", None) if type(parent).__name__ == "ConceptShapes" else None
+    where = f"{source} {SPLIT_WORDS.get(split, split)} split" if split else source  # "": a folder, no splits
+    where += f" (generator seed {data_seed})" if data_seed is not None else ""
+    amount = f"all its {total} images" if used == total else f"{used} of its {total} images (subset seed {seed})"
+    return f"{where}, {amount}"
 
 
 def run_name(source: str, loaded) -> tuple[str, str]:

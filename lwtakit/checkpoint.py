@@ -39,13 +39,17 @@ class LoadedModel:
     path: Path | None = None  # the checkpoint file (None for torchvision models)
 
     def dataset(self, split: str):
-        """The ``split`` of the data set the checkpoint was trained on (from its stored config)."""
+        """The ``split`` of the data set the checkpoint was trained on, as its stored config made it (for synthetic
+        data: its seed, generator settings and split size)."""
         from lwtakit.data import build_dataset
 
         if self.cfg is None:
             raise UserError(f"{self.name} has no training config; give a probe set (--probe)")
         d = self.cfg.data
-        extra = {"target": d.target, "second_object": d.second_object} if d.name == "synthetic" else {}
+        # the run's own split: for synthetic data its generator settings and its size (train.py's data.<split>_size),
+        # not the generator's default size, so that analyses see the images the run was validated and tested on
+        extra = ({"target": d.target, "second_object": d.second_object, "size": d.get(f"{split}_size")}
+                 if d.name == "synthetic" else {})
         return build_dataset(d.name, split, root=d.root, img_size=d.img_size, seed=self.cfg.seed, **extra)
 
 

@@ -10,6 +10,7 @@ completeness of the last activation layer (Dey et al. 2020) and per-image counts
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from lwtakit.analysis import run_history
+from lwtakit.analysis import describe_images, run_history, take_images
 from lwtakit.checkpoint import load_run
-from lwtakit.data import probe_subset
 from lwtakit.dissect import ConceptSource, DissectOptions, dissect, record
 from lwtakit.errors import UserError
 from lwtakit.evaluation.options import HeldOutOptions
@@ -57,21 +57,25 @@ def accuracy_by_mode(model: nn.Module, dataset, modes: list[str], mc_samples: in
 @dataclass
 class CompareOptions:
     """How every run of a comparison is measured: ``probe_size`` validation images for sparsity and labels,
-    ``eval_size`` test images for accuracy, the ``seed`` of subsets and passes, the ``device``, the ``layers``
-    labelled in every run (None: each run's last stage and classifier, :func:`lwtakit.models.default_layers`) and
-    the float ``precision`` of the networks (:mod:`lwtakit.models.precision`)."""
+    ``eval_size`` test images for accuracy (None: all of a split, up to 1000), the ``seed`` of subsets and passes,
+    the ``device``, the ``layers`` labelled in every run (None: each run's last stage and classifier,
+    :func:`lwtakit.models.default_layers`), the float ``precision`` of the networks (:mod:`lwtakit.models.precision`),
+    ``force`` (compare runs on different data) and ``progress``."""
 
-    probe_size: int = 1000
-    eval_size: int = 1000
+    probe_size: int | None = None  # None: the whole split, up to lwtakit.analysis.DEFAULT_IMAGES
+    eval_size: int | None = None
     seed: int = 0
     device: Any = "cpu"
     layers: list[str] | None = None
     precision: int = 32
+    force: bool = False  # compare runs whose data differ (lwtakit.comparable), the report saying so first
+    progress: bool = True  # a bar per run and stage on stderr (tqdm: off when stderr is not a terminal)
 
 
-def summarize_run(spec: str, options: CompareOptions, history: list[dict] | None = None):
+def summarize_run(spec: str, options: CompareOptions, history: list[dict] | None = None, stage=lambda _: None):
     """Everything :func:`compare` shows about one run, as a :class:`lwtakit.report.RunSummary`; ``history`` is
-    the run's label history (:func:`lwtakit.analysis.run_history`), for its stability over training."""
+    the run's label history (:func:`lwtakit.analysis.run_history`), for its stability over training; ``stage``
+    is told each stage's name as it starts (the progress bar)."""
     from lwtakit.labelers.pca import variance_curves
     from lwtakit.models import default_layers
     from lwtakit.report import RunSummary
@@ -85,14 +89,16 @@ def summarize_run(spec: str, options: CompareOptions, history: list[dict] | None
         resolve_module(model, layer)
     has_lwta = bool(lwta_layers(model))
     modes = ["sample", "argmax", "mc"] if has_lwta else ["dense"]
-    test = probe_subset(loaded.dataset("test"), options.eval_size, seed)
+    test = take_images(loaded.dataset("test"), options.eval_size, seed, "--eval-size")
+    probe = take_images(loaded.dataset("val"), options.probe_size, seed, "--probe-size")  # both checked up front
+    stage("accuracy")
     # mc as the run's config evaluates it (eval.mc_samples passes, averaged as eval.mc_average says)
     accuracy = accuracy_by_mode(model, test, [m if m != "dense" else "argmax" for m in modes], seed=seed,
                                 device=device, mc_samples=cfg.eval.mc_samples, mc_average=cfg.eval.mc_average)
     if not has_lwta:
         accuracy = {"dense": accuracy["argmax"]}
 
-    probe = probe_subset(loaded.dataset("val"), options.probe_size, seed)
+    stage("activations and labels")
     act_layers = activation_layers(model)
     # the network as it is evaluated (mc: the mean of seeded stochastic passes); labels held out
     opts = DissectOptions(batch_size=256, device=device, progress=False, heldout=HeldOutOptions(seed=seed), seed=seed)
@@ -101,6 +107,7 @@ def summarize_run(spec: str, options: CompareOptions, history: list[dict] | None
         rec = record(model, probe, list(dict.fromkeys(act_layers + labelled)), opts, moments=True)
         table = dissect(model, probe, labelled, ["invert"], concepts, opts, recording=rec).table
     quality, layer_stats = label_quality(table, loaded.class_names, probe)
+    stage("IoU labels and completeness")
     if hasattr(probe, "concept_masks"):  # per-pixel concept masks (the synthetic data): NetDissect's count too
         with fork_rng(seed):
             iou = dissect(model, probe, labelled, ["iou"], concepts, replace(opts, heldout=None), recording=rec)
@@ -114,7 +121,9 @@ def summarize_run(spec: str, options: CompareOptions, history: list[dict] | None
     active_counts = rec.active_per_image[explained].numpy()
     meta = {"checkpoint": str(ckpt), "model": f"{cfg.model.name} {cfg.model.act} U={cfg.model.U}",
             "data": cfg.data.name, "epochs": cfg.trainer.max_epochs, "layers labelled": ", ".join(labelled),
-            "mc passes (accuracy)": cfg.eval.mc_samples if has_lwta else "–", **_trained(run_dir)}
+            "mc passes (accuracy)": cfg.eval.mc_samples if has_lwta else "–", **_trained(run_dir),
+            "test images (accuracy)": describe_images(test, "test", "the run’s", seed),
+            "probe images (sparsity, labels)": describe_images(probe, "val", "the run’s", seed)}
     return RunSummary(name=run_dir.name if run_dir else ckpt.stem, meta=meta, accuracy=accuracy,
                       sparsity={n: float(rec.firing[n].mean()) for n in act_layers}, label_quality=quality,
                       layer_stats=layer_stats, stability=stability, completeness=completeness,
@@ -217,15 +226,21 @@ def training_stability(history: list[dict], layer_stats: dict[str, dict[str, flo
 
 def compare(specs: list[str], out: str | Path, options: CompareOptions | None = None) -> Path:
     """Summarise every run (as ``options`` say) and write ``out/report.html`` and ``out/compare.csv``; returns the
-    report path."""
-    from lwtakit.io import staged_dir, write_csv
+    report path. The runs must be comparable (:func:`lwtakit.comparable.check_runs`, before any work)."""
+    from lwtakit.comparable import check_runs
+    from lwtakit.io import check_output_folder, staged_dir, write_csv
     from lwtakit.report import compare_report
 
     if len(specs) < 1:
         raise UserError("give at least one run folder or checkpoint to compare")
-    histories = [run_history(s) for s in specs]  # every run's labels.csv checked before the long work starts
     options = options or CompareOptions()
-    summaries = [summarize_run(s, options, h) for s, h in zip(specs, histories, strict=True)]
+    check_output_folder(out)
+    checked = check_runs(specs, options.force)
+    if checked.difference:
+        print(checked.difference, file=sys.stderr)
+    histories = [run_history(s) for s in specs]  # every run's labels.csv checked before the long work starts
+    _check_sizes(specs, options)
+    summaries = _summaries(specs, histories, options)
     rows = []
     for s in summaries:
         for group, values in (("accuracy", s.accuracy), ("sparsity", s.sparsity), ("labels", s.label_quality)):
@@ -241,22 +256,60 @@ def compare(specs: list[str], out: str | Path, options: CompareOptions | None = 
     rows += [row for v in found for row in v.records()]
     with staged_dir(out) as stage:
         write_csv(stage / "compare.csv", rows, ["run", "metric", "value", "ci_low", "ci_high"])
-        compare_report(stage, summaries, title="Sparse vs dense: " + " vs ".join(s.name for s in summaries),
-                       verdicts=found, how=how_made(options))
+        compare_report(stage, summaries, title=checked.title(), verdicts=found, how=how_made(options),
+                       warning=checked.difference)
     return Path(out) / "report.html"
+
+
+def _check_sizes(specs: list[str], options: CompareOptions) -> None:
+    """``--probe-size`` and ``--eval-size`` fit every run's splits (:func:`lwtakit.analysis.take_images`), checked
+    for all runs before the first is measured."""
+    from lwtakit.checkpoint import load_checkpoint, resolve_run
+
+    if options.probe_size is None and options.eval_size is None:
+        return
+    for spec in specs:
+        loaded = load_checkpoint(resolve_run(spec, say=False)[1])
+        take_images(loaded.dataset("test"), options.eval_size, options.seed, "--eval-size")
+        take_images(loaded.dataset("val"), options.probe_size, options.seed, "--probe-size")
+
+
+# What summarize_run does for each run, in order: the progress bar's steps.
+STAGES = ("accuracy", "activations and labels", "IoU labels and completeness")
+
+
+def _summaries(specs: list[str], histories: list, options: CompareOptions) -> list:
+    """:func:`summarize_run` of every run, with a progress bar over runs and :data:`STAGES` on stderr (off when it
+    is not a terminal, tqdm's ``disable=None``, or without ``options.progress``): compare runs for minutes."""
+    from tqdm.auto import tqdm
+
+    out = []
+    with tqdm(total=len(specs) * len(STAGES), desc="compare", disable=None if options.progress else True,
+              file=sys.stderr, leave=False) as bar:
+        for spec, history in zip(specs, histories, strict=True):
+            done = bar.n
+
+            def stage(name: str, spec=spec, done=done) -> None:
+                bar.n = done + STAGES.index(name)  # the stages done so far
+                bar.set_postfix_str(f"{Path(spec).name}: {name}")
+
+            out.append(summarize_run(spec, options, history, stage))
+            bar.n = done + len(STAGES)
+            bar.refresh()
+    return out
 
 
 def how_made(options: CompareOptions) -> dict[str, str]:
     """The settings every run of a comparison is measured with, in words, for the report's header."""
-    probe_size, eval_size, seed = options.probe_size, options.eval_size, options.seed
+    seed = options.seed
     passes, split = DissectOptions().passes, HeldOutOptions().fraction
     return {
-        "accuracy": f"each run's test split, {eval_size} images (seeded subset), in every inference mode: LWTA "
-                    "sample (one seeded pass), argmax (most likely winners), mc (mean of the run's eval.mc_samples "
-                    "passes); a dense run in its one function",
+        "accuracy": f"each run's own test split (its config's data and sizes), {_amount(options.eval_size)}, in "
+                    "every inference mode: LWTA sample (one seeded pass), argmax (most likely winners), mc (mean of "
+                    "the run's eval.mc_samples passes); a dense run in its one function (images per run below)",
         "LWTA mode of labels and sparsity": f"mc: the mean of {passes} seeded stochastic passes (the function the "
                                             "network is evaluated as); dense runs as they are",
-        "probe set": f"each run's validation split, {probe_size} images (seeded subset)",
+        "probe set": f"each run's own validation split, {_amount(options.probe_size)} (images per run below)",
         "labels": f"INVERT, chosen on {split:.0%} of the probe set and scored on the rest (held-out, seeded split)",
         "layers": ", ".join(options.layers) + " in every run" if options.layers else
                   "each run's default layers: the activations of its last stage and the classifier (per run below); "
@@ -266,3 +319,10 @@ def how_made(options: CompareOptions) -> dict[str, str]:
         "seed": str(seed),
         "float precision": precision_text(options.precision),
     }
+
+
+def _amount(size: int | None) -> str:
+    """How many images of a split a comparison takes, in words."""
+    from lwtakit.analysis import DEFAULT_IMAGES
+
+    return f"all its images up to {DEFAULT_IMAGES}" if size is None else f"{size} images (seeded subset)"

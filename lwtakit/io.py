@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import glob
 import os
 import shutil
 import tempfile
@@ -50,12 +51,43 @@ def staged_dir(out: str | os.PathLike) -> Iterator[Path]:
     """
     out = Path(out)
     ensure_writable_dir(out)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    remove_stale_stages(out)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=f".{os.getpid()}.partial", dir=out.parent))
     try:
         yield stage
         _publish(stage, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def remove_stale_stages(out: Path) -> list[Path]:
+    """Remove the staging folders of ``out`` that a killed command left beside it (``.<name>.*.<pid>.partial``
+    whose process is gone: kill -9 skips the cleanup), with a note on stderr; a live process's stage is kept."""
+    import sys
+
+    removed = []
+    for stage in out.parent.glob(f".{glob.escape(out.name)}.*.partial"):
+        pid = stage.name.removesuffix(".partial").rsplit(".", 1)[-1]
+        if stage.is_dir() and not (pid.isdigit() and _alive(int(pid))):
+            shutil.rmtree(stage, ignore_errors=True)
+            removed.append(stage)
+    if removed:
+        print(f"note: removed {len(removed)} unfinished output folder(s) of an interrupted run beside {out} "
+              f"(e.g. {removed[0].name})", file=sys.stderr)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (signal 0 checks without sending anything)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # another user's process, or no way to tell: keep its folder
+    return True
 
 
 def _publish(stage: Path, out: Path) -> None:
@@ -112,6 +144,22 @@ def check_output_file(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"output {path} is a folder; give a file name (e.g. {path / 'out.csv'})")
+    return path
+
+
+def check_output_folder(path: str | os.PathLike) -> Path:
+    """``path`` as a Path, checked before any work and without creating anything: a :class:`UserError` when it, or
+    the nearest part of it that exists, is a file, or that part is not writable (found only after the work, when
+    the report is written, it used to waste the whole run)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"output {path} is a file, not a folder; give a folder name (e.g. "
+                        f"{path.with_suffix('')}_report)")
+    existing = next(p for p in (path, *path.parents) if p.exists() or p == Path(p.anchor) or p == Path("."))
+    if not existing.is_dir():
+        raise UserError(f"cannot create output folder {path}: {existing} is a file; choose another folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"output folder {existing} is not writable; choose a writable folder")
     return path
 
 

@@ -61,7 +61,8 @@ def test_dissect_in_argmax_mode_labels_held_out_and_says_how_it_was_made(runs, t
     # titled by the run folder, and says how it was made: the mode it dissected, the probe, the seed
     assert "<title>Dissection of lwta</title>" in html and "How this report was made" in html
     ckpt = runs["lwta"] / "checkpoints" / "last.ckpt"
-    for row in ("<th>LWTA inference mode</th><td>argmax: ", "<th>probe set</th><td>the run’s validation split, 256",
+    for row in ("<th>LWTA inference mode</th><td>argmax: ",
+                "<th>probe set</th><td>the run’s (synthetic) validation split (generator seed 0), all its 256 images",
                 "<th>seed</th><td>0</td>", f"<th>checkpoint</th><td>{ckpt}</td>"):
         assert row in html, row
     assert "n/a — linear layer" in html  # fc has no activity to show

@@ -113,7 +113,8 @@ def test_every_flag_has_help_and_defaults_are_shown():
         for action in parser._actions:
             assert action.help, f"{name} {action.option_strings or action.dest} has no help"
     dissect = " ".join(commands["dissect"].format_help().split())
-    for flag, default in (("--probe-size", 1000), ("--top-images", 8), ("--passes", 4), ("--clip-model", "ViT-B-16"),
+    assert "(default: all of them, up to 1000)" in dissect  # --probe-size: the split, up to 1000 images
+    for flag, default in (("--top-images", 8), ("--passes", 4), ("--clip-model", "ViT-B-16"),
                           ("--methods", "invert"), ("--pca", 0), ("--batch-size", 128)):
         action = next(a for a in commands["dissect"]._actions if flag in a.option_strings)
         assert action.default in (default, [default])

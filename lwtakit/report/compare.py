@@ -177,7 +177,8 @@ def _plots(runs: Sequence[RunSummary]) -> PendingPlots:
 
 
 def compare_report(out_dir: str | os.PathLike, runs: Sequence[RunSummary], *, title: str = "Sparse vs dense",
-                   verdicts: Sequence[Verdict] = (), how: Mapping[str, Any] | None = None) -> Path:
+                   verdicts: Sequence[Verdict] = (), how: Mapping[str, Any] | None = None,
+                   warning: str = "") -> Path:
     """Write ``out_dir/report.html`` comparing runs side by side (plots also in ``out_dir/plots/``).
 
     Sections: a summary (each run's accuracy as evaluated and mean active fraction; the verdicts significant after
@@ -190,7 +191,8 @@ def compare_report(out_dir: str | os.PathLike, runs: Sequence[RunSummary], *, ti
     plus the difference when there are exactly two; accuracy rows aligned: as evaluated, then per mode); a
     glossary of every metric (each metric's name also carries it as hover text); bar charts of those (accuracy
     as error rate); label stability over training when histories exist; completeness curves (Dey et al. 2020)
-    of every run and layer; histograms of the number of active neurons per image.
+    of every run and layer; histograms of the number of active neurons per image. A ``warning`` (e.g. that the
+    runs' data differ, compared under --force) is the page's first line.
     """
     runs = list(runs)
     if not runs:
@@ -211,7 +213,7 @@ def compare_report(out_dir: str | os.PathLike, runs: Sequence[RunSummary], *, ti
                         groups=_metric_groups(runs), verdicts=[v.sentence() for v in verdicts],
                         interpretability=interp, interpretability_note=INTERPRETABILITY_NOTE, how=how or {},
                         summary=_summary(runs), headlines=headlines(verdicts), tests=len(verdicts),
-                        glossary=_glossary(), explain=explain)
+                        glossary=_glossary(), explain=explain, warning=warning)
 
 
 def _summary(runs: Sequence[RunSummary]) -> list[tuple[str, float | None, float | None]]:

@@ -16,6 +16,7 @@ from lwtakit.evaluation.verdict import DISTRIBUTION_PANELS, VERDICT_METRICS
 from lwtakit.io import ensure_writable_dir
 from lwtakit.labels import INTERPRETABLE_IOU, SIGNIFICANT_P, Interpretable, interpretable_units, pca_pole
 from lwtakit.report.formatting import as_float, slug
+from lwtakit.report.glossary import evaluation_glossary, explain_evaluation
 from lwtakit.report.images import data_uri, image_grid, png_width
 from lwtakit.report.page import PendingPlots, write_report
 
@@ -334,7 +335,9 @@ def dissection_report(out_dir: str | os.PathLike, *, title: str, rows: Sequence[
     nav += [("overview", "layers")] + [("plots", "plots")] * bool(figs.figures)
     nav += [(v.anchor, v.name) for v in views]
     return write_report(out_dir, "dissect.html", figs, title=title, nav=nav, meta=sec.meta,
-                        evaluation=sec.evaluation, heldout=sec.heldout, heldout_columns=VERDICT_METRICS,
+                        evaluation=sec.evaluation, explain_evaluation=explain_evaluation,
+                        evaluation_glossary=evaluation_glossary(sec.evaluation or {}), heldout=sec.heldout,
+                        heldout_columns=VERDICT_METRICS,
                         heldout_note=HELDOUT_NOTE, sanity_note=SANITY_NOTE, layers=views,
                         interpretable_iou=INTERPRETABLE_IOU, weak_p=SIGNIFICANT_P,
                         weak_p_note=WEAK_P_NOTE.format(threshold=SIGNIFICANT_P),

@@ -85,3 +85,36 @@ def explain(name: str, group: str | None = None) -> str:
     base = base.removesuffix(" median")
     text = GLOSSARY.get(base, ("", ""))[1]
     return f"{text} (Median over units.)" if text and median else text
+
+
+# What the dissection report's Evaluation block shows (lwtakit.analysis.label_evaluation), each row named
+# "<measure> (<method>)"; a planted-concept row may start with a group ("size concepts found").
+EVALUATION_GLOSSARY: dict[str, str] = {
+    "final-layer label top1": "Share of the classifier's output units whose label is their own class name "
+                              "(CLIP-Dissect's final-layer check, Oikarinen & Weng 2023, sec. 4.2).",
+    "final-layer label top5": "Share of the classifier's output units whose class name is among the unit's 5 best "
+                              "labels.",
+    "final-layer label CLIP cos": "Mean cosine similarity, in CLIP's text space, of each output unit's label and "
+                                  "its class name (CLIP-Dissect's soft final-layer check): 1 = the same text.",
+    "concepts found": "Planted-concept coverage (synthetic probe only): share of the concepts planted in the probe "
+                      "images (of the group named first, e.g. size or shape, or of all) that label at least one unit "
+                      "with AUC ≥ 0.9, among the dissected layers only (--layers adds earlier ones): 0.5 = half of "
+                      "them were found.",
+}
+
+
+def evaluation_key(name: str) -> str:
+    """The glossary entry of an Evaluation row: "size concepts found (invert)" -> "concepts found"."""
+    base = re.sub(r" \([^()]*\)$", "", name)
+    return re.sub(r"^.* concepts found$", "concepts found", base)
+
+
+def explain_evaluation(name: str) -> str:
+    """The hover text of a row of the dissection report's Evaluation block ("" for a row it does not know)."""
+    return EVALUATION_GLOSSARY.get(evaluation_key(name), "")
+
+
+def evaluation_glossary(names) -> list[tuple[str, str]]:
+    """The glossary entries of the Evaluation rows ``names``, each once, in the order the rows come."""
+    keys = dict.fromkeys(evaluation_key(n) for n in names)
+    return [(k, EVALUATION_GLOSSARY[k]) for k in keys if k in EVALUATION_GLOSSARY]
