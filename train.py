@@ -10,7 +10,8 @@ A run ends with a summary that starts ``run: <folder>`` (lwtakit/run_summary.py)
 checkpoints/last.ckpt, metrics.csv, results.json, run-id, the offline W&B run (of the same id) and (with dissection
 enabled) labels.csv.
 A folder that already holds a run is refused unless the run resumes it or overwrite=true; .lock keeps a second
-run out while one runs (lwtakit/run_folder.py).
+run out while one runs (lwtakit/run_folder.py). A finished run resumed does nothing, and a resume may not change
+what is trained (lwtakit/resume.py).
 """
 
 from __future__ import annotations
@@ -264,10 +265,12 @@ def _lightning_call(progress_bar: bool) -> Iterator[None]:
     try:
         yield
     except BaseException as exc:
+        interrupted = isinstance(exc, KeyboardInterrupt) or (
+            isinstance(exc, SystemExit) and isinstance(exc.__context__, KeyboardInterrupt))
+        if interrupted:
+            raise KeyboardInterrupt from None  # main() starts its line on a fresh one
         if progress_bar:
             print(flush=True)
-        if isinstance(exc, SystemExit) and isinstance(exc.__context__, KeyboardInterrupt):
-            raise KeyboardInterrupt from None
         raise
 
 
