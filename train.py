@@ -12,7 +12,8 @@ A run ends with a summary that starts ``run: <folder>`` (lwtakit/run_summary.py)
 checkpoints/last.ckpt, metrics.csv, results.json, run-id, the offline W&B run (of the same id) and (with dissection
 enabled) labels.csv.
 A folder that already holds a run is refused unless the run resumes it or overwrite=true; .lock keeps a second
-run out while one runs (lwtakit/run_folder.py).
+run out while one runs (lwtakit/run_folder.py). A finished run resumed does nothing, and a resume may not change
+what is trained (lwtakit/resume.py).
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,7 +38,7 @@ from lwtakit.config_help import config_epilog
 from lwtakit.console import quiet_third_party, resuming_in
 from lwtakit.errors import ArgumentParser, UserError
 from lwtakit.io import atomic_write, ensure_writable_dir
-from lwtakit.run_folder import claim, folder_run_id, launched_as_rank_zero, release
+from lwtakit.run_folder import claim, folder_run_id, launched_as_rank_zero, release, run_folder
 from lwtakit.run_summary import summary_lines
 
 if TYPE_CHECKING:
@@ -45,6 +48,7 @@ if TYPE_CHECKING:
 
     from lightning_modules.classifier import LitClassifier
     from lightning_modules.datamodules import VisionDataModule
+    from lwtakit.checkpoint import ResumePoint
 
 RUN_DIR_ENV = "LWTAKIT_RUN_DIR"  # shared with ranks that Lightning launches as new processes
 
@@ -54,17 +58,19 @@ class TrainResult:
     run_dir: Path
     last_ckpt: Path
     metrics: dict[str, float]
-    trainer: pl.Trainer
-    module: LitClassifier
+    trainer: pl.Trainer | None  # None when nothing ran (``finished``)
+    module: LitClassifier | None
+    finished: str | None = None  # the line of a resume of a run that had already finished: nothing was done
 
 
 def resolve_run_dir(cfg: DictConfig) -> Path:
-    """The run's folder: ``run_dir/run_name``; a resume without a name continues the latest run."""
+    """The run's folder: ``run_dir/run_name`` (a direct child of run_dir, :func:`~lwtakit.run_folder.run_folder`); a
+    resume without a name continues the latest run."""
     if os.environ.get(RUN_DIR_ENV):
         return Path(os.environ[RUN_DIR_ENV])
     root = Path(cfg.run_dir)
-    if cfg.run_name:
-        return root / cfg.run_name
+    if cfg.run_name is not None:
+        return run_folder(root, cfg.run_name)  # a plain name, confined to run_dir (issue 23)
     if cfg.ckpt_path == "last":
         runs = sorted(root.glob(f"{cfg.experiment}-*/checkpoints"), key=lambda p: p.stat().st_mtime)
         if not runs:
@@ -207,19 +213,14 @@ def _set_run_id(cfg: DictConfig, run_dir: Path, owner: bool) -> None:
     cfg.run_id = run_id
 
 
-def _fit(cfg: DictConfig, run_dir: Path) -> TrainResult:
-    import lightning.pytorch as pl
+def _resume_point(cfg: DictConfig, run_dir: Path, module: LitClassifier) -> tuple[str, ResumePoint] | None:
+    """The checkpoint a resume starts from and its :class:`~lwtakit.checkpoint.ResumePoint`, checked before the
+    Trainer exists (a bad file or another architecture fails as one line, not a traceback); None for a new run."""
+    from lwtakit.checkpoint import check_resume, last_checkpoint
 
-    from callbacks.dissection import DissectionCallback
-    from lightning_modules.classifier import LitClassifier
-    from lwtakit.checkpoint import check_resume, last_checkpoint, leftovers
-    from lwtakit.checkpoint_io import AtomicCheckpointIO
-
-    datamodule = build_datamodule(cfg)
-    info = datamodule.info
-    module = LitClassifier(cfg, num_classes=info.num_classes, in_chans=info.in_chans, mean=info.mean,
-                           std=info.std, class_names=info.class_names)
-    ckpt_path, resume_step = cfg.ckpt_path, None
+    ckpt_path = cfg.ckpt_path
+    if not ckpt_path:
+        return None
     if ckpt_path == "last":
         if not (run_dir / "checkpoints").is_dir():
             raise UserError(f"ckpt_path=last but {run_dir} has no checkpoints; train first or give a checkpoint path")
@@ -227,13 +228,25 @@ def _fit(cfg: DictConfig, run_dir: Path) -> TrainResult:
         if note and launched_as_rank_zero():
             print(note, file=sys.stderr)
         ckpt_path = str(last)
-    elif ckpt_path and not Path(ckpt_path).exists():
+    elif Path(ckpt_path).is_dir():
+        inside = Path(ckpt_path) / "checkpoints" / "last.ckpt"
+        hint = f"ckpt_path={shlex.quote(str(inside))}" if inside.exists() else "a .ckpt file inside it"
+        raise UserError(f"ckpt_path={ckpt_path} is a folder, not a checkpoint file; give {hint}, or resume a run "
+                        "with run_name=NAME ckpt_path=last")
+    elif not Path(ckpt_path).exists():
         raise UserError(f"checkpoint {ckpt_path} does not exist (config key ckpt_path)")
-    if ckpt_path:
-        # Before the Trainer exists: a bad file or another architecture fails as one line, not a traceback.
-        resume_step = check_resume(ckpt_path, cfg, module.state_dict(), run_dir)
+    return ckpt_path, check_resume(ckpt_path, cfg, module.state_dict(), run_dir)
+
+
+def _build_trainer(cfg: DictConfig, run_dir: Path, datamodule: VisionDataModule,
+                   resume_step: int | None) -> pl.Trainer:
+    import lightning.pytorch as pl
+
+    from callbacks.fit_metrics import FitMetrics
+    from lwtakit.checkpoint_io import AtomicCheckpointIO
+
     t = cfg.trainer
-    trainer = pl.Trainer(
+    return pl.Trainer(
         default_root_dir=str(run_dir), max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices,
         num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision, fast_dev_run=t.fast_dev_run,
         # None is Lightning's "all batches" without its notice that 1.0 means all batches
@@ -242,9 +255,47 @@ def _fit(cfg: DictConfig, run_dir: Path) -> TrainResult:
         log_every_n_steps=t.log_every_n_steps, gradient_clip_val=t.gradient_clip_val,
         deterministic=t.deterministic, enable_progress_bar=t.enable_progress_bar,
         logger=build_loggers(cfg, run_dir, resume_step) or False,
-        callbacks=build_callbacks(cfg, run_dir, datamodule),
+        callbacks=[*build_callbacks(cfg, run_dir, datamodule), FitMetrics(run_dir)],
         enable_model_summary=False, plugins=[AtomicCheckpointIO()],
     )
+
+
+@contextlib.contextmanager
+def _lightning_call(progress_bar: bool) -> Iterator[None]:
+    """Around Trainer.fit / Trainer.test: an error starts on a line of its own (the progress bar leaves its line
+    open), and Ctrl-C stays a KeyboardInterrupt (Lightning turns it into ``sys.exit(1)`` after its shutdown)."""
+    try:
+        yield
+    except BaseException as exc:
+        interrupted = isinstance(exc, KeyboardInterrupt) or (
+            isinstance(exc, SystemExit) and isinstance(exc.__context__, KeyboardInterrupt))
+        if interrupted:
+            raise KeyboardInterrupt from None  # main() starts its line on a fresh one
+        if progress_bar:
+            print(flush=True)
+        raise
+
+
+def _fit(cfg: DictConfig, run_dir: Path) -> TrainResult:
+    from lightning_modules.classifier import LitClassifier
+    from lwtakit.checkpoint import leftovers
+    from lwtakit.resume import config_changes, finished_line
+
+    datamodule = build_datamodule(cfg)
+    info = datamodule.info
+    module = LitClassifier(cfg, num_classes=info.num_classes, in_chans=info.in_chans, mean=info.mean,
+                           std=info.std, class_names=info.class_names)
+    resume = _resume_point(cfg, run_dir, module)
+    ckpt_path, resume_step = (resume[0], resume[1].step) if resume else (None, None)
+    if resume:
+        line = finished_line(run_dir, Path(ckpt_path), resume[1].epochs, cfg.trainer.max_epochs)
+        if line:  # nothing to do: no file of the run is written again
+            metrics = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+            return TrainResult(run_dir, Path(ckpt_path), metrics, None, None, finished=line)
+        note = config_changes(resume[1].config, to_dict(cfg), ckpt_path)
+        if note and launched_as_rank_zero():
+            print(note, file=sys.stderr)
+    trainer = _build_trainer(cfg, run_dir, datamodule, resume_step)
     if trainer.is_global_zero:
         save_config(cfg, run_dir / "config.yaml")
         if cfg.ckpt_path == "last":  # the interrupted run's unfinished files, which this run writes again
@@ -252,25 +303,41 @@ def _fit(cfg: DictConfig, run_dir: Path) -> TrainResult:
                 path.unlink()
     status = "failed"
     try:
-        started = time.perf_counter()
-        with resuming_in(run_dir / "checkpoints") if ckpt_path else contextlib.nullcontext():
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-        fit_seconds = time.perf_counter() - started
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-        if not t.fast_dev_run:
-            for row in trainer.test(module, datamodule=datamodule, verbose=False):
-                metrics.update({k: float(v) for k, v in row.items()})
-        metrics["fit_seconds"] = fit_seconds
-        for cb in trainer.callbacks:
-            if isinstance(cb, DissectionCallback):
-                metrics["dissection_seconds"] = cb.seconds
-        if trainer.is_global_zero:
-            with atomic_write(run_dir / "results.json") as fh:
-                json.dump(metrics, fh, indent=2, sort_keys=True)
+        metrics = _fit_and_test(cfg, run_dir, trainer, module, datamodule, ckpt_path)
         status = "success"
     finally:
         _close_loggers(trainer.loggers, status)
     return TrainResult(run_dir, run_dir / "checkpoints" / "last.ckpt", metrics, trainer, module)
+
+
+def _fit_and_test(cfg: DictConfig, run_dir: Path, trainer: pl.Trainer, module: LitClassifier,
+                  datamodule: VisionDataModule, ckpt_path: str | None) -> dict[str, float]:
+    """Fit, test and write ``results.json``: the metrics the fit ended with (kept in fit-metrics.json, so that a run
+    killed during its final test resumes the test alone, callbacks/fit_metrics.py) and the test's."""
+    import lightning.pytorch as pl
+
+    from callbacks.dissection import DissectionCallback
+    from callbacks.fit_metrics import FIT_METRICS_NAME, read_fit_metrics, scalar_metrics
+
+    bar = cfg.trainer.enable_progress_bar
+    with resuming_in(run_dir / "checkpoints") if ckpt_path else contextlib.nullcontext(), _lightning_call(bar):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    metrics = read_fit_metrics(run_dir) or scalar_metrics(trainer)
+    if not cfg.trainer.fast_dev_run:
+        # The test draws from a state fixed by the seed alone, so that the test of a resumed run (the fit restored,
+        # not re-run) draws what an uninterrupted one did (issue 23).
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        with _lightning_call(bar):
+            for row in trainer.test(module, datamodule=datamodule, verbose=False):
+                metrics.update({k: float(v) for k, v in row.items()})
+    for cb in trainer.callbacks:
+        if isinstance(cb, DissectionCallback):
+            metrics["dissection_seconds"] = cb.seconds
+    if trainer.is_global_zero:
+        with atomic_write(run_dir / "results.json") as fh:
+            json.dump(metrics, fh, indent=2, sort_keys=True)
+        (run_dir / FIT_METRICS_NAME).unlink(missing_ok=True)
+    return metrics
 
 
 def _close_loggers(loggers: list[Logger], status: str) -> None:
@@ -339,7 +406,17 @@ def _sweep(args) -> int:
 
 def main(argv: list[str] | None = None, *, fast_matmul: bool = False) -> int:
     """Parse ``argv``, train (or sweep), print the run's summary; ``fast_matmul``: TF32 matmuls on CUDA (the
-    command line's setting), applied after parsing so that --help needs no torch."""
+    command line's setting), applied after parsing so that --help needs no torch. Ctrl-C is one line and exit
+    status 130."""
+    try:
+        return _main(argv, fast_matmul)
+    except KeyboardInterrupt:
+        # train() released the lock on the way out; every file is written whole or not at all (atomic writes).
+        print("\nerror: interrupted (Ctrl-C); a run with a checkpoint resumes with ckpt_path=last", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None, fast_matmul: bool) -> int:
     # intermixed: options may come after overrides (train.py -m seed=0,1 --config mnist_lwta ...)
     args = build_parser().parse_intermixed_args(argv)
     quiet_third_party()
@@ -367,7 +444,9 @@ def main(argv: list[str] | None = None, *, fast_matmul: bool = False) -> int:
             raise
         print(f"error: {disk_full(exc.filename or 'the run folder')}", file=sys.stderr)
         return 1
-    if result.trainer.is_global_zero:
+    if result.finished:
+        print(result.finished)
+    elif result.trainer.is_global_zero:
         print("\n".join(summary_lines(result.metrics, result.run_dir)))
     return 0
 

@@ -84,11 +84,21 @@ def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:
     return ckpt
 
 
-def check_resume(path: str | Path, cfg: DictConfig, expected: dict[str, torch.Tensor], run_dir: Path) -> int:
+@dataclass
+class ResumePoint:
+    """Where a checkpoint resumes: its global step, the epochs it completed (checkpoints are saved at the end of an
+    epoch) and the config it stored (a plain nested dict)."""
+
+    step: int
+    epochs: int
+    config: dict
+
+
+def check_resume(path: str | Path, cfg: DictConfig, expected: dict[str, torch.Tensor], run_dir: Path) -> ResumePoint:
     """Check that the checkpoint at ``path`` can resume the run ``cfg`` describes in ``run_dir``, whose module has
     the state ``expected``: readable, of the same architecture and with weights of the same shapes (Lightning would
     load an LWTA checkpoint into a dense network of equal shapes without a word), and, when it lies in ``run_dir``,
-    of that folder's run. Returns its global step."""
+    of that folder's run. Returns its :class:`ResumePoint`."""
     ckpt = read_checkpoint(path)
     stored_cfg = config_lib.from_dict(ckpt[CONFIG_KEY])
     if Path(run_dir).resolve() in Path(path).resolve().parents:
@@ -102,7 +112,7 @@ def check_resume(path: str | Path, cfg: DictConfig, expected: dict[str, torch.Te
     if diff:
         raise UserError(f"checkpoint {path} does not match the config: {'; '.join(diff)}; resume with the "
                         "checkpoint's settings (its run's config.yaml) or start a new run")
-    return int(ckpt.get("global_step", 0))
+    return ResumePoint(int(ckpt.get("global_step", 0)), int(ckpt.get("epoch", -1)) + 1, dict(ckpt[CONFIG_KEY]))
 
 
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> LoadedModel:

@@ -35,9 +35,18 @@ def is_disk_full(exc: BaseException) -> bool:
 
 
 def disk_full(path: str | os.PathLike) -> DiskFull:
-    """The one-line error for a write to ``path`` that ran out of space."""
-    return DiskFull(f"disk full while writing {path}; nothing was left half-written and the previous checkpoint is "
-                    "intact: free space (or set run_dir to a larger disk) and resume with ckpt_path=last")
+    """The one-line error for a write to ``path`` that ran out of space: resume from the previous checkpoint, or,
+    where the run has none yet (its folder holds no other complete ``.ckpt``), start it again."""
+    path = Path(path)
+    # The run's checkpoints/: the file's own folder, or beside it (a log, results.json), or one level up (logs/).
+    folders = [d for d in (path.parent, path.parent / "checkpoints", path.parent.parent / "checkpoints")
+               if d.name == "checkpoints" and d.is_dir()]
+    earlier = [p for d in folders[:1] for p in d.glob("*.ckpt") if p.is_file() and p.resolve() != path.resolve()]
+    if earlier:
+        return DiskFull(f"disk full while writing {path}; nothing was left half-written and the previous checkpoint "
+                        "is intact: free space (or set run_dir to a larger disk) and resume with ckpt_path=last")
+    return DiskFull(f"disk full while writing {path}; nothing was left half-written, and the run has no checkpoint "
+                    "yet: free space (or set run_dir to a larger disk) and start the run again")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -13,9 +13,10 @@ from collections.abc import Iterator
 # torch logs this at import of torch.utils.cpp_extension (pulled in by torch.compile / Triton) on every CPU-only
 # machine that has a CUDA toolkit folder: nothing is wrong and nothing can be done about it.
 _TORCH_CPP_EXTENSION = "torch.utils.cpp_extension"
-# Lightning advertises its hosted logger on every Trainer with another logger.
+# Lightning advertises its hosted logger on every Trainer with another logger; on Ctrl-C it announces its shutdown,
+# which train.py reports itself in one line (issue 23).
 _LIGHTNING_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
-_LIGHTNING_NOISE = ("💡 Tip: For seamless cloud logging",)
+_LIGHTNING_NOISE = ("💡 Tip: For seamless cloud logging", "\nDetected KeyboardInterrupt")
 # Lightning's own pytree helper calls an API torch deprecated; the fix is Lightning's to make.
 _WARNING_NOISE = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)
 # Lightning's ModelCheckpoint warns when its folder holds files. A resume reads its checkpoint from the run's own

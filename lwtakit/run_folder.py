@@ -2,8 +2,12 @@
 
 A run claims its folder by creating ``.lock`` (exclusively, holding its pid and host); the lock is removed when
 the run ends. A lock left by a process that no longer runs on this host (a killed run) is taken over with a note.
-A folder that already holds files is refused unless the run resumes it (``ckpt_path=last`` or a checkpoint inside
-it) or ``overwrite=true`` asks for a clean start, which first removes the folder's contents. The folder's run has an
+A run folder is a direct child of ``run_dir`` named by a plain ``run_name`` (:func:`run_folder`): no separator, no
+``..``, not absolute, and (followed through links) still inside ``run_dir``, so that no run writes or removes
+anything elsewhere (issue 23). A folder that already holds a run is refused unless the run resumes it
+(``ckpt_path=last`` or a checkpoint inside it) or ``overwrite=true`` asks for a clean start, which first removes the
+folder's contents; ``overwrite`` removes only a folder recognisably a run (its ``run-id`` file), and a folder that
+holds other files is never cleared. The folder's run has an
 id (file ``run-id``), also stored in config.yaml and every checkpoint and used as the W&B run id, so that a resume
 continues the same W&B run and dissect/compare can tell a folder that mixes two runs (:func:`check_same_run`).
 """
@@ -42,19 +46,47 @@ def resumes(ckpt_path: str | None, run_dir: Path) -> bool:
     return bool(ckpt_path) and Path(run_dir).resolve() in Path(ckpt_path).resolve().parents
 
 
+def run_folder(root: Path, run_name: str) -> Path:
+    """``root/run_name``, checked before anything is created: ``run_name`` must be one plain folder name, and the
+    folder (followed through symbolic links) a direct child of ``root``."""
+    name = str(run_name)
+    seps = {os.sep, os.altsep or os.sep, "/"}
+    if name in ("", ".", "..") or any(sep in name for sep in seps) or "\0" in name or Path(name).is_absolute():
+        raise UserError(f"run_name={name!r} is not a plain folder name (no '/', no '..', not absolute, not empty); "
+                        f"a run folder is a direct child of run_dir ({root}): give run_name=NAME and set run_dir "
+                        "for the folder above it")
+    path = Path(root) / name
+    real_root = Path(os.path.realpath(root))
+    if (path.is_symlink() or path.exists()) and Path(os.path.realpath(path)).parent != real_root:
+        raise UserError(f"run folder {path} is a link to {os.path.realpath(path)}, outside run_dir {root}; "
+                        "pick another run_name, or set run_dir to the folder that holds that run")
+    return path
+
+
+def is_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` is recognisably a folder of a train.py run: it holds the run's ``run-id`` file (or the
+    ``wandb-id`` of earlier versions)."""
+    return any((run_dir / name).is_file() and not (run_dir / name).is_symlink()
+               for name in (RUN_ID_NAME, LEGACY_WANDB_ID_NAME))
+
+
 def claim(run_dir: Path, ckpt_path: str | None, overwrite: bool) -> Path:
     """Lock ``run_dir`` for this run and check that the run may write there; returns the lock to :func:`release`.
 
-    With ``overwrite`` the folder's contents are removed (after the lock is held, so a running owner is never
-    touched)."""
+    With ``overwrite`` the contents of a folder that holds a run (:func:`is_run`) are removed (after the lock is
+    held, so a running owner is never touched); a folder with other files is refused, with or without it."""
     if overwrite and resumes(ckpt_path, run_dir):
         raise UserError(f"overwrite=true would delete the checkpoint that ckpt_path={ckpt_path} resumes from; "
                         "drop overwrite=true to resume, or ckpt_path to start clean")
+    if not resumes(ckpt_path, run_dir) and holds_files(run_dir) and not is_run(run_dir):
+        # Not a run (a folder the user made, a project folder): never cleared, and overwrite is no remedy.
+        raise UserError(f"{run_dir} holds files but no run of train.py (no {RUN_ID_NAME} file); nothing there is "
+                        "touched: pick another run_name or run_dir")
     lock = acquire_lock(run_dir)
     try:
         if overwrite:
             _clear(run_dir)
-        elif not resumes(ckpt_path, run_dir) and holds_a_run(run_dir):
+        elif not resumes(ckpt_path, run_dir) and holds_files(run_dir):
             raise UserError(f"run folder {run_dir} already holds a run; resume it with ckpt_path=last, pick another "
                             "run_name, or overwrite=true")
     except BaseException:
@@ -63,7 +95,7 @@ def claim(run_dir: Path, ckpt_path: str | None, overwrite: bool) -> Path:
     return lock
 
 
-def holds_a_run(run_dir: Path) -> bool:
+def holds_files(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds anything besides a lock."""
     return run_dir.is_dir() and any(p.name != LOCK_NAME for p in run_dir.iterdir())
 

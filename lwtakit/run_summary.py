@@ -4,6 +4,7 @@ what to run next, read from its final metrics and its run folder."""
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 from lwtakit.io import read_csv
@@ -74,8 +75,10 @@ def summary_lines(metrics: dict[str, float], run_dir: Path) -> list[str]:
     commands; lines without data are left out."""
     lines = [f"run: {run_dir}"]
     lines += [line for line in (_accuracy(metrics), _active(metrics), _labels(run_dir), _fallback(run_dir)) if line]
+    # Commands are shell-quoted, so that they paste as they are (a run folder with a space, say).
     if any((run_dir / "wandb").glob("offline-run-*")):
-        lines.append(f"W&B (offline): upload with  wandb sync {run_dir}/wandb/offline-run-*")
-    lines.append(f"next: analyze.py dissect --ckpt {run_dir} --out reports/{run_dir.name}   |   "
-                 f"analyze.py compare {run_dir} OTHER_RUN --out reports/compare")
+        lines.append(f"W&B (offline): upload with  wandb sync {shlex.quote(str(run_dir / 'wandb'))}/offline-run-*")
+    run, out = shlex.quote(str(run_dir)), shlex.quote(f"reports/{run_dir.name}")
+    lines.append(f"next: analyze.py dissect --ckpt {run} --out {out}   |   "
+                 f"analyze.py compare {run} OTHER_RUN --out reports/compare")
     return lines

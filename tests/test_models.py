@@ -58,8 +58,14 @@ def test_every_model_builds_and_every_activation_fires_once(name, act):
 def test_resnet_width_multiplier_and_imagenet_stem():
     m = build_model("resnet18", 10, lwta=LWTAOptions(U=4), width=0.25)
     assert [getattr(m, f"layer{i}")[0].conv1.out_channels for i in range(1, 5)] == [16, 32, 64, 128]
-    m = build_model("resnet18", 10, lwta=LWTAOptions(U=4), width=0.1)  # 6.4 -> rounded to a multiple of U
-    assert all(c.out_channels % 4 == 0 for c in m.modules() if isinstance(c, nn.Conv2d))
+    # A U that does not divide every width is refused (rounding the widths would break the dense twin, issue 23).
+    with pytest.raises(UserError, match=r"model.U=4 does not divide the layer widths 6, 13, 26, 51 .*no U > 1"):
+        build_model("resnet18", 10, lwta=LWTAOptions(U=4), width=0.1)
+    with pytest.raises(UserError, match=r"model.U=3 does not divide the layer widths 64, 128, 256, 512 "
+                                        r"\(model.width=1.0\); U in \{2, 4, 8, 16, 32, 64\} divides them all"):
+        build_model("resnet18", 10, lwta=LWTAOptions(U=3), width=1.0)
+    dense = build_model("resnet18", 10, width=0.1, act="relu")  # a dense net has no U: its widths as they come
+    assert dense.layer1[0].conv1.out_channels == 6
     m = build_model("resnet18", 10, width=0.25, stem="imagenet", act="relu")
     assert m.conv1.kernel_size == (7, 7) and isinstance(m.maxpool, nn.MaxPool2d)
     assert m(torch.rand(1, 3, 64, 64)).shape == (1, 10)

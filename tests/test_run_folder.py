@@ -54,6 +54,7 @@ def held_run(tmp_path):
     """A folder as a finished run leaves it (without training one): a config, a checkpoint link, metrics."""
     run = tmp_path / "r"
     (run / "checkpoints").mkdir(parents=True)
+    (run / run_folder.RUN_ID_NAME).write_text("abcd1234\n")  # what marks the folder as a run's (issue 23)
     (run / "config.yaml").write_text("seed: 0\n")
     (run / "checkpoints" / "epoch=7-step=32.ckpt").write_bytes(b"weights")
     (run / "logs").mkdir()

@@ -7,12 +7,13 @@ Differences from torchvision's ResNet that matter here:
 - the activation is built by a factory ``act_layer(width) -> nn.Module`` (timm style), so LWTA
   blocks (DISCOVER, Panousis et al. 2023) replace every ReLU as in the reference ResNet;
 - ``stem="cifar"`` (3x3 conv, stride 1, no max-pool) or ``"imagenet"`` (7x7/2 conv + 3x3/2 max-pool);
-- a width multiplier whose channel counts stay divisible by the LWTA block size U;
+- a width multiplier; the LWTA block size U must divide every channel count it gives (refused otherwise);
 - input normalisation inside the model (buffers ``mean``/``std``): images come in [0, 1].
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -29,6 +30,20 @@ def scaled_channels(base: int, width: float, multiple: int = 1) -> int:
     c = max(1, round(base * width))
     m = max(1, int(multiple))
     return max(m, int(round(c / m)) * m)
+
+
+def check_widths_divisible(width: float, U: int) -> None:
+    """Refuse an LWTA U that does not divide every stage width ``round(64 * 2**i * width)``: rounding the widths to
+    multiples of U (128 -> 129) would build a network other than its dense twin of the same ``width``, without a
+    word (issue 23). The message names the widths and the Us that divide them all."""
+    widths = [max(1, round(64 * 2**i * width)) for i in range(4)]
+    if U <= 1 or all(w % U == 0 for w in widths):
+        return
+    common = math.gcd(*widths)
+    fitting = [str(d) for d in range(2, common + 1) if common % d == 0][:8]
+    choices = f"U in {{{', '.join(fitting)}}} divides them all" if fitting else "no U > 1 divides them all"
+    raise UserError(f"model.U={U} does not divide the layer widths {', '.join(map(str, widths))} (model.width="
+                    f"{width}); {choices}: pick such a U, or a model.width whose widths U divides")
 
 
 class Normalize(nn.Module):
@@ -116,6 +131,7 @@ class ResNet(nn.Module):
                             "(7x7/2 + max-pool)")
         self.normalize = Normalize(*arch.normalization())
         width, in_chans = arch.width, arch.in_chans
+        check_widths_divisible(width, channel_multiple)
         widths = [scaled_channels(64 * 2**i, width, channel_multiple) for i in range(4)]
         c0 = widths[0]
         if arch.stem == "cifar":
