@@ -68,7 +68,7 @@ def test_basic_sweep_runs_every_point_skips_complete_ones_and_resumes_an_interru
     assert os.getcwd() == cwd  # hydra.job.chdir=False: data.root and other relative paths mean what they say
     lines = capsys.readouterr().out.splitlines()
     failed = lines.index("failed points (1): run the same command again to retry them")
-    assert lines[failed + 1].startswith(f"  {first}: run folder") and "already holds a run" in lines[failed + 1]
+    assert lines[failed + 1].startswith(f"  {first}: ") and "holds files but no run of train.py" in lines[failed + 1]
     assert [p.name for p in planted.parent.iterdir()] == ["notes.txt"] and planted.read_text() == "mine"
     assert sum(" trained " in line for line in lines) == len(points) - 1
 
