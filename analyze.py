@@ -519,11 +519,14 @@ def _explain_labels(args, layer: str, run_dir: Path | None):
 
 # ------------------------------------------------------------------------------------------- compare
 def cmd_compare(args) -> Path:
+    from lwtakit.arms_compare import parse_arm
     from lwtakit.compare import CompareOptions, compare
 
+    arms = [parse_arm(a) for a in args.arm or []]
     return compare(args.runs, args.out, CompareOptions(probe_size=args.probe_size, eval_size=args.eval_size,
                                                        seed=args.seed, device=_device(args.device),
-                                                       layers=args.layers))
+                                                       layers=args.layers, arms=arms, reference=args.reference,
+                                                       at_accuracy=args.at_accuracy))
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -631,7 +634,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto", help=DEVICE_HELP)
 
     c = _subcommand(sub, "compare", "put runs (e.g. sparse and dense) side by side; HTML report + CSV")
-    c.add_argument("runs", nargs="+", help="run folders or checkpoints")
+    c.add_argument("runs", nargs="*", help="run folders, checkpoints or sweep folders (folders of run folders); runs "
+                                           "that differ only in their seed form one arm")
+    c.add_argument("--arm", action="append", metavar="NAME=RUN,RUN",
+                   help="an arm named explicitly, its runs comma-separated (repeatable)")
+    c.add_argument("--reference", metavar="ARM", help="arm the differences are taken from (default: the first dense)")
+    c.add_argument("--at-accuracy", type=float, metavar="X",
+                   help="per run, use the training-time dissection of the first epoch whose validation accuracy "
+                        "reaches X for the per-unit table (default: compare's dissection of the final checkpoint)")
     c.add_argument("--probe-size", type=int_at_least(1), default=1000, help="probe images for sparsity and labels")
     c.add_argument("--eval-size", type=int_at_least(1), default=1000,
                    help="test images for accuracy per inference mode")
@@ -641,7 +651,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="layers labelled in every run (default: each run's last stage and classifier); e.g. one "
                         "activation per stage, to see where the planted concepts are found")
     c.add_argument("--device", default="auto", help=DEVICE_HELP)
-    c.add_argument("--out", required=True, help="report folder: report.html, compare.csv")
+    c.add_argument("--out", required=True,
+                   help="report folder: report.html, compare.csv, arms.csv, unit_scores.csv, plots/")
     return p
 
 

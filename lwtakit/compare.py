@@ -10,7 +10,7 @@ completeness of the last activation layer (Dey et al. 2020) and per-image counts
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,6 @@ from lwtakit.analysis import run_history
 from lwtakit.checkpoint import load_run
 from lwtakit.data import probe_subset
 from lwtakit.dissect import ConceptSource, DissectOptions, dissect, record
-from lwtakit.errors import UserError
 from lwtakit.evaluation.options import HeldOutOptions
 from lwtakit.evaluation.verdict import SIGNIFICANT, VERDICT_METRICS
 from lwtakit.lwta import lwta_inference, lwta_layers, mc_predict
@@ -57,13 +56,19 @@ def accuracy_by_mode(model: nn.Module, dataset, modes: list[str], mc_samples: in
 class CompareOptions:
     """How every run of a comparison is measured: ``probe_size`` validation images for sparsity and labels,
     ``eval_size`` test images for accuracy, the ``seed`` of subsets and passes, the ``device``, and the ``layers``
-    labelled in every run (None: each run's last stage and classifier, :func:`lwtakit.models.default_layers`)."""
+    labelled in every run (None: each run's last stage and classifier, :func:`lwtakit.models.default_layers`).
+    Arms (:mod:`lwtakit.arms_compare`): ``arms`` named explicitly as ``(name, runs)``, the ``reference`` arm of the
+    differences (None: the first dense arm) and ``at_accuracy``, the validation accuracy whose first epoch gives
+    each run's per-unit table (None: compare's own dissection of the final checkpoint)."""
 
     probe_size: int = 1000
     eval_size: int = 1000
     seed: int = 0
     device: Any = "cpu"
     layers: list[str] | None = None
+    arms: list[tuple[str, list[str]]] = field(default_factory=list)
+    reference: str | None = None
+    at_accuracy: float | None = None
 
 
 def summarize_run(spec: str, options: CompareOptions, history: list[dict] | None = None):
@@ -115,7 +120,8 @@ def summarize_run(spec: str, options: CompareOptions, history: list[dict] | None
     return RunSummary(name=run_dir.name if run_dir else ckpt.stem, meta=meta, accuracy=accuracy,
                       sparsity={n: float(rec.firing[n].mean()) for n in act_layers}, label_quality=quality,
                       layer_stats=layer_stats, stability=stability, completeness=completeness,
-                      active_counts=active_counts, interpretability=interpretability, unit_values=unit_values)
+                      active_counts=active_counts, interpretability=interpretability, unit_values=unit_values,
+                      labels=table)
 
 
 def _trained(run_dir: Path | None) -> dict[str, str]:
@@ -215,14 +221,18 @@ def training_stability(history: list[dict], layer_stats: dict[str, dict[str, flo
 def compare(specs: list[str], out: str | Path, options: CompareOptions | None = None) -> Path:
     """Summarise every run (as ``options`` say) and write ``out/report.html`` and ``out/compare.csv``; returns the
     report path."""
+    from lwtakit.arms_compare import plan_arms, write_arm_outputs
     from lwtakit.io import staged_dir, write_csv
     from lwtakit.report import compare_report
 
-    if len(specs) < 1:
-        raise UserError("give at least one run folder or checkpoint to compare")
-    histories = [run_history(s) for s in specs]  # every run's labels.csv checked before the long work starts
     options = options or CompareOptions()
+    # arms, sweep folders and histories are checked before the long work starts
+    plan = plan_arms(specs, options.arms, options.reference, options.at_accuracy)
+    specs = [r.spec for a in plan.arms for r in a.runs]
+    histories = [run_history(s) for s in specs]  # every run's labels.csv checked before the long work starts
     summaries = [summarize_run(s, options, h) for s, h in zip(specs, histories, strict=True)]
+    for s, run in zip(summaries, (r for a in plan.arms for r in a.runs), strict=True):
+        s.name = run.name
     rows = []
     for s in summaries:
         for group, values in (("accuracy", s.accuracy), ("sparsity", s.sparsity), ("labels", s.label_quality)):
@@ -234,19 +244,26 @@ def compare(specs: list[str], out: str | Path, options: CompareOptions | None = 
         for layer, metrics in s.interpretability.items():
             rows += [{"run": s.name, "metric": f"interpretability/{layer}/{k}", "value": est, "ci_low": lo,
                       "ci_high": hi} for k, (est, lo, hi) in metrics.items()]
-    found = verdicts(summaries, seed=options.seed)
+    # tests over the units of one network per arm only when every arm is one run; with seeds the seed is the unit
+    found = [] if plan.seeded else verdicts(summaries, seed=options.seed)
     rows += [row for v in found for row in v.records()]
     with staged_dir(out) as stage:
         write_csv(stage / "compare.csv", rows, ["run", "metric", "value", "ci_low", "ci_high"])
         compare_report(stage, summaries, title="Sparse vs dense: " + " vs ".join(s.name for s in summaries),
-                       verdicts=found, how=how_made(options))
+                       verdicts=found, how=how_made(options, plan.seeded))
+        write_arm_outputs(stage, plan, summaries)
     return Path(out) / "report.html"
 
 
-def how_made(options: CompareOptions) -> dict[str, str]:
+def how_made(options: CompareOptions, seeded: bool = False) -> dict[str, str]:
     """The settings every run of a comparison is measured with, in words, for the report's header."""
     probe_size, eval_size, seed = options.probe_size, options.eval_size, options.seed
     passes, split = DissectOptions().passes, HeldOutOptions().fraction
+    verdicts = ("two-sided Mann-Whitney test over units per layer and metric, Holm-adjusted over each pair's tests, "
+                "alpha 0.05")
+    if seeded:
+        verdicts = ("none over units (arms of several seeds: the seed is the unit of analysis); per arm: arms.csv, "
+                    "per unit: unit_scores.csv, for  analyze.py verdict --scores unit_scores.csv")
     return {
         "accuracy": f"each run's test split, {eval_size} images (seeded subset), in every inference mode: LWTA "
                     "sample (one seeded pass), argmax (most likely winners), mc (mean of the run's eval.mc_samples "
@@ -258,7 +275,6 @@ def how_made(options: CompareOptions) -> dict[str, str]:
         "layers": ", ".join(options.layers) + " in every run" if options.layers else
                   "each run's default layers: the activations of its last stage and the classifier (per run below); "
                   "concept coverage counts only these (--layers to label earlier stages too)",
-        "verdicts": "two-sided Mann-Whitney test over units per layer and metric, Holm-adjusted over each pair's "
-                    "tests, alpha 0.05",
+        "verdicts": verdicts,
         "seed": str(seed),
     }

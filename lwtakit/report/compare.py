@@ -45,6 +45,7 @@ class RunSummary:
     # layer -> metric -> (mean, ci_low, ci_high) of the held-out label quality over units, and the per-unit values
     interpretability: dict[str, dict[str, tuple[float, float, float]]] = field(default_factory=dict)
     unit_values: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    labels: Any = None  # the run's held-out LabelTable (lwtakit.labels), for compare's per-unit table
 
 
 @dataclass
