@@ -20,7 +20,7 @@ from lwtakit.labels import LabelRow
 # The cheapest runs that still dissect every epoch with held-out labels: 2 steps per epoch, 2 epochs.
 TINY = ["data.train_size=64", "data.val_size=32", "data.test_size=32", "data.batch_size=32", "model.width=0.0625",
         "trainer.max_epochs=2", "trainer.enable_progress_bar=false", "dissection.probe_size=32",
-        "dissection.top_images=4", "logger=csv", "sparsity.enabled=false", "eval.modes=[argmax]"]
+        "dissection.top_images=4", "logger=csv", "sparsity.enabled=false"]
 SEEDS = (0, 1, 2)
 FAST = ["--probe-size", 32, "--eval-size", 32, "--device", "cpu"]
 
@@ -51,7 +51,8 @@ def arm_table(out):
 
 
 def val_accuracy(run_dir):
-    """{epoch: val accuracy} read here from logs/metrics.csv (dense runs log acc_dense, LWTA runs acc_argmax)."""
+    """{epoch: val accuracy} read here from logs/metrics.csv (dense runs log acc_dense, these LWTA runs acc_argmax
+    and acc_sample: compare reads acc_argmax, the most likely winners, before one sampled pass)."""
     out = {}
     for r in read_rows(run_dir / "logs" / "metrics.csv"):
         key = "val/acc_dense" if r.get("val/acc_dense") else "val/acc_argmax"
