@@ -599,13 +599,16 @@ def _explain_labels(args, layer: str, run_dir: Path | None):
 
 # ------------------------------------------------------------------------------------------- compare
 def cmd_compare(args) -> Path:
+    from lwtakit.arms_compare import parse_arm
     from lwtakit.compare import CompareOptions, compare
 
     _check_layer_names(args.layers)
+    arms = [parse_arm(a) for a in args.arm or []]
     return compare(args.runs, args.out, CompareOptions(probe_size=args.probe_size, eval_size=args.eval_size,
                                                        seed=args.seed, device=_device(args.device),
                                                        layers=args.layers, precision=args.precision,
-                                                       force=args.force))
+                                                       force=args.force, arms=arms, reference=args.reference,
+                                                       at_accuracy=args.at_accuracy))
 
 
 # ------------------------------------------------------------------------------------------- verdict
@@ -749,7 +752,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto", help=DEVICE_HELP)
 
     c = _subcommand(sub, "compare", "put runs (e.g. sparse and dense) side by side; HTML report + CSV")
-    c.add_argument("runs", nargs="+", help="run folders or checkpoints")
+    c.add_argument("runs", nargs="*", help="run folders, checkpoints or sweep folders (folders of run folders); runs "
+                                           "that differ only in their seed form one arm")
+    c.add_argument("--arm", action="append", metavar="NAME=RUN,RUN",
+                   help="an arm named explicitly, its runs comma-separated (repeatable)")
+    c.add_argument("--reference", metavar="ARM", help="arm the differences are taken from (default: the first dense)")
+    c.add_argument("--at-accuracy", type=float, metavar="X",
+                   help="per run, use the training-time dissection of the first epoch whose validation accuracy "
+                        "reaches X for the per-unit table (default: compare's dissection of the final checkpoint)")
     c.add_argument("--probe-size", type=int_at_least(1),
                    help="validation images for sparsity and labels, a seeded subset of each run's own validation "
                         "split; at most its images (default: all of them, up to 1000)")
@@ -766,7 +776,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true",
                    help="compare runs whose data differ (data set, image size, synthetic target or second object): "
                         "the difference becomes the report's first line (default: refuse)")
-    c.add_argument("--out", required=True, help="report folder: report.html, compare.csv")
+    c.add_argument("--out", required=True,
+                   help="report folder: report.html, compare.csv, arms.csv, unit_scores.csv, plots/")
 
     v = _subcommand(sub, "verdict", "seed-level verdict of arms of seeded runs from unit_scores.csv: differences "
                                     "with intervals, tests, equivalence, trend over U")

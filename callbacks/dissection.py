@@ -225,7 +225,8 @@ class DissectionCallback(pl.Callback):
             result = dissect(model, self.probe, layers, self.labelers, self.concepts, options)
         self.done.append(step)
         self.seconds += time.perf_counter() - started
-        if result is None:  # not rank 0: its shard went there
+        if result is None:  # not rank 0: its shard went there (rank 0 sends back the figures it logs)
+            self._publish(trainer, None)
             return []
         rows = result.table.records(epoch=self._epoch(trainer), step=step)
         previous = list(self.history)
@@ -252,10 +253,23 @@ class DissectionCallback(pl.Callback):
         for (layer, method), summary in layer_summaries(rows, previous).items():
             for name, value in summary.items():
                 metrics[f"dissection/{layer}/{method}/{name}"] = value
+        self._publish(trainer, metrics)
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
             if isinstance(logger, WandbLogger):
                 self._log_wandb(logger, rows, result, step)
+
+    @staticmethod
+    def _publish(trainer: pl.Trainer, metrics: dict[str, float] | None) -> None:
+        """Put a dissection's figures (``dissection/<layer>/<method>/<name>``, e.g. ``.../heldout_correlation``)
+        into ``trainer.callback_metrics`` on every rank, so that ``ModelCheckpoint(monitor=...)`` and
+        ``EarlyStopping`` can use them: ModelCheckpoint runs after this callback; an EarlyStopping listed after it
+        sees them at the same validation end. NaN figures (no unit assessed) are left out."""
+        if trainer.world_size > 1:  # rank 0 measured them; every rank's callbacks must see the same values
+            metrics = trainer.strategy.broadcast(metrics, src=0)
+        for name, v in (metrics or {}).items():
+            if v == v:  # not NaN
+                trainer.callback_metrics[name] = torch.tensor(float(v))
 
     def _log_stability(self, trainer: pl.Trainer) -> None:
         rows = self.label_stability()

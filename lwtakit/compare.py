@@ -11,7 +11,7 @@ completeness of the last activation layer (Dey et al. 2020) and per-image counts
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,10 @@ class CompareOptions:
     ``eval_size`` test images for accuracy (None: all of a split, up to 1000), the ``seed`` of subsets and passes,
     the ``device``, the ``layers`` labelled in every run (None: each run's last stage and classifier,
     :func:`lwtakit.models.default_layers`), the float ``precision`` of the networks (:mod:`lwtakit.models.precision`),
-    ``force`` (compare runs on different data) and ``progress``."""
+    ``force`` (compare runs on different data) and ``progress``. Arms (:mod:`lwtakit.arms_compare`): ``arms`` named
+    explicitly as ``(name, runs)``, the ``reference`` arm of the differences (None: the first dense arm) and
+    ``at_accuracy``, the validation accuracy whose first epoch gives each run's per-unit table (None: compare's own
+    dissection of the final checkpoint)."""
 
     probe_size: int | None = None  # None: the whole split, up to lwtakit.analysis.DEFAULT_IMAGES
     eval_size: int | None = None
@@ -70,6 +73,9 @@ class CompareOptions:
     precision: int = 32
     force: bool = False  # compare runs whose data differ (lwtakit.comparable), the report saying so first
     progress: bool = True  # a bar per run and stage on stderr (tqdm: off when stderr is not a terminal)
+    arms: list[tuple[str, list[str]]] = field(default_factory=list)
+    reference: str | None = None
+    at_accuracy: float | None = None
 
 
 def summarize_run(spec: str, options: CompareOptions, history: list[dict] | None = None, stage=lambda _: None):
@@ -127,7 +133,8 @@ def summarize_run(spec: str, options: CompareOptions, history: list[dict] | None
     return RunSummary(name=run_dir.name if run_dir else ckpt.stem, meta=meta, accuracy=accuracy,
                       sparsity={n: float(rec.firing[n].mean()) for n in act_layers}, label_quality=quality,
                       layer_stats=layer_stats, stability=stability, completeness=completeness,
-                      active_counts=active_counts, interpretability=interpretability, unit_values=unit_values)
+                      active_counts=active_counts, interpretability=interpretability, unit_values=unit_values,
+                      labels=table)
 
 
 def _trained(run_dir: Path | None) -> dict[str, str]:
@@ -193,25 +200,6 @@ def interpretability_of(table, seed: int = 0):
     return summary, values
 
 
-def verdicts(summaries, alpha: float = 0.05, seed: int = 0) -> list:
-    """For each pair of runs, each layer both labelled and each of :data:`VERDICT_METRICS` (under its readable
-    name): a :class:`~lwtakit.evaluation.verdict.Verdict` (two-sided Mann-Whitney test over units, bootstrap
-    intervals), every one measured on the held-out images; a pair's verdicts are one family, Holm-adjusted."""
-    from lwtakit.evaluation.verdict import holm_adjust, verdict
-
-    out = []
-    for i, a in enumerate(summaries):
-        for b in summaries[i + 1:]:
-            family = []
-            for layer in [la for la in a.unit_values if la in b.unit_values]:
-                for metric, name in VERDICT_METRICS.items():
-                    if metric in a.unit_values[layer] and metric in b.unit_values[layer]:
-                        family.append(verdict(layer, name, (a.name, a.unit_values[layer][metric]),
-                                              (b.name, b.unit_values[layer][metric]), alpha=alpha, seed=seed))
-            out += holm_adjust(family)
-    return out
-
-
 def training_stability(history: list[dict], layer_stats: dict[str, dict[str, float]]):
     """Label agreement between the run's training-time INVERT dissections per layer (None without any); adds
     each labelled layer's stable fraction and mean settle epoch to ``layer_stats``."""
@@ -227,20 +215,25 @@ def training_stability(history: list[dict], layer_stats: dict[str, dict[str, flo
 def compare(specs: list[str], out: str | Path, options: CompareOptions | None = None) -> Path:
     """Summarise every run (as ``options`` say) and write ``out/report.html`` and ``out/compare.csv``; returns the
     report path. The runs must be comparable (:func:`lwtakit.comparable.check_runs`, before any work)."""
+    from lwtakit.arms_compare import plan_arms, write_arm_outputs
     from lwtakit.comparable import check_runs
     from lwtakit.io import check_output_folder, staged_dir, write_csv
     from lwtakit.report import compare_report
 
-    if len(specs) < 1:
-        raise UserError("give at least one run folder or checkpoint to compare")
     options = options or CompareOptions()
     check_output_folder(out)
+    # arms, sweep folders, comparability and histories are checked before the long work starts
+    plan = plan_arms(specs, options.arms, options.reference, options.at_accuracy)
+    runs = [r for a in plan.arms for r in a.runs]
+    specs = [r.spec for r in runs]
     checked = check_runs(specs, options.force)
     if checked.difference:
         print(checked.difference, file=sys.stderr)
     histories = [run_history(s) for s in specs]  # every run's labels.csv checked before the long work starts
     _check_sizes(specs, options)
     summaries = _summaries(specs, histories, options)
+    for s, run in zip(summaries, runs, strict=True):
+        s.name = run.name
     rows = []
     for s in summaries:
         for group, values in (("accuracy", s.accuracy), ("sparsity", s.sparsity), ("labels", s.label_quality)):
@@ -252,13 +245,35 @@ def compare(specs: list[str], out: str | Path, options: CompareOptions | None = 
         for layer, metrics in s.interpretability.items():
             rows += [{"run": s.name, "metric": f"interpretability/{layer}/{k}", "value": est, "ci_low": lo,
                       "ci_high": hi} for k, (est, lo, hi) in metrics.items()]
-    found = verdicts(summaries, seed=options.seed)
-    rows += [row for v in found for row in v.records()]
     with staged_dir(out) as stage:
         write_csv(stage / "compare.csv", rows, ["run", "metric", "value", "ci_low", "ci_high"])
-        compare_report(stage, summaries, title=checked.title(), verdicts=found, how=how_made(options),
-                       warning=checked.difference)
+        write_arm_outputs(stage, plan, summaries)
+        lines = _seed_verdict(stage, plan, summaries)
+        compare_report(stage, summaries, title=checked.title(), how=how_made(options), warning=checked.difference,
+                       seed_verdict=lines)
     return Path(out) / "report.html"
+
+
+def _seed_verdict(stage: Path, plan, summaries) -> list[str]:
+    """The seed-level verdict (:mod:`lwtakit.evaluation.seeds`) of the arms in ``stage/unit_scores.csv``, written as
+    ``verdict.csv`` / ``verdict.html`` beside the report; returns the lines the report opens with (the primary
+    endpoint's sentences and the notes of arms that have one seed). The units of one network are never the sample:
+    an arm of one run gets its figures and no test."""
+    from lwtakit.arms_compare import primary_layer
+    from lwtakit.evaluation.seeds import SeedVerdictOptions, seed_verdict
+    from lwtakit.evaluation.unit_scores import read_unit_scores
+    from lwtakit.report.verdict import write_verdict_files
+
+    if len(plan.arms) < 2:
+        return []
+    layer = next((p for p in map(primary_layer, summaries) if p), None)
+    options = SeedVerdictOptions(reference=plan.reference, primary=(layer, "heldout_correlation") if layer else None)
+    try:
+        verdict = seed_verdict(read_unit_scores(stage / "unit_scores.csv"), options)
+    except UserError as exc:  # e.g. runs labelled in different layers: the figures stand, the test cannot run
+        return [f"no seed-level verdict: {exc}"]
+    write_verdict_files(verdict, stage, source="unit_scores.csv")
+    return [r.sentence(options.margin) for r in verdict.rows if r.family == "primary"] + verdict.notes
 
 
 def _check_sizes(specs: list[str], options: CompareOptions) -> None:
@@ -303,6 +318,11 @@ def how_made(options: CompareOptions) -> dict[str, str]:
     """The settings every run of a comparison is measured with, in words, for the report's header."""
     seed = options.seed
     passes, split = DissectOptions().passes, HeldOutOptions().fraction
+    verdicts = ("seed-level (verdict.html, verdict.csv): per layer and metric the difference of the arms' means of "
+                "seed means with a 95% Welch interval, Welch's test and TOST equivalence; the primary endpoint "
+                "(held-out correlation of the last labelled activation layer) at alpha 0.05, the rest Holm-corrected "
+                "together. An arm of one run is not tested: its units are not independent samples of its training "
+                "procedure (train more seeds: train.py -m seed=0,1,2,3,4)")
     return {
         "accuracy": f"each run's own test split (its config's data and sizes), {_amount(options.eval_size)}, in "
                     "every inference mode: LWTA sample (one seeded pass), argmax (most likely winners), mc (mean of "
@@ -314,8 +334,7 @@ def how_made(options: CompareOptions) -> dict[str, str]:
         "layers": ", ".join(options.layers) + " in every run" if options.layers else
                   "each run's default layers: the activations of its last stage and the classifier (per run below); "
                   "concept coverage counts only these (--layers to label earlier stages too)",
-        "verdicts": "two-sided Mann-Whitney test over units per layer and metric, Holm-adjusted over each pair's "
-                    "tests, alpha 0.05",
+        "verdicts": verdicts,
         "seed": str(seed),
         "float precision": precision_text(options.precision),
     }

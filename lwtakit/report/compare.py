@@ -45,6 +45,7 @@ class RunSummary:
     # layer -> metric -> (mean, ci_low, ci_high) of the held-out label quality over units, and the per-unit values
     interpretability: dict[str, dict[str, tuple[float, float, float]]] = field(default_factory=dict)
     unit_values: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    labels: Any = None  # the run's held-out LabelTable (lwtakit.labels), for compare's per-unit table
 
 
 @dataclass
@@ -178,7 +179,7 @@ def _plots(runs: Sequence[RunSummary]) -> PendingPlots:
 
 def compare_report(out_dir: str | os.PathLike, runs: Sequence[RunSummary], *, title: str = "Sparse vs dense",
                    verdicts: Sequence[Verdict] = (), how: Mapping[str, Any] | None = None,
-                   warning: str = "") -> Path:
+                   warning: str = "", seed_verdict: Sequence[str] = ()) -> Path:
     """Write ``out_dir/report.html`` comparing runs side by side (plots also in ``out_dir/plots/``).
 
     Sections: a summary (each run's accuracy as evaluated and mean active fraction; the verdicts significant after
@@ -192,7 +193,9 @@ def compare_report(out_dir: str | os.PathLike, runs: Sequence[RunSummary], *, ti
     glossary of every metric (each metric's name also carries it as hover text); bar charts of those (accuracy
     as error rate); label stability over training when histories exist; completeness curves (Dey et al. 2020)
     of every run and layer; histograms of the number of active neurons per image. A ``warning`` (e.g. that the
-    runs' data differ, compared under --force) is the page's first line.
+    runs' data differ, compared under --force) is the page's first line. ``seed_verdict``: the seed-level verdict's
+    opening lines (:func:`lwtakit.compare.compare` writes the verdict itself beside the report), shown in the
+    summary.
     """
     runs = list(runs)
     if not runs:
@@ -213,7 +216,7 @@ def compare_report(out_dir: str | os.PathLike, runs: Sequence[RunSummary], *, ti
                         groups=_metric_groups(runs), verdicts=[v.sentence() for v in verdicts],
                         interpretability=interp, interpretability_note=INTERPRETABILITY_NOTE, how=how or {},
                         summary=_summary(runs), headlines=headlines(verdicts), tests=len(verdicts),
-                        glossary=_glossary(), explain=explain, warning=warning)
+                        glossary=_glossary(), explain=explain, warning=warning, seed_verdict=list(seed_verdict))
 
 
 def _summary(runs: Sequence[RunSummary]) -> list[tuple[str, float | None, float | None]]:

@@ -25,10 +25,17 @@ def _cell(value):
 
 
 def write_verdict(verdict: SeedVerdict, out_dir: str | os.PathLike, source: str = "") -> Path:
-    """Write ``out_dir/verdict.csv`` (one row per :class:`~lwtakit.evaluation.seeds.VerdictRow`) and
-    ``out_dir/verdict.html`` (the primary endpoint's sentences, the one-seed notes, how it was made, the secondary
-    sentences and every row), both rendered first and moved into place together (nothing half-written on
-    failure); returns the page's path."""
+    """Write ``out_dir/verdict.csv`` and ``out_dir/verdict.html`` (:func:`write_verdict_files`), both rendered first
+    and moved into place together (nothing half-written on failure); returns the page's path."""
+    with staged_dir(out_dir) as stage:
+        write_verdict_files(verdict, stage, source)
+    return Path(out_dir) / "verdict.html"
+
+
+def write_verdict_files(verdict: SeedVerdict, folder: Path, source: str = "") -> None:
+    """``folder/verdict.csv`` (one row per :class:`~lwtakit.evaluation.seeds.VerdictRow`) and ``folder/verdict.html``
+    (the primary endpoint's sentences, the one-seed notes, how it was made, the secondary sentences and every row)
+    into a folder being staged (``compare`` writes them beside its report)."""
     records = [{k: _cell(v) for k, v in r.record().items()} for r in verdict.rows]
     margin = verdict.options.margin
     primary = [r.sentence(margin) for r in verdict.rows if r.family == "primary"]
@@ -40,8 +47,6 @@ def write_verdict(verdict: SeedVerdict, out_dir: str | os.PathLike, source: str 
         arms=arms, reference=verdict.options.reference, source=source or "a unit scores table", generated=_now(),
         primary=primary, secondary=secondary, notes=verdict.notes, how=verdict.how(), rows=records,
         columns=COLUMNS, text_columns=TEXT_COLUMNS)
-    with staged_dir(out_dir) as stage:
-        write_csv(stage / "verdict.csv", records, COLUMNS)
-        with open(stage / "verdict.html", "w", encoding="utf-8") as fh:
-            fh.write(page)
-    return Path(out_dir) / "verdict.html"
+    write_csv(folder / "verdict.csv", records, COLUMNS)
+    with open(folder / "verdict.html", "w", encoding="utf-8") as fh:
+        fh.write(page)
