@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["NOT_ARM", "arm_id", "arm_of", "arm_names"]
+__all__ = ["NOT_ARM", "arm_id", "arm_names", "arm_of", "flatten"]
 
 # Keys (dotted) that do not change what is trained: the sample (seed), where and how the run is written and
 # logged, the hardware that ran it, and the analysis the run performs on itself (the dissection callback does not
@@ -46,11 +46,12 @@ def arm_id(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
-def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as ``{dotted.key: value}``."""
     out: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, Mapping):
-            out.update(_flat(value, f"{prefix}{key}."))
+            out.update(flatten(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out
@@ -60,7 +61,7 @@ def arm_names(configs: list[Mapping[str, Any]]) -> list[str]:
     """A readable name for each config's arm: the keys whose values differ between the arms given, as
     ``key=value`` joined by commas (``model.U=2``); a ReLU/GELU network among LWTA ones reads ``dense`` and an LWTA
     one by its U (``model.U=2``). One arm alone, or arms with no differing key, are named by :func:`arm_id`."""
-    flats = [_flat(arm_of(c)) for c in configs]
+    flats = [flatten(arm_of(c)) for c in configs]
     keys = sorted({k for f in flats for k in f if len({json.dumps(g.get(k), default=str) for g in flats}) > 1})
     names = []
     for config, flat in zip(configs, flats, strict=True):

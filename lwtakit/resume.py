@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lwtakit.arm import NOT_ARM
+from lwtakit.arm import NOT_ARM, flatten
 from lwtakit.errors import UserError
 
 GROWS = "trainer.max_epochs"
@@ -27,17 +27,6 @@ IGNORED = ("ckpt_path", "overwrite", "run_id", "arm", "arm_id")
 # May change on a resume, with a note: the run's place, logging, hardware and self-analysis (the arm's exclusions
 # but the seed, which picks the sample a run is).
 NOTED = tuple(k for k in NOT_ARM if k not in IGNORED and k != "seed")
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A nested mapping as ``{dotted.key: value}``."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def _under(key: str, names: tuple[str, ...]) -> bool:

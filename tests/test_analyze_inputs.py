@@ -21,6 +21,7 @@ from lwtakit.checkpoint import CONFIG_KEY, load_model
 from lwtakit.compare import accuracy_by_mode
 from lwtakit.config import load_config
 from lwtakit.io import staged_dir
+from tests.test_analyze import assert_one_line_error, run_cli
 
 # Non-default split sizes (the generator's own are 10,000 / 2,000 / 2,000): what compare and dissect must use.
 VAL, TEST = 96, 80
@@ -35,19 +36,6 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     return {name: train_script.train(load_config(experiment, [f"run_dir={root}", f"run_name={name}", *TINY])).run_dir
             for name, experiment in (("lwta", "default"), ("dense", "default_dense"))}
-
-
-def run_cli(capsys, *argv):
-    code = analyze.main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err.strip().splitlines()
-
-
-def assert_one_line_error(code, err, *fragments):
-    assert code == 2, err
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    for fragment in fragments:
-        assert fragment in err[0], err
 
 
 def nothing_beside(path):
