@@ -321,7 +321,8 @@ def _join_sharded_labelers(model: nn.Module, part, labelers: Sequence[Labeler], 
     sharded = _sharded(labelers, options)
     if not sharded:
         return
-    ctx = Context(model, part, None, concepts, options.device, options.batch_size, collective=options.collective)
+    ctx = Context(model, part, None, concepts, options.device, options.batch_size, collective=options.collective,
+                  passes=_passes(model, options), seed=options.seed)
     for target in options.collective.broadcast_object(None):
         for labeler in sharded:
             if labeler.applies_to(target):
@@ -347,7 +348,13 @@ def _context(model, probe, rec: Recording, concepts: ConceptSource, options: Dis
     if split is not None:
         if concepts.labels is not None:
             concepts = dataclasses.replace(concepts, labels=concepts.labels[split.explain])
-    return Context(model, probe, rec, concepts, options.device, options.batch_size)
+    return Context(model, probe, rec, concepts, options.device, options.batch_size, passes=_passes(model, options),
+                   seed=options.seed)
+
+
+def _passes(model: nn.Module, options: DissectOptions) -> int:
+    """Stochastic passes averaged per batch: ``options.passes`` in mc mode, else 1."""
+    return options.passes if _mode(model, options) == "mc" else 1
 
 
 def _targets(layer: str, rec: Recording, pca, split: ProbeSplit | None) -> list[Target]:

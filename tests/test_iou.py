@@ -99,3 +99,39 @@ def test_bad_layer_and_dataset(probe):
         label_units(nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 2)), probe, "1")
     with pytest.raises(UserError, match="masks"):
         label_units(ColourDetectors(), torch.utils.data.TensorDataset(torch.rand(4, 3, 8, 8)), "pool")
+
+
+class NoisyDetectors(ColourDetectors):
+    """ColourDetectors whose pooled maps get fresh noise every pass: a stochastic network, as LWTA sampling is."""
+
+    def __init__(self):
+        super().__init__()
+        self.noise = nn.Identity()
+
+    def forward(self, x):
+        maps = self.pool(self.act(self.conv(x)))
+        return self.noise(maps + 0.3 * torch.rand_like(maps)).mean(dim=(2, 3))
+
+
+def test_iou_of_a_stochastic_network_in_mc_measures_the_mean_of_its_passes(probe):
+    """With passes P (the mc function) each batch's maps are the mean of P passes drawn from (seed, batch index),
+    as the recording draws them: the thresholds equal the top quantile of maps averaged here by hand; one pass
+    (what IoU measured under mc before) gives other thresholds."""
+    from lwtakit.labelers.run_options import RunOptions
+    from lwtakit.shard import batch_seed
+
+    model, q, bs, passes, seed = NoisyDetectors().eval(), 0.01, 16, 4, 5
+    _, thresholds = iou_matrix(model, probe, "noise", run=RunOptions(batch_size=bs, seed=seed, passes=passes),
+                               quantile=q)
+    _, one_pass = iou_matrix(model, probe, "noise", run=RunOptions(batch_size=bs, seed=seed), quantile=q)
+    means = []
+    with torch.no_grad():
+        for b, start in enumerate(range(0, len(probe), bs)):
+            torch.manual_seed(batch_seed(seed, b))
+            x = torch.stack([probe[i][0] for i in range(start, min(start + bs, len(probe)))])
+            maps = [model.pool(model.act(model.conv(x))) for _ in range(passes)]
+            means.append(sum(m + 0.3 * torch.rand_like(m) for m in maps) / passes)
+    flat = torch.cat(means).transpose(0, 1).reshape(3, -1)
+    m = max(1, round(q * flat.shape[1]))
+    torch.testing.assert_close(thresholds, flat.sort(dim=1, descending=True).values[:, m - 1])
+    assert not torch.allclose(thresholds, one_pass)

@@ -70,6 +70,10 @@ class Context:
     batch_size: int = 128
     image_embeddings: torch.Tensor | None = None  # the probe's CLIP image embeddings when already computed
     collective: Any = None  # lwtakit.shard.Collective: several processes label (sharded labelers)
+    # how the dissected function is computed, for labelers that run the network themselves (IoU): the mean of
+    # `passes` stochastic passes per batch (mc; 1 otherwise), each batch drawing from (seed, batch index)
+    passes: int = 1
+    seed: int = 0
     _clip: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
     def clip_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -49,9 +49,9 @@ def _maps(model, layer: str, images: torch.Tensor, device, directions=None) -> t
     maps = out[layer][-1]
     if maps.dim() != 4:
         raise UserError(f"IoU needs a conv layer with [B, C, H, W] output; {layer!r} gives {tuple(maps.shape)}")
-    maps = maps.float()
+    maps = maps.to(torch.promote_types(maps.dtype, torch.float32))  # float64 stays (--precision 64)
     if directions is not None:  # per-position scores on the directions: [B, k, H, W]
-        mean, V = (t.to(maps.device, torch.float32) for t in directions)
+        mean, V = (t.to(maps.device, maps.dtype) for t in directions)
         maps = torch.einsum("bchw,kc->bkhw", maps - mean.view(1, -1, 1, 1), V)
     return maps
 
@@ -83,7 +83,8 @@ def _check_probe(model: torch.nn.Module, dataset, layer: str) -> None:
 def _probe_maps(model: torch.nn.Module, dataset, layer: str, run: RunOptions, directions, desc: str):
     """``(indices, maps [B, C, h, w])`` per batch of this process's share of the probe set (all of it without
     ``run.collective``, :mod:`lwtakit.shard`), each batch's draws seeded by ``(run.seed, batch index)``, so that both
-    passes, and every process, see the maps of a stochastic model that one process sees."""
+    passes, and every process, see the maps of a stochastic model that one process sees. With ``run.passes`` > 1
+    a batch's maps are the mean of that many passes: the mc function, drawn as the recording draws it."""
     from tqdm.auto import tqdm
 
     device = torch.device(run.device)
@@ -92,7 +93,11 @@ def _probe_maps(model: torch.nn.Module, dataset, layer: str, run: RunOptions, di
     for b in tqdm(list(shard.batches(len(bounds))), desc=desc, disable=not run.progress, leave=False):
         torch.manual_seed(batch_seed(run.seed, b))
         idx = list(range(*bounds[b]))
-        yield idx, _maps(model, layer, _images(dataset, idx), device, directions)
+        images = _images(dataset, idx)
+        maps = _maps(model, layer, images, device, directions)
+        for _ in range(run.passes - 1):
+            maps += _maps(model, layer, images, device, directions)
+        yield idx, maps / run.passes if run.passes > 1 else maps
 
 
 def _threshold_pass(batches, quantile: float, N: int) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
@@ -239,7 +244,8 @@ class IoULabeler(Labeler):
     sharded = True
 
     def label(self, target: Target, ctx: Context) -> list[LabelRow]:
-        run = RunOptions(batch_size=ctx.batch_size, device=ctx.device, collective=ctx.collective)
+        run = RunOptions(batch_size=ctx.batch_size, device=ctx.device, collective=ctx.collective, seed=ctx.seed,
+                         passes=ctx.passes)
         dicts = label_units(ctx.model, ctx.probe, target.layer, list(ctx.probe.concept_names), self.config, run,
                             directions=target.directions)
         return rows_from_dicts(dicts, target, self.name)

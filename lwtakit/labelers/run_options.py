@@ -18,3 +18,4 @@ class RunOptions:
     seed: int = 0
     progress: bool = False
     collective: Any = None  # a lwtakit.shard.Collective: the processes share the passes, rank 0 gets the result
+    passes: int = 1  # stochastic forward passes averaged per batch (the mc function of an LWTA network)
