@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import OmegaConf
 
 from lightning_modules.classifier import network_of
-from lwtakit.dissect import ConceptSource, DissectionResult, DissectOptions, dissect
+from lwtakit.dissect import ConceptSource, DissectionResult, DissectOptions, check_labelers, dissect
 from lwtakit.drift import agreement, dissection_key, stability
 from lwtakit.io import append_csv, atomic_write, write_csv
 from lwtakit.labelers.base import create_labelers
@@ -134,6 +134,7 @@ class DissectionCallback(pl.Callback):
         settings.methods = choice.methods
         if choice.clip is not None:
             concepts = dataclasses.replace(concepts, clip=choice.clip, clip_concepts=clip_concepts)
+        check_labelers(create_labelers(settings.methods, settings), concepts, probe)  # before the first step
         callback = cls(probe, concepts, settings, run_dir=run_dir, seed=seed)
         callback.choice = {"methods_requested": requested, "methods_used": choice.methods,
                            "clip": f"{settings.clip.model} pretrained={settings.clip.pretrained}"

@@ -343,12 +343,26 @@ def validate(cfg: DictConfig) -> None:
         if OmegaConf.select(cfg, key) < 1:
             raise UserError(f"config key '{key}' must be >= 1, got {OmegaConf.select(cfg, key)}")
     _validate_numbers(cfg)
+    _validate_methods(cfg)
     budget = cfg.dissection.memory_budget_gb
     if budget is not None and not (math.isfinite(budget) and budget >= 0):
         raise UserError(f"config key 'dissection.memory_budget_gb' must be a number of GiB >= 0 or null, got {budget}")
     if cfg.dissection.probe_size < max(2, cfg.dissection.top_images):
         raise UserError(f"config key 'dissection.probe_size' ({cfg.dissection.probe_size}) must be >= 2 and >= "
                         f"dissection.top_images ({cfg.dissection.top_images})")
+
+
+def _validate_methods(cfg: DictConfig) -> None:
+    """Every ``dissection.methods`` entry is a registered labeler that the training callback can feed, checked
+    before a run folder exists (it used to fail at the first epoch's end)."""
+    if not cfg.dissection.enabled:
+        return
+    from lwtakit.labelers.base import CAPTIONER, create_labelers
+
+    for labeler in create_labelers(list(cfg.dissection.methods)):
+        if CAPTIONER in labeler.needs:
+            raise UserError(f"config key 'dissection.methods' has {labeler.name!r}, but training runs no captioning "
+                            "model; caption a trained run with: analyze.py dissect --ckpt RUN --methods captions")
 
 
 def _validate_numbers(cfg: DictConfig) -> None:

@@ -133,3 +133,16 @@ def test_invert_reference_settings_reach_the_labeler():
     config = create_labelers(["invert"], cfg.dissection)[0].config
     assert config.alternative == "two-sided" and not config.parsimony
     assert load_config("default").dissection.invert.alternative == "greater"
+
+
+@pytest.mark.parametrize("method, fragment", [("captions", "training runs no captioning model"),
+                                              ("foo", "unknown dissection method 'foo'")])
+def test_a_dissection_method_training_cannot_run_fails_before_any_run_folder(tmp_path, capsys, method, fragment):
+    """Checked with the config, before a run folder exists (captions used to fail at the first epoch's end, an
+    unknown method after the run folder was made)."""
+    import train as train_script
+
+    code = train_script.main([f"dissection.methods=[{method}]", f"run_dir={tmp_path / 'runs'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and fragment in err[0], err
+    assert not (tmp_path / "runs").exists()
