@@ -79,7 +79,9 @@ class _LayerHook:
         self.name, self.module, self.reduce, self.tokens, self.extras = name, module, reduce, tokens, extras
         # With extras (record_activations) pieces stay on the device until flush() after the forward pass:
         # a .cpu() inside the hook would stall an accelerator mid-forward once per layer.
-        self.cpu = (lambda t: t.float()) if extras else (lambda t: t.float().cpu())
+        # Pieces keep the network's dtype until flush(): a float64 network's passes are averaged in float64 and
+        # rounded to float32 once (exact IEEE rounding, the same on any machine; --precision 64).
+        self.cpu = (lambda t: t) if extras else (lambda t: t.float().cpu())
         self.outputs: list[torch.Tensor] = []   # reduced (or raw for reduce="none") per batch
         self.maxes: list[torch.Tensor] = []      # spatial max per batch (extras, conv only)
         self.per_image: list[torch.Tensor] = []  # [B, C] fraction of each image's positions where a unit fires
@@ -116,7 +118,8 @@ class _LayerHook:
             mask = active_mask(module, out).float()
             self.per_image.append(mask.mean(dim=positions) if positions else mask)
         if self.pending is not None:  # conv maps whole (moments over positions), other outputs as recorded
-            self.pending.append(out.float() if out.dim() == 4 else self.outputs[-1])
+            wide = out.to(torch.promote_types(out.dtype, torch.float32))  # float64 stays (--precision 64)
+            self.pending.append(wide if out.dim() == 4 else self.outputs[-1])
 
     def flush(self, passes: int = 1) -> None:
         """Move the pieces of a batch's forward passes to the CPU; with ``passes`` > 1 they are the same batch's
@@ -127,7 +130,7 @@ class _LayerHook:
                 pieces.clear()
                 pieces.append(mean)
             for i in range(len(pieces)):
-                pieces[i] = pieces[i].cpu()
+                pieces[i] = pieces[i].float().cpu()
         if self.pending:
             x = torch.stack(self.pending).mean(0) if len(self.pending) > 1 else self.pending[0]
             self.pending.clear()

@@ -204,7 +204,9 @@ def _wpmi(A: Tensor, P: ConceptActivations, K: int, member: Tensor | None, cfg: 
     chunk = chunks.concepts
     C = A.shape[1]
     dt = P.dtype
-    top_idx = torch.topk(A, K, dim=0).indices.T.contiguous()  # [C, K], most activating first
+    # [C, K], most activating first; a stable sort puts tied images in index order on every machine (topk leaves
+    # their order to the kernel, and a tie's order moves p_r between the images)
+    top_idx = torch.sort(A, dim=0, descending=True, stable=True).indices[:K].T.contiguous()
     if member is not None:
         # 1 + p_r (S - 1) + min_prob = p_r S + (1 - p_r + min_prob)
         scale = member.to(dt).view(1, K, 1)
