@@ -30,8 +30,12 @@ class RunCheck:
     difference: str = ""
 
     def title(self) -> str:
-        """The report's title: what the runs are, then their names ("LWTA U=2 vs dense: a vs b")."""
-        return " vs ".join(self.kinds) + ": " + " vs ".join(self.names)
+        """The report's title: what the runs are, then their names ("LWTA U=2 vs dense: a vs b"); with several runs
+        of a kind (arms of seeds), each kind once and the number of runs."""
+        kinds = list(dict.fromkeys(self.kinds))
+        if len(kinds) == len(self.kinds):
+            return " vs ".join(self.kinds) + ": " + " vs ".join(self.names)
+        return " vs ".join(f"{k} ({self.kinds.count(k)} runs)" for k in kinds)
 
 
 def run_kind(cfg) -> str:
@@ -53,16 +57,17 @@ def data_settings(cfg) -> dict[str, str]:
     return out
 
 
-def check_runs(specs: list[str], force: bool = False) -> RunCheck:
+def check_runs(specs: list[str], force: bool = False, names: list[str] | None = None) -> RunCheck:
     """Read every run's config (:func:`lwtakit.checkpoint.resolve_run`, then the checkpoint's stored config) and
     check, before any work: no run is given twice, the runs' names differ (the report and CSV tell them apart by
-    name), and their data agree (:func:`data_settings`). A disagreement is a :class:`UserError` naming it, or with
-    ``force`` the :attr:`RunCheck.difference` the report starts with."""
+    name; ``names``: the ones the caller gives them, default their folders'), and their data agree
+    (:func:`data_settings`). A disagreement is a :class:`UserError` naming it, or with ``force`` the
+    :attr:`RunCheck.difference` the report starts with."""
     from lwtakit import config as config_lib
     from lwtakit.checkpoint import CONFIG_KEY, read_checkpoint, resolve_run
 
     seen: dict[Path, str] = {}
-    names, cfgs = [], []
+    folders, cfgs = [], []
     for spec in specs:
         run_dir, ckpt = resolve_run(spec, say=False)
         if ckpt.resolve() in seen:
@@ -70,8 +75,10 @@ def check_runs(specs: list[str], force: bool = False) -> RunCheck:
                             "with itself shows nothing: give distinct runs")
         seen[ckpt.resolve()] = spec
         in_run = ckpt.resolve().parent.name == "checkpoints"
-        names.append(run_dir.resolve().name if run_dir else ckpt.resolve().parent.parent.name if in_run else ckpt.stem)
+        folders.append(run_dir.resolve().name if run_dir else ckpt.resolve().parent.parent.name if in_run else
+                       ckpt.stem)
         cfgs.append(config_lib.from_dict(read_checkpoint(ckpt)[CONFIG_KEY]))
+    names = names or folders
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise UserError(f"two runs are named {twice[0]!r}; the report tells runs apart by their folder names, so "

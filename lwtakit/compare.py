@@ -226,7 +226,7 @@ def compare(specs: list[str], out: str | Path, options: CompareOptions | None = 
     plan = plan_arms(specs, options.arms, options.reference, options.at_accuracy)
     runs = [r for a in plan.arms for r in a.runs]
     specs = [r.spec for r in runs]
-    checked = check_runs(specs, options.force)
+    checked = check_runs(specs, options.force, [r.name for r in runs])
     if checked.difference:
         print(checked.difference, file=sys.stderr)
     histories = [run_history(s) for s in specs]  # every run's labels.csv checked before the long work starts

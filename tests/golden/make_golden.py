@@ -10,7 +10,11 @@ from DIR (a `run_dir` holding both runs); without it the committed ones are used
 Re-record only when a change is *meant* to change what a user sees, and say so in the commit: the point of the
 goldens is that a refactor leaves every label, score and report figure exactly as it was. History: recorded at
 37cbab8 (before the labeler redesign, which left them unchanged); dissect and compare re-recorded when LWTA
-networks came to be dissected in mc mode with held-out assessment by default (issue 8).
+networks came to be dissected in mc mode with held-out assessment by default (issue 8). Issue 22 made them hold on
+any CPU: dissect and compare run with --precision 64, label reads float64 arrays (cases.py says why); recorded
+again in the same stop for each run's own splits (issue 23: the subsets are now drawn from the run's 1,000
+validation / test images, not 2,000), the held-out metrics of issue 20 (new label columns, one-perturbation sanity
+tests) and IoU measuring the mc function (issue 21).
 """
 
 from __future__ import annotations
