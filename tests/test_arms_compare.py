@@ -79,7 +79,8 @@ def test_arms_found_from_configs_in_sweep_folders(sweep, tmp_path, capsys):
         assert float(row["mean"]) == pytest.approx(np.mean(own), abs=1e-12)
         assert float(row["sd"]) == pytest.approx(np.std(own, ddof=1), abs=1e-12)
     scores = read_rows(out / "unit_scores.csv")
-    assert list(scores[0]) == ["arm", "seed", "run", "layer", "unit", "metric", "value"]
+    assert list(scores[0]) == ["arm", "seed", "run", "layer", "unit", "metric", "value", "u"]
+    assert {(r["arm"], r["u"]) for r in scores} == {("model.U=2", "2"), ("dense", "1")}
     # equal folder names in two sweeps are told apart by their sweep
     assert {(r["arm"], r["seed"], r["run"]) for r in scores} == {
         (a, str(s), f"{f}/s{s}") for a, f in (("model.U=2", "lwta"), ("dense", "dense")) for s in SEEDS}
@@ -97,9 +98,18 @@ def test_arms_found_from_configs_in_sweep_folders(sweep, tmp_path, capsys):
         assert float(table[(arm, f"{layer}/heldout_correlation")]["mean"]) == pytest.approx(np.mean(means))
     for name in ("metric_vs_U", "difference_by_layer", "metric_vs_accuracy"):
         assert (out / "plots" / f"{name}.png").stat().st_size > 5000, name
-    # with seeds there is no test over the units of single networks
+    # no test over the units of single networks; the seed-level verdict beside the report, its primary endpoint
+    # the held-out correlation of the last LWTA layer: the difference of the arms' means of seed means
     assert not any(r["metric"].startswith("verdict") for r in read_rows(out / "compare.csv"))
-    assert "none over units" in (out / "report.html").read_text()
+    verdict = read_rows(out / "verdict.csv")
+    primary = [r for r in verdict if r["family"] == "primary"]
+    assert [(r["arm"], r["reference"], r["layer"], r["metric"], r["n_seeds"]) for r in primary] == [
+        ("model.U=2", "dense", layer, "heldout_correlation", "3/3")]
+    arm_mean = {a: np.mean([np.mean(v) for (b, _), v in per_run.items() if b == a]) for a in ("model.U=2", "dense")}
+    assert float(primary[0]["difference"]) == pytest.approx(arm_mean["model.U=2"] - arm_mean["dense"], abs=1e-9)
+    assert float(primary[0]["ci_low"]) <= float(primary[0]["difference"]) <= float(primary[0]["ci_high"])
+    html = (out / "report.html").read_text()
+    assert "Seed-level verdict" in html and 'href="verdict.html"' in html and (out / "verdict.html").exists()
 
 
 @pytest.mark.slow  # 6 tiny trainings (session fixture) and a compare over them
