@@ -17,6 +17,7 @@ whose children are run folders) stands for its runs. Per arm, :func:`write_arm_o
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,8 @@ def resolve_arms(specs: list[str], named: list[tuple[str, list[str]]]) -> list[A
 
 
 def _check_unique(arms: list[Arm]) -> None:
+    from lwtakit.checkpoint import resolve_run
+
     seen_arms: set[str] = set()
     seen: dict[Path, str] = {}
     for arm in arms:
@@ -140,11 +143,11 @@ def _check_unique(arms: list[Arm]) -> None:
             raise UserError(f"two arms are named {arm.name!r}; give each --arm its own name")
         seen_arms.add(arm.name)
         for run in arm.runs:
-            key = Path(run.spec).resolve()
+            key = Path(os.path.realpath(resolve_run(run.spec, say=False)[1]))  # a folder and its checkpoint: one run
             if key in seen:
-                raise UserError(f"run {run.spec} is given twice (arms {seen[key]!r} and {arm.name!r}); give each "
-                                "run once")
-            seen[key] = arm.name
+                raise UserError(f"{run.spec} is the run {seen[key]} again; a run compared with itself shows "
+                                "nothing: give distinct runs")
+            seen[key] = run.spec
     names = [r.name for a in arms for r in a.runs]
     for arm in arms:  # equal folder names in two sweeps: name the runs by parent/name to keep them apart
         for run in arm.runs:

@@ -117,5 +117,6 @@ def test_a_probe_of_class_labels_gets_the_sanity_table(probe):
     opts = DissectOptions(mode="argmax", progress=False, heldout=HeldOutOptions(fraction=0.5, seed=1))
     result = dissect(LWTANet().eval(), classes, ["act"], ["invert"], concepts, opts)
     heldout = heldout_evaluation(result, concepts, DissectRequest(layers=["act"], labelers=[], options=opts))
-    assert [row.metric for row in heldout.sanity] == list(METRICS)
+    # NeuronEval's metrics, then the verdict's frequency-matched kappa (lwtakit/evaluation/unit_metrics.py)
+    assert [row.metric for row in heldout.sanity] == [*METRICS, "heldout_kappa_matched"]
     assert all(0 <= row.missing_decrease <= 1 and 0 <= row.extra_decrease <= 1 for row in heldout.sanity)
