@@ -49,7 +49,7 @@ def _maps(model, layer: str, images: torch.Tensor, device, directions=None) -> t
     maps = out[layer][-1]
     if maps.dim() != 4:
         raise UserError(f"IoU needs a conv layer with [B, C, H, W] output; {layer!r} gives {tuple(maps.shape)}")
-    maps = maps.to(torch.promote_types(maps.dtype, torch.float32))  # float64 stays (--precision 64)
+    maps = maps.to(torch.promote_types(maps.dtype, torch.float32))  # float64 until rounded in _probe_maps
     if directions is not None:  # per-position scores on the directions: [B, k, H, W]
         mean, V = (t.to(maps.device, maps.dtype) for t in directions)
         maps = torch.einsum("bchw,kc->bkhw", maps - mean.view(1, -1, 1, 1), V)
@@ -97,7 +97,9 @@ def _probe_maps(model: torch.nn.Module, dataset, layer: str, run: RunOptions, di
         maps = _maps(model, layer, images, device, directions)
         for _ in range(run.passes - 1):
             maps += _maps(model, layer, images, device, directions)
-        yield idx, maps / run.passes if run.passes > 1 else maps
+        # thresholds and pixels are compared in float32, rounded once from the network's dtype: under
+        # --precision 64 a pixel within float64 rounding of its threshold would otherwise differ between CPUs
+        yield idx, (maps / run.passes if run.passes > 1 else maps).float()
 
 
 def _threshold_pass(batches, quantile: float, N: int) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
