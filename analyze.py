@@ -606,7 +606,8 @@ def cmd_compare(args) -> Path:
     arms = [parse_arm(a) for a in args.arm or []]
     return compare(args.runs, args.out, CompareOptions(probe_size=args.probe_size, eval_size=args.eval_size,
                                                        seed=args.seed, device=_device(args.device),
-                                                       layers=args.layers, precision=args.precision,
+                                                       layers=args.layers, passes=args.passes,
+                                                       precision=args.precision,
                                                        force=args.force, arms=arms, reference=args.reference,
                                                        at_accuracy=args.at_accuracy))
 
@@ -620,13 +621,22 @@ def _primary(text: str) -> tuple[str, str]:
     return layer, metric
 
 
+def _names(text: str) -> tuple[str, ...]:
+    """A comma-separated list of names (``--metrics``), none empty."""
+    names = tuple(n.strip() for n in text.split(","))
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"give names separated by commas, got {text!r}")
+    return names
+
+
 def cmd_verdict(args) -> Path:
     from lwtakit.evaluation.seeds import SeedVerdictOptions, seed_verdict
     from lwtakit.evaluation.unit_scores import read_unit_scores
     from lwtakit.report.verdict import write_verdict
 
     options = SeedVerdictOptions(reference=args.reference, margin=args.margin, alpha=args.alpha_level,
-                                 primary=args.primary, n_resamples=args.resamples, seed=args.seed)
+                                 primary=args.primary, metrics=args.metrics, n_resamples=args.resamples,
+                                 seed=args.seed)
     result = seed_verdict(read_unit_scores(args.scores), options)
     for line in [r.sentence(options.margin) for r in result.rows if r.family == "primary"] + result.notes:
         print(line)
@@ -771,13 +781,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--layers", nargs="+", metavar="LAYER",
                    help="layers labelled in every run (default: each run's last stage and classifier); e.g. one "
                         "activation per stage, to see where the planted concepts are found")
+    c.add_argument("--passes", type=_passes, default=4,
+                   help="mc passes an LWTA network is dissected with (labels, sparsity, split-half reliability; "
+                        "the report says how many would reach reliability 0.95; default %(default)s)")
     c.add_argument("--device", default="auto", help=DEVICE_HELP)
     _add_precision_flag(c)
     c.add_argument("--force", action="store_true",
                    help="compare runs whose data differ (data set, image size, synthetic target or second object): "
                         "the difference becomes the report's first line (default: refuse)")
     c.add_argument("--out", required=True,
-                   help="report folder: report.html, compare.csv, arms.csv, unit_scores.csv, plots/")
+                   help="report folder: report.html, compare.csv, arms.csv, unit_scores.csv, sanity.csv, "
+                        "verdict.csv, verdict.html, plots/")
 
     v = _subcommand(sub, "verdict", "seed-level verdict of arms of seeded runs from unit_scores.csv: differences "
                                     "with intervals, tests, equivalence, trend over U")
@@ -786,7 +800,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--margin", type=float, default=0.05, help="equivalence margin (TOST), in the metric's units")
     v.add_argument("--alpha-level", type=float, default=0.05, help="significance level of every test")
     v.add_argument("--primary", type=_primary, metavar="LAYER:METRIC",
-                   help="pre-declared primary endpoint (default: heldout_correlation of the last layer that has it)")
+                   help="pre-declared primary endpoint (default: heldout_correlation_disattenuated of the last layer "
+                        "that has it, else heldout_correlation)")
+    v.add_argument("--metrics", type=_names, metavar="M,M", help="the metrics tested besides the primary endpoint's "
+                   "(default: every metric of the table; compare tests the verdict metrics that pass the sanity tests)")
     v.add_argument("--resamples", type=int_at_least(1), default=9999, help="permutations of the trend test over U")
     v.add_argument("--seed", type=int, default=0, help="seed of the trend test's permutations")
     v.add_argument("--out", required=True, help="folder: verdict.csv and verdict.html")

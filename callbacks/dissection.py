@@ -17,6 +17,15 @@ from omegaconf import OmegaConf
 from lightning_modules.classifier import network_of
 from lwtakit.dissect import ConceptSource, DissectionResult, DissectOptions, check_labelers, dissect
 from lwtakit.drift import agreement, dissection_key, stability
+from lwtakit.evaluation.unit_metrics import (
+    CONCEPTS,
+    CORRELATION_DISATTENUATED,
+    DEAD,
+    F1_MATCHED,
+    KAPPA_MATCHED,
+    LABEL_FREQUENCY,
+    RELIABILITY,
+)
 from lwtakit.io import append_csv, atomic_write, write_csv
 from lwtakit.labelers.base import create_labelers
 from lwtakit.labels import LabelRow, LabelTable
@@ -26,6 +35,7 @@ from lwtakit.shard import Collective
 HISTORY_COLUMNS = ("epoch", "step", "layer", "unit", "method", "mode", "label", "score", "firing_rate", "auc",
                    "p_value", "length", "top5")  # + the held-out columns of the configured metrics
 HELDOUT_COLUMNS = ("heldout_p", "concepts")
+VERDICT_COLUMNS = (F1_MATCHED, KAPPA_MATCHED, CONCEPTS, LABEL_FREQUENCY, DEAD)
 STABILITY_COLUMNS = ("layer", "method", "dissections", "stable_fraction", "mean_settle_epoch")
 
 
@@ -81,10 +91,13 @@ class DissectionCallback(pl.Callback):
         heldout = s.heldout if s.heldout.enabled else None
         budget = None if s.memory_budget_gb is None else int(s.memory_budget_gb * 2**30)
         self.options = DissectOptions(batch_size=s.batch_size, topk=s.top_images, progress=False, mode=s.mode,
-                                      passes=s.passes, heldout=heldout, seed=seed, memory_budget=budget)
+                                      passes=s.passes, heldout=heldout, seed=seed, memory_budget=budget,
+                                      reliability=s.reliability and heldout is not None)
         self.columns = list(HISTORY_COLUMNS)
-        if heldout is not None:
-            self.columns += [f"heldout_{m}" for m in heldout.metrics] + list(HELDOUT_COLUMNS)
+        if heldout is not None:  # the per-unit metrics a seed-level verdict reads (compare --at-accuracy)
+            self.columns += [f"heldout_{m}" for m in heldout.metrics] + list(HELDOUT_COLUMNS) + list(VERDICT_COLUMNS)
+            if self.options.reliability:
+                self.columns += [RELIABILITY, CORRELATION_DISATTENUATED]
         self.history: list[dict] = []  # labels.csv rows of every dissection so far (plain values: checkpointable)
         self.done: list[int] = []  # global steps already dissected
         self._last_epoch_end: tuple[int, int] | None = None

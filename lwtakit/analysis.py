@@ -9,6 +9,7 @@ its training-time dissections; ``labels.csv`` and ``report.html`` are staged and
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,21 +199,29 @@ def heldout_evaluation(result: DissectionResult, concepts: ConceptSource, reques
     if result.split is None:
         return None
     means = {key: s.heldout for key, s in result.table.summaries().items() if s.heldout}
-    sanity = _sanity(result, concepts, request) if concepts.has_labels else []
+    sanity = ()
+    if concepts.has_labels:
+        from lwtakit.evaluation.sanity import SanityConfig
+
+        config = SanityConfig(seed=request.seed, alpha=request.options.heldout.alpha)
+        sanity = label_sanity(result, concepts, request.layers, config)
     return HeldOut(split=_split_text(result, len(result.split.explain) + len(result.split.evaluate)), means=means,
                    sanity=sanity)
 
 
-def _sanity(result: DissectionResult, concepts: ConceptSource, request: DissectRequest):
-    """NeuronEval's tests on the evaluation part, every labelled layer's INVERT units side by side."""
+def label_sanity(result: DissectionResult, concepts: ConceptSource, layers: Sequence[str], config) -> tuple:
+    """NeuronEval's sanity tests (:mod:`lwtakit.evaluation.sanity`, ``config`` a
+    :class:`~lwtakit.evaluation.sanity.SanityConfig`) on the evaluation part of a held-out dissection, every
+    labelled layer's INVERT units side by side, each with its own label: the rows of ``config.metrics`` and of the
+    verdict's matched kappa; ``()`` when no unit has a label of the probe's concepts."""
     from lwtakit.evaluation.heldout import label_vectors_for
-    from lwtakit.evaluation.sanity import SanityConfig, sanity_check, scorer_row
+    from lwtakit.evaluation.sanity import sanity_check, scorer_row
     from lwtakit.evaluation.unit_metrics import KAPPA_MATCHED, matched_sanity_scorer
 
     resolved = concepts.resolved(result.recording)
     concepts_eval = torch.as_tensor(result.split.parts(resolved.labels)[1])
     acts, vectors = [], []
-    for layer in request.layers:
+    for layer in layers:
         rows = result.table.select(layer, "invert").rows
         if not rows:
             continue
@@ -220,9 +229,8 @@ def _sanity(result: DissectionResult, concepts: ConceptSource, request: DissectR
         acts.append(result.split.parts(result.recording.acts[layer])[1][:, [r.unit for r in rows]][:, labelled])
         vectors.append(v[:, labelled])
     if not acts:
-        return []
+        return ()
     acts, vectors = torch.cat(acts, 1), torch.cat(vectors, 1)
-    config = SanityConfig(seed=request.seed, alpha=request.options.heldout.alpha)
     rows = sanity_check(acts, concepts_eval, config, units=range(acts.shape[1]), label_vectors=vectors).rows
     # the verdict's label metric is no NeuronEval metric: the same tests, its threshold fixed by the original label
     return (*rows, scorer_row(KAPPA_MATCHED, matched_sanity_scorer(), (-1.0, 1.0), acts, vectors, config))

@@ -130,3 +130,36 @@ def metric_vs_accuracy(curves: Mapping[str, Mapping[str, Sequence[tuple[float, f
     _note(fig, f"{how}; one line per seed, one point per training-time dissection (labels.csv), x its epoch's "
                "validation accuracy (logs/metrics.csv)")
     return fig
+
+
+def reliability_by_layer(points: Mapping[str, Mapping[str, Sequence[float]]], target: float, how: str) -> Figure:
+    """Per layer, each arm's split-half reliability of the recorded activations (``points[arm][layer]``: one value
+    per seed, the median over the run's live units), every seed a point, the arm mean with its 95% t-interval; a
+    line at ``target``. A dense network's halves agree (1); an LWTA network's mean of passes carries sampling noise."""
+    layers = list(dict.fromkeys(la for per_layer in points.values() for la in per_layer))
+    if not layers:
+        return _empty("no reliability measured")
+    fig, (ax,) = _new_figure(1, panel=(max(4.6, 1.4 + 1.0 * len(layers)), 3.4))
+    palette = matplotlib.colormaps["tab10"]
+    width = 0.8 / max(1, len(points))
+    for i, (arm, per_layer) in enumerate(points.items()):
+        for j, layer in enumerate(layers):
+            values = per_layer.get(layer, [])
+            if not values:
+                continue
+            x = j - 0.4 + width * (i + 0.5)
+            ax.scatter(np.full(len(values), x) - 0.04, values, s=12, color=palette(i % 10), alpha=0.6)
+            mean, lo, hi = t_interval(values)
+            err = None if np.isnan(lo) else [[mean - lo], [hi - mean]]
+            ax.errorbar([x + 0.04], [mean], yerr=err, fmt="o", color=palette(i % 10), capsize=3,
+                        label=arm if j == 0 else None)
+    ax.axhline(target, color="0.5", linewidth=0.8, linestyle="--")
+    ax.set_xticks(range(len(layers)), [_short(la, 18) for la in layers], fontsize=7)
+    ax.set_ylabel("split-half reliability (median unit)", fontsize=8)
+    ax.tick_params(axis="y", labelsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title("How much of each recorded activation repeats between passes", fontsize=9)
+    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    _note(fig, f"{how}; two recordings of the probe set with half the passes each from independent seeds, Pearson "
+               f"r per unit over the evaluation images, Spearman-Brown to the full passes; dashed: {target:g}")
+    return fig

@@ -29,6 +29,7 @@ from lwtakit.labels import HELDOUT_KEYS, LabelRow, value
 
 UNIT_COLUMNS = ("arm", "seed", "run", "layer", "unit", "metric", "value", "u")
 ARM_COLUMNS = ("arm", "metric", "mean", "sd", "n")
+SANITY_COLUMNS = ("arm", "run", "metric", "missing_decrease", "extra_decrease", "passes")
 PRIMARY_METRIC = "heldout_correlation"  # the pre-declared primary endpoint (issue 20): with the last LWTA layer
 
 
@@ -162,9 +163,15 @@ def is_dead(row: LabelRow) -> bool:
 
 
 def heldout_keys(row: LabelRow) -> list[str]:
-    """The held-out metrics a row carries (``heldout_<metric>``, ``concepts``, and ``heldout_significant`` where
-    it was assessed), as :meth:`lwtakit.labels.LabelTable.summaries` averages them."""
-    keys = [k for k in row.extra if k in HELDOUT_KEYS or (k.startswith("heldout_") and k != "heldout_p")]
+    """The per-unit metrics a row carries: the held-out label metrics (``heldout_<metric>``, ``concepts`` and
+    ``heldout_significant`` where it was assessed, as :meth:`lwtakit.labels.LabelTable.summaries` averages them)
+    and the verdict's per-unit values (:data:`~lwtakit.evaluation.unit_metrics.UNIT_METRICS`: concepts per unit
+    stepwise, the label's frequency, the unit's split-half reliability), ``dead`` aside (dead units are counted
+    by ``dead_fraction``)."""
+    from lwtakit.evaluation.unit_metrics import DEAD, UNIT_METRICS
+
+    keys = [k for k in row.extra if k in HELDOUT_KEYS or (k.startswith("heldout_") and k != "heldout_p")
+            or (k in UNIT_METRICS and k != DEAD)]
     return keys + (["heldout_significant"] if "concepts" in row.extra else [])
 
 
@@ -286,10 +293,11 @@ def arm_rows(arm: str, figures: list[dict[str, float]]) -> list[dict]:
     return rows
 
 
-def write_arm_outputs(stage: Path, plan: ArmPlan, summaries: list) -> None:
-    """Write ``arms.csv``, ``unit_scores.csv`` and the arm plots into ``stage`` (``summaries``: one per run, in the
-    plan's run order). The per-unit table comes from compare's own dissection of each run, or with
-    ``--at-accuracy`` from the run's training-time dissection at its matched epoch."""
+def write_arm_outputs(stage: Path, plan: ArmPlan, summaries: list, passes: int) -> ArmOutputs:
+    """Write ``arms.csv``, ``unit_scores.csv`` and ``sanity.csv`` into ``stage`` (``summaries``: one per run, in the
+    plan's run order; ``passes``: the mc passes of compare's dissection) and return the arm plots for the report.
+    The per-unit table comes from compare's own dissection of each run, or with ``--at-accuracy`` from the run's
+    training-time dissection at its matched epoch."""
     from lwtakit.io import write_csv
 
     runs = [r for a in plan.arms for r in a.runs]
@@ -305,33 +313,123 @@ def write_arm_outputs(stage: Path, plan: ArmPlan, summaries: list) -> None:
     write_csv(stage / "arms.csv", [row for a in plan.arms for row in arm_rows(a.name, [figures[id(r)]
                                                                                       for r in a.runs])],
               ARM_COLUMNS)
+    write_csv(stage / "sanity.csv", [{"arm": arm_of_run[id(r)].name, "run": r.name, **row.__dict__}
+                                     for r, s in zip(runs, summaries, strict=True) for row in s.sanity],
+              SANITY_COLUMNS)
     layer = next((p for p in map(primary_layer, summaries) if p), None)
-    _write_plots(stage / "plots", plan, {id(r): run_means(scores[id(r)]) for r in runs}, layer)
+    reliability = reliability_medians(plan, scores)
+    return ArmOutputs(_plots(plan, scores, layer, passes, reliability), reliability)
 
 
-def _write_plots(folder: Path, plan: ArmPlan, means: dict[int, dict], layer: str | None) -> None:
-    from lwtakit.arm_plots import difference_by_layer, metric_vs_accuracy, metric_vs_u, welch_interval
+def reliability_medians(plan: ArmPlan, scores: dict[int, list[dict]]) -> dict[str, dict[str, list[float]]]:
+    """``arm -> layer -> [per run: the median split-half reliability of its live units]`` (layers where it was
+    measured)."""
+    from lwtakit.evaluation.unit_metrics import RELIABILITY
+
+    out: dict[str, dict[str, list[float]]] = {}
+    for arm in plan.arms:
+        for run in arm.runs:
+            per_layer: dict[str, list[float]] = {}
+            for s in scores[id(run)]:
+                if s["metric"] == RELIABILITY:
+                    per_layer.setdefault(s["layer"], []).append(float(s["value"]))
+            for layer, values in per_layer.items():
+                out.setdefault(arm.name, {}).setdefault(layer, []).append(float(np.median(values)))
+    return out
+
+
+def reliability_lines(reliability: dict[str, dict[str, list[float]]], passes: int, target: float = 0.95,
+                      ) -> list[str]:
+    """One line per arm whose recorded activations are noisy (median reliability below ``target`` in some layer at
+    ``passes`` passes, averaged over its runs): the lowest layer and the passes that would reach the target
+    (Spearman-Brown, :func:`~lwtakit.evaluation.reliability.passes_for_reliability`)."""
+    from lwtakit.evaluation.reliability import passes_for_reliability
+
+    lines = []
+    for arm, per_layer in reliability.items():
+        layer, rel = min(((la, float(np.mean(v))) for la, v in per_layer.items()), key=lambda x: x[1])
+        if rel >= target:
+            continue
+        need = (f"about {passes_for_reliability(rel, passes, target)} passes reach {target:g} (compare --passes)"
+                if rel > 0 else "no number of passes helps (no signal repeats between passes)")
+        lines.append(f"{arm}: median split-half reliability {rel:.3g} in {layer} at {passes} mc passes; {need}; "
+                     "the verdict's disattenuated correlation corrects for it")
+    return lines
+
+
+@dataclass
+class ArmOutputs:
+    """What :func:`write_arm_outputs` hands the report: the arm plots and the per-run median reliabilities."""
+
+    figures: list
+    reliability: dict[str, dict[str, list[float]]]
+
+
+@dataclass
+class ArmFigure:
+    """One arm plot for the report: ``plots/<name>.png``, drawn by ``make``, with its ``alt`` text and caption."""
+
+    name: str
+    make: Any
+    alt: str
+    caption: str
+
+
+def shown_metric(means: list[dict]) -> str:
+    """The metric the arm plots show: the verdict's default primary metric that every run has (the disattenuated
+    held-out correlation where compare measured reliability, else the recorded one)."""
+    from lwtakit.evaluation.seeds import DEFAULT_PRIMARY_METRICS
+
+    have = [{metric for _, metric in m} for m in means]
+    return next((m for m in DEFAULT_PRIMARY_METRICS if all(m in h for h in have)), PRIMARY_METRIC)
+
+
+def _plots(plan: ArmPlan, scores: dict[int, list[dict]], layer: str | None, passes: int,
+           rel: dict[str, dict[str, list[float]]]) -> list[ArmFigure]:
+    from lwtakit.arm_plots import (
+        difference_by_layer,
+        metric_vs_accuracy,
+        metric_vs_u,
+        reliability_by_layer,
+        welch_interval,
+    )
     from lwtakit.matched import accuracy_curve
-    from lwtakit.plots import save_png
 
+    means = {k: run_means(v) for k, v in scores.items()}
+    metric = shown_metric(list(means.values()))
     source = (f"each run's training-time dissection at its first epoch with validation accuracy >= "
               f"{plan.at_accuracy:g}" if plan.at_accuracy is not None else "compare's dissection of each run")
-    how = f"held-out INVERT {PRIMARY_METRIC}, {source}"
+    how = f"held-out INVERT {metric}, {source}"
 
-    def seeds(arm: Arm, la: str) -> list[float]:
-        return [means[id(r)][(la, PRIMARY_METRIC)] for r in arm.runs if (la, PRIMARY_METRIC) in means[id(r)]]
+    def seeds(arm: Arm, la: str, m: str = metric) -> list[float]:
+        return [means[id(r)][(la, m)] for r in arm.runs if (la, m) in means[id(r)]]
 
+    out = []
     if layer is not None:
         points = {a.name: (a.u, seeds(a, layer)) for a in plan.arms if seeds(a, layer)}
-        save_png(metric_vs_u(points, f"{PRIMARY_METRIC} of {layer}", how), folder / "metric_vs_U.png")
+        out.append(ArmFigure("metric_vs_U", lambda: metric_vs_u(points, f"{metric} of {layer}", how),
+                             "metric against U", f"The primary endpoint ({metric} of {layer}) against U (dense = "
+                             "U=1): every seed a small dot (the mean over its live units), each arm's mean over "
+                             "seeds with its 95% t-interval."))
     ref = next(a for a in plan.arms if a.name == plan.reference)
-    layers = list(dict.fromkeys(la for m in means.values() for (la, metric) in m if metric == PRIMARY_METRIC))
+    layers = list(dict.fromkeys(la for m in means.values() for (la, me) in m if me == metric))
     diffs = {la: {a.name: welch_interval(seeds(a, la), seeds(ref, la)) for a in plan.arms
                   if a is not ref and seeds(a, la) and seeds(ref, la)} for la in layers}
-    save_png(difference_by_layer(diffs, plan.reference, PRIMARY_METRIC, how), folder / "difference_by_layer.png")
+    out.append(ArmFigure("difference_by_layer", lambda: difference_by_layer(diffs, plan.reference, metric, how),
+                         "difference by layer", f"Each arm minus {plan.reference} in {metric}, per layer: the "
+                         "difference of the arms' means over seeds with its Welch 95% interval."))
+    if rel:
+        out.append(ArmFigure("reliability", lambda: reliability_by_layer(
+            rel, 0.95, f"compare's recording, {passes} mc passes (LWTA)"), "split-half reliability",
+            f"Split-half reliability of the recorded activations per layer and arm ({passes} mc passes for an LWTA "
+            "network; a dense network is deterministic): below 1 the stochastic network's labels are scored against "
+            "noisy activations, which the disattenuated correlation corrects for."))
     if plan.histories and layer is not None:
         curves = {a.name: {r.name: [(acc, v) for _, acc, v in accuracy_curve(plan.histories[r.spec], layer,
                                                                              PRIMARY_METRIC)]
                            for r in a.runs if r.spec in plan.histories} for a in plan.arms}
-        save_png(metric_vs_accuracy(curves, f"{PRIMARY_METRIC} of {layer}", "held-out INVERT labels of the "
-                                    "run's own dissection callback"), folder / "metric_vs_accuracy.png")
+        out.append(ArmFigure("metric_vs_accuracy", lambda: metric_vs_accuracy(
+            curves, f"{PRIMARY_METRIC} of {layer}", "held-out INVERT labels of the run's own dissection callback"),
+            "metric against accuracy", f"{PRIMARY_METRIC} of {layer} against validation accuracy over training, "
+            "from each run's training-time dissections: a line per seed, a colour per arm."))
+    return out

@@ -22,6 +22,7 @@ from lwtakit.analysis import describe_images, run_history, take_images
 from lwtakit.checkpoint import load_run
 from lwtakit.dissect import ConceptSource, DissectOptions, dissect, record
 from lwtakit.errors import UserError
+from lwtakit.evaluation.metrics import METRICS
 from lwtakit.evaluation.options import HeldOutOptions
 from lwtakit.evaluation.verdict import SIGNIFICANT, VERDICT_METRICS
 from lwtakit.lwta import lwta_inference, lwta_layers, mc_predict
@@ -59,7 +60,9 @@ class CompareOptions:
     """How every run of a comparison is measured: ``probe_size`` validation images for sparsity and labels,
     ``eval_size`` test images for accuracy (None: all of a split, up to 1000), the ``seed`` of subsets and passes,
     the ``device``, the ``layers`` labelled in every run (None: each run's last stage and classifier,
-    :func:`lwtakit.models.default_layers`), the float ``precision`` of the networks (:mod:`lwtakit.models.precision`),
+    :func:`lwtakit.models.default_layers`), the mc ``passes`` an LWTA network is dissected with (labels, sparsity and
+    the split-half reliability that corrects its correlations), the float ``precision`` of the networks
+    (:mod:`lwtakit.models.precision`),
     ``force`` (compare runs on different data) and ``progress``. Arms (:mod:`lwtakit.arms_compare`): ``arms`` named
     explicitly as ``(name, runs)``, the ``reference`` arm of the differences (None: the first dense arm) and
     ``at_accuracy``, the validation accuracy whose first epoch gives each run's per-unit table (None: compare's own
@@ -70,6 +73,7 @@ class CompareOptions:
     seed: int = 0
     device: Any = "cpu"
     layers: list[str] | None = None
+    passes: int = DissectOptions.passes
     precision: int = 32
     force: bool = False  # compare runs whose data differ (lwtakit.comparable), the report saying so first
     progress: bool = True  # a bar per run and stage on stderr (tqdm: off when stderr is not a terminal)
@@ -106,12 +110,11 @@ def summarize_run(spec: str, options: CompareOptions, history: list[dict] | None
 
     stage("activations and labels")
     act_layers = activation_layers(model)
-    # the network as it is evaluated (mc: the mean of seeded stochastic passes); labels held out
-    opts = DissectOptions(batch_size=256, device=device, progress=False, heldout=HeldOutOptions(seed=seed), seed=seed)
-    concepts = ConceptSource.from_dataset(probe)
+    opts, concepts = _dissect_options(options), ConceptSource.from_dataset(probe)
     with fork_rng(seed):  # sparsity and completeness need every activation layer, the labels only `labelled`
         rec = record(model, probe, list(dict.fromkeys(act_layers + labelled)), opts, moments=True)
-        table = dissect(model, probe, labelled, ["invert"], concepts, opts, recording=rec).table
+        result = dissect(model, probe, labelled, ["invert"], concepts, opts, recording=rec)
+    table = result.table
     quality, layer_stats = label_quality(table, loaded.class_names, probe)
     stage("IoU labels and completeness")
     if hasattr(probe, "concept_masks"):  # per-pixel concept masks (the synthetic data): NetDissect's count too
@@ -134,7 +137,31 @@ def summarize_run(spec: str, options: CompareOptions, history: list[dict] | None
                       sparsity={n: float(rec.firing[n].mean()) for n in act_layers}, label_quality=quality,
                       layer_stats=layer_stats, stability=stability, completeness=completeness,
                       active_counts=active_counts, interpretability=interpretability, unit_values=unit_values,
-                      labels=table)
+                      labels=table, sanity=_sanity(result, concepts, labelled, seed))
+
+
+def _dissect_options(options: CompareOptions) -> DissectOptions:
+    """How compare dissects every run: the network as it is evaluated (mc: the mean of ``options.passes`` seeded
+    stochastic passes), labels held out, and the split-half reliability of the passes that corrects the
+    correlations for the noise only a stochastic network has."""
+    return DissectOptions(batch_size=256, device=options.device, progress=False,
+                          heldout=HeldOutOptions(seed=options.seed), seed=options.seed, passes=options.passes,
+                          reliability=True)
+
+
+def _sanity(result, concepts: ConceptSource, layers: list[str], seed: int) -> tuple:
+    """NeuronEval's sanity tests (one perturbation per unit) of the label metrics the seed-level verdict may test,
+    on this run's held-out images with each unit's label (:data:`~lwtakit.evaluation.unit_metrics.SANITY_TESTED_AS`);
+    a metric enters the verdict only if it passes on every run of every arm."""
+    from lwtakit.analysis import label_sanity
+    from lwtakit.evaluation.sanity import SanityConfig
+    from lwtakit.evaluation.unit_metrics import SANITY_TESTED_AS
+
+    if not concepts.has_labels:
+        return ()
+    metrics = tuple(sorted({m for m in SANITY_TESTED_AS.values() if m} & set(METRICS)))
+    return label_sanity(result, concepts, layers, SanityConfig(metrics=metrics, seed=seed,
+                                                               alpha=HeldOutOptions().alpha))
 
 
 def _trained(run_dir: Path | None) -> dict[str, str]:
@@ -215,7 +242,7 @@ def training_stability(history: list[dict], layer_stats: dict[str, dict[str, flo
 def compare(specs: list[str], out: str | Path, options: CompareOptions | None = None) -> Path:
     """Summarise every run (as ``options`` say) and write ``out/report.html`` and ``out/compare.csv``; returns the
     report path. The runs must be comparable (:func:`lwtakit.comparable.check_runs`, before any work)."""
-    from lwtakit.arms_compare import plan_arms, write_arm_outputs
+    from lwtakit.arms_compare import plan_arms, reliability_lines, write_arm_outputs
     from lwtakit.comparable import check_runs
     from lwtakit.io import check_output_folder, staged_dir, write_csv
     from lwtakit.report import compare_report
@@ -247,33 +274,75 @@ def compare(specs: list[str], out: str | Path, options: CompareOptions | None = 
                       "ci_high": hi} for k, (est, lo, hi) in metrics.items()]
     with staged_dir(out) as stage:
         write_csv(stage / "compare.csv", rows, ["run", "metric", "value", "ci_low", "ci_high"])
-        write_arm_outputs(stage, plan, summaries)
-        lines = _seed_verdict(stage, plan, summaries)
+        arms = write_arm_outputs(stage, plan, summaries, options.passes)
+        lines = _seed_verdict(stage, plan, summaries) + reliability_lines(arms.reliability, options.passes)
         compare_report(stage, summaries, title=checked.title(), how=how_made(options), warning=checked.difference,
-                       seed_verdict=lines)
+                       seed_verdict=lines, arm_figures=arms.figures)
     return Path(out) / "report.html"
 
 
 def _seed_verdict(stage: Path, plan, summaries) -> list[str]:
     """The seed-level verdict (:mod:`lwtakit.evaluation.seeds`) of the arms in ``stage/unit_scores.csv``, written as
     ``verdict.csv`` / ``verdict.html`` beside the report; returns the lines the report opens with (the primary
-    endpoint's sentences and the notes of arms that have one seed). The units of one network are never the sample:
-    an arm of one run gets its figures and no test."""
+    endpoint's sentences, the metrics the sanity tests dropped and the notes of arms that have one seed). It tests
+    :data:`~lwtakit.evaluation.unit_metrics.VERDICT_METRICS` and ``dead_fraction``, each label metric only if it
+    passes NeuronEval's sanity tests on every arm (:func:`sanity_gate`). The units of one network are never the
+    sample: an arm of one run gets its figures and no test."""
     from lwtakit.arms_compare import primary_layer
-    from lwtakit.evaluation.seeds import SeedVerdictOptions, seed_verdict
+    from lwtakit.evaluation.seeds import DEFAULT_PRIMARY_METRICS, SeedVerdictOptions, seed_verdict
+    from lwtakit.evaluation.unit_metrics import VERDICT_METRICS
     from lwtakit.evaluation.unit_scores import read_unit_scores
     from lwtakit.report.verdict import write_verdict_files
 
     if len(plan.arms) < 2:
         return []
+    scores = read_unit_scores(stage / "unit_scores.csv")
+    primary_metric = next((m for m in DEFAULT_PRIMARY_METRICS if m in scores.metric), None)
     layer = next((p for p in map(primary_layer, summaries) if p), None)
-    options = SeedVerdictOptions(reference=plan.reference, primary=(layer, "heldout_correlation") if layer else None)
+    candidates = [m for m in dict.fromkeys((primary_metric, *VERDICT_METRICS)) if m in scores.metric]
+    kept, dropped = sanity_gate(plan, summaries, candidates)
+    if primary_metric not in kept:
+        why = dropped.get(primary_metric, f"no run has {primary_metric}")
+        return [f"no seed-level verdict: the primary endpoint's metric fails the sanity tests ({why})"]
+    options = SeedVerdictOptions(reference=plan.reference, primary=(layer, primary_metric) if layer else None,
+                                 metrics=(*kept, "dead_fraction"))
     try:
-        verdict = seed_verdict(read_unit_scores(stage / "unit_scores.csv"), options)
+        verdict = seed_verdict(scores, options)
     except UserError as exc:  # e.g. runs labelled in different layers: the figures stand, the test cannot run
         return [f"no seed-level verdict: {exc}"]
+    notes = [f"left out of the verdict, fails NeuronEval's sanity tests: {line}" for line in dropped.values()]
+    verdict = replace(verdict, notes=verdict.notes + notes)
     write_verdict_files(verdict, stage, source="unit_scores.csv")
     return [r.sentence(options.margin) for r in verdict.rows if r.family == "primary"] + verdict.notes
+
+
+def sanity_gate(plan, summaries, metrics: list[str]) -> tuple[list[str], dict[str, str]]:
+    """``(kept, dropped)``: which of ``metrics`` (verdict metrics) may enter the verdict. Each label metric's sanity
+    test (:data:`~lwtakit.evaluation.unit_metrics.SANITY_TESTED_AS`: NeuronEval's missing- and extra-labels tests,
+    one perturbation per unit, each run's units with their own labels) is taken per arm: the shares of units whose
+    score decreased, averaged over the arm's runs (runs of one arm have the same units), must reach the pass share
+    (90%) in both tests; the metric enters only if it passes on every arm
+    (:func:`~lwtakit.evaluation.sanity.metrics_passing_every_arm`). A metric that scores no label (concepts per
+    unit) has no such test and is kept. ``dropped`` maps a metric to the line saying why."""
+    from lwtakit.evaluation.sanity import SanityConfig, SanityRow, metrics_passing_every_arm
+    from lwtakit.evaluation.unit_metrics import SANITY_TESTED_AS
+
+    share = SanityConfig().pass_share
+    tested = {m: SANITY_TESTED_AS[m] for m in metrics if SANITY_TESTED_AS.get(m)}
+    summary_of = {id(r): s for r, s in zip((r for a in plan.arms for r in a.runs), summaries, strict=True)}
+    per_arm = {}
+    for arm in plan.arms:
+        rows = [{r.metric: r for r in summary_of[id(run)].sanity} for run in arm.runs]
+        per_arm[arm.name] = []
+        for name in dict.fromkeys(tested.values()):
+            if all(name in r for r in rows):
+                missing = float(np.mean([r[name].missing_decrease for r in rows]))
+                extra = float(np.mean([r[name].extra_decrease for r in rows]))
+                per_arm[arm.name].append(SanityRow(name, missing, extra, min(missing, extra) >= share))
+    passing, why = metrics_passing_every_arm(per_arm, list(dict.fromkeys(tested.values())))
+    kept = [m for m in metrics if m not in tested or tested[m] in passing]
+    dropped = {m: f"{m} (tested as {why[tested[m]]})" for m in metrics if m in tested and tested[m] in why}
+    return kept, dropped
 
 
 def _check_sizes(specs: list[str], options: CompareOptions) -> None:
@@ -316,19 +385,23 @@ def _summaries(specs: list[str], histories: list, options: CompareOptions) -> li
 
 def how_made(options: CompareOptions) -> dict[str, str]:
     """The settings every run of a comparison is measured with, in words, for the report's header."""
-    seed = options.seed
-    passes, split = DissectOptions().passes, HeldOutOptions().fraction
+    seed, passes = options.seed, options.passes
+    split = HeldOutOptions().fraction
     verdicts = ("seed-level (verdict.html, verdict.csv): per layer and metric the difference of the arms' means of "
                 "seed means with a 95% Welch interval, Welch's test and TOST equivalence; the primary endpoint "
-                "(held-out correlation of the last labelled activation layer) at alpha 0.05, the rest Holm-corrected "
-                "together. An arm of one run is not tested: its units are not independent samples of its training "
-                "procedure (train more seeds: train.py -m seed=0,1,2,3,4)")
+                "(held-out correlation corrected for the mc noise, of the last labelled activation layer) at alpha "
+                "0.05; matched kappa, disattenuated correlation, concepts per unit (stepwise) and the dead fraction "
+                "Holm-corrected together, a label metric only if NeuronEval's sanity tests (one perturbation per "
+                "unit) pass on every run of every arm (sanity.csv). An arm of one run is not tested: its units are "
+                "not independent samples of its training procedure (train more seeds: train.py -m seed=0,1,2,3,4)")
     return {
         "accuracy": f"each run's own test split (its config's data and sizes), {_amount(options.eval_size)}, in "
                     "every inference mode: LWTA sample (one seeded pass), argmax (most likely winners), mc (mean of "
                     "the run's eval.mc_samples passes); a dense run in its one function (images per run below)",
         "LWTA mode of labels and sparsity": f"mc: the mean of {passes} seeded stochastic passes (the function the "
-                                            "network is evaluated as); dense runs as they are",
+                                            "network is evaluated as; --passes); dense runs as they are; every "
+                                            "unit's split-half reliability from two recordings of half the passes "
+                                            "each (plots/reliability.png)",
         "probe set": f"each run's own validation split, {_amount(options.probe_size)} (images per run below)",
         "labels": f"INVERT, chosen on {split:.0%} of the probe set and scored on the rest (held-out, seeded split)",
         "layers": ", ".join(options.layers) + " in every run" if options.layers else

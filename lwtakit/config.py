@@ -165,6 +165,9 @@ class DissectionConfig:
     mode: str = "mc"  # LWTA network dissected as: mc (mean of `passes` seeded samples) | sample | argmax
     passes: int = 4
     heldout: HeldOutOptions = field(default_factory=HeldOutOptions)  # labels chosen on one part, scored on the rest
+    # also record two halves of the passes (one more recording): each unit's split-half reliability and its held-out
+    # correlation corrected for the mc noise (labels.csv: reliability, heldout_correlation_disattenuated)
+    reliability: bool = False
     # Settings of each built-in labeler (lwtakit/labelers/configs.py), e.g. dissection.invert.max_length=3.
     invert: InvertConfig = field(default_factory=InvertConfig)
     clip_dissect: ClipDissectConfig = field(default_factory=ClipDissectConfig)

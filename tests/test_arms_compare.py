@@ -97,19 +97,41 @@ def test_arms_found_from_configs_in_sweep_folders(sweep, tmp_path, capsys):
     for arm in ("model.U=2", "dense"):
         means = [np.mean(v) for (a, _), v in per_run.items() if a == arm]
         assert float(table[(arm, f"{layer}/heldout_correlation")]["mean"]) == pytest.approx(np.mean(means))
-    for name in ("metric_vs_U", "difference_by_layer", "metric_vs_accuracy"):
+    for name in ("metric_vs_U", "difference_by_layer", "metric_vs_accuracy", "reliability"):
         assert (out / "plots" / f"{name}.png").stat().st_size > 5000, name
-    # no test over the units of single networks; the seed-level verdict beside the report, its primary endpoint
-    # the held-out correlation of the last LWTA layer: the difference of the arms' means of seed means
+    # the split-half reliability of every live unit: a dense network's two halves agree exactly
+    rel = [float(r["value"]) for r in scores if r["metric"] == "reliability" and r["arm"] == "dense"]
+    assert rel and all(v == pytest.approx(1.0, abs=1e-9) for v in rel)
+    # no test over the units of single networks (compare.csv); the sanity tests of the verdict's label metrics on
+    # every run (sanity.csv), gated per arm: the shares of units that decreased, averaged over the arm's runs
     assert not any(r["metric"].startswith("verdict") for r in read_rows(out / "compare.csv"))
+    sanity = read_rows(out / "sanity.csv")
+    assert {(r["run"], r["metric"]) for r in sanity} == {(f"{f}/s{s}", m) for f in ("lwta", "dense") for s in SEEDS
+                                                         for m in ("correlation", "heldout_kappa_matched")}
+    passing = {m for m in ("correlation", "heldout_kappa_matched")
+               if all(min(np.mean([float(r[k]) for r in sanity if r["arm"] == a and r["metric"] == m])
+                          for k in ("missing_decrease", "extra_decrease")) >= 0.9 for a in ("model.U=2", "dense"))}
+    metric = "heldout_correlation_disattenuated"
+    html = (out / "report.html").read_text()
+    if "correlation" not in passing:  # these barely trained nets' labels may explain little: no primary endpoint
+        assert not (out / "verdict.csv").exists()
+        assert "no seed-level verdict: the primary endpoint&#x27;s metric fails the sanity tests" in html
+        return
+    # the seed-level verdict beside the report, its primary endpoint the held-out correlation corrected for mc
+    # noise of the last LWTA layer: the difference of the arms' means of seed means, from unit_scores.csv here
     verdict = read_rows(out / "verdict.csv")
     primary = [r for r in verdict if r["family"] == "primary"]
     assert [(r["arm"], r["reference"], r["layer"], r["metric"], r["n_seeds"]) for r in primary] == [
-        ("model.U=2", "dense", layer, "heldout_correlation", "3/3")]
-    arm_mean = {a: np.mean([np.mean(v) for (b, _), v in per_run.items() if b == a]) for a in ("model.U=2", "dense")}
+        ("model.U=2", "dense", layer, metric, "3/3")]
+    runs = {}
+    for r in scores:
+        if r["layer"] == layer and r["metric"] == metric:
+            runs.setdefault((r["arm"], r["run"]), []).append(float(r["value"]))
+    arm_mean = {a: np.mean([np.mean(v) for (b, _), v in runs.items() if b == a]) for a in ("model.U=2", "dense")}
     assert float(primary[0]["difference"]) == pytest.approx(arm_mean["model.U=2"] - arm_mean["dense"], abs=1e-9)
     assert float(primary[0]["ci_low"]) <= float(primary[0]["difference"]) <= float(primary[0]["ci_high"])
-    html = (out / "report.html").read_text()
+    expected = {"concepts_stepwise", "dead_fraction", metric} | {"heldout_kappa_matched"} & passing
+    assert {r["metric"] for r in verdict if r["family"] == "secondary"} == expected
     assert "Seed-level verdict" in html and 'href="verdict.html"' in html and (out / "verdict.html").exists()
 
 
@@ -265,3 +287,74 @@ def test_matched_epoch_is_the_first_reaching_the_accuracy(tmp_path):
     assert [(r.unit, float(r.extra["heldout_correlation"])) for r in block] == [(0, 1.0), (1, 1.1)]
     with pytest.raises(UserError, match=r"run r0 never reaches validation accuracy 0.8 .*best 0.7 at epoch 2"):
         plan_arms([str(r) for r in runs], [], at_accuracy=0.8)
+
+
+# ------------------------------------------------------------------------------- the sanity gate of the verdict
+def _gate_setup(tmp_path, kappa_shares):
+    """Two arms x 3 seeds of planted per-unit scores (U=2 higher by 0.2 in the primary endpoint) and sanity rows
+    whose matched-kappa shares on the U=2 arm's runs are ``kappa_shares``; correlation passes everywhere."""
+    from lwtakit.arms_compare import UNIT_COLUMNS, Arm, ArmPlan, ArmRun
+    from lwtakit.evaluation.sanity import SanityRow
+    from lwtakit.io import write_csv
+    from lwtakit.report import RunSummary
+
+    rng = np.random.default_rng(0)
+    arms, summaries, rows = [], [], []
+    for name, u, shift in (("dense", 1, 0.0), ("U=2", 2, 0.2)):
+        runs = [ArmRun(f"{name}/s{s}", f"{name}/s{s}", s, {}, None) for s in SEEDS]
+        arms.append(Arm(name, runs))
+        for run in runs:
+            seed_effect = rng.normal(0, 0.02)
+            for layer in ("l1", "l2"):
+                rows.append({"arm": name, "seed": run.seed, "run": run.name, "layer": layer, "unit": "",
+                             "metric": "dead_fraction", "value": 0.1, "u": u})
+                for unit in range(8):
+                    for metric, base in (("heldout_correlation_disattenuated", 0.5 + shift), ("heldout_f1", 0.3),
+                                         ("heldout_kappa_matched", 0.4), ("concepts_stepwise", 2.0)):
+                        rows.append({"arm": name, "seed": run.seed, "run": run.name, "layer": layer, "unit": unit,
+                                     "metric": metric, "value": base + seed_effect + rng.normal(0, 0.05), "u": u})
+            k = kappa_shares[run.seed] if name == "U=2" else 0.97
+            sanity = (SanityRow("correlation", 0.95, 0.96, True), SanityRow("heldout_kappa_matched", k, 0.95, k >= 0.9))
+            summaries.append(RunSummary(name=run.name, meta={}, accuracy={}, sparsity={"l1": 0.5, "l2": 0.5},
+                                        label_quality={}, layer_stats={}, unit_values={"l1": {}, "l2": {}},
+                                        sanity=sanity))
+    write_csv(tmp_path / "unit_scores.csv", rows, UNIT_COLUMNS)
+    return ArmPlan(arms, "dense", {}, {}), summaries, rows
+
+
+def test_verdict_tests_only_the_metrics_that_pass_the_sanity_tests_on_every_arm(tmp_path):
+    from lwtakit.compare import _seed_verdict
+
+    # kappa decreases for 96%, 70%, 93% of the U=2 arm's units: 86% on average, below NeuronEval's 90%
+    plan, summaries, rows = _gate_setup(tmp_path, {0: 0.96, 1: 0.70, 2: 0.93})
+    lines = _seed_verdict(tmp_path, plan, summaries)
+    verdict = read_rows(tmp_path / "verdict.csv")
+    primary = [r for r in verdict if r["family"] == "primary"]
+    assert [(r["layer"], r["metric"]) for r in primary] == [("l2", "heldout_correlation_disattenuated")]
+    means = {a: np.mean([np.mean([r["value"] for r in rows if r["run"] == run and r["layer"] == "l2"
+                                  and r["metric"] == "heldout_correlation_disattenuated"])
+                         for run in {r["run"] for r in rows if r["arm"] == a}]) for a in ("dense", "U=2")}
+    assert float(primary[0]["difference"]) == pytest.approx(means["U=2"] - means["dense"], abs=1e-9)
+    # kappa fails on one arm: left out, and said; F1 is no verdict metric; concepts has no label to test
+    tested = {(r["layer"], r["metric"]) for r in verdict}
+    assert tested == {(la, m) for la in ("l1", "l2") for m in ("heldout_correlation_disattenuated",
+                                                                "concepts_stepwise", "dead_fraction")}
+    dropped = [line for line in lines if "fails NeuronEval's sanity tests" in line]
+    assert len(dropped) == 1 and "heldout_kappa_matched" in dropped[0] and "fails on arm U=2" in dropped[0]
+    assert "86%" in dropped[0]
+    # the same shares averaging 90%: kappa passes on every arm and is tested
+    plan, summaries, _ = _gate_setup(tmp_path, {0: 0.96, 1: 0.81, 2: 0.93})
+    _seed_verdict(tmp_path, plan, summaries)
+    assert {r["metric"] for r in read_rows(tmp_path / "verdict.csv")} >= {"heldout_kappa_matched"}
+
+
+def test_no_verdict_when_the_primary_endpoints_metric_fails_the_sanity_tests(tmp_path):
+    from lwtakit.compare import _seed_verdict
+    from lwtakit.evaluation.sanity import SanityRow
+
+    plan, summaries, _ = _gate_setup(tmp_path, {0: 0.96, 1: 0.96, 2: 0.96})
+    summaries[0].sanity = (SanityRow("correlation", 0.5, 0.6, False), *summaries[0].sanity[1:])
+    lines = _seed_verdict(tmp_path, plan, summaries)
+    assert not (tmp_path / "verdict.csv").exists()
+    assert len(lines) == 1 and lines[0].startswith("no seed-level verdict: the primary endpoint's metric fails")
+    assert "fails on arm dense" in lines[0]

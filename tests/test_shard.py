@@ -123,7 +123,7 @@ def test_analyze_dissect_on_two_processes_writes_the_labels_of_one(tmp_path, cap
     embeds its batches with a tiny local CLIP), NetDissect IoU (each process streams its batches, thresholds from
     the merged top-quantile candidates, overlaps summed) and both poles of 2 principal directions (per-position
     moments merged): labels.csv equals the one-process run's, and the report says each process recorded half of the
-    64 images (counted while recording).
+    32 images (counted while recording).
 
     Two processes split the cores, so each sums in another order than one process does: in float32 that moves
     CLIP-Dissect's scores by ~1e-5 and could flip a near-tied LWTA winner. The networks therefore run in float64
@@ -134,13 +134,15 @@ def test_analyze_dissect_on_two_processes_writes_the_labels_of_one(tmp_path, cap
     from lwtakit.config import load_config
     from tests.golden.cases import compare_outputs, tiny_clip
 
-    cfg = load_config("default", [f"run_dir={tmp_path}", "run_name=r", "data.train_size=32", "data.val_size=64",
-                                  "data.test_size=16", "data.batch_size=16", "model.width=0.125", "logger=none",
+    # the smallest case that still gives each process two batches of its own (float64 convolutions take the slow
+    # reference kernels: this test's cost is its forward passes)
+    cfg = load_config("default", [f"run_dir={tmp_path}", "run_name=r", "data.train_size=32", "data.val_size=32",
+                                  "data.test_size=16", "data.batch_size=16", "model.width=0.0625", "logger=none",
                                   "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
                                   "dissection.enabled=false"])
     run = train_script.train(cfg).run_dir
-    common = ["dissect", "--ckpt", str(run), "--probe-size", "64", "--batch-size", "8", "--device", "cpu",
-              "--methods", "invert", "clip_dissect", "iou", "--pca", "2", "--precision", "64",
+    common = ["dissect", "--ckpt", str(run), "--probe-size", "32", "--batch-size", "8", "--device", "cpu",
+              "--methods", "invert", "clip_dissect", "iou", "--pca", "2", "--precision", "64", "--passes", "2",
               "--clip-model", f"local-dir:{tiny_clip(tmp_path / 'clip')}"]
     assert analyze.main([*common, "--clip-cache", str(tmp_path / "c1"), "--out", str(tmp_path / "one")]) == 0
     assert analyze.main([*common, "--clip-cache", str(tmp_path / "c2"), "--devices", "2",
@@ -156,7 +158,7 @@ def test_analyze_dissect_on_two_processes_writes_the_labels_of_one(tmp_path, cap
     assert emb_one.dtype == torch.float64
     torch.testing.assert_close(emb_two, emb_one, rtol=0, atol=1e-12)  # unit vectors: float64 rounding ~1e-15
     report = (tmp_path / "two" / "report.html").read_text()
-    assert "2, each recorded its shard of the probe set (images: 32, 32)" in report
+    assert "2, each recorded its shard of the probe set (images: 16, 16)" in report
     assert "each recorded its shard" not in (tmp_path / "one" / "report.html").read_text()
 
 

@@ -1,11 +1,10 @@
-"""Bootstrap intervals, the two-run test and the verdict sentence, against independent computations."""
+"""Bootstrap intervals over units, p-value text and Holm's correction, against independent computations."""
 
 import math
 
 import numpy as np
 import pytest
 import torch
-from scipy import stats
 
 from lwtakit.errors import UserError
 from lwtakit.evaluation import verdict as V
@@ -56,15 +55,6 @@ def test_bootstrap_bad_options():
             V.bootstrap_ci([1.0, 2.0], **kwargs)
 
 
-def test_compare_samples_equals_scipy():
-    rng = np.random.default_rng(4)
-    a, b = rng.integers(0, 5, 60).astype(float), rng.integers(1, 6, 45).astype(float)  # ties
-    ref = stats.mannwhitneyu(a, b, alternative="two-sided", method="asymptotic").pvalue
-    assert V.compare_samples(a, b) == pytest.approx(ref, rel=1e-12)
-    assert V.compare_samples(np.append(a, np.nan), b) == pytest.approx(ref, rel=1e-12)
-    assert math.isnan(V.compare_samples([1.0], b)) and math.isnan(V.compare_samples(a, [np.nan, 2.0]))
-
-
 def test_format_p():
     assert V.format_p(0.41) == "p = 0.41"
     assert V.format_p(0.0012345) == "p = 0.00123"
@@ -72,39 +62,6 @@ def test_format_p():
     assert V.format_p(3.24e-12) == "p = 3.2e-12"
     assert V.format_p(0.0) == "p < 1e-300"
     assert V.format_p(0.000999) == "p = 0.001"  # rounds up to 1e-3: printed plainly, not split at an "e"
-
-
-def test_sentence_significant_either_way():
-    rng = np.random.default_rng(5)
-    high, low = rng.normal(0.6, 0.1, 200), rng.normal(0.5, 0.1, 200)
-    v = V.verdict("layer4", "f1", ("default", high), ("default_dense", low))
-    assert v.higher == "default" and v.p < 1e-5
-    a, b = V.bootstrap_ci(high), V.bootstrap_ci(low)
-    fmt = "{:.3g} [{:.3g}, {:.3g}]"
-    assert v.sentence() == (f"layer4: default higher held-out f1 than default_dense, {fmt.format(*a)} vs "
-                            f"{fmt.format(*b)}, {V.format_p(V.compare_samples(high, low))}")
-    w = V.verdict("layer4", "f1", ("default", low), ("default_dense", high), heldout=False)
-    assert w.higher == "default_dense"
-    assert w.sentence().startswith(f"layer4: default_dense higher f1 than default, {fmt.format(*a)} vs")
-    assert w.records() == [{"run": "default vs default_dense", "metric": "verdict/layer4/f1", "value": w.p,
-                            "ci_low": None, "ci_high": None}]
-
-
-def test_sentence_not_significant_and_too_few():
-    rng = np.random.default_rng(6)
-    a, b = rng.normal(0.6, 0.1, 50), rng.normal(0.6, 0.1, 50)
-    v = V.verdict("layer4", "correlation", ("A", a), ("B", b))
-    assert v.p > 0.05 and v.higher is None
-    ia, ib = V.bootstrap_ci(a), V.bootstrap_ci(b)
-    assert v.sentence() == (f"layer4: no significant difference in held-out correlation between A "
-                            f"({ia[0]:.3g} [{ia[1]:.3g}, {ia[2]:.3g}]) and B ({ib[0]:.3g} [{ib[1]:.3g}, {ib[2]:.3g}]), "
-                            f"p = {v.p:.3g}")
-    few = V.verdict("fc", "f1", ("A", [0.5, np.nan]), ("B", b))
-    assert math.isnan(few.p) and few.higher is None
-    assert few.sentence() == ("fc: held-out f1 cannot be compared between A (1 unit) and B (50 units): each run "
-                              "needs at least 2 units with a value")
-    with pytest.raises(UserError, match="alpha"):
-        V.verdict("fc", "f1", ("A", a), ("B", b), alpha=0)
 
 
 def _holm_rejects(ps, alpha):
@@ -132,22 +89,3 @@ def test_holm_adjusted_p_rejects_exactly_what_the_sequential_procedure_rejects()
         for alpha in (0.001, 0.01, 0.05, 0.1):
             assert {i for i, q in enumerate(adjusted) if q <= alpha} == _holm_rejects(ps, alpha)
     assert V.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
-
-
-def test_a_family_decides_on_the_adjusted_p():
-    """One difference that is significant alone (p ~ 0.01) is not once it is one of 25 tests; a strong one stays."""
-    rng = np.random.default_rng(8)
-    a = rng.normal(0.5, 0.1, 128)
-    weak = next(v for seed in range(200)
-                if 0.005 < (v := V.verdict("l", "f1", ("A", a + np.random.default_rng(seed).normal(0.035, 0.1, 128)),
-                                           ("B", a))).p < 0.02)
-    strong = V.verdict("l", "auprc", ("A", a + 0.1), ("B", a))
-    nulls = [V.verdict(f"l{i}", "f1", ("A", rng.normal(0.5, 0.1, 128)), ("B", rng.normal(0.5, 0.1, 128)))
-             for i in range(23)]
-    family = V.holm_adjust([weak, strong, *nulls])
-    assert weak.higher == "A" and family[0].higher is None and family[0].p_adjusted == pytest.approx(
-        V.holm([v.p for v in [weak, strong, *nulls]])[0])
-    assert family[1].higher == "A" and family[1].family == 25
-    assert family[0].sentence().endswith(f"{V.format_p(weak.p)} (Holm-adjusted over 25 tests: "
-                                         f"{V.format_p(family[0].p_adjusted)[4:]})")
-    assert [r["metric"] for r in family[0].records()] == ["verdict/l/f1", "verdict_holm/l/f1"]

@@ -27,9 +27,12 @@ is first reduced to one value per (layer, metric): the mean of its units' scores
   ``p = (1 + #{|slope*| >= |slope|}) / (1 + n_resamples)`` (Phipson & Smyth 2010), valid for any seed-mean
   distribution.
 * **one test family**, stated in the output: the pre-declared primary endpoint (``primary``: a layer and metric;
-  by default held-out correlation of the last layer that has it) is tested at ``alpha`` alone (its comparisons
-  Holm-corrected among themselves when several arms face the reference); every other comparison and trend is
-  secondary, Holm-corrected together (Holm 1979) across every arm, layer and metric.
+  by default the held-out correlation corrected for the mc noise, ``heldout_correlation_disattenuated``, of the
+  last layer that has it, else the plain ``heldout_correlation``: :data:`DEFAULT_PRIMARY_METRICS`) is tested at
+  ``alpha`` alone (its comparisons Holm-corrected among themselves when several arms face the reference); every
+  other comparison and trend is secondary, Holm-corrected together (Holm 1979) across every arm, layer and metric
+  tested (``metrics``: the metrics tested, None for every metric of the table; ``compare`` passes the verdict
+  metrics that passed the sanity tests on every arm).
 * an arm (or reference) with one seed keeps its difference, but gets no interval, p-value or equivalence, and a
   note: a p-value from the units of one network would describe two checkpoints, not two configurations.
 
@@ -49,11 +52,13 @@ from ..errors import UserError
 from .unit_scores import UnitScores
 from .verdict import format_p, holm
 
-__all__ = ["DEFAULT_MARGIN", "DEFAULT_PRIMARY_METRIC", "SeedVerdict", "SeedVerdictOptions", "VerdictRow",
+__all__ = ["DEFAULT_MARGIN", "DEFAULT_PRIMARY_METRICS", "SeedVerdict", "SeedVerdictOptions", "VerdictRow",
            "check_options", "seed_means", "seed_verdict", "welch"]
 
 DEFAULT_MARGIN = 0.05
-DEFAULT_PRIMARY_METRIC = "heldout_correlation"
+DEFAULT_PRIMARY_METRICS = ("heldout_correlation_disattenuated", "heldout_correlation")
+"""The default primary endpoint's metric, the first of these the table has (in its last layer that has it): the
+correlation free of the stochastic network's mc noise (:mod:`.reliability`), else the recorded one."""
 TREND = "trend over U"
 LEVEL = 0.95
 
@@ -62,12 +67,14 @@ LEVEL = 0.95
 class SeedVerdictOptions:
     """``reference``: the arm every other is compared with; ``margin``: the equivalence margin (TOST); ``alpha``:
     the level of every test; ``primary``: ``(layer, metric)`` of the primary endpoint (None: the default, see the
-    module docstring); ``n_resamples``: permutations of the trend test; ``seed``: their generator's seed."""
+    module docstring); ``metrics``: the metrics tested besides the primary endpoint's (None: every metric of the
+    table); ``n_resamples``: permutations of the trend test; ``seed``: their generator's seed."""
 
     reference: str
     margin: float = DEFAULT_MARGIN
     alpha: float = 0.05
     primary: tuple[str, str] | None = None
+    metrics: tuple[str, ...] | None = None
     n_resamples: int = 9999
     seed: int = 0
 
@@ -234,11 +241,12 @@ def check_options(scores: UnitScores, options: SeedVerdictOptions) -> tuple[str,
                             f"endpoint); it has {', '.join(f'{la}:{me}' for la, me in endpoints[:8])}"
                             f"{' ...' if len(endpoints) > 8 else ''}")
         return options.primary
-    layers = [layer for layer, metric in endpoints if metric == DEFAULT_PRIMARY_METRIC]
-    if not layers:
-        raise UserError(f"{scores.source} has no {DEFAULT_PRIMARY_METRIC}, the default primary endpoint; name one "
-                        "with --primary LAYER:METRIC")
-    return layers[-1], DEFAULT_PRIMARY_METRIC
+    for default in DEFAULT_PRIMARY_METRICS:
+        layers = [layer for layer, metric in endpoints if metric == default]
+        if layers:
+            return layers[-1], default
+    raise UserError(f"{scores.source} has none of {', '.join(DEFAULT_PRIMARY_METRICS)}, the default primary "
+                    "endpoint's metrics; name one with --primary LAYER:METRIC")
 
 
 def arm_u(scores: UnitScores) -> dict[str, int]:
@@ -313,6 +321,8 @@ def seed_verdict(scores: UnitScores, options: SeedVerdictOptions) -> SeedVerdict
     """Every arm other than ``options.reference`` against it, per layer and metric, with the seed as the unit of
     analysis, plus the trend over U where the arms carry U (methods and references in the module docstring)."""
     primary = check_options(scores, options)
+    if options.metrics is not None:
+        scores = scores.only(list(dict.fromkeys([primary[1], *options.metrics])))
     means = seed_means(scores)
     rows = [_comparison(arm, key, per_arm[arm], per_arm[options.reference], options)
             for arm in scores.arms if arm != options.reference for key, per_arm in means.items()]

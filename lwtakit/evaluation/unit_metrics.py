@@ -76,11 +76,12 @@ DROPPED_METRICS = {
     "concepts": "counts significant correlations: grows with passes and images (signal-to-noise, not "
                 "polysemanticity); replaced by concepts_stepwise",
 }
-SANITY_TESTED_AS = {KAPPA_MATCHED: KAPPA_MATCHED, CORRELATION_DISATTENUATED: "correlation", CONCEPTS: None}
+SANITY_TESTED_AS = {KAPPA_MATCHED: KAPPA_MATCHED, CORRELATION_DISATTENUATED: "correlation",
+                    CORRELATION: "correlation", CONCEPTS: None}
 """The sanity test each verdict metric must pass on every arm: kappa matched by :func:`matched_sanity_scorer`
-(through :func:`~lwtakit.evaluation.sanity.scorer_row`), the disattenuated correlation as NeuronEval's
-``correlation`` (a fixed positive factor per unit changes no sign of a score change), and ``concepts_stepwise``
-none: it scores no label, the planted-unit tests validate it."""
+(through :func:`~lwtakit.evaluation.sanity.scorer_row`), the correlation (and the disattenuated one: a fixed
+positive factor per unit changes no sign of a score change) as NeuronEval's ``correlation``, and
+``concepts_stepwise`` none: it scores no label, the planted-unit tests validate it."""
 
 
 def matched_alpha(vectors: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +59,16 @@ class UnitScores:
     def endpoints(self) -> list[tuple[str, str]]:
         """Every ``(layer, metric)`` in first-seen order (compare writes layers in network order)."""
         return list(dict.fromkeys(zip(self.layer.tolist(), self.metric.tolist(), strict=True)))
+
+    def only(self, metrics: Sequence[str]) -> UnitScores:
+        """The rows of ``metrics`` alone (a :class:`UserError` naming the table for a metric it does not have)."""
+        have = dict.fromkeys(self.metric.tolist())
+        missing = [m for m in metrics if m not in have]
+        if missing:
+            raise UserError(f"{self.source} has no metric {missing[0]!r}; its metrics are {', '.join(have)}")
+        keep = np.isin(self.metric, list(metrics))
+        columns = {c: getattr(self, c)[keep] for c in (*COLUMNS,)}
+        return UnitScores(**columns, u=self.u, source=self.source)
 
 
 def _value(text: str, where: str) -> float:

@@ -12,21 +12,21 @@ import numpy as np
 
 from lwtakit import plots
 from lwtakit.errors import UserError
-from lwtakit.evaluation.verdict import DISTRIBUTION_PANELS, VERDICT_METRICS, Verdict, format_p
+from lwtakit.evaluation.verdict import DISTRIBUTION_PANELS, VERDICT_METRICS
 from lwtakit.io import ensure_writable_dir
 from lwtakit.report.formatting import as_float
 from lwtakit.report.glossary import EVALUATED, GLOSSARY, explain
 from lwtakit.report.page import PendingPlots, write_report
 
 INTERPRETABILITY_NOTE = (
-    "Each run's INVERT labels are chosen on half of its probe set and scored on the other half (held-out), with "
-    "the network dissected as it is evaluated (LWTA: the mean of seeded stochastic passes). Values are means over "
-    "units with 95% bootstrap intervals; each pair of runs is compared per layer and metric with a two-sided "
-    "Mann-Whitney test over units, and a difference is called only where its p-value, Holm-adjusted over all of "
-    "the pair's tests, is at most 0.05. F1 binarises a unit at its top 5% of images; correlation is also "
-    "how well the label predicts the activation; a significant label has held-out p < 0.001; concepts per unit "
-    "counts the concepts a unit detects significantly on the held-out images (Benjamini-Hochberg, q = 0.05): "
-    "fewer is more focused.")
+    "Descriptive, per run: each run's INVERT labels are chosen on half of its probe set and scored on the other half "
+    "(held-out), with the network dissected as it is evaluated (LWTA: the mean of seeded stochastic passes). Values "
+    "are means over the units of one network with 95% bootstrap intervals over those units: they describe that "
+    "checkpoint, not its training procedure, and are not tested against each other (the units of one network are "
+    "not independent samples). The comparison of arms is the seed-level verdict (verdict.html). F1 binarises a unit "
+    "at its top 5% of images; correlation is also how well the label predicts the activation; a significant label "
+    "has held-out p < 0.001; concepts per unit counts the concepts a unit detects significantly on the held-out "
+    "images (Benjamini-Hochberg, q = 0.05), which grows with the signal-to-noise of the recording.")
 
 
 @dataclass
@@ -46,6 +46,7 @@ class RunSummary:
     interpretability: dict[str, dict[str, tuple[float, float, float]]] = field(default_factory=dict)
     unit_values: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     labels: Any = None  # the run's held-out LabelTable (lwtakit.labels), for compare's per-unit table
+    sanity: tuple = ()  # NeuronEval's sanity rows of the verdict's label metrics (lwtakit.evaluation.sanity)
 
 
 @dataclass
@@ -55,17 +56,6 @@ class _Metric:
     diff: float | None  # second run minus first, when exactly two runs both have it
     help: str = ""  # hover text: what the metric means (see lwtakit.report.glossary)
     notes: list[str | None] = field(default_factory=list)  # per run, a hover note on its value (e.g. repeated)
-
-
-@dataclass
-class _Headline:
-    """One significant verdict, for the summary: in ``layer`` ``winner`` is more interpretable by ``metric``."""
-
-    layer: str
-    metric: str
-    winner: str
-    values: str  # both runs' means, winner first
-    p: str  # the Holm-adjusted p-value
 
 
 def _union(runs: Sequence[RunSummary], get: Callable[[RunSummary], Mapping[str, Any] | None]) -> list[str]:
@@ -128,8 +118,8 @@ def _metric_groups(runs: Sequence[RunSummary]) -> list[tuple[str, list[_Metric]]
     return [(g, items) for g, items in groups if items]
 
 
-def _plots(runs: Sequence[RunSummary]) -> PendingPlots:
-    figs = PendingPlots()
+def _plots(runs: Sequence[RunSummary], figs: PendingPlots) -> None:
+    """Add the per-run figures to ``figs``."""
     if any(r.accuracy for r in runs):
         errors = {r.name: {m.name.split(" (")[0]: 1 - v for m, v in
                            ((m, as_float(m.values[i])) for m in _accuracy_metrics(runs)) if v is not None}
@@ -156,7 +146,8 @@ def _plots(runs: Sequence[RunSummary]) -> PendingPlots:
     if dist:
         figs.add("distributions", lambda: plots.unit_distributions(dist, DISTRIBUTION_PANELS), "per-unit distributions",
                  "Held-out label quality of every unit, per layer, runs side by side (boxes: quartiles; whiskers: "
-                 "1.5 IQR; white dot: mean). These are the values the verdicts test.")
+                 "1.5 IQR; white dot: mean): the units of one network, descriptive (the seed-level verdict "
+                 "averages each run's units to one value).")
     stab = {f"{r.name}/{layer}": pts for r in runs for layer, pts in (r.stability or {}).items() if pts}
     if stab:
         figs.add("stability", lambda: plots.label_agreement(stab, split_runs=True), "label stability",
@@ -174,28 +165,26 @@ def _plots(runs: Sequence[RunSummary]) -> PendingPlots:
         figs.add("active_counts", lambda: plots.active_counts(counts), "active neurons per image",
                  "Active neurons per probe image in the explained layer: the units that fire (LWTA winners / "
                  "non-zero), averaged over the positions of the feature map (C/U for an LWTA layer).")
-    return figs
 
 
 def compare_report(out_dir: str | os.PathLike, runs: Sequence[RunSummary], *, title: str = "Sparse vs dense",
-                   verdicts: Sequence[Verdict] = (), how: Mapping[str, Any] | None = None,
-                   warning: str = "", seed_verdict: Sequence[str] = ()) -> Path:
+                   how: Mapping[str, Any] | None = None, warning: str = "", seed_verdict: Sequence[str] = (),
+                   arm_figures: Sequence[Any] = ()) -> Path:
     """Write ``out_dir/report.html`` comparing runs side by side (plots also in ``out_dir/plots/``).
 
-    Sections: a summary (each run's accuracy as evaluated and mean active fraction; the verdicts significant after
-    Holm's correction: which run is more interpretable in which layer by which metric); how the report was made
-    (``how``: settings shared by every run); the verdicts (one sentence per pair of runs, layer and metric,
-    :class:`~lwtakit.evaluation.verdict.Verdict`) and the interpretability table
-    (held-out label quality per run and layer, with 95% bootstrap intervals over units); runs (meta as a
+    Sections: a summary (each run's accuracy as evaluated and mean active fraction; ``seed_verdict``: the
+    seed-level verdict's opening lines, :func:`lwtakit.compare.compare` writes the verdict itself beside the
+    report); how the report was made (``how``: settings shared by every run); the interpretability table
+    (held-out label quality per run and layer, descriptive, with 95% bootstrap intervals over units); runs (meta as a
     table, one column per run); all metrics (accuracy per inference mode,
     measured active fraction per layer, label quality, per-layer label statistics; one column per run,
     plus the difference when there are exactly two; accuracy rows aligned: as evaluated, then per mode); a
     glossary of every metric (each metric's name also carries it as hover text); bar charts of those (accuracy
     as error rate); label stability over training when histories exist; completeness curves (Dey et al. 2020)
-    of every run and layer; histograms of the number of active neurons per image. A ``warning`` (e.g. that the
-    runs' data differ, compared under --force) is the page's first line. ``seed_verdict``: the seed-level verdict's
-    opening lines (:func:`lwtakit.compare.compare` writes the verdict itself beside the report), shown in the
-    summary.
+    of every run and layer; histograms of the number of active neurons per image; ``arm_figures`` first among the
+    plots (:class:`lwtakit.arms_compare.ArmFigure`: the primary endpoint against U, the differences per layer,
+    the split-half reliability, the metric against accuracy). A ``warning`` (e.g. that the runs' data differ,
+    compared under --force) is the page's first line.
     """
     runs = list(runs)
     if not runs:
@@ -205,17 +194,19 @@ def compare_report(out_dir: str | os.PathLike, runs: Sequence[RunSummary], *, ti
         raise UserError(f"run names must be unique to compare them, got {names}")
     out_dir = ensure_writable_dir(out_dir)
 
-    figs = _plots(runs)
+    figs = PendingPlots()
+    for f in arm_figures:
+        figs.add(f.name, f.make, f.alt, f.caption)
+    _plots(runs, figs)
     interp = _interpretability_rows(runs)
     nav = [("summary", "summary"), ("how", "how it was made")]
-    nav += [("interpretability", "interpretability")] * bool(interp or verdicts)
+    nav += [("interpretability", "interpretability")] * bool(interp)
     nav += [("runs", "runs"), ("metrics", "metrics"), ("glossary", "glossary")] + [("plots", "plots")] * bool(
         figs.figures)
     return write_report(out_dir, "compare.html", figs, title=title, nav=nav, names=names,
                         metas=[r.meta or {} for r in runs], meta_keys=_union(runs, lambda r: r.meta),
-                        groups=_metric_groups(runs), verdicts=[v.sentence() for v in verdicts],
-                        interpretability=interp, interpretability_note=INTERPRETABILITY_NOTE, how=how or {},
-                        summary=_summary(runs), headlines=headlines(verdicts), tests=len(verdicts),
+                        groups=_metric_groups(runs), interpretability=interp,
+                        interpretability_note=INTERPRETABILITY_NOTE, how=how or {}, summary=_summary(runs),
                         glossary=_glossary(), explain=explain, warning=warning, seed_verdict=list(seed_verdict))
 
 
@@ -223,22 +214,6 @@ def _summary(runs: Sequence[RunSummary]) -> list[tuple[str, float | None, float 
     """Per run: its name, accuracy as evaluated and mean measured active fraction over its activation layers."""
     return [(r.name, evaluated_accuracy(r), float(np.mean(list(r.sparsity.values()))) if r.sparsity else None)
             for r in runs]
-
-
-def headlines(verdicts: Sequence[Verdict]) -> list[_Headline]:
-    """The verdicts that call a difference (Holm-adjusted p <= alpha), each as the run that is more interpretable:
-    the higher one, except for concepts per unit, where fewer is more focused."""
-    out = []
-    for v in verdicts:
-        if v.higher is None:
-            continue
-        lower = v.run_b if v.higher == v.run_a else v.run_a
-        fewer_is_better = v.metric == VERDICT_METRICS["concepts"]
-        winner = lower if fewer_is_better else v.higher
-        first, second = (v.a, v.b) if winner == v.run_a else (v.b, v.a)
-        out.append(_Headline(v.layer, v.metric + (" (fewer)" if fewer_is_better else ""), winner,
-                             f"{first[0]:.3g} vs {second[0]:.3g}", format_p(v.decisive_p)[4:]))
-    return out
 
 
 def _glossary() -> list[tuple[str, list[tuple[str, str]]]]:
