@@ -298,12 +298,15 @@ def _seed_verdict(stage: Path, plan, summaries) -> list[str]:
         return []
     scores = read_unit_scores(stage / "unit_scores.csv")
     primary_metric = next((m for m in DEFAULT_PRIMARY_METRICS if m in scores.metric), None)
+    if primary_metric is None:
+        return [f"no seed-level verdict: no run has {' or '.join(DEFAULT_PRIMARY_METRICS)} (held-out labels of the "
+                "probe's concepts), the primary endpoint"]
     layer = next((p for p in map(primary_layer, summaries) if p), None)
     candidates = [m for m in dict.fromkeys((primary_metric, *VERDICT_METRICS)) if m in scores.metric]
     kept, dropped = sanity_gate(plan, summaries, candidates)
     if primary_metric not in kept:
-        why = dropped.get(primary_metric, f"no run has {primary_metric}")
-        return [f"no seed-level verdict: the primary endpoint's metric fails the sanity tests ({why})"]
+        return [f"no seed-level verdict: the primary endpoint's metric fails the sanity tests "
+                f"({dropped[primary_metric]})"]
     options = SeedVerdictOptions(reference=plan.reference, primary=(layer, primary_metric) if layer else None,
                                  metrics=(*kept, "dead_fraction"))
     try:
