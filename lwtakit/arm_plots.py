@@ -67,10 +67,10 @@ def metric_vs_u(points: Mapping[str, tuple[int, Sequence[float]]], metric: str, 
         err = None if np.isnan(lo) else [[mean - lo], [hi - mean]]
         ax.errorbar([x + 0.06], [mean], yerr=err, fmt="o", color=color, capsize=3, label=f"{arm} (n={len(values)})")
     ax.set_xticks(range(len(us)), [f"U={u}" + (" (dense)" if u == 1 else "") for u in us], fontsize=7)
-    ax.set_ylabel(_short(metric, 40), fontsize=8)
+    ax.set_ylabel(_short(metric.split(" of ")[0], 44), fontsize=8)
     ax.tick_params(axis="y", labelsize=7)
     ax.grid(axis="y", alpha=0.3)
-    ax.set_title(f"{_short(metric, 48)} against U", fontsize=9)
+    ax.set_title(f"{_short(metric, 72)} against U", fontsize=9)
     ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     _note(fig, f"{how}; small dots: one seed each; big dot and bar: mean over seeds with its 95% t-interval")
     return fig
@@ -100,7 +100,7 @@ def difference_by_layer(diffs: Mapping[str, Mapping[str, Interval]], reference: 
     ax.set_ylabel(f"difference from {_short(reference, 20)}", fontsize=8)
     ax.tick_params(axis="y", labelsize=7)
     ax.grid(axis="y", alpha=0.3)
-    ax.set_title(f"{_short(metric, 40)}: arm minus {_short(reference, 20)}, per layer", fontsize=9)
+    ax.set_title(f"{_short(metric, 44)}: arm minus {_short(reference, 20)}, per layer", fontsize=9)
     ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     _note(fig, f"{how}; seed level: difference of the arms' means over seeds (each seed: mean over its live units) "
                "with the Welch 95% interval; no interval with one seed in an arm")
@@ -122,10 +122,10 @@ def metric_vs_accuracy(curves: Mapping[str, Mapping[str, Sequence[tuple[float, f
                 ax.plot(x, y, "-o", markersize=3, linewidth=1, color=palette(i % 10), alpha=0.75,
                         label=arm if k == 0 else None)
     ax.set_xlabel("validation accuracy", fontsize=8)
-    ax.set_ylabel(_short(metric, 40), fontsize=8)
+    ax.set_ylabel(_short(metric.split(" of ")[0], 44), fontsize=8)
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3)
-    ax.set_title(f"{_short(metric, 48)} against accuracy over training", fontsize=9)
+    ax.set_title(f"{_short(metric, 60)} against accuracy over training", fontsize=9)
     ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     _note(fig, f"{how}; one line per seed, one point per training-time dissection (labels.csv), x its epoch's "
                "validation accuracy (logs/metrics.csv)")

@@ -393,10 +393,12 @@ def _plots(plan: ArmPlan, scores: dict[int, list[dict]], layer: str | None, pass
         reliability_by_layer,
         welch_interval,
     )
+    from lwtakit.evaluation.seeds import readable
     from lwtakit.matched import accuracy_curve
 
     means = {k: run_means(v) for k, v in scores.items()}
     metric = shown_metric(list(means.values()))
+    name = readable(metric)
     source = (f"each run's training-time dissection at its first epoch with validation accuracy >= "
               f"{plan.at_accuracy:g}" if plan.at_accuracy is not None else "compare's dissection of each run")
     how = f"held-out INVERT {metric}, {source}"
@@ -407,7 +409,7 @@ def _plots(plan: ArmPlan, scores: dict[int, list[dict]], layer: str | None, pass
     out = []
     if layer is not None:
         points = {a.name: (a.u, seeds(a, layer)) for a in plan.arms if seeds(a, layer)}
-        out.append(ArmFigure("metric_vs_U", lambda: metric_vs_u(points, f"{metric} of {layer}", how),
+        out.append(ArmFigure("metric_vs_U", lambda: metric_vs_u(points, f"{name} of {layer}", how),
                              "metric against U", f"The primary endpoint ({metric} of {layer}) against U (dense = "
                              "U=1): every seed a small dot (the mean over its live units), each arm's mean over "
                              "seeds with its 95% t-interval."))
@@ -415,7 +417,7 @@ def _plots(plan: ArmPlan, scores: dict[int, list[dict]], layer: str | None, pass
     layers = list(dict.fromkeys(la for m in means.values() for (la, me) in m if me == metric))
     diffs = {la: {a.name: welch_interval(seeds(a, la), seeds(ref, la)) for a in plan.arms
                   if a is not ref and seeds(a, la) and seeds(ref, la)} for la in layers}
-    out.append(ArmFigure("difference_by_layer", lambda: difference_by_layer(diffs, plan.reference, metric, how),
+    out.append(ArmFigure("difference_by_layer", lambda: difference_by_layer(diffs, plan.reference, name, how),
                          "difference by layer", f"Each arm minus {plan.reference} in {metric}, per layer: the "
                          "difference of the arms' means over seeds with its Welch 95% interval."))
     if rel:

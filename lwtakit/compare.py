@@ -277,7 +277,7 @@ def compare(specs: list[str], out: str | Path, options: CompareOptions | None = 
         arms = write_arm_outputs(stage, plan, summaries, options.passes)
         lines = _seed_verdict(stage, plan, summaries) + reliability_lines(arms.reliability, options.passes)
         compare_report(stage, summaries, title=checked.title(), how=how_made(options), warning=checked.difference,
-                       seed_verdict=lines, arm_figures=arms.figures)
+                       seed_verdict=lines, arm_figures=arms.figures, verdict_page=(stage / "verdict.html").is_file())
     return Path(out) / "report.html"
 
 

@@ -169,7 +169,7 @@ def _plots(runs: Sequence[RunSummary], figs: PendingPlots) -> None:
 
 def compare_report(out_dir: str | os.PathLike, runs: Sequence[RunSummary], *, title: str = "Sparse vs dense",
                    how: Mapping[str, Any] | None = None, warning: str = "", seed_verdict: Sequence[str] = (),
-                   arm_figures: Sequence[Any] = ()) -> Path:
+                   arm_figures: Sequence[Any] = (), verdict_page: bool = False) -> Path:
     """Write ``out_dir/report.html`` comparing runs side by side (plots also in ``out_dir/plots/``).
 
     Sections: a summary (each run's accuracy as evaluated and mean active fraction; ``seed_verdict``: the
@@ -184,7 +184,8 @@ def compare_report(out_dir: str | os.PathLike, runs: Sequence[RunSummary], *, ti
     of every run and layer; histograms of the number of active neurons per image; ``arm_figures`` first among the
     plots (:class:`lwtakit.arms_compare.ArmFigure`: the primary endpoint against U, the differences per layer,
     the split-half reliability, the metric against accuracy). A ``warning`` (e.g. that the runs' data differ,
-    compared under --force) is the page's first line.
+    compared under --force) is the page's first line; ``verdict_page``: a ``verdict.html`` lies beside the report
+    (linked from the summary).
     """
     runs = list(runs)
     if not runs:
@@ -207,7 +208,8 @@ def compare_report(out_dir: str | os.PathLike, runs: Sequence[RunSummary], *, ti
                         metas=[r.meta or {} for r in runs], meta_keys=_union(runs, lambda r: r.meta),
                         groups=_metric_groups(runs), interpretability=interp,
                         interpretability_note=INTERPRETABILITY_NOTE, how=how or {}, summary=_summary(runs),
-                        glossary=_glossary(), explain=explain, warning=warning, seed_verdict=list(seed_verdict))
+                        glossary=_glossary(), explain=explain, warning=warning, seed_verdict=list(seed_verdict),
+                        verdict_page=verdict_page)
 
 
 def _summary(runs: Sequence[RunSummary]) -> list[tuple[str, float | None, float | None]]:
