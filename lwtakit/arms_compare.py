@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from lwtakit.errors import UserError
+from lwtakit.evaluation.unit_scores import DEAD_FRACTION
 from lwtakit.labels import HELDOUT_KEYS, LabelRow, value
 
 UNIT_COLUMNS = ("arm", "seed", "run", "layer", "unit", "metric", "value", "u")
@@ -187,7 +188,7 @@ def unit_scores(rows: list[LabelRow], arm: str, seed: Any, run: str, u: int = 1,
     for layer, units in layers.items():
         fixed = {"arm": arm, "seed": "" if seed is None else seed, "run": run, "layer": layer, "u": u}
         dead = sum(is_dead(r) for r in units)
-        out.append({**fixed, "unit": "", "metric": "dead_fraction", "value": dead / len(units)})
+        out.append({**fixed, "unit": "", "metric": DEAD_FRACTION, "value": dead / len(units)})
         for r in units:
             if is_dead(r):
                 continue

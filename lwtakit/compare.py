@@ -291,7 +291,7 @@ def _seed_verdict(stage: Path, plan, summaries) -> list[str]:
     from lwtakit.arms_compare import primary_layer
     from lwtakit.evaluation.seeds import DEFAULT_PRIMARY_METRICS, SeedVerdictOptions, seed_verdict
     from lwtakit.evaluation.unit_metrics import VERDICT_METRICS
-    from lwtakit.evaluation.unit_scores import read_unit_scores
+    from lwtakit.evaluation.unit_scores import DEAD_FRACTION, read_unit_scores
     from lwtakit.report.verdict import write_verdict_files
 
     if len(plan.arms) < 2:
@@ -308,7 +308,7 @@ def _seed_verdict(stage: Path, plan, summaries) -> list[str]:
         return [f"no seed-level verdict: the primary endpoint's metric fails the sanity tests "
                 f"({dropped[primary_metric]})"]
     options = SeedVerdictOptions(reference=plan.reference, primary=(layer, primary_metric) if layer else None,
-                                 metrics=(*kept, "dead_fraction"))
+                                 metrics=(*kept, DEAD_FRACTION))
     try:
         verdict = seed_verdict(scores, options)
     except UserError as exc:  # e.g. runs labelled in different layers: the figures stand, the test cannot run

@@ -30,9 +30,10 @@ import numpy as np
 
 from ..errors import UserError
 
-__all__ = ["COLUMNS", "UnitScores", "read_unit_scores"]
+__all__ = ["COLUMNS", "DEAD_FRACTION", "UnitScores", "read_unit_scores"]
 
 COLUMNS = ("arm", "seed", "run", "layer", "unit", "metric", "value")
+DEAD_FRACTION = "dead_fraction"  # a run's share of dead units per layer: one row with an empty unit
 _NAMES = ("arm", "seed", "run", "layer", "metric")  # must not be empty
 
 
