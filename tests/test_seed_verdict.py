@@ -220,6 +220,8 @@ def test_bad_tables_are_one_error_line_naming_the_file_and_write_nothing(tmp_pat
 @pytest.mark.parametrize(("argv", "expected"), [
     (["--reference", "relu"], "no arm 'relu' for the reference; its arms are dense, U=4"),
     (["--reference", "dense", "--primary", "layer4.1.act2:concepts"], "no arm has the metric 'concepts'"),
+    (["--reference", "dense", "--metrics", "dead_fraction,heldout_f1"],
+     "has no metric 'heldout_f1'; its metrics are heldout_correlation, dead_fraction"),
 ])
 def test_bad_options_name_the_table_and_what_it_has(tmp_path, capsys, argv, expected):
     scores = _write(tmp_path / "unit_scores.csv", _csv_rows(np.random.default_rng(9)))
@@ -227,6 +229,22 @@ def test_bad_options_name_the_table_and_what_it_has(tmp_path, capsys, argv, expe
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and str(scores) in err and expected in err, err
     assert not (tmp_path / "v").exists()
+
+
+def test_metrics_choose_the_secondary_family_and_the_primary_endpoint_stays(tmp_path, capsys):
+    scores = _write(tmp_path / "unit_scores.csv", _csv_rows(np.random.default_rng(11)))
+    for metrics, expected in (("dead_fraction", {METRIC, "dead_fraction"}), (METRIC, {METRIC})):
+        out = tmp_path / metrics
+        assert analyze.main(["verdict", "--scores", str(scores), "--reference", "dense", "--metrics", metrics,
+                             "--out", str(out)]) == 0
+        with open(out / "verdict.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        assert {r["metric"] for r in rows} == expected
+        assert [(r["layer"], r["metric"]) for r in rows if r["family"] == "primary"] == [("layer4.1.act2", METRIC)]
+        # Holm over the tested rows only: the secondary family's size is what --metrics left
+        secondary = [r for r in rows if r["family"] == "secondary"]
+        assert [float(r["p_holm"]) for r in secondary] == pytest.approx(holm([float(r["p_value"]) for r in secondary]))
+    capsys.readouterr()
 
 
 def test_a_table_read_from_csv_carries_u_and_rejects_two_for_one_arm(tmp_path):
