@@ -289,24 +289,25 @@ def _seed_verdict(stage: Path, plan, summaries) -> list[str]:
     passes NeuronEval's sanity tests on every arm (:func:`sanity_gate`). The units of one network are never the
     sample: an arm of one run gets its figures and no test."""
     from lwtakit.arms_compare import primary_layer
-    from lwtakit.evaluation.seeds import DEFAULT_PRIMARY_METRICS, SeedVerdictOptions, seed_verdict
+    from lwtakit.evaluation.seeds import DEFAULT_PRIMARY_METRICS, SeedVerdictOptions, seed_verdict, untestable
     from lwtakit.evaluation.unit_metrics import VERDICT_METRICS
     from lwtakit.evaluation.unit_scores import DEAD_FRACTION, read_unit_scores
     from lwtakit.report.verdict import write_verdict_files
 
     if len(plan.arms) < 2:
         return []
+    one_seed = [untestable(a.name, len(a.runs)) for a in plan.arms if len(a.runs) < 2]
     scores = read_unit_scores(stage / "unit_scores.csv")
     primary_metric = next((m for m in DEFAULT_PRIMARY_METRICS if m in scores.metric), None)
     if primary_metric is None:
         return [f"no seed-level verdict: no run has {' or '.join(DEFAULT_PRIMARY_METRICS)} (held-out labels of the "
-                "probe's concepts), the primary endpoint"]
+                "probe's concepts), the primary endpoint", *one_seed]
     layer = next((p for p in map(primary_layer, summaries) if p), None)
     candidates = [m for m in dict.fromkeys((primary_metric, *VERDICT_METRICS)) if m in scores.metric]
     kept, dropped = sanity_gate(plan, summaries, candidates)
     if primary_metric not in kept:
         return [f"no seed-level verdict: the primary endpoint's metric fails the sanity tests "
-                f"({dropped[primary_metric]})"]
+                f"({dropped[primary_metric]})", *one_seed]
     options = SeedVerdictOptions(reference=plan.reference, primary=(layer, primary_metric) if layer else None,
                                  metrics=(*kept, DEAD_FRACTION))
     try:

@@ -52,7 +52,7 @@ from ..errors import UserError
 from .unit_scores import UnitScores
 from .verdict import format_p, holm
 
-__all__ = ["DEFAULT_MARGIN", "DEFAULT_PRIMARY_METRICS", "SeedVerdict", "SeedVerdictOptions", "VerdictRow",
+__all__ = ["DEFAULT_MARGIN", "DEFAULT_PRIMARY_METRICS", "SeedVerdict", "SeedVerdictOptions", "VerdictRow", "untestable",
            "check_options", "seed_means", "seed_verdict", "welch"]
 
 DEFAULT_MARGIN = 0.05
@@ -263,7 +263,7 @@ def arm_u(scores: UnitScores) -> dict[str, int]:
     return out
 
 
-def _untestable(arm: str, n: int) -> str:
+def untestable(arm: str, n: int) -> str:
     return (f"{arm} has {n} seed{'s' * (n != 1)}: the verdict cannot test it without seeds (a p-value over the units "
             "of one network compares two checkpoints, not two configurations); train at least 2 seeds, 5 recommended")
 
@@ -328,5 +328,5 @@ def seed_verdict(scores: UnitScores, options: SeedVerdictOptions) -> SeedVerdict
             for arm in scores.arms if arm != options.reference for key, per_arm in means.items()]
     rows += _trends(means, arm_u(scores), options)
     first = next(iter(means.values()))
-    notes = [_untestable(arm, len(first[arm])) for arm in scores.arms if len(first[arm]) < 2]
+    notes = [untestable(arm, len(first[arm])) for arm in scores.arms if len(first[arm]) < 2]
     return SeedVerdict(rows=_family(rows, primary), options=options, primary=primary, notes=notes)

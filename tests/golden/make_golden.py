@@ -1,6 +1,6 @@
 """Record the golden outputs that tests/test_golden.py compares against.
 
-    python tests/golden/make_golden.py [--runs DIR]
+    python tests/golden/make_golden.py [--runs DIR] [--cases NAME ...]
 
 The golden runs (`tests/golden/runs/{default,default_dense}`) are the README's `default` and `default_dense`
 experiments trained for 2 epochs (`trainer.max_epochs=2 logger=csv`), their checkpoints stripped to what
@@ -14,7 +14,9 @@ networks came to be dissected in mc mode with held-out assessment by default (is
 any CPU: dissect and compare run with --precision 64, label reads float64 arrays (cases.py says why); recorded
 again in the same stop for each run's own splits (issue 23: the subsets are now drawn from the run's 1,000
 validation / test images, not 2,000), the held-out metrics of issue 20 (new label columns, one-perturbation sanity
-tests) and IoU measuring the mc function (issue 21).
+tests) and IoU measuring the mc function (issue 21). Compare re-recorded when it came to measure every run's
+split-half reliability, test the verdict's metrics for sanity (sanity.csv) and write every per-unit metric to
+unit_scores.csv (issue 20).
 """
 
 from __future__ import annotations
@@ -44,11 +46,13 @@ def copy_run(src: Path, dst: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=Path, help="run_dir holding freshly trained default and default_dense runs")
+    names = [c.name for c in cases.CASES]
+    p.add_argument("--cases", nargs="+", choices=names, default=names, help="the cases to record (default: all)")
     args = p.parse_args()
     if args.runs:
         for name in ("default", "default_dense"):
             copy_run(args.runs / name, cases.RUNS / name)
-    for case in cases.CASES:
+    for case in (c for c in cases.CASES if c.name in args.cases):
         out = cases.EXPECTED / case.name
         if out.exists():
             shutil.rmtree(out)
