@@ -5,7 +5,7 @@ Parts (``--part``, repeatable; default all but ``scale``):
 * ``recording``: time of :func:`lwtakit.recording.record_activations` over a probe set / time of bare
   forward passes over the same probe set (same loader, same batches). Target <= 1.2.
 * ``auc``: per-concept loop with ``torchmetrics.functional.binary_auroc`` (the INVERT reference's
-  formulation) / vectorised :func:`lwtakit.labelers.invert.auc_matrix` for all units x concepts.
+  formulation) / vectorised :func:`lwtakit.evaluation.ranks.auc_matrix` for all units x concepts.
   The loop is timed on a sample of (unit, concept) pairs and extrapolated linearly. Target >= 50.
 * ``wpmi``: peak memory of CLIP-Dissect soft-WPMI, chunked (:func:`lwtakit.labelers.clip_dissect.similarity`
   with P given as factors) vs the dense formulation (dense P and softmax), each in a fresh subprocess
@@ -149,7 +149,7 @@ def add_auc_args(p: argparse.ArgumentParser) -> None:
 def bench_auc(args) -> dict:
     from torchmetrics.functional.classification import binary_auroc
 
-    from lwtakit.labelers.invert import auc_matrix
+    from lwtakit.evaluation.ranks import auc_matrix
 
     g = torch.Generator().manual_seed(0)
     acts = torch.randn(args.n, args.units, generator=g).clamp_min(0)  # ReLU-like: many ties at 0

@@ -66,12 +66,12 @@ def dissect_to_report(loaded, probe, concepts: ConceptSource, request: DissectRe
             "probe set": request.probe_text or f"{len(probe)} images",
             "labels chosen / scored on": _split_text(result, len(probe)), "seed": str(request.seed),
             "layers": ", ".join(request.layers), "methods": ", ".join(labeler.name for labeler in request.labelers),
-            **_invert_meta(request), **_shard_meta(result), "seconds": f"{time.perf_counter() - started:.1f}"}
+            **_labeler_meta(request), **_shard_meta(result), "seconds": f"{time.perf_counter() - started:.1f}"}
     with staged_dir(out) as stage:
         result.table.write_csv(stage / "labels.csv")
         sections = report.Sections(meta=meta, evaluation=evaluation, completeness=completeness,
                                    drift=drift_curves(request.history), heldout=heldout)
-        report.dissection_report(stage, title=f"Dissection of {name}", rows=result.table.records(),
+        report.dissection_report(stage, title=f"Dissection of {name}", rows=result.table,
                                  layers=infos, sections=sections)
     return Path(out) / "report.html"
 
@@ -155,11 +155,13 @@ def label_evaluation(result: DissectionResult, loaded, probe, clip, request: Dis
     return out
 
 
-def _invert_meta(request: DissectRequest) -> dict[str, str]:
-    """The INVERT settings the labels came from (parsimony on or off, the p-value's alternative), so a reader
-    can tell our search from the reference's (Bykov et al. 2023); empty without INVERT."""
-    configs = [labeler.config for labeler in request.labelers if labeler.name == "invert"]
-    return {"INVERT": configs[0].describe()} if configs else {}
+def _labeler_meta(request: DissectRequest) -> dict[str, str]:
+    """The settings each labeler names in the report's header (:meth:`~lwtakit.labelers.base.Labeler.report_meta`:
+    INVERT's parsimony and p-value), the first labeler's where two name the same setting."""
+    out: dict[str, str] = {}
+    for labeler in request.labelers:
+        out = {**labeler.report_meta(), **out}
+    return out
 
 
 def _shard_meta(result: DissectionResult) -> dict[str, str]:
@@ -191,9 +193,9 @@ def _split_text(result: DissectionResult, n: int) -> str:
 def heldout_evaluation(result: DissectionResult, concepts: ConceptSource, request: DissectRequest):
     """The report's :class:`lwtakit.report.dissect.HeldOut` (None for an in-sample dissection): per (layer,
     method) the held-out means of the labels (F1, AUPRC, correlation, share significant, concepts per unit); and
-    the NeuronEval sanity tests of every metric on the evaluation part with each INVERT-labelled unit's label
-    (share of units whose score drops when half the label's positives go missing / when random positives double
-    them; a metric passes at >= 90% on both)."""
+    the NeuronEval sanity tests of every metric on the evaluation part with each unit's formula label
+    (:func:`_sanity`: share of units whose score drops when half the label's positives go missing / when random
+    positives double them; a metric passes at >= 90% on both)."""
     from lwtakit.report.dissect import HeldOut
 
     if result.split is None:
@@ -212,17 +214,19 @@ def heldout_evaluation(result: DissectionResult, concepts: ConceptSource, reques
 def label_sanity(result: DissectionResult, concepts: ConceptSource, layers: Sequence[str], config) -> tuple:
     """NeuronEval's sanity tests (:mod:`lwtakit.evaluation.sanity`, ``config`` a
     :class:`~lwtakit.evaluation.sanity.SanityConfig`) on the evaluation part of a held-out dissection, every
-    labelled layer's INVERT units side by side, each with its own label: the rows of ``config.metrics`` and of the
-    verdict's matched kappa; ``()`` when no unit has a label of the probe's concepts."""
+    labelled layer's units side by side, with the labels of the first method whose rows carry formulas over the
+    probe's concepts (:meth:`~lwtakit.labels.LabelRow.concept_formula`: INVERT's): the rows of ``config.metrics`` and
+    of the verdict's matched kappa; ``()`` without such a method or a unit labelled with the probe's concepts."""
     from lwtakit.evaluation.heldout import label_vectors_for
     from lwtakit.evaluation.sanity import sanity_check, scorer_row
     from lwtakit.evaluation.unit_metrics import KAPPA_MATCHED, matched_sanity_scorer
 
     resolved = concepts.resolved(result.recording)
     concepts_eval = torch.as_tensor(result.split.parts(resolved.labels)[1])
+    method = next((r.method for r in result.table if r.concept_formula() is not None), None)
     acts, vectors = [], []
-    for layer in layers:
-        rows = result.table.select(layer, "invert").rows
+    for layer in layers if method else ():
+        rows = result.table.select(layer, method).rows
         if not rows:
             continue
         v, labelled = label_vectors_for(rows, concepts_eval, list(resolved.names), skip_unknown=True)

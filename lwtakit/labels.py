@@ -1,15 +1,16 @@
-"""The label table: one typed row per (layer, unit, method), formulas kept as objects.
+"""The label table: one typed row per (layer, unit, method).
 
-Every labeler returns :class:`LabelRow` objects; :func:`lwtakit.dissect.dissect` collects them in a
+Every labeler returns :class:`LabelRow` objects (or rows of its own subclass, e.g. INVERT's row with its formula:
+:attr:`lwtakit.labelers.base.Labeler.row_class`); :func:`lwtakit.dissect.dissect` collects them in a
 :class:`LabelTable`, and every consumer (CSV files, the training callback and its W&B table, the reports,
 ``compare``) reads the table through the summaries written once here: per-layer quality
 (:meth:`LabelTable.summaries`), the best units of a layer (:meth:`LabelTable.best_units`) and the labels of one
 method (:meth:`LabelTable.labels`).
 
-On disk a table is a CSV with the columns of :data:`COLUMNS` that any row uses, in that order, followed by the
-method-specific extras (``iou``, ``threshold``, ``caption``, ...) in order of appearance; ``top5`` is
-``|``-joined and an INVERT formula is its printed form, read back into a :class:`Formula` by
-:meth:`LabelRow.from_record`.
+On disk a table is a CSV with the columns its rows' types declare (:attr:`LabelRow.columns`; a subclass inserts
+its own among them), those that any row uses, in that order, followed by the method-specific extras (``iou``,
+``threshold``, ``caption``, ...) in order of appearance; ``top5`` is ``|``-joined. :meth:`LabelRow.from_record`
+reads a row back as the type its method's labeler declares (an INVERT formula becomes an object again).
 """
 
 from __future__ import annotations
@@ -18,11 +19,19 @@ import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-COLUMNS = ("layer", "unit", "method", "mode", "label", "score", "firing_rate", "auc", "p_value", "length", "top5")
+COLUMNS = ("layer", "unit", "method", "mode", "label", "score", "firing_rate", "p_value", "top5")  # every row's
 SIGNIFICANT_P = 1e-3  # "significant label" in summaries and reports
-HELDOUT_KEYS = ("concepts",)  # besides heldout_<metric> and heldout_p (lwtakit.evaluation.assess)
+# The held-out assessment's values in a row's extra (lwtakit.evaluation.assess): heldout_<metric>, heldout_p (the
+# label's held-out p-value), concepts; heldout_significant is derived (value()).
+HELDOUT_PREFIX = "heldout_"
+HELDOUT_P = HELDOUT_PREFIX + "p"
+HELDOUT_SIGNIFICANT = HELDOUT_PREFIX + "significant"
+HELDOUT_KEYS = ("concepts",)  # besides heldout_<metric>
+# The IoU of a row's label with its unit's thresholded maps (the IoU labeler's extra): the rows of a (layer,
+# method) that carry it get NetDissect's interpretable units in their summary.
+IOU = "iou"
 # Network Dissection (Bau et al., CVPR 2017, sec. 3.1): a unit whose best concept has IoU > 0.04 is a detector of
 # it, an "interpretable unit"; NetDissect (and DISCOVER after it) compare layers and networks by how many units
 # pass and how many distinct concepts they cover.
@@ -49,11 +58,13 @@ def optional_float(value) -> float | None:
 
 @dataclass
 class LabelRow:
-    """One unit's (or PCA direction's) label by one method.
+    """One unit's (or PCA direction's) label by one method: what every labeler gives.
 
     ``score`` is the method's own score (INVERT: AUC; CLIP-Dissect: the similarity function; IoU: IoU);
-    ``auc`` / ``p_value`` / ``length`` / ``formula`` come from INVERT; ``top5`` holds the best five candidate
-    labels, best first; ``extra`` the method-specific values (``iou``, ``threshold``, ``caption``, ``count``).
+    ``p_value`` the label's significance where the method tests one (INVERT: Mann-Whitney); ``top5`` holds the
+    best five candidate labels, best first; ``extra`` the method-specific values (``iou``, ``threshold``,
+    ``caption``, ``count``) and the held-out assessment's. A labeler with typed values of its own subclasses this
+    (INVERT's row, with its formula) and names it as its :attr:`~lwtakit.labelers.base.Labeler.row_class`.
     """
 
     layer: str
@@ -62,21 +73,25 @@ class LabelRow:
     label: str = ""
     score: float | None = None
     firing_rate: float | None = None
-    auc: float | None = None
     p_value: float | None = None
-    length: int | None = None
     top5: tuple[str, ...] | None = None
-    formula: Any = None  # lwtakit.labelers.invert.Formula
     mode: str | None = None  # the LWTA mode the network was dissected in (mc, sample, argmax); None: no LWTA
     extra: dict[str, Any] = field(default_factory=dict)
 
+    # The CSV columns of this row type, in order (a subclass inserts its own), and its optional numbers: written
+    # when set, in this order.
+    columns: ClassVar[tuple[str, ...]] = COLUMNS
+    numbers: ClassVar[tuple[str, ...]] = ("p_value",)
+
     @property
     def concept(self) -> str | None:
-        """The first concept of the label (the first term of a formula; ``NOT x`` stays negated), or None."""
-        if self.formula is not None:
-            concept, negated = self.formula.atoms()[0]
-            return ("NOT " if negated else "") + self.formula.names[concept]
+        """The first concept of the label (here the label itself), or None."""
         return self.label or None
+
+    def concept_formula(self) -> Any:
+        """The label as a formula over the probe's concepts (with ``names`` and ``evaluate(concept_labels)``) when
+        its labeler built one (INVERT); None: the label is its text."""
+        return None
 
     def record(self) -> dict[str, Any]:
         """Plain values for CSV files and W&B tables: only the fields this row's method sets."""
@@ -84,33 +99,38 @@ class LabelRow:
                                "score": self.score, "firing_rate": self.firing_rate}
         if self.mode is not None:
             out["mode"] = self.mode
-        out.update({key: getattr(self, key) for key in ("auc", "p_value", "length") if getattr(self, key) is not None})
+        out.update({key: getattr(self, key) for key in self.numbers if getattr(self, key) is not None})
         if self.top5:
             out["top5"] = "|".join(self.top5)
         out.update(self.extra)
         return out
 
     @classmethod
+    def own_fields(cls, values: Mapping[str, Any], concept_names: Sequence[str] | None = None) -> dict[str, Any]:
+        """The typed values of a subclass's own fields from a CSV record or a labeling function's plain row."""
+        return {}
+
+    @classmethod
     def from_record(cls, record: Mapping[str, Any], *, concept_names: Sequence[str] | None = None) -> LabelRow:
-        """A row from a CSV record (strings) or a :meth:`record` dict; a multi-term INVERT label becomes a
-        :class:`~lwtakit.labelers.invert.Formula` again. Columns outside the row's fields go to ``extra``
-        (the history's ``epoch`` and ``step`` included; empty cells dropped, values kept as read)."""
-        known = set(COLUMNS)
-        length = record.get("length")
-        length = None if length in (None, "") else int(length)
+        """A row from a CSV record (strings) or a :meth:`record` dict, of the type its method's labeler declares
+        (:func:`lwtakit.labelers.base.row_class`) when called on :class:`LabelRow`. Columns outside the type's go
+        to ``extra`` (the history's ``epoch`` and ``step`` included; empty cells dropped, values kept as read);
+        ``concept_names`` fix the concept indices of a formula read back."""
+        if cls is LabelRow:
+            from lwtakit.labelers.base import row_class  # the registry: which labeler wrote rows of this method
+
+            own = row_class(str(record["method"]))
+            if own is not LabelRow:
+                return own.from_record(record, concept_names=concept_names)
+        known = set(cls.columns)
         top5 = record.get("top5")
         if isinstance(top5, str):
             top5 = tuple(t for t in top5.split("|") if t)
         label = "" if record.get("label") is None else str(record["label"])
-        formula = None
-        if length and label:
-            from lwtakit.labelers.invert import Formula
-
-            formula = Formula.parse(label, concept_names)
         return cls(layer=str(record["layer"]), unit=int(record["unit"]), method=str(record["method"]), label=label,
                    score=optional_float(record.get("score")), firing_rate=optional_float(record.get("firing_rate")),
-                   auc=optional_float(record.get("auc")), p_value=optional_float(record.get("p_value")), length=length,
-                   top5=None if top5 is None else tuple(top5), formula=formula, mode=record.get("mode") or None,
+                   p_value=optional_float(record.get("p_value")), top5=None if top5 is None else tuple(top5),
+                   mode=record.get("mode") or None, **cls.own_fields(record, concept_names),
                    extra={k: v for k, v in record.items() if k not in known and v not in (None, "")})
 
 
@@ -203,7 +223,7 @@ class LabelTable:
     def summaries(self) -> dict[tuple[str, str], LayerSummary]:
         """Per (layer, method): units, mean and median score (over units with a score), distinct labels, the
         share of units whose label has p < :data:`SIGNIFICANT_P` (None for methods without p-values) and, for
-        IoU labels, NetDissect's interpretable units (:func:`interpretable_units`)."""
+        rows that carry an IoU (:data:`IOU`), NetDissect's interpretable units (:func:`interpretable_units`)."""
         groups: dict[tuple[str, str], list[LabelRow]] = {}
         for r in self.rows:
             groups.setdefault((r.layer, r.method), []).append(r)
@@ -220,8 +240,8 @@ class LabelTable:
                 significant=sum(r.p_value is not None and r.p_value < SIGNIFICANT_P for r in rows) / len(rows)
                 if has_p else None,
                 heldout=_heldout_means(rows),
-                interpretable=interpretable_units([(r.label, value(r, "iou")) for r in rows])
-                if method == "iou" else None)
+                interpretable=interpretable_units([(r.label, value(r, IOU)) for r in rows])
+                if any(IOU in r.extra for r in rows) else None)
         return out
 
     # --- files -------------------------------------------------------------------------------------
@@ -230,10 +250,12 @@ class LabelTable:
         return [{**fixed, **r.record()} for r in self.rows]
 
     def columns(self, leading: Sequence[str] = ()) -> list[str]:
-        """``leading`` columns, then those of :data:`COLUMNS` that a row uses, then the extras."""
+        """``leading`` columns, then those of the rows' types (:func:`column_order`) that a row uses, then the
+        extras."""
         used = {k for r in self.rows for k in r.record()}
-        extras = dict.fromkeys(k for r in self.rows for k in r.extra if k not in COLUMNS)
-        return [*leading, *(c for c in COLUMNS if c in used), *(k for k in extras if k not in leading)]
+        order = column_order(dict.fromkeys(type(r) for r in self.rows))
+        extras = dict.fromkeys(k for r in self.rows for k in r.extra if k not in order)
+        return [*leading, *(c for c in order if c in used), *(k for k in extras if k not in leading)]
 
     def write_csv(self, path: str | Path) -> Path:
         from lwtakit.io import write_csv
@@ -251,19 +273,31 @@ def value(row: LabelRow, key: str) -> float | None:
     """A row's number under ``key`` (a field or an extra; None when missing or NaN). ``heldout_significant`` is
     derived: 1 when the label's held-out p < :data:`SIGNIFICANT_P`, 0 for any other assessed row (a label that
     is not a probe concept has no held-out p and is not significant), None when the row was not assessed."""
-    if key == "heldout_significant":
+    if key == HELDOUT_SIGNIFICANT:
         if "concepts" not in row.extra:  # lwtakit.evaluation.assess writes it for every row it assesses
             return None
-        return float(optional_float(row.extra.get("heldout_p")) is not None
-                     and optional_float(row.extra["heldout_p"]) < SIGNIFICANT_P)
-    return optional_float(getattr(row, key) if key in COLUMNS else row.extra.get(key))
+        p = optional_float(row.extra.get(HELDOUT_P))
+        return float(p is not None and p < SIGNIFICANT_P)
+    return optional_float(getattr(row, key) if key in row.columns else row.extra.get(key))
+
+
+def column_order(row_types: Iterable[type[LabelRow]]) -> list[str]:
+    """The columns of a table whose rows are of ``row_types``: each type's :attr:`LabelRow.columns` merged in, a
+    column new to the order going right after the column before it in its type (INVERT's ``auc`` after
+    ``firing_rate``)."""
+    order: list[str] = []
+    for row_type in row_types:
+        for i, name in enumerate(row_type.columns):
+            if name not in order:
+                order.insert(order.index(row_type.columns[i - 1]) + 1 if i else 0, name)
+    return order
 
 
 def _heldout_means(rows: list[LabelRow]) -> dict[str, float]:
     keys = dict.fromkeys(k for r in rows for k in r.extra
-                         if k in HELDOUT_KEYS or (k.startswith("heldout_") and k != "heldout_p"))
+                         if k in HELDOUT_KEYS or (k.startswith(HELDOUT_PREFIX) and k != HELDOUT_P))
     if keys:
-        keys["heldout_significant"] = None
+        keys[HELDOUT_SIGNIFICANT] = None
     out = {}
     for key in keys:
         values = [v for v in (value(r, key) for r in rows) if v is not None]

@@ -12,14 +12,13 @@ from lwtakit.evaluation import (
     label_similarity,
     planted_recovery,
 )
-from lwtakit.labelers.invert import Formula, label_units
-from lwtakit.labels import LabelRow
+from lwtakit.labelers.invert import Formula, InvertRow, label_units
 
 
 def row(unit, label, score=None, top5=None):
     """A label row as a labeler makes it: an INVERT formula stays an object."""
     formula = Formula.parse(label) if any(w in label for w in (" AND ", " OR ", "NOT ")) else None
-    return LabelRow("fc", unit, "invert", label, score, top5=None if top5 is None else tuple(top5), formula=formula)
+    return InvertRow("fc", unit, "invert", label, score, top5=None if top5 is None else tuple(top5), formula=formula)
 
 
 def test_final_layer_accuracy_from_rows_and_scores():

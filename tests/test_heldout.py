@@ -8,7 +8,7 @@ from scipy import stats
 from lwtakit.errors import UserError
 from lwtakit.evaluation import heldout as H
 from lwtakit.evaluation import metrics as M
-from lwtakit.labelers.invert import Formula
+from lwtakit.labelers.invert import Formula, InvertRow
 from lwtakit.labels import LabelRow
 
 METRICS = ["f1", "iou", "auprc", "correlation", "inverse_auc", "inverse_auprc", "mad"]
@@ -152,7 +152,7 @@ def test_label_vectors_for_rows():
     names = ["red", "blue", "round"]
     concepts = torch.tensor([[1, 0, 1], [0, 1, 1], [1, 1, 0], [0, 0, 0]], dtype=torch.bool)
     formula = Formula.atom(0, False, names).extend("AND", 2, True)  # red AND NOT round
-    rows = [LabelRow("l", 3, "invert", label=str(formula), formula=formula, length=2),
+    rows = [InvertRow("l", 3, "invert", label=str(formula), formula=formula, length=2),
             LabelRow("l", 0, "clip", label="NOT blue"),
             LabelRow("l", 1, "clip", label=""),
             LabelRow("l", 2, "clip", label="striped")]

@@ -4,6 +4,7 @@ and the distinct concepts they cover, in the label summaries and the dissect rep
 import numpy as np
 import pytest
 
+from lwtakit.labelers.invert import InvertRow
 from lwtakit.labels import INTERPRETABLE_IOU, LabelRow, LabelTable
 from lwtakit.report import dissection_report
 from tests.test_report import _parse
@@ -24,7 +25,7 @@ def _planted(seed=0):
             extra = {} if u == 1 else {"iou": float(ious[u]), "threshold": 1.0}
             rows.append(LabelRow(layer, u, "iou", "" if u == 1 else label, None if u == 1 else float(ious[u]),
                                  extra=extra))
-            rows.append(LabelRow(layer, u, "invert", label, 0.7, auc=0.7, p_value=1e-4, length=1))
+            rows.append(InvertRow(layer, u, "invert", label, 0.7, p_value=1e-4, auc=0.7, length=1))
     return LabelTable(rows)
 
 

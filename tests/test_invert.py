@@ -7,7 +7,8 @@ import torch
 from torchmetrics.classification import BinaryAUROC
 
 from lwtakit.errors import UserError
-from lwtakit.labelers.invert import Formula, auc_matrix, label_units, mann_whitney_pvalues, rank_data
+from lwtakit.evaluation.ranks import auc_matrix, mann_whitney_pvalues, rank_data
+from lwtakit.labelers.invert import Formula, label_units
 
 
 def _tied_data(seed=0, N=240, C=5, K=6):

@@ -110,13 +110,13 @@ def test_missing_needs_and_unknown_names_are_one_line_errors(probe):
 
 
 def test_label_table_summaries_and_csv_round_trip(tmp_path):
-    from lwtakit.labelers.invert import Formula
+    from lwtakit.labelers.invert import Formula, InvertRow
 
     names = ["red", "blue", "dark green"]
     f = Formula.atom(0, False, names).extend("AND", 2, True)
-    rows = [LabelRow("l", 0, "invert", str(f), 0.9, 0.5, 0.9, 1e-5, 2, ("red", "blue"), f),
-            LabelRow("l", 1, "invert", "blue", 0.7, 0.5, 0.7, 0.2, 1, ("blue",)),
-            LabelRow("l", 2, "invert", "", None, 0.0, None, None, 0, ()),
+    rows = [InvertRow("l", 0, "invert", str(f), 0.9, 0.5, 1e-5, ("red", "blue"), auc=0.9, length=2, formula=f),
+            InvertRow("l", 1, "invert", "blue", 0.7, 0.5, 0.2, ("blue",), auc=0.7, length=1),
+            InvertRow("l", 2, "invert", "", None, 0.0, None, (), length=0),
             LabelRow("l", 0, "iou", "blue", 0.3, 0.5, extra={"iou": 0.3, "threshold": 1.5})]
     table = LabelTable(rows)
     s = table.summaries()[("l", "invert")]

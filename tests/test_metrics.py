@@ -18,7 +18,7 @@ from torchmetrics.classification import (
 
 from lwtakit.errors import UserError
 from lwtakit.evaluation import metrics as M
-from lwtakit.labelers.invert import auc_matrix
+from lwtakit.evaluation.ranks import auc_matrix
 
 ALPHA = 0.1
 

@@ -28,15 +28,13 @@ from __future__ import annotations
 
 import torch
 
-from ..labels import LabelRow
+from ..labels import HELDOUT_P, HELDOUT_PREFIX, LabelRow
 from .heldout import concepts_per_unit, heldout_scores, label_vectors_for, simulation
 from .metrics import parse_metrics
 from .options import HeldOutOptions
 from .polysemanticity import concept_counts
 from .reliability import dead_units, disattenuate
 from .unit_metrics import CORRELATION_DISATTENUATED, RELIABILITY, matched_scores
-
-HELDOUT_PREFIX = "heldout_"
 
 
 def assess(rows: list[LabelRow], acts_eval: torch.Tensor, concepts_eval: torch.Tensor, names: list[str],
@@ -57,7 +55,7 @@ def assess(rows: list[LabelRow], acts_eval: torch.Tensor, concepts_eval: torch.T
         labelled = labelled & ~dead
         values = heldout_scores(acts_eval, vectors, parse_metrics(",".join(options.metrics)), options.alpha,
                                 labelled=labelled)
-        values = {f"{HELDOUT_PREFIX}{k}" if k != "p_value" else "heldout_p": v for k, v in values.items()}
+        values = {f"{HELDOUT_PREFIX}{k}" if k != "p_value" else HELDOUT_P: v for k, v in values.items()}
         values.update(_verdict_values(acts_eval, vectors, labelled, reliability))
         for r in method_rows:
             r.extra["dead"] = int(dead[r.unit])

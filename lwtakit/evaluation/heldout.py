@@ -20,10 +20,9 @@ import torch
 from scipy import special
 
 from ..errors import UserError
-from ..labelers.invert import mann_whitney_pvalues, rank_data
-from ..labelers.invert.ranks import _mwu_logp
 from .label_vectors import label_vectors
 from .metrics import DEFAULT_ALPHA, check_alpha, get_metric, score, score_columns
+from .ranks import mann_whitney_pvalues, mwu_logp, rank_data
 
 __all__ = ["bh_adjust", "concept_pvalues", "concepts_per_unit", "heldout_pvalues", "heldout_scores",
            "label_vectors_for", "simulation"]
@@ -82,7 +81,7 @@ def heldout_pvalues(acts_eval, label_vectors_eval, labelled=None) -> torch.Tenso
     """One-sided Mann-Whitney U p-value ``[C]`` that unit ``i``'s activation is higher on the images where its
     label holds than where it does not, on the evaluation images: INVERT's significance test (Bykov et al.,
     NeurIPS 2023, sec. 3) of each unit with its own label. Tie-averaged ranks from
-    :func:`~lwtakit.labelers.invert.rank_data`, ``U = sum_{c = 1} rank - n_c (n_c + 1) / 2``, normal approximation
+    :func:`~lwtakit.evaluation.ranks.rank_data`, ``U = sum_{c = 1} rank - n_c (n_c + 1) / 2``, normal approximation
     with tie and continuity corrections (``scipy.stats.mannwhitneyu(..., alternative="greater",
     method="asymptotic")``). NaN for an unlabelled unit, a constant unit, or a label true on all or none of the
     evaluation images."""
@@ -99,7 +98,7 @@ def heldout_pvalues(acts_eval, label_vectors_eval, labelled=None) -> torch.Tenso
         U[lo:lo + step] = (ranks * L[:, lo:lo + step]).sum(0) - n_pos * (n_pos + 1) / 2
         ties[lo:lo + step] = tie
     n_pos = L.sum(0)
-    p = _mwu_logp(U, n_pos, N - n_pos, ties, "greater").exp()
+    p = mwu_logp(U, n_pos, N - n_pos, ties, "greater").exp()
     return torch.where(mask, p, torch.full_like(p, float("nan")))
 
 
@@ -159,7 +158,7 @@ def concept_pvalues(acts_eval, concepts_eval, metric: str = "correlation") -> to
       correlation and this test is exactly the pooled two-sample t-test of the activation between images with
       and without the concept; it uses the metric the sanity tests rank first (NeuronEval, Table 2).
     * ``metric="inverse_auc"``: the Mann-Whitney U test behind INVERT's AUC
-      (:func:`~lwtakit.labelers.invert.mann_whitney_pvalues`): no normality assumption, for heavy-tailed or
+      (:func:`~lwtakit.evaluation.ranks.mann_whitney_pvalues`): no normality assumption, for heavy-tailed or
       mostly-zero activations.
 
     NaN (no test) where a unit is constant or a concept is present on all or none of the images.
@@ -203,7 +202,8 @@ def label_vectors_for(rows: Iterable, concept_labels, names: Sequence[str], n_un
     ``rows[r]``. With ``n_units``, columns are units instead (``[N, n_units]``, column ``row.unit``; units
     without a row are unlabelled; a unit may have one row only).
 
-    A row with a ``formula`` (INVERT) is evaluated by ``formula.evaluate``; another row's ``label`` must be one
+    A row whose labeler kept the label as a formula (:meth:`~lwtakit.labels.LabelRow.concept_formula`: INVERT's)
+    is evaluated by the formula; another row's ``label`` must be one
     of ``names`` or ``NOT`` one (:func:`~lwtakit.evaluation.label_vectors.label_vectors`); an empty label is
     unlabelled. ``skip_unknown``: a label that is not a concept name (a CLIP-Dissect label from another concept
     set, a caption) leaves its unit unlabelled instead of raising :class:`UserError`.
@@ -230,11 +230,12 @@ def label_vectors_for(rows: Iterable, concept_labels, names: Sequence[str], n_un
 
 
 def _row_vector(row, concepts: torch.Tensor, names: list[str], skip_unknown: bool) -> torch.Tensor | None:
-    if row.formula is not None:
-        if list(row.formula.names) != names:
-            raise UserError(f"unit {row.unit}'s formula {row.formula} was built on other concept names than the "
+    formula = row.concept_formula()
+    if formula is not None:
+        if list(formula.names) != names:
+            raise UserError(f"unit {row.unit}'s formula {formula} was built on other concept names than the "
                             "concept labels given; pass the concept names the labels were found with")
-        return row.formula.evaluate(concepts)
+        return formula.evaluate(concepts)
     if not row.label:
         return None
     try:

@@ -69,8 +69,8 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..labelers.invert import rank_data
 from .options import DEFAULT_ALPHA
+from .ranks import rank_data
 
 __all__ = ["DEFAULT_ALPHA", "METRICS", "Metric", "WPMI_LAMBDA", "check_alpha", "get_metric", "parse_metrics",
            "score", "score_columns", "score_pairs"]
@@ -241,7 +241,7 @@ def _auprc(b: _Batch) -> torch.Tensor:
 def _inverse_auc(b: _Batch) -> torch.Tensor:
     """AUROC of the score ``a`` for the label ``c`` from the rank sum of the positives (tie-averaged ranks,
     Mann-Whitney): ``(R_pos - n_c (n_c + 1) / 2) / (n_c (N - n_c))``, 0 when ``n_c`` is 0 or N. Equal to
-    :func:`lwtakit.labelers.invert.auc_matrix` wherever that is defined."""
+    :func:`lwtakit.evaluation.ranks.auc_matrix` wherever that is defined."""
     rank_sum = b.inner(b.units.ranks, b.concepts.x)
     denom = b.n_pos * (b.N - b.n_pos)
     u = rank_sum - b.n_pos * (b.n_pos + 1) / 2

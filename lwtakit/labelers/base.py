@@ -101,6 +101,8 @@ class Labeler(ABC):
     # With several processes (ctx.collective) a sharded labeler's label() runs in every process, each streaming its
     # share of the probe set; rank 0 returns the rows. Other labelers run on rank 0 alone.
     sharded: ClassVar[bool] = False
+    # The type of its rows: a LabelRow subclass holds a labeler's own typed values (INVERT's formula).
+    row_class: ClassVar[type[LabelRow]] = LabelRow
 
     def __init__(self, config: Any = None, **overrides: Any) -> None:
         if config is None and self.config_class is not None:
@@ -127,26 +129,29 @@ class Labeler(ABC):
     def label(self, target: Target, ctx: Context) -> list[LabelRow]:
         """One row per unit (or direction) of ``target``."""
 
+    def report_meta(self) -> dict[str, str]:
+        """The settings a dissection report's header names (setting -> words); none by default."""
+        return {}
 
-_ROW_FIELDS = {"unit", "label", "score", "auc", "p_value", "length", "top5", "formula"}
 
-
-def rows_from_dicts(dicts: list[dict], target: Target, method: str) -> list[LabelRow]:
-    """Typed rows from the plain rows of a labeling function (``unit, label, score`` + the method's fields;
-    ``top5`` a list or a ``|``-joined string); scalar fields besides the standard ones go to ``extra``."""
+def rows_from_dicts(dicts: list[dict], target: Target, method: str,
+                    row_class: type[LabelRow] = LabelRow) -> list[LabelRow]:
+    """Rows of ``row_class`` from the plain rows of a labeling function (``unit, label, score``, ``p_value``, the
+    row type's own fields (:meth:`~lwtakit.labels.LabelRow.own_fields`); ``top5`` a list or a ``|``-joined
+    string); other scalar fields go to ``extra``."""
+    known = {"unit", *row_class.columns, *(f.name for f in dataclasses.fields(row_class))}
     rows = []
     for d in dicts:
         unit = int(d["unit"])
         top = d.get("top5")
         if top is not None:
             top = tuple(t for t in top.split("|") if t) if isinstance(top, str) else tuple(str(t) for t in top)
-        rows.append(LabelRow(
+        rows.append(row_class(
             layer=target.name, unit=unit, method=method, label="" if d.get("label") is None else str(d["label"]),
             score=optional_float(d.get("score")),
             firing_rate=None if target.firing is None else optional_float(target.firing[unit]),
-            auc=optional_float(d.get("auc")), p_value=optional_float(d.get("p_value")),
-            length=int(d["length"]) if "length" in d else None, top5=top, formula=d.get("formula"),
-            extra={k: v for k, v in d.items() if k not in _ROW_FIELDS and isinstance(v, (int, float, str))}))
+            p_value=optional_float(d.get("p_value")), top5=top, **row_class.own_fields(d),
+            extra={k: v for k, v in d.items() if k not in known and isinstance(v, (int, float, str))}))
     return rows
 
 
@@ -171,6 +176,14 @@ def register_labeler(cls: type[Labeler]) -> type[Labeler]:
         raise ValueError(f"a labeler named {cls.name!r} is already registered ({_REGISTRY[cls.name].__qualname__})")
     _REGISTRY[cls.name] = cls
     return cls
+
+
+def row_class(method: str) -> type[LabelRow]:
+    """The row type of the labels of ``method`` (:attr:`Labeler.row_class`; :class:`LabelRow` for a method that is
+    not registered)."""
+    _load_builtins()
+    cls = _REGISTRY.get(method)
+    return LabelRow if cls is None else cls.row_class
 
 
 def labeler_names() -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from lwtakit.evaluation.verdict import VERDICT_METRICS
-from lwtakit.labels import INTERPRETABLE_IOU
+from lwtakit.labels import HELDOUT_SIGNIFICANT, INTERPRETABLE_IOU, SIGNIFICANT_P
 
 # NetDissect's per-layer count, as compare names it (lwtakit.compare.add_interpretable_units)
 INTERPRETABLE_UNITS = f"IoU > {INTERPRETABLE_IOU:g} units"
@@ -63,9 +63,9 @@ GLOSSARY: dict[str, tuple[str, str]] = {
               "inverse AUPRC). Capped by the concept's frequency like F1."),
     "correlation": ("interpretability", "Held-out correlation of the unit's activation with its label's concept "
                     "indicator: also how well the label predicts the activation."),
-    VERDICT_METRICS["heldout_significant"]: ("interpretability", "Share of units whose label has held-out "
-                                             "p < 0.001 (INVERT's Mann-Whitney test on the images it was not "
-                                             "chosen on)."),
+    VERDICT_METRICS[HELDOUT_SIGNIFICANT]: ("interpretability", "Share of units whose label has held-out "
+                                           f"p < {SIGNIFICANT_P:g} (INVERT's Mann-Whitney test on the images it was "
+                                           "not chosen on)."),
     "concepts per unit": ("interpretability", "Concepts a unit detects significantly on the held-out images "
                           "(Benjamini-Hochberg, q = 0.05): fewer is more focused (less polysemantic). Grows "
                           "with less noise (more passes, more images) and counts concepts that merely overlap "

@@ -6,8 +6,9 @@ compositional labels are formulas of concepts and their negations joined by AND 
 search up to length L with a bound on the concept's positive fraction, and the significance of a label is
 a Mann-Whitney U test.
 
-* :mod:`.ranks`: ranks, the AUROC of all units x all concepts from rank sums, Mann-Whitney p-values;
-* :mod:`.formula`: :class:`Formula`, printing and parsing labels;
+* :mod:`lwtakit.evaluation.ranks` (shared with the held-out assessment): ranks, the AUROC of all units x all
+  concepts from rank sums, Mann-Whitney p-values;
+* :mod:`.formula`: :class:`Formula`, printing and parsing labels; :mod:`.row`: :class:`InvertRow`, its label row;
 * :mod:`.search`: :func:`label_units`, the beam search with parsimony, set by one :class:`InvertConfig`
   (:mod:`lwtakit.labelers.configs`);
 * :mod:`.labeler`: :class:`InvertLabeler`, registered as ``invert`` for :func:`lwtakit.dissect.dissect`.
@@ -16,8 +17,7 @@ a Mann-Whitney U test.
 from ..configs import InvertConfig
 from .formula import Formula
 from .labeler import InvertLabeler
-from .ranks import auc_matrix, mann_whitney_pvalues, rank_data
+from .row import InvertRow
 from .search import _extension_logp, label_units, order_top
 
-__all__ = ["Formula", "InvertConfig", "InvertLabeler", "auc_matrix", "rank_data", "mann_whitney_pvalues", "label_units",
-           "order_top", "_extension_logp"]
+__all__ = ["Formula", "InvertConfig", "InvertLabeler", "InvertRow", "label_units", "order_top", "_extension_logp"]

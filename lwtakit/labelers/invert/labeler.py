@@ -6,6 +6,7 @@ from lwtakit.labelers.base import CONCEPT_LABELS, Context, Labeler, Target, regi
 from lwtakit.labelers.configs import InvertConfig
 from lwtakit.labels import LabelRow
 
+from .row import InvertRow
 from .search import label_units
 
 
@@ -16,7 +17,13 @@ class InvertLabeler(Labeler):
     name = "invert"
     config_class = InvertConfig
     needs = frozenset({CONCEPT_LABELS})
+    row_class = InvertRow
 
     def label(self, target: Target, ctx: Context) -> list[LabelRow]:
         dicts = label_units(target.acts, ctx.concepts.labels, ctx.concepts.names, self.config)
-        return rows_from_dicts(dicts, target, self.name)
+        return rows_from_dicts(dicts, target, self.name, self.row_class)
+
+    def report_meta(self) -> dict[str, str]:
+        """Parsimony on or off and the p-value's alternative, so a reader can tell this search from the
+        reference's (Bykov et al. 2023)."""
+        return {"INVERT": self.config.describe()}

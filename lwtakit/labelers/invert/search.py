@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from ...errors import UserError
+from ...evaluation.ranks import auc_from, check_inputs, chunk_size, mwu_logp, one_sided_logp, rank_data
 from ..configs import InvertConfig
 from .formula import Formula
-from .ranks import _auc_from, _check_inputs, _chunk_size, _mwu_logp, _one_sided_logp, rank_data
 
 __all__ = ["InvertConfig", "label_units", "order_top"]
 
@@ -87,9 +87,9 @@ def _term_logp(x: torch.Tensor, with_term: torch.Tensor, without_term: torch.Ten
     gained, lost = with_term & ~without_term, without_term & ~with_term
     logps = []
     if bool(gained.any()):
-        logps.append(_one_sided_logp(x, gained, ~with_term & ~without_term))
+        logps.append(one_sided_logp(x, gained, ~with_term & ~without_term))
     if bool(lost.any()):
-        logps.append(_one_sided_logp(x, with_term & without_term, lost))
+        logps.append(one_sided_logp(x, with_term & without_term, lost))
     if not logps:
         return 0.0
     return float("nan") if any(math.isnan(v) for v in logps) else max(logps)
@@ -137,7 +137,7 @@ def _extension_logp(x: torch.Tensor, F: torch.Tensor, C: torch.Tensor) -> torch.
     ns = n_side.unsqueeze(1)
     U = torch.stack([R - n_c * (n_c + 1) / 2, R_not - (ns - n_c) * (ns - n_c + 1) / 2], 1)  # [2B, 2, K]
     n_pos = torch.stack([n_c, ns - n_c], 1)
-    logp = _mwu_logp(U, n_pos, ns.unsqueeze(1) - n_pos, tie, "greater")
+    logp = mwu_logp(U, n_pos, ns.unsqueeze(1) - n_pos, tie, "greater")
     logp = torch.where(ns.unsqueeze(1) >= 2, logp, torch.full_like(logp, float("nan")))
     B = F.shape[0]
     return torch.cat([logp[:B], logp[B:]], 1)                        # [B, 4, K]: AND c, AND NOT c, OR ...
@@ -148,7 +148,7 @@ def _atom_scores(unit: _Unit, concepts: _Concepts, config: InvertConfig):
     N = concepts.N
     R1 = torch.cat([unit.rC, unit.r_total - unit.rC])
     n1 = torch.cat([concepts.counts, N - concepts.counts])
-    return _auc_from(R1, n1, N), config.admissible(n1, N)
+    return auc_from(R1, n1, N), config.admissible(n1, N)
 
 
 def _first_beam(auc1, ok1, concepts: _Concepts, beam: int) -> tuple[list[_Node], list[_Node]]:
@@ -182,7 +182,7 @@ def _extension_auc(unit: _Unit, current: list[_Node], concepts: _Concepts):
     nf = F.sum(1, keepdim=True)
     R = torch.stack([rF, rf - rF, rf + rC - rF, r_total - rC + rF], dim=1)   # [B, 4, K]
     n = torch.stack([nF, nf - nF, nf + counts - nF, N - counts + nF], dim=1)
-    return _auc_from(R, n, N), n
+    return auc_from(R, n, N), n
 
 
 def _extension_ok(unit: _Unit, current: list[_Node], auc, n, concepts: _Concepts, config: InvertConfig,
@@ -287,13 +287,13 @@ def _label_atoms(ids, RC, ties, concepts: _Concepts, config: InvertConfig) -> li
     N = concepts.N
     R1 = torch.cat([RC, N * (N + 1) / 2 - RC], dim=1)  # [chunk, 2K]; rank sum of NOT c = total - that of c
     n1 = torch.cat([concepts.counts, N - concepts.counts]).expand_as(R1)
-    auc1 = _auc_from(R1, n1, N)
+    auc1 = auc_from(R1, n1, N)
     admissible = config.admissible(n1, N) & ~auc1.isnan()
     masked = torch.where(admissible, auc1, torch.full_like(auc1, -1.0))
     order = torch.argsort(masked, dim=1, descending=True, stable=True)[:, :5]
     best = order[:, :1]
     n_pos = n1.gather(1, best)
-    logp = _mwu_logp(R1.gather(1, best) - n_pos * (n_pos + 1) / 2, n_pos, N - n_pos, ties, config.alternative)
+    logp = mwu_logp(R1.gather(1, best) - n_pos * (n_pos + 1) / 2, n_pos, N - n_pos, ties, config.alternative)
     rows = []
     for j, unit in enumerate(ids):
         b = int(best[j, 0])
@@ -317,7 +317,7 @@ def _searched_row(unit: int, node: _Node | None, top: list[str], ranks, ties, al
     lab = node.labels.to(torch.float64)
     n_pos = lab.sum()
     U = ranks @ lab - n_pos * (n_pos + 1) / 2
-    logp = _mwu_logp(U.view(1, 1), n_pos, N - n_pos, ties, alternative)
+    logp = mwu_logp(U.view(1, 1), n_pos, N - n_pos, ties, alternative)
     return {"unit": unit, "label": str(node.formula), "score": node.auc, "auc": node.auc,
             "p_value": float(logp.exp()), "length": node.formula.length, "formula": node.formula, "top5": top}
 
@@ -356,7 +356,7 @@ def label_units(acts, concept_labels, concept_names: Sequence[str], config: Inve
     the one-sided one when AUC > 0.5, capped at 1), ``length, formula`` (:class:`Formula`) and ``top5`` (best
     five atoms). Units whose concepts are all inadmissible get ``label=None`` and NaN scores.
     """
-    acts, labels = _check_inputs(acts, concept_labels)
+    acts, labels = check_inputs(acts, concept_labels)
     N, n_units = acts.shape
     K = labels.shape[1]
     names = [str(s) for s in concept_names]
@@ -371,7 +371,7 @@ def label_units(acts, concept_labels, concept_names: Sequence[str], config: Inve
     from tqdm.auto import tqdm
 
     rows = []
-    chunk = _chunk_size(N, len(unit_ids))
+    chunk = chunk_size(N, len(unit_ids))
     bar = tqdm(total=len(unit_ids), desc="INVERT", disable=not progress, leave=False)
     for lo in range(0, len(unit_ids), chunk):
         ids = unit_ids[lo:lo + chunk]

@@ -1,4 +1,5 @@
-"""Ranks, AUROC and Mann-Whitney U tests of every unit for every concept, vectorised (INVERT's statistics).
+"""Ranks, AUROC and Mann-Whitney U tests of every unit for every concept, vectorised: the rank statistics that
+INVERT labels with and the held-out assessment and NeuronEval's metrics score with.
 
 Bykov et al., "Labeling Neural Representations with Inverse Recognition", NeurIPS 2023, score a unit for a
 concept by the AUROC of its activation as a classifier of the concept (sec. 3, eq. 2). Here the AUROC of *all
@@ -17,9 +18,10 @@ import numpy as np
 import torch
 from scipy import special
 
-from ...errors import UserError
+from ..errors import UserError
 
-__all__ = ["auc_matrix", "rank_data", "mann_whitney_pvalues"]
+__all__ = ["auc_from", "auc_matrix", "check_inputs", "chunk_size", "mann_whitney_pvalues", "mwu_logp", "one_sided_logp",
+           "rank_data"]
 
 
 def _as_tensor(x, dtype=None) -> torch.Tensor:
@@ -52,7 +54,7 @@ def rank_data(acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return ranks, tie_term
 
 
-def _check_inputs(acts, labels) -> tuple[torch.Tensor, torch.Tensor]:
+def check_inputs(acts, labels) -> tuple[torch.Tensor, torch.Tensor]:
     """``acts [N, C]`` finite and ``labels [N, K]`` boolean (a 1-D label vector becomes one column), or UserError."""
     acts = _as_tensor(acts)
     labels = _as_tensor(labels)
@@ -71,7 +73,7 @@ def _check_inputs(acts, labels) -> tuple[torch.Tensor, torch.Tensor]:
     return acts, labels.to(acts.device)
 
 
-def _chunk_size(N: int, C: int, budget: int = 1 << 25) -> int:
+def chunk_size(N: int, C: int, budget: int = 1 << 25) -> int:
     """Units per chunk so that a chunk's ranks ``[N, chunk]`` hold about ``budget`` values."""
     return max(1, min(C, budget // max(N, 1)))
 
@@ -82,7 +84,7 @@ def _u_statistic(acts, labels, chunk: int | None):
     L = labels.to(torch.float64)
     n_pos = L.sum(0)
     n_neg = N - n_pos
-    chunk = chunk or _chunk_size(N, C)
+    chunk = chunk or chunk_size(N, C)
     U = torch.empty(C, L.shape[1], dtype=torch.float64, device=acts.device)
     ties = torch.empty(C, dtype=torch.float64, device=acts.device)
     for lo in range(0, C, chunk):
@@ -100,13 +102,13 @@ def auc_matrix(acts, labels, chunk: int | None = None) -> torch.Tensor:
     ``torchmetrics.classification.BinaryAUROC`` per (unit, concept). Concepts with no positive or no
     negative image get NaN. ``chunk`` units are ranked at a time (default: ~2^25 ranks in memory).
     """
-    acts, labels = _check_inputs(acts, labels)
+    acts, labels = check_inputs(acts, labels)
     U, n_pos, n_neg, _ = _u_statistic(acts, labels, chunk)
     denom = n_pos * n_neg
     return torch.where(denom > 0, U / denom.clamp_min(1), torch.full_like(U, float("nan")))
 
 
-def _mwu_logp(U, n_pos, n_neg, tie_term, alternative: str) -> torch.Tensor:
+def mwu_logp(U, n_pos, n_neg, tie_term, alternative: str) -> torch.Tensor:
     """log p of the asymptotic Mann-Whitney test (normal approximation, tie + continuity corrections),
     the same statistic as ``scipy.stats.mannwhitneyu(method="asymptotic", use_continuity=True)``."""
     n = n_pos + n_neg
@@ -141,23 +143,23 @@ def mann_whitney_pvalues(acts, labels, alternative: str = "greater", log: bool =
     space (``scipy.special.log_ndtr``) so that tiny p-values do not underflow: pass ``log=True`` to get
     natural-log p-values. NaN where a concept has no positives or no negatives or a unit is constant.
     """
-    acts, labels = _check_inputs(acts, labels)
+    acts, labels = check_inputs(acts, labels)
     U, n_pos, n_neg, ties = _u_statistic(acts, labels, chunk)
-    logp = _mwu_logp(U, n_pos, n_neg, ties, alternative)
+    logp = mwu_logp(U, n_pos, n_neg, ties, alternative)
     return logp if log else logp.exp()
 
 
-def _auc_from(R, n, N):
+def auc_from(R, n, N):
     """AUROC from the rank sum ``R`` of ``n`` positives among ``N`` (Hanley & McNeil 1982, eq. 2); NaN where
     there is no positive or no negative."""
     denom = n * (N - n)
     return torch.where(denom > 0, (R - n * (n + 1) / 2) / denom.clamp_min(1), torch.full_like(R, float("nan")))
 
 
-def _one_sided_logp(x: torch.Tensor, high: torch.Tensor, low: torch.Tensor) -> float:
+def one_sided_logp(x: torch.Tensor, high: torch.Tensor, low: torch.Tensor) -> float:
     """log p of the one-sided Mann-Whitney test that ``x[high]`` exceeds ``x[low]`` (NaN if one is empty)."""
     if int(high.sum()) == 0 or int(low.sum()) == 0:
         return float("nan")
     sel = high | low
     U, n_pos, n_neg, ties = _u_statistic(x[sel].unsqueeze(1), high[sel].unsqueeze(1), None)
-    return float(_mwu_logp(U, n_pos, n_neg, ties, "greater")[0, 0])
+    return float(mwu_logp(U, n_pos, n_neg, ties, "greater")[0, 0])
