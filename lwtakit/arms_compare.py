@@ -26,7 +26,7 @@ import numpy as np
 
 from lwtakit.errors import UserError
 from lwtakit.evaluation.unit_scores import DEAD_FRACTION
-from lwtakit.labels import HELDOUT_KEYS, LabelRow, value
+from lwtakit.labels import HELDOUT_KEYS, HELDOUT_P, HELDOUT_PREFIX, HELDOUT_SIGNIFICANT, LabelRow, value
 
 UNIT_COLUMNS = ("arm", "seed", "run", "layer", "unit", "metric", "value", "u")
 ARM_COLUMNS = ("arm", "metric", "mean", "sd", "n")
@@ -171,9 +171,9 @@ def heldout_keys(row: LabelRow) -> list[str]:
     by ``dead_fraction``)."""
     from lwtakit.evaluation.unit_metrics import DEAD, UNIT_METRICS
 
-    keys = [k for k in row.extra if k in HELDOUT_KEYS or (k.startswith("heldout_") and k != "heldout_p")
+    keys = [k for k in row.extra if k in HELDOUT_KEYS or (k.startswith(HELDOUT_PREFIX) and k != HELDOUT_P)
             or (k in UNIT_METRICS and k != DEAD)]
-    return keys + (["heldout_significant"] if "concepts" in row.extra else [])
+    return keys + ([HELDOUT_SIGNIFICANT] if "concepts" in row.extra else [])
 
 
 def unit_scores(rows: list[LabelRow], arm: str, seed: Any, run: str, u: int = 1,

@@ -181,8 +181,9 @@ def _trained(run_dir: Path | None) -> dict[str, str]:
 def label_quality(table, class_names: list[str], probe) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """INVERT label quality of a run: over all labelled layers (final-layer label accuracy, planted-concept
     coverage, mean AUC) and per layer (:meth:`LabelTable.summaries`). The in-sample share of labels with
-    p < 0.001 is left out: on a few hundred images nearly every INVERT label passes it (1.0 in every run), so it
-    tells runs apart only in its held-out form (the interpretability table's share of significant labels)."""
+    p < :data:`~lwtakit.labels.SIGNIFICANT_P` is left out: on a few hundred images nearly every INVERT label passes
+    it (1.0 in every run), so it tells runs apart only in its held-out form (the interpretability table's share of
+    significant labels)."""
     from lwtakit.evaluation import concept_coverage, final_layer_accuracy
 
     classifier = table.layers[-1]

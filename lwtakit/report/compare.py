@@ -14,6 +14,7 @@ from lwtakit import plots
 from lwtakit.errors import UserError
 from lwtakit.evaluation.verdict import DISTRIBUTION_PANELS, VERDICT_METRICS
 from lwtakit.io import ensure_writable_dir
+from lwtakit.labels import SIGNIFICANT_P
 from lwtakit.report.formatting import as_float
 from lwtakit.report.glossary import EVALUATED, GLOSSARY, explain
 from lwtakit.report.page import PendingPlots, write_report
@@ -25,8 +26,8 @@ INTERPRETABILITY_NOTE = (
     "checkpoint, not its training procedure, and are not tested against each other (the units of one network are "
     "not independent samples). The comparison of arms is the seed-level verdict (verdict.html). F1 binarises a unit "
     "at its top 5% of images; correlation is also how well the label predicts the activation; a significant label "
-    "has held-out p < 0.001; concepts per unit counts the concepts a unit detects significantly on the held-out "
-    "images (Benjamini-Hochberg, q = 0.05), which grows with the signal-to-noise of the recording.")
+    f"has held-out p < {SIGNIFICANT_P:g}; concepts per unit counts the concepts a unit detects significantly on the "
+    "held-out images (Benjamini-Hochberg, q = 0.05), which grows with the signal-to-noise of the recording.")
 
 
 @dataclass
