@@ -88,13 +88,7 @@ def resolve_run_dir(cfg: DictConfig) -> Path:
 def build_datamodule(cfg: DictConfig) -> VisionDataModule:
     from lightning_modules.datamodules import VisionDataModule
 
-    d = cfg.data
-    synthetic = {"target": d.target, "second_object": d.second_object} if d.name == "synthetic" else {}
-    return VisionDataModule(
-        name=d.name, root=d.root, download=d.download, batch_size=d.batch_size, num_workers=d.num_workers,
-        img_size=d.img_size, augment=d.augment, seed=cfg.seed, train_size=d.train_size, val_size=d.val_size,
-        test_size=d.test_size, **synthetic,
-    )
+    return VisionDataModule(cfg.data, seed=cfg.seed)
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path, resume_step: int | None = None) -> list[Logger]:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_only
 
 from lwtakit.io import atomic_write
 
@@ -47,7 +48,10 @@ class FitMetrics(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Checkpoint callbacks run after the others: this file is on disk before last.ckpt names the final epoch.
-        metrics = {**scalar_metrics(trainer), "fit_seconds": time.perf_counter() - self._started}
-        if trainer.is_global_zero:
-            with atomic_write(self.run_dir / FIT_METRICS_NAME, encoding="utf-8") as fh:
-                json.dump(metrics, fh, indent=2, sort_keys=True)
+        _write(self.run_dir, {**scalar_metrics(trainer), "fit_seconds": time.perf_counter() - self._started})
+
+
+@rank_zero_only
+def _write(run_dir: Path, metrics: dict[str, float]) -> None:
+    with atomic_write(run_dir / FIT_METRICS_NAME, encoding="utf-8") as fh:
+        json.dump(metrics, fh, indent=2, sort_keys=True)

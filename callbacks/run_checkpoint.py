@@ -18,6 +18,7 @@ import os
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 
 from lwtakit.checkpoint_io import replace_link
 
@@ -50,13 +51,18 @@ class RunCheckpoint(ModelCheckpoint):
         if self._pending_link is None:
             return
         target, link = self._pending_link
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.save()
-            replace_link(target, link)
-            for path in self._pending_removal:
-                if os.path.abspath(path) != os.path.abspath(target):
-                    with contextlib.suppress(FileNotFoundError):
-                        trainer.strategy.checkpoint_io.remove_checkpoint(path)
+        _link_and_remove(trainer, target, link, self._pending_removal)
         self._pending_link, self._pending_removal = None, []
         trainer.strategy.barrier()
+
+
+@rank_zero_only
+def _link_and_remove(trainer: pl.Trainer, target: str, link: str, removals: list[str]) -> None:
+    """Flush the loggers, point ``link`` at ``target`` and remove the checkpoints in ``removals`` but ``target``."""
+    for logger in trainer.loggers:
+        logger.save()
+    replace_link(target, link)
+    for path in removals:
+        if os.path.abspath(path) != os.path.abspath(target):
+            with contextlib.suppress(FileNotFoundError):
+                trainer.strategy.checkpoint_io.remove_checkpoint(path)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import lightning as L
 import torch
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from lwtakit.data import DatasetInfo, build_dataset, dataset_info, probe_subset
+from lwtakit.config import DataConfig
+from lwtakit.data import DatasetInfo, build_dataset, config_dataset, config_options, dataset_info, probe_subset
+from lwtakit.data.registry import dataset_source
 from lwtakit.errors import UserError
 
 
@@ -38,60 +44,45 @@ class EpochSeededSampler(RandomSampler):
 
 
 class VisionDataModule(L.LightningDataModule):
-    """Train / val / test splits of one dataset of :func:`lwtakit.data.build_dataset`.
+    """Train / val / test splits of the dataset the ``data`` config group describes
+    (:func:`lwtakit.data.config_dataset`).
 
     Args:
-        name: dataset name (synthetic, mnist, cifar10, cifar100, imagefolder).
-        root, download, img_size: as in ``build_dataset``.
-        batch_size: training batch size; ``eval_batch_size`` (default: batch_size) for val / test.
-        num_workers: DataLoader workers (persistent when > 0).
-        augment: training augmentation of the dataset (train split only; none for synthetic).
-        seed: synthetic dataset seed and the training shuffle seed.
-        train_size, val_size, test_size: synthetic split sizes.
-        dataset_kwargs: further dataset options (synthetic: target, second_object, attributes;
-            mnist: channels).
+        data: the ``data`` config group (:class:`lwtakit.config.DataConfig` or its OmegaConf node): dataset, root,
+            download, image side, batch size (train, val and test), DataLoader workers (persistent when > 0),
+            training augmentation (train split only), split sizes and the dataset's own options. Its defaults are
+            the schema's, in one place.
+        seed: the generated data's seed and the training shuffle seed.
     """
 
-    def __init__(self, name: str = "synthetic", root: str | None = None, download: bool = False,
-                 batch_size: int = 128, num_workers: int = 0, img_size: int | None = None,
-                 augment: bool = True, seed: int = 0, train_size: int = 10000, val_size: int = 2000,
-                 test_size: int = 2000, eval_batch_size: int | None = None, pin_memory: bool = False,
-                 **dataset_kwargs):
+    def __init__(self, data: Any, seed: int = 0):
         super().__init__()
-        if int(batch_size) < 1:
-            raise UserError(f"data.batch_size must be >= 1, got {batch_size}")
-        if int(num_workers) < 0:
-            raise UserError(f"data.num_workers must be >= 0, got {num_workers}")
-        self.save_hyperparameters(logger=False)  # in the run config already: logged once, by train.py
-        self.name = name
-        self.root = root
-        self.download = bool(download)
-        self.batch_size = int(batch_size)
-        self.eval_batch_size = int(eval_batch_size or batch_size)
-        self.num_workers = int(num_workers)
-        self.img_size = img_size
-        self.augment = bool(augment)
+        data = OmegaConf.to_object(data) if OmegaConf.is_config(data) else data
+        if not isinstance(data, DataConfig):
+            raise TypeError(f"VisionDataModule takes the data config group (DataConfig), got {type(data).__name__}")
+        if int(data.batch_size) < 1:
+            raise UserError(f"data.batch_size must be >= 1, got {data.batch_size}")
+        if int(data.num_workers) < 0:
+            raise UserError(f"data.num_workers must be >= 0, got {data.num_workers}")
+        # plain values (checkpoints are read with weights_only=True); not logged: train.py logs the run config once
+        self.save_hyperparameters({**dataclasses.asdict(data), "seed": int(seed)}, logger=False)
+        self.data = data
         self.seed = int(seed)
-        self.sizes = {"train": int(train_size), "val": int(val_size), "test": int(test_size)}
-        self.pin_memory = bool(pin_memory)
-        self.dataset_kwargs = dict(dataset_kwargs)
         self._info: DatasetInfo | None = None
         self.datasets: dict[str, Dataset] = {}
 
     # ------------------------------------------------------------------ datasets
     def _build(self, split: str) -> Dataset:
         if split not in self.datasets:
-            self.datasets[split] = build_dataset(
-                self.name, split, root=self.root, download=self.download, img_size=self.img_size,
-                augment=self.augment and split == "train", seed=self.seed, size=self.sizes[split],
-                **self.dataset_kwargs)
+            self.datasets[split] = config_dataset(self.data, split, self.seed, training=True)
         return self.datasets[split]
 
     def prepare_data(self) -> None:
         # Runs on one process per node: let torchvision download once before setup() on every rank.
-        if self.download and self.name in ("mnist", "cifar10", "cifar100"):
-            build_dataset(self.name, "test", root=self.root, download=True, **self.dataset_kwargs)
-            build_dataset(self.name, "train", root=self.root, download=True, **self.dataset_kwargs)
+        d = self.data
+        if d.download and dataset_source(d.name).downloads:
+            for split in ("test", "train"):
+                build_dataset(d.name, split, root=d.root, download=True, **config_options(d))
 
     def setup(self, stage: str | None = None) -> None:
         splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
@@ -102,8 +93,8 @@ class VisionDataModule(L.LightningDataModule):
     def info(self) -> DatasetInfo:
         """Classes, channels, normalisation and image size (no disk access for synthetic)."""
         if self._info is None:
-            kw = dict(self.dataset_kwargs)
-            self._info = dataset_info(self.name, root=self.root, img_size=self.img_size, **kw)
+            d = self.data
+            self._info = dataset_info(d.name, root=d.root, img_size=d.img_size, **config_options(d))
         return self._info
 
     def probe_dataset(self, size: int = 512, seed: int = 0) -> Dataset:
@@ -117,19 +108,19 @@ class VisionDataModule(L.LightningDataModule):
     # ------------------------------------------------------------------ loaders
     def _loader(self, ds: Dataset, batch_size: int, sampler=None) -> DataLoader:
         generator = sampler.loader_generator if sampler is not None else torch.Generator().manual_seed(self.seed)
+        workers = int(self.data.num_workers)
         return DataLoader(ds, batch_size=batch_size, sampler=sampler, shuffle=False, generator=generator,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          pin_memory=self.pin_memory, drop_last=False)
+                          num_workers=workers, persistent_workers=workers > 0, drop_last=False)
 
     def train_dataloader(self) -> DataLoader:
         ds = self._build("train")
-        return self._loader(ds, self.batch_size, EpochSeededSampler(ds, self.seed))
+        return self._loader(ds, self.data.batch_size, EpochSeededSampler(ds, self.seed))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self._build("val"), self.eval_batch_size)
+        return self._loader(self._build("val"), self.data.batch_size)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self._build("test"), self.eval_batch_size)
+        return self._loader(self._build("test"), self.data.batch_size)
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()

@@ -20,12 +20,11 @@ from torch import nn
 from lwtakit import config as config_lib
 from lwtakit.errors import UserError
 from lwtakit.lwta import LWTAOptions
-from lwtakit.models import ArchOptions, build_model
+from lwtakit.models import ArchOptions, build_model, model_names
 from lwtakit.run_folder import check_same_run
 
 CONFIG_KEY = "lwtakit_config"
 _STEP = re.compile(r"step=(\d+)")  # in Lightning's checkpoint names, epoch=1-step=24.ckpt
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -41,16 +40,13 @@ class LoadedModel:
     def dataset(self, split: str):
         """The ``split`` of the data set the checkpoint was trained on, as its stored config made it (for synthetic
         data: its seed, generator settings and split size)."""
-        from lwtakit.data import build_dataset
+        from lwtakit.data import config_dataset
 
         if self.cfg is None:
             raise UserError(f"{self.name} has no training config; give a probe set (--probe)")
-        d = self.cfg.data
-        # the run's own split: for synthetic data its generator settings and its size (train.py's data.<split>_size),
-        # not the generator's default size, so that analyses see the images the run was validated and tested on
-        extra = ({"target": d.target, "second_object": d.second_object, "size": d.get(f"{split}_size")}
-                 if d.name == "synthetic" else {})
-        return build_dataset(d.name, split, root=d.root, img_size=d.img_size, seed=self.cfg.seed, **extra)
+        # the run's own split, as the training data module built it (for synthetic data its generator settings and
+        # data.<split>_size), so that analyses see the images the run was validated and tested on
+        return config_dataset(self.cfg.data, split, self.cfg.seed)
 
 
 def build_network(cfg: DictConfig, num_classes: int, in_chans: int, mean, std) -> nn.Module:
@@ -127,6 +123,9 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> LoadedModel:
     except KeyError as exc:
         raise UserError(f"{path} lacks hyper-parameter {exc}; it was not written by this version of train.py") \
             from None
+    if cfg.model.name not in model_names():
+        raise UserError(f"{path} holds a {cfg.model.name!r} network, a model not registered here (registered: "
+                        f"{', '.join(model_names())}); import the module that registers it (@register_model) first")
     model = build_network(cfg, num_classes, in_chans, mean, std)
     prefix = "model."
     state = {k[len(prefix):].replace("_orig_mod.", ""): v for k, v in ckpt["state_dict"].items()
@@ -226,20 +225,11 @@ def load_model(spec: str) -> LoadedModel:
     except Exception as exc:  # noqa: BLE001 - offline download failures come in many types
         raise UserError(f"could not load torchvision weights for {name} ({type(exc).__name__}): go online once "
                         "or put the file in $TORCH_HOME/hub/checkpoints") from None
+    from lwtakit.data.folders import IMAGENET_MEAN, IMAGENET_STD
+    from lwtakit.models.resnet import Normalize
+
     model = nn.Sequential()
-    model.add_module("normalize", _Normalize(IMAGENET_MEAN, IMAGENET_STD))
+    model.add_module("normalize", Normalize(IMAGENET_MEAN, IMAGENET_STD))  # torchvision models expect normalised input
     model.add_module("net", net)
     model.eval()
     return LoadedModel(model, spec, list(weights.meta["categories"]), None, 224, 3)
-
-
-class _Normalize(nn.Module):
-    """torchvision models expect normalised input; our probe images are in [0, 1]."""
-
-    def __init__(self, mean, std):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std

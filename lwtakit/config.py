@@ -50,7 +50,7 @@ class TemperatureConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "resnet18"  # resnet18 | resnet34 | resnet50 | vit_tiny | vit_small
+    name: str = "resnet18"  # a registered model: resnet18 | resnet34 | resnet50 | vit_tiny | vit_small
     act: str = "lwta"  # relu | gelu | lwta
     U: int = 2  # competitors per LWTA block; 1 = the dense activation
     width: float = 0.25  # channel multiplier of ResNets
@@ -64,7 +64,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "synthetic"  # synthetic | mnist | cifar10 | cifar100 | imagefolder
+    name: str = "synthetic"  # a registered dataset: synthetic | mnist | cifar10 | cifar100 | imagefolder
     root: str | None = None  # folder or file of the data set (mnist: the .npz or a torchvision folder)
     download: bool = False  # let torchvision download the data set into root
     img_size: int = 32
@@ -196,8 +196,32 @@ class Config:
     dissection: DissectionConfig = field(default_factory=DissectionConfig)
 
 
+class _Registered:
+    """The names registered (models, or datasets one can train on) at the moment a config is checked, so that a
+    model or dataset registered from outside the package is a valid choice (imported only when asked: --help stays
+    light)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def names(self) -> list[str]:
+        if self.kind == "model":
+            from lwtakit.models.registry import model_names
+
+            return model_names()
+        from lwtakit.data.registry import dataset_names
+
+        return dataset_names(trainable=True)
+
+    def __contains__(self, value: object) -> bool:
+        return value in self.names()
+
+    def __iter__(self):
+        return iter(self.names())
+
+
 CHOICES = {
-    "model.name": ("resnet18", "resnet34", "resnet50", "vit_tiny", "vit_small"),
+    "model.name": _Registered("model"),  # lwtakit.models.registry: the registered models
     "model.act": ("relu", "gelu", "lwta"),
     "model.stem": ("cifar", "imagenet"),
     "model.inference": ("sample", "argmax"),
@@ -207,7 +231,7 @@ CHOICES = {
     "dissection.invert.alternative": ALTERNATIVES,
     "model.temperature.schedule": ("constant", "step", "exponential", "cosine", "discover"),
     "model.temperature.on": ("logits", "relaxation"),
-    "data.name": ("synthetic", "mnist", "cifar10", "cifar100", "imagefolder"),
+    "data.name": _Registered("data"),  # lwtakit.data.registry: the registered datasets one can train on
     "optim.name": ("sgd", "adamw"),
     "optim.schedule": ("none", "step", "cosine"),
     "logger": ("wandb", "csv", "none"),

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .models.precision import widened
 from .rng import fork_rng
 from .rows import Rows
 from .shard import Collective, Shard, batch_bounds, batch_seed, gather_in_order
@@ -118,7 +119,7 @@ class _LayerHook:
             mask = active_mask(module, out).float()
             self.per_image.append(mask.mean(dim=positions) if positions else mask)
         if self.pending is not None:  # conv maps whole (moments over positions), other outputs as recorded
-            wide = out.to(torch.promote_types(out.dtype, torch.float32))  # float64 stays (--precision 64)
+            wide = widened(out)  # float64 stays (--precision 64)
             self.pending.append(wide if out.dim() == 4 else self.outputs[-1])
 
     def flush(self, passes: int = 1) -> None:
@@ -252,6 +253,15 @@ class Recording:
         return next(iter(self.acts.values())).shape[0] if self.acts else 0
 
 
+
+
+GIB = 2**30  # bytes in a GiB: the unit of the memory budget on the command line and in the config
+
+
+def budget_bytes(gib: float | None) -> int | None:
+    """The memory budget ``gib`` (GiB, as ``--memory-budget`` and ``dissection.memory_budget_gb`` give it) in bytes,
+    as :class:`RecordOptions` takes it; None (no limit) stays None."""
+    return None if gib is None else int(gib * GIB)
 
 
 @dataclass

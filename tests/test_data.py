@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from lwtakit.data import DATASETS, build_dataset, dataset_info, probe_subset
+from lwtakit.data import build_dataset, dataset_info, dataset_names, probe_subset
 from lwtakit.data.folders import ProbeFolder, SafeImageFolder
 from lwtakit.data.mnist import MNIST
 from lwtakit.data.synthetic import ATTRIBUTES, PALETTE, ConceptShapes
@@ -200,7 +200,7 @@ def test_synthetic_img_size_scales_geometry():
 def test_build_dataset_unknown_name_lists_names():
     with pytest.raises(UserError) as e:
         build_dataset("imagenet21k", "train")
-    for name in DATASETS:
+    for name in dataset_names():
         assert name in str(e.value)
     with pytest.raises(UserError, match="second_objects"):
         build_dataset("synthetic", "train", second_objects=True)

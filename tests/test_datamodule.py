@@ -7,14 +7,15 @@ import pytest
 import torch
 
 from lightning_modules.datamodules import EpochSeededSampler, VisionDataModule
+from lwtakit.config import DataConfig
 from lwtakit.data import dataset_info
 from lwtakit.errors import UserError
 
 
-def _dm(**kw):
-    args = dict(name="synthetic", batch_size=8, train_size=40, val_size=24, test_size=16, seed=3)
+def _dm(seed=3, **kw):
+    args = dict(name="synthetic", batch_size=8, train_size=40, val_size=24, test_size=16)
     args.update(kw)
-    return VisionDataModule(**args)
+    return VisionDataModule(DataConfig(**args), seed=seed)
 
 
 def test_setup_and_one_batch():
@@ -27,7 +28,7 @@ def test_setup_and_one_batch():
     assert dm.info == dataset_info("synthetic", target="colour")
     assert dm.info.class_names[0] == "red"
     assert len(dm.datasets["train"]) == 40 and len(dm.val_dataloader().dataset) == 24
-    assert dm.hparams.batch_size == 8 and dm.hparams.target == "colour"
+    assert dm.hparams.batch_size == 8 and dm.hparams.target == "colour" and dm.hparams.seed == 3
     # Val is in index order and the same on every call.
     xs = torch.cat([b[0] for b in dm.val_dataloader()])
     assert torch.equal(xs, torch.stack([dm.datasets["val"][i][0] for i in range(24)]))
@@ -78,7 +79,7 @@ def test_probe_dataset_from_val_with_concepts():
 
 
 def test_mnist_datamodule_augments_train_only(mnist_path):
-    dm = VisionDataModule(name="mnist", root=mnist_path, batch_size=4, augment=True, channels=1)
+    dm = VisionDataModule(DataConfig(name="mnist", root=mnist_path, img_size=28, batch_size=4, augment=True))
     dm.setup("fit")
     assert dm.info.in_chans == 1 and dm.info.num_classes == 10
     x, y = next(iter(dm.train_dataloader()))
@@ -94,7 +95,7 @@ def test_bad_settings_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="unknown dataset"):
         _dm(name="nope").setup("fit")
     with pytest.raises(UserError, match=str(tmp_path)):
-        VisionDataModule(name="mnist", root=str(tmp_path / "mnist.npz")).setup("fit")
+        VisionDataModule(DataConfig(name="mnist", root=str(tmp_path / "mnist.npz"))).setup("fit")
 
 
 def test_trainer_sets_epoch_and_replays_batches(tmp_path):

@@ -9,7 +9,7 @@ from torch import nn
 
 from lwtakit.errors import UserError
 from lwtakit.lwta import LWTA, LWTAOptions, lwta_layers
-from lwtakit.models import MODELS, build_model, convert_activations, default_layers
+from lwtakit.models import build_model, convert_activations, default_layers, model_names
 
 ACT_TYPES = (LWTA, nn.ReLU, nn.GELU)
 
@@ -33,7 +33,14 @@ def _tiny(name, **kw):
     return build_model(name, 7, width=0.125, **kw)
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+BUILT_IN = ["resnet18", "resnet34", "resnet50", "vit_tiny", "vit_small"]
+
+
+def test_the_built_in_models_are_registered_first():
+    assert model_names()[:len(BUILT_IN)] == BUILT_IN
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
 @pytest.mark.parametrize("act", ["lwta", "relu"])
 def test_every_model_builds_and_every_activation_fires_once(name, act):
     torch.manual_seed(0)

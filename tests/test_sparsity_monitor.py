@@ -104,3 +104,59 @@ def test_dissection_recording_counts_a_gelu_unit_as_firing_where_its_output_is_p
         expected = (net(probe.tensors[0]) > 0).float().mean(0)
     assert 0 < float(expected.mean()) < 1
     assert torch.allclose(rec.firing["1"].float(), expected)
+
+
+# Sample i is +v (even i) or -v (odd i) with a little noise: through a bias-free linear layer every ReLU unit fires on
+# exactly one parity, so on the full data no unit is dead and every win rate is exactly 1/2, while on the random half
+# of the data one DDP process sees (Lightning shuffles a distributed training set) the win rates are not all 1/2.
+_SIGN = torch.tensor([1.0 if i % 2 == 0 else -1.0 for i in range(64)])
+_gen = torch.Generator().manual_seed(5)
+PARITY_DATA = torch.utils.data.TensorDataset(
+    _SIGN[:, None] * torch.randn(4, generator=_gen) + 0.01 * torch.randn(64, 4, generator=_gen),
+    torch.randint(0, 2, (64,), generator=_gen))
+
+
+class ParityNet(pl.LightningModule):
+    """A ReLU layer that fires on one parity per unit, and an LWTA layer whose winners its biases fix; only the head
+    trains, so every epoch measures the same functions."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(6)
+        self.model = nn.Sequential(nn.Linear(4, 8, bias=False), nn.ReLU(), nn.Linear(8, 8), LWTA(2), nn.Linear(8, 2))
+        with torch.no_grad():
+            self.model[2].weight.mul_(0.01)
+            self.model[2].bias.copy_(BIAS)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self.model(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.model[4].parameters(), lr=0.01)
+
+
+def _sparsity_metrics(root, **trainer_args) -> dict[str, float]:
+    monitor = SparsityMonitor(every_n_steps=1, log_histograms=False)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, callbacks=[monitor], default_root_dir=root,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         **trainer_args)
+    trainer.fit(ParityNet(), torch.utils.data.DataLoader(PARITY_DATA, batch_size=8))
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("sparsity/")}
+
+
+@pytest.mark.slow  # ~40 s on 2 busy cores, most of it starting the two processes
+@pytest.mark.timeout(180)
+def test_two_process_ddp_logs_the_figures_of_one_process_that_saw_every_batch(tmp_path):
+    """ddp_spawn on CPU: each process observes half the batches; the logged figures are summed over both, so they
+    equal the one-process figures, and those equal a direct count. (Without the reduction, the figures logged were
+    the mean of each process's own, win_rate_min 0.469 and win_rate_max 0.531: this test failed.)"""
+    one = _sparsity_metrics(tmp_path / "one")
+    with torch.no_grad():
+        relu = ParityNet().model[:2](PARITY_DATA.tensors[0]) > 0
+    assert one["sparsity/1/dead_units"] == int((relu.sum(0) == 0).sum()) == 0
+    assert one["sparsity/1/active_fraction"] == float(relu.double().mean()) == 0.5
+    assert one["sparsity/1/win_rate_min"] == one["sparsity/1/win_rate_max"] == 0.5
+    assert one["sparsity/3/dead_units"] == 4 and one["sparsity/3/active_fraction"] == 0.5
+    two = _sparsity_metrics(tmp_path / "two", strategy="ddp_spawn", devices=2)
+    assert two == one

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lwtakit.errors import UserError
+from lwtakit.models.precision import widened
 
 __all__ = ["Clip"]
 
@@ -89,7 +90,7 @@ class Clip:
         for batch in _iter_image_batches(images, bs):
             self.calls["images"] += 1
             emb = self.model.encode_image(self.preprocess(batch))
-            out.append(F.normalize(_widened(emb), dim=-1).cpu())
+            out.append(F.normalize(widened(emb), dim=-1).cpu())
         if not out:
             raise UserError("no images to embed: the probe set is empty")
         return torch.cat(out)
@@ -112,13 +113,8 @@ class Clip:
         for i in range(0, len(texts), bs):
             self.calls["texts"] += 1
             tokens = self.tokenizer(texts[i:i + bs]).to(self.device)
-            out.append(F.normalize(_widened(self.model.encode_text(tokens)), dim=-1).cpu())
+            out.append(F.normalize(widened(self.model.encode_text(tokens)), dim=-1).cpu())
         return torch.cat(out)
-
-
-def _widened(x: Tensor) -> Tensor:
-    """Half-precision embeddings as float32 (normalised and compared in it); float32 and float64 as they are."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def _iter_image_batches(images, batch_size: int):

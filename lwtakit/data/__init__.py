@@ -1,12 +1,14 @@
-"""Datasets: one entry point (:func:`build_dataset`), their metadata (:func:`dataset_info`) and fixed
-probe subsets for dissection (:func:`probe_subset`).
+"""Datasets: one entry point (:func:`build_dataset`), their metadata (:func:`dataset_info`), the split a ``data``
+config group describes (:func:`config_dataset`) and fixed probe subsets for dissection (:func:`probe_subset`).
 
-Names: ``synthetic`` (:class:`~lwtakit.data.synthetic.ConceptShapes`, the embedded default),
-``mnist``, ``cifar10``, ``cifar100``, ``imagefolder`` (``root/<split>/<class>/<image>``) and
-``probe_folder`` (unlabelled images under ``root``). Items are ``(image float32 [C, H, W] in [0, 1],
-label int)``; models normalise internally with ``DatasetInfo.mean/std``.
+Datasets are registered (:mod:`lwtakit.data.registry`: a :class:`DatasetSource` class and ``@register_dataset``).
+Built in: ``synthetic`` (:class:`~lwtakit.data.synthetic.ConceptShapes`, the embedded default), ``mnist``,
+``cifar10``, ``cifar100``, ``imagefolder`` (``root/<split>/<class>/<image>``) and ``probe_folder`` (unlabelled
+images under ``root``). Items are ``(image float32 [C, H, W] in [0, 1], label int)``; models normalise internally
+with ``DatasetInfo.mean/std``.
 
-Training augmentation (``augment=True``, train split only; :class:`~lwtakit.data.transforms.RandomCropFlip`):
+Training augmentation (``augment=True``, train split only; :class:`~lwtakit.data.transforms.RandomCropFlip`), each
+dataset's own (:meth:`DatasetSource.augmentation`):
 
 * cifar10/100, imagefolder: pad img_size/8, random crop, horizontal flip;
 * mnist: pad img_size/14, random crop, no flip (mirrored digits are other glyphs);
@@ -16,63 +18,35 @@ Training augmentation (``augment=True``, train split only; :class:`~lwtakit.data
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Dataset
 
-from lwtakit.data import synthetic
+from lwtakit.data.registry import (
+    DataRequest,
+    DatasetInfo,
+    DatasetSource,
+    check_options,
+    dataset_names,
+    dataset_source,
+    register_dataset,
+)
 from lwtakit.data.transforms import RandomCropFlip, TransformedDataset
 from lwtakit.errors import UserError
 
-DATASETS = ("synthetic", "mnist", "cifar10", "cifar100", "imagefolder", "probe_folder")
-DEFAULT_IMG_SIZE = {"synthetic": 32, "mnist": 28, "cifar10": 32, "cifar100": 32, "imagefolder": 224,
-                    "probe_folder": 224}
-SYNTHETIC_SIZES = {"train": 10000, "val": 2000, "test": 2000}
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-_SYNTHETIC_KW = {"target", "second_object", "attributes"}
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What a model needs to know about a dataset."""
-
-    num_classes: int
-    class_names: list[str]
-    in_chans: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    img_size: int
-    name: str = ""
-
-
-def _check_name(name: str) -> str:
-    key = str(name).lower()
-    if key not in DATASETS:
-        raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    return key
-
-
-def _check_kw(name: str, kw: dict, allowed: set[str]) -> None:
-    extra = sorted(set(kw) - allowed)
-    if extra:
-        raise UserError(f"dataset {name!r} does not take option(s) {extra}; "
-                        f"it takes {sorted(allowed) or 'no extra options'}")
+SPLITS = ("train", "val", "test")
+_IGNORED_BY_INFO = ("download", "seed", "size", "augment", "split")
 
 
 def augmentation(name: str, img_size: int) -> RandomCropFlip | None:
     """The train-time augmentation of dataset ``name`` (None for synthetic; see module docstring)."""
-    name = _check_name(name)
-    if name == "synthetic" or name == "probe_folder":
-        return None
-    if name == "mnist":
-        return RandomCropFlip(padding=max(1, round(img_size / 14)), flip=False)
-    return RandomCropFlip(padding=max(1, round(img_size / 8)), flip=True)
+    return dataset_source(name).augmentation(img_size)
 
 
 def build_dataset(name: str, split: str = "train", root: str | None = None, download: bool = False,
                   img_size: int | None = None, augment: bool = False, **kw) -> Dataset:
-    """Build dataset ``name`` for ``split`` ("train" | "val" | "test").
+    """Build the dataset registered as ``name`` for ``split`` ("train" | "val" | "test").
 
     Args:
         root: file or folder of the data (mnist: ``.npz`` or torchvision folder; cifar: torchvision
@@ -80,41 +54,20 @@ def build_dataset(name: str, split: str = "train", root: str | None = None, down
         download: allow torchvision to download mnist / cifar into ``root``.
         img_size: output side (default per dataset: synthetic/cifar 32, mnist 28, folders 224).
         augment: apply the dataset's training augmentation (only to the train split).
-        kw: synthetic: seed (0), size (10k / 2k / 2k for train / val / test), target, second_object,
-            attributes; mnist: channels. Other datasets accept ``seed`` and ``size`` and ignore them.
+        kw: ``seed`` and ``size`` (synthetic: 10k / 2k / 2k for train / val / test; other datasets ignore both)
+            and the dataset's own options (synthetic: target, second_object, attributes; mnist: channels).
     """
-    name = _check_name(name)
-    if split not in ("train", "val", "test"):
+    source = dataset_source(name)
+    if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; use train, val or test")
-    img_size = int(img_size or DEFAULT_IMG_SIZE[name])
     seed, size = kw.pop("seed", 0), kw.pop("size", None)
     if size is not None and int(size) < 1:  # 0 used to mean the default size, silently
         raise UserError(f"data set size must be >= 1 (or None for the default), got {size}")
-    if name == "synthetic":
-        _check_kw(name, kw, _SYNTHETIC_KW)
-        ds = synthetic.ConceptShapes(size=int(SYNTHETIC_SIZES[split] if size is None else size), seed=seed, split=split,
-                                     img_size=img_size, **kw)
-    elif name == "mnist":
-        from lwtakit.data.mnist import MNIST
-
-        _check_kw(name, kw, {"channels"})
-        ds = MNIST(root, split=split, download=download, img_size=img_size, **kw)
-    elif name in ("cifar10", "cifar100"):
-        from lwtakit.data.folders import CIFAR
-
-        _check_kw(name, kw, set())
-        ds = CIFAR(root, split=split, download=download, img_size=img_size, num_classes=int(name[5:]))
-    elif name == "imagefolder":
-        from lwtakit.data.folders import SafeImageFolder
-
-        _check_kw(name, kw, set())
-        ds = SafeImageFolder(root, split=split, img_size=img_size)
-    else:
-        from lwtakit.data.folders import ProbeFolder
-
-        _check_kw(name, kw, set())
-        ds = ProbeFolder(root, img_size=img_size)
-    aug = augmentation(name, img_size) if augment and split == "train" else None
+    check_options(source, kw)
+    img_size = int(img_size or source.img_size)
+    ds = source.build(DataRequest(split=split, root=root, download=bool(download), img_size=img_size, seed=seed,
+                                  size=size, options=kw))
+    aug = source.augmentation(img_size) if augment and split == "train" else None
     return TransformedDataset(ds, aug) if aug is not None else ds
 
 
@@ -125,41 +78,30 @@ def dataset_info(name: str, root: str | None = None, img_size: int | None = None
     ``root``. ``kw`` are the dataset options of :func:`build_dataset` (download/seed/size/augment are
     accepted and ignored).
     """
-    name = _check_name(name)
-    img_size = int(img_size or DEFAULT_IMG_SIZE[name])
-    kw = {k: v for k, v in kw.items() if k not in ("download", "seed", "size", "augment", "split")}
-    if name == "synthetic":
-        _check_kw(name, kw, _SYNTHETIC_KW)
-        ds = synthetic.ConceptShapes(size=1, img_size=img_size, **kw)
-        return DatasetInfo(len(ds.class_names), list(ds.class_names), 3, synthetic.MEAN, synthetic.STD,
-                           img_size, name)
-    if name == "mnist":
-        from lwtakit.data import mnist
+    source = dataset_source(name)
+    kw = {k: v for k, v in kw.items() if k not in _IGNORED_BY_INFO}
+    check_options(source, kw)
+    return source.info(DataRequest(root=root, img_size=int(img_size or source.img_size), options=kw))
 
-        _check_kw(name, kw, {"channels"})
-        ch = int(kw.get("channels", 1))
-        if ch not in (1, 3):
-            raise UserError(f"MNIST channels must be 1 or 3, got {ch}")
-        return DatasetInfo(10, list(mnist.CLASS_NAMES), ch, (mnist.MEAN,) * ch, (mnist.STD,) * ch, img_size, name)
-    if name in ("cifar10", "cifar100"):
-        from lwtakit.data.folders import CIFAR, CIFAR_STATS
 
-        _check_kw(name, kw, set())
-        if name == "cifar10":
-            classes = list(CIFAR10_CLASSES)
-        else:
-            classes = CIFAR(root, split="test", num_classes=100).class_names
-        mean, std = CIFAR_STATS[name]
-        return DatasetInfo(len(classes), classes, 3, mean, std, img_size, name)
-    from lwtakit.data.folders import IMAGENET_MEAN, IMAGENET_STD, ProbeFolder, SafeImageFolder
+def config_options(data: Any) -> dict[str, Any]:
+    """The dataset's own options that the ``data`` config group holds (synthetic: target, second_object)."""
+    return {key: _get(data, key) for key in dataset_source(_get(data, "name")).config_keys}
 
-    _check_kw(name, kw, set())
-    if name == "probe_folder":
-        ProbeFolder(root, img_size)  # validates the path
-        classes = []
-    else:
-        classes = SafeImageFolder(root, split="train", img_size=img_size).class_names
-    return DatasetInfo(len(classes), classes, 3, IMAGENET_MEAN, IMAGENET_STD, img_size, name)
+
+def config_dataset(data: Any, split: str, seed: int, *, training: bool = False) -> Dataset:
+    """The ``split`` of the dataset the ``data`` config group (:class:`lwtakit.config.DataConfig` or its OmegaConf
+    node) describes: its root, image side, split size and options, ``seed`` for generated data. ``training``: the
+    run's own loading (torchvision may download, the train split is augmented when the config says so); otherwise
+    (analyses of a stored run) neither."""
+    return build_dataset(_get(data, "name"), split, root=_get(data, "root"),
+                         download=training and bool(_get(data, "download")), img_size=_get(data, "img_size"),
+                         augment=training and bool(_get(data, "augment")), seed=seed,
+                         size=_get(data, f"{split}_size"), **config_options(data))
+
+
+def _get(data: Any, key: str) -> Any:
+    return data[key] if isinstance(data, dict) else getattr(data, key)
 
 
 class ProbeSubset(Dataset):
@@ -218,5 +160,5 @@ def probe_subset(dataset: Dataset, size: int, seed: int = 0) -> Dataset:
     return ProbeSubset(dataset, idx)
 
 
-__all__ = ["DATASETS", "DatasetInfo", "ProbeSubset", "augmentation", "build_dataset", "dataset_info",
-           "probe_subset"]
+__all__ = ["DataRequest", "DatasetInfo", "DatasetSource", "ProbeSubset", "augmentation", "build_dataset",
+           "config_dataset", "config_options", "dataset_info", "dataset_names", "probe_subset", "register_dataset"]

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lwtakit.data.transforms import resize_square
+from lwtakit.data.registry import DataRequest, DatasetInfo, DatasetSource, register_dataset
+from lwtakit.data.transforms import RandomCropFlip, resize_square
 from lwtakit.errors import UserError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -32,8 +33,10 @@ CIFAR_STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
+# ImageNet's per-channel statistics, the normalisation of ImageNet-trained models (torchvision's and folder data)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CIFAR_TRAIN = 45000
 # What PIL raises on unreadable files: UnidentifiedImageError/truncation are OSError; broken headers of
 # some formats raise SyntaxError/ValueError/EOFError/IndexError/struct.error.
@@ -208,3 +211,77 @@ class ProbeFolder(SafeImageFolder):
     def paths(self) -> list[str]:
         return [p for p, _ in self.samples]
 
+
+
+def _crop_flip(img_size: int) -> RandomCropFlip:
+    """Natural images: a random crop of a padding of img_size/8 and a horizontal flip."""
+    return RandomCropFlip(padding=max(1, round(img_size / 8)), flip=True)
+
+
+@register_dataset
+class Cifar10(DatasetSource):
+    """:class:`CIFAR` with 10 classes (their names need no disk)."""
+
+    name = "cifar10"
+    img_size = 32
+    downloads = True
+    num_classes = 10
+
+    def build(self, request: DataRequest) -> Dataset:
+        return CIFAR(request.root, split=request.split, download=request.download, img_size=request.img_size,
+                     num_classes=self.num_classes)
+
+    def info(self, request: DataRequest) -> DatasetInfo:
+        classes = list(CIFAR10_CLASSES)
+        mean, std = CIFAR_STATS[self.name]
+        return DatasetInfo(len(classes), classes, 3, mean, std, request.img_size, self.name)
+
+    def augmentation(self, img_size: int) -> RandomCropFlip:
+        return _crop_flip(img_size)
+
+
+@register_dataset
+class Cifar100(Cifar10):
+    """:class:`CIFAR` with 100 classes (their names are read from ``root``)."""
+
+    name = "cifar100"
+    num_classes = 100
+
+    def info(self, request: DataRequest) -> DatasetInfo:
+        classes = CIFAR(request.root, split="test", num_classes=100).class_names
+        mean, std = CIFAR_STATS[self.name]
+        return DatasetInfo(len(classes), classes, 3, mean, std, request.img_size, self.name)
+
+
+@register_dataset
+class ImageFolderSource(DatasetSource):
+    """:class:`SafeImageFolder` of ``root/<split>/<class>/<image>``, normalised as ImageNet."""
+
+    name = "imagefolder"
+    img_size = 224
+
+    def build(self, request: DataRequest) -> Dataset:
+        return SafeImageFolder(request.root, split=request.split, img_size=request.img_size)
+
+    def info(self, request: DataRequest) -> DatasetInfo:
+        classes = SafeImageFolder(request.root, split="train", img_size=request.img_size).class_names
+        return DatasetInfo(len(classes), classes, 3, IMAGENET_MEAN, IMAGENET_STD, request.img_size, self.name)
+
+    def augmentation(self, img_size: int) -> RandomCropFlip:
+        return _crop_flip(img_size)
+
+
+@register_dataset
+class ProbeFolderSource(DatasetSource):
+    """:class:`ProbeFolder`: every image under ``root``, unlabelled (a probe set; nothing to train on)."""
+
+    name = "probe_folder"
+    img_size = 224
+    trainable = False
+
+    def build(self, request: DataRequest) -> Dataset:
+        return ProbeFolder(request.root, img_size=request.img_size)
+
+    def info(self, request: DataRequest) -> DatasetInfo:
+        ProbeFolder(request.root, request.img_size)  # validates the path
+        return DatasetInfo(0, [], 3, IMAGENET_MEAN, IMAGENET_STD, request.img_size, self.name)

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lwtakit.data.transforms import resize_square
+from lwtakit.data.registry import DataRequest, DatasetInfo, DatasetSource, register_dataset
+from lwtakit.data.transforms import RandomCropFlip, resize_square
 from lwtakit.errors import UserError
 
 CLASS_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -101,3 +102,27 @@ class MNIST(Dataset):
 
     def __repr__(self) -> str:
         return f"MNIST(split={self.split!r}, n={len(self)}, channels={self.channels}, img_size={self.img_size})"
+
+
+@register_dataset
+class MNISTSource(DatasetSource):
+    """:class:`MNIST`; option ``channels`` (1 or 3). Augmented by a random crop of a padding of img_size/14, not
+    flipped (mirrored digits are other glyphs)."""
+
+    name = "mnist"
+    img_size = 28
+    options = frozenset({"channels"})
+    downloads = True
+
+    def build(self, request: DataRequest) -> Dataset:
+        return MNIST(request.root, split=request.split, download=request.download, img_size=request.img_size,
+                     **request.options)
+
+    def info(self, request: DataRequest) -> DatasetInfo:
+        ch = int(request.options.get("channels", 1))
+        if ch not in (1, 3):
+            raise UserError(f"MNIST channels must be 1 or 3, got {ch}")
+        return DatasetInfo(10, list(CLASS_NAMES), ch, (MEAN,) * ch, (STD,) * ch, request.img_size, self.name)
+
+    def augmentation(self, img_size: int) -> RandomCropFlip:
+        return RandomCropFlip(padding=max(1, round(img_size / 14)), flip=False)

@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from lwtakit.data.registry import DataRequest, DatasetInfo, DatasetSource, register_dataset
 from lwtakit.errors import UserError
 
 ATTRIBUTES: dict[str, list[str]] = {
@@ -309,3 +310,25 @@ class ConceptShapes(Dataset):
     def __repr__(self) -> str:
         return (f"ConceptShapes(size={self.size}, seed={self.seed}, split={self.split!r}, "
                 f"img_size={self.img_size}, target={self.target!r}, second_object={self.second_object})")
+
+
+@register_dataset
+class Synthetic(DatasetSource):
+    """:class:`ConceptShapes`, the embedded default. Never augmented: crops move objects across the position grid
+    and flips swap left and right, so the position concepts (and the label under ``target="position"``) would
+    become wrong."""
+
+    name = "synthetic"
+    img_size = 32
+    options = frozenset({"target", "second_object", "attributes"})
+    config_keys = ("target", "second_object")
+    sizes = {"train": 10000, "val": 2000, "test": 2000}  # a split's size when none is asked for (analyze --probe)
+
+    def build(self, request: DataRequest) -> Dataset:
+        size = self.sizes[request.split] if request.size is None else request.size
+        return ConceptShapes(size=int(size), seed=request.seed, split=request.split, img_size=request.img_size,
+                             **request.options)
+
+    def info(self, request: DataRequest) -> DatasetInfo:
+        ds = ConceptShapes(size=1, img_size=request.img_size, **request.options)
+        return DatasetInfo(len(ds.class_names), list(ds.class_names), 3, MEAN, STD, request.img_size, self.name)

@@ -1,7 +1,7 @@
 """Model builders: ResNet-18/34/50 and ViT-Tiny/Small with ReLU / GELU / LWTA activations.
 
 ``build_model(name, num_classes, act="lwta", lwta=LWTAOptions(U=2, ...), arch=ArchOptions(width=0.5, ...))``
-looks ``name`` up in ``MODELS``;
+builds the model registered as ``name`` (:mod:`lwtakit.models.registry`: ``@register_model``, timm-style);
 ``convert_activations`` swaps the activations of any module; ``default_layers`` names the
 activation modules of the last stage plus the classifier (what dissection looks at by default).
 """
@@ -17,20 +17,14 @@ from lwtakit.errors import UserError
 from lwtakit.lwta import LWTA, LWTAOptions
 from lwtakit.models.convert import convert_activations
 from lwtakit.models.options import ArchOptions
-from lwtakit.models.resnet import ResNet, resnet18, resnet34, resnet50
-from lwtakit.models.vit import VisionTransformer, vit_small, vit_tiny
+from lwtakit.models.registry import ModelRequest, model_entry, model_names, register_model
+from lwtakit.models.resnet import ResNet
+from lwtakit.models.vit import VisionTransformer
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "resnet18": resnet18,
-    "resnet34": resnet34,
-    "resnet50": resnet50,
-    "vit_tiny": vit_tiny,
-    "vit_small": vit_small,
-}
 ACTS = ("relu", "gelu", "lwta")
 
-__all__ = ["MODELS", "ArchOptions", "activation_layers", "build_model", "convert_activations", "default_layers",
-           "make_act_layer", "ResNet", "VisionTransformer"]
+__all__ = ["ArchOptions", "ModelRequest", "activation_layers", "build_model", "convert_activations",
+           "default_layers", "make_act_layer", "model_names", "register_model", "ResNet", "VisionTransformer"]
 
 
 def make_act_layer(act: str, lwta: LWTAOptions | None = None) -> Callable[[int], nn.Module]:
@@ -54,28 +48,22 @@ def make_act_layer(act: str, lwta: LWTAOptions | None = None) -> Callable[[int],
 
 def build_model(name: str, num_classes: int, act: str = "lwta", lwta: LWTAOptions | None = None, *,
                 arch: ArchOptions | None = None, **overrides) -> nn.Module:
-    """Build a registered model. ResNets: every activation site (stem, act1/act2[/act3]) uses ``act``;
+    """Build the model registered as ``name``. ResNets: every activation site (stem, act1/act2[/act3]) uses ``act``;
     ViTs: the MLP activation only (``act="lwta"`` competes over the hidden 4*dim units per token).
     ``lwta``: the options of every LWTA layer (default :class:`LWTAOptions`); ``lwta.dense=None`` falls back
-    to the architecture's activation for U=1 (ReLU in ResNets, GELU in ViTs). ``arch``: width, stem, input
-    size and channels, depth, normalisation (default :class:`ArchOptions`); ``overrides`` are its fields
-    (``width=0.25``)."""
-    if name not in MODELS:
-        raise UserError(f"unknown model {name!r}; available: {', '.join(MODELS)}")
+    to the architecture's activation for U=1 (the registration's ``dense``: ReLU in ResNets, GELU in ViTs).
+    ``arch``: width, stem, input size and channels, depth, normalisation (default :class:`ArchOptions`);
+    ``overrides`` are its fields (``width=0.25``)."""
+    entry = model_entry(name)
     if int(num_classes) < 1:
         raise UserError(f"num_classes must be >= 1, got {num_classes!r}")
     arch = replace(arch or ArchOptions(), **overrides)
-    is_vit = name.startswith("vit")
     lwta = lwta if lwta is not None else LWTAOptions()
     if lwta.dense is None:
-        lwta = replace(lwta, dense="gelu" if is_vit else "relu")
-    act_layer = make_act_layer(act, lwta)
-    if is_vit:
-        return MODELS[name](num_classes=num_classes, act_layer=act_layer, arch=arch)
-    if arch.depth is not None:
-        raise UserError(f"depth applies to ViTs only; pick resnet18/34/50 for {name!r} instead")
-    return MODELS[name](num_classes=num_classes, act_layer=act_layer, arch=arch,
-                        channel_multiple=lwta.U if act == "lwta" else 1)
+        lwta = replace(lwta, dense=entry.dense)
+    request = ModelRequest(num_classes=int(num_classes), act_layer=make_act_layer(act, lwta), arch=arch,
+                           channel_multiple=lwta.U if act == "lwta" else 1)
+    return entry.build(request)
 
 
 _ACT_TYPES = (LWTA, nn.ReLU, nn.GELU)

@@ -19,7 +19,7 @@ from lwtakit.errors import UserError
 
 PRECISIONS = {32: torch.float32, 64: torch.float64}
 
-__all__ = ["PRECISIONS", "at_precision", "precision_of", "precision_text"]
+__all__ = ["PRECISIONS", "at_precision", "precision_of", "precision_text", "widened"]
 
 
 def _cast_inputs(module: nn.Module, args: tuple) -> tuple:
@@ -49,3 +49,9 @@ def precision_text(bits: int) -> str:
     if bits == 64:
         return "float64 (the same figures on any CPU)"
     return f"float{bits} (the last digits may differ on another CPU; --precision 64 fixes them)"
+
+
+def widened(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in at least float32: half-precision values (an AMP forward, a float16 CLIP) as float32, where sums and
+    comparisons are made; float32 and float64 (``--precision 64``) as they are."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))

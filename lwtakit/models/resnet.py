@@ -21,6 +21,7 @@ from torch import nn
 
 from lwtakit.errors import UserError
 from lwtakit.models.options import ArchOptions
+from lwtakit.models.registry import ModelRequest, register_model
 
 ActLayer = Callable[[int], nn.Module]
 
@@ -176,3 +177,26 @@ def resnet34(**kw) -> ResNet:
 
 def resnet50(**kw) -> ResNet:
     return ResNet(Bottleneck, (3, 4, 6, 3), **kw)
+
+
+def _from_request(request: ModelRequest) -> dict:
+    """The keyword arguments of the ResNet builders for a registry request (ResNets have no depth option)."""
+    if request.arch.depth is not None:
+        raise UserError(f"depth applies to ViTs only (a ResNet's depth is its name), got depth={request.arch.depth}")
+    return {"num_classes": request.num_classes, "act_layer": request.act_layer, "arch": request.arch,
+            "channel_multiple": request.channel_multiple}
+
+
+@register_model("resnet18", dense="relu")
+def _resnet18(request: ModelRequest) -> ResNet:
+    return resnet18(**_from_request(request))
+
+
+@register_model("resnet34", dense="relu")
+def _resnet34(request: ModelRequest) -> ResNet:
+    return resnet34(**_from_request(request))
+
+
+@register_model("resnet50", dense="relu")
+def _resnet50(request: ModelRequest) -> ResNet:
+    return resnet50(**_from_request(request))

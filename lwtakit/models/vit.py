@@ -15,6 +15,7 @@ from torch import nn
 
 from lwtakit.errors import UserError
 from lwtakit.models.options import ArchOptions
+from lwtakit.models.registry import ModelRequest, register_model
 from lwtakit.models.resnet import Normalize
 
 ActLayer = Callable[[int], nn.Module]
@@ -110,3 +111,14 @@ def vit_small(**kw) -> VisionTransformer:
     kw.setdefault("dim", 384)
     kw.setdefault("heads", 6)
     return VisionTransformer(**kw)
+
+
+# No channel_multiple: the widths are the architecture's, and the LWTA factory refuses a U that does not divide one.
+@register_model("vit_tiny", dense="gelu")
+def _vit_tiny(request: ModelRequest) -> VisionTransformer:
+    return vit_tiny(num_classes=request.num_classes, act_layer=request.act_layer, arch=request.arch)
+
+
+@register_model("vit_small", dense="gelu")
+def _vit_small(request: ModelRequest) -> VisionTransformer:
+    return vit_small(num_classes=request.num_classes, act_layer=request.act_layer, arch=request.arch)
