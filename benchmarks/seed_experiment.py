@@ -37,7 +37,6 @@ sys.path.insert(0, str(ROOT))
 from lwtakit.arm_plots import t_interval  # noqa: E402
 
 
-
 def _run(argv: list[str]) -> None:
     print("+", " ".join(argv), flush=True)
     subprocess.run(argv, check=True, cwd=ROOT)
