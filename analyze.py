@@ -632,7 +632,7 @@ def _add_dissect(sub) -> None:
     src.add_argument("--model", help="torchvision:NAME (ImageNet weights)")
     d.add_argument("--layers", nargs="+", help="module names (default: last stage activations + classifier)")
     d.add_argument("--methods", nargs="+", default=list(default.methods),
-                   help="registered labelers to run; built in: invert clip_dissect iou captions (default: %(default)s)")
+                   help="registered labelers to run; built in: invert clip_dissect iou captions")
     d.add_argument("--probe", help="probe images: synthetic | mnist:PATH | cifar10:ROOT | imagefolder:ROOT | "
                                    "folder:PATH (default: the validation split the checkpoint was trained on)")
     d.add_argument("--probe-size", type=int_at_least(1),
@@ -675,7 +675,7 @@ def _add_pass_flags(d: argparse.ArgumentParser, default) -> None:
                    help="LWTA network dissected as: mc = mean of --passes seeded stochastic passes (the function it "
                         "is evaluated as), sample = one seeded pass, argmax = most likely winners (default: mc)")
     d.add_argument("--passes", type=_passes, default=default.passes,
-                   help=f"stochastic passes averaged in mc mode, at most {MAX_PASSES} (default: %(default)s)")
+                   help=f"stochastic passes averaged in mc mode, at most {MAX_PASSES}")
     d.add_argument("--heldout", type=float, default=default.heldout.fraction, metavar="FRACTION",
                    help="choose labels on this seeded fraction of the probe set and score them on the rest "
                         "(0: label and score on all of it, in-sample; default: %(default)s)")

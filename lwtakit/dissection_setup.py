@@ -133,11 +133,11 @@ class Supply:
 
     def weights(self, build: Callable[[], Any], what: str) -> Any:
         """``build()``, its missing weights an error naming this entry point's way to supply ``what`` (``clip`` or
-        ``captions``: :data:`lwtakit.clip.load.ANALYZE_CLIP` and friends)."""
+        ``captioner``: :data:`lwtakit.clip.load.ANALYZE_CLIP` and friends)."""
         from lwtakit.clip import ClipWeightsUnavailable
         from lwtakit.clip.load import ANALYZE_CAPTIONS, ANALYZE_CLIP, TRAIN_CLIP
 
-        words = {("analyze", "clip"): ANALYZE_CLIP, ("analyze", "captions"): ANALYZE_CAPTIONS,
+        words = {("analyze", "clip"): ANALYZE_CLIP, ("analyze", "captioner"): ANALYZE_CAPTIONS,
                  ("train", "clip"): TRAIN_CLIP}
         try:
             return build()

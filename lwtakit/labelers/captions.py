@@ -232,7 +232,7 @@ class CaptionsLabeler(Labeler):
         if concepts.captioner is not None:
             return concepts
         captioner = supply.weights(lambda: CocaCaptioner(self.config.model, self.config.pretrained,
-                                                         device=supply.device), "captions")
+                                                         device=supply.device), "captioner")
         return dataclasses.replace(concepts, captioner=captioner)
 
     def label(self, target: Target, ctx: Context) -> list[LabelRow]:
