@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lwtakit.dissect import ConceptSource, DissectOptions, check_labelers
-from lwtakit.labelers.base import CAPTIONER, CLIP, Labeler, create_labelers, labelers_with_clip
+from lwtakit.labelers.base import Labeler, create_labelers, labelers_with_clip
 
 # Whose words an error about missing weights uses: the flags or config keys that supply them.
 ENTRY_POINTS = ("train", "analyze")
@@ -165,11 +165,6 @@ def _prepared(names: list[str], cfg: Any, concepts: ConceptSource,
     for labeler in labelers:
         concepts = labeler.prepare(concepts, supply)
     return labelers, concepts, choice.fallback
-
-
-def needs_clip(labeler: Labeler) -> bool:
-    """Whether ``labeler`` reads CLIP (directly, or to rescore a captioner's phrases)."""
-    return CLIP in labeler.needs or CAPTIONER in labeler.needs
 
 
 def clip_configured(clip_cfg: Any) -> bool:
