@@ -1,5 +1,6 @@
 """The core stays readable: no function of the framework-free core (lwtakit/) or of the entry points (train.py,
-analyze.py) is longer than 60 lines or takes more than 8 parameters (self/cls not counted; ``*args``/``**kwargs`` count as one each), measured on the AST.
+analyze.py) is longer than 60 lines or takes more than 8 parameters (self/cls not counted; ``*args``/``**kwargs``
+count as one each), measured on the AST.
 
 Options travel as one object (a config dataclass) instead; the exceptions below say why they are exempt.
 """
