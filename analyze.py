@@ -76,22 +76,6 @@ def _device(spec: str) -> torch.device:
     return device
 
 
-def _clip(args, device):
-    if args.clip_pretrained is None and not args.clip_model.startswith("local-dir:"):
-        return None
-    from lwtakit.clip import ClipWeightsUnavailable, load_clip
-    from lwtakit.clip.load import ANALYZE_CLIP
-    from lwtakit.models.precision import at_precision
-
-    try:
-        clip = load_clip(args.clip_model, args.clip_pretrained, device=str(device), cache_dir=args.clip_cache,
-                         batch_size=args.batch_size)
-    except ClipWeightsUnavailable as exc:
-        raise exc.told(ANALYZE_CLIP) from None
-    at_precision(clip.model, args.precision)
-    return clip
-
-
 def _read_names(path: str) -> list[str]:
     from lwtakit.concept_sets import read_concept_file
 
@@ -176,36 +160,53 @@ def _dissect_process(fabric, args) -> Path | UserError | None:
 
 
 def _dissect(args, device, collective) -> Path | None:
+    """Build the dissection with the factory the training callback uses
+    (:func:`lwtakit.dissection_setup.dissection_from_config`), from the ``dissection`` config the flags give."""
     from lwtakit.analysis import DissectRequest, dissect_to_report, run_history
     from lwtakit.checkpoint import load_model
-    from lwtakit.dissect import ConceptSource, DissectOptions, check_labelers
+    from lwtakit.dissection_setup import SetupOptions, dissection_from_config
+    from lwtakit.labelers.base import create_labelers
     from lwtakit.models import default_layers
     from lwtakit.models.precision import at_precision
 
-    labelers = _labelers(args)
-    # CLIP first: weights that cannot be had here (offline) fail in a second, before any other work
-    clip = _clip(args, device) if any("clip" in lab.needs or "captioner" in lab.needs for lab in labelers) else None
+    cfg = _dissection_config(args)
+    create_labelers(cfg.methods, cfg)  # unknown methods and bad settings fail before anything is loaded
     loaded = load_model(args.ckpt or args.model)
     model = at_precision(loaded.model, args.precision).to(device)
     probe, probe_text = _probe(args.probe, loaded, args.probe_size, args.seed)
-    clip_concepts = _clip_concepts(args, probe) if clip is not None else None
-    concepts = ConceptSource.from_dataset(probe, clip=clip, clip_concepts=clip_concepts,
-                                          clip_cache_dir=args.clip_cache, hierarchy=_hierarchy(args))
-    if "captions" in args.methods:
-        concepts.captioner = _captioner(args, device)
-    check_labelers(labelers, concepts, probe)
-    if args.top_images > len(probe):
-        raise UserError(f"--top-images {args.top_images} exceeds the probe set's {len(probe)} images; "
+    made = dissection_from_config(cfg, probe, SetupOptions(
+        device=device, seed=args.seed, collective=collective, progress=collective is None or collective.is_root,
+        precision=args.precision, entry="analyze"))
+    if cfg.top_images > len(probe):
+        raise UserError(f"--top-images {cfg.top_images} exceeds the probe set's {len(probe)} images; "
                         "lower --top-images or raise --probe-size")
     history = run_history(args.ckpt) if args.ckpt else None  # the run's labels.csv, for the drift plot
     request = DissectRequest(
-        layers=args.layers or default_layers(model), labelers=labelers, grid_units=args.grid_units, seed=args.seed,
-        options=DissectOptions(pca_components=args.pca, batch_size=args.batch_size, topk=args.top_images,
-                               device=device, mode=args.mode, passes=args.passes, heldout=_heldout(args),
-                               seed=args.seed, collective=collective, progress=collective is None or collective.is_root,
-                               memory_budget=None if args.memory_budget is None else int(args.memory_budget * 2**30)),
-        history=history, probe_name=args.probe or "", probe_text=probe_text, source=args.ckpt or args.model)
-    return dissect_to_report(loaded, probe, concepts, request, args.out)
+        layers=args.layers or default_layers(model), labelers=made.labelers, grid_units=cfg.grid_units,
+        seed=args.seed, options=made.options, history=history, probe_name=args.probe or "", probe_text=probe_text,
+        source=args.ckpt or args.model)
+    return dissect_to_report(loaded, probe, made.concepts, request, args.out)
+
+
+def _dissection_config(args):
+    """The ``dissection`` config (:class:`lwtakit.config.DissectionConfig`) that dissect's flags give; each flag's
+    default is the schema's. ``--batch-size`` is also CLIP's batch; ``--seed`` also seeds the held-out split."""
+    from lwtakit.config import ClipConfig, DissectionConfig
+    from lwtakit.evaluation.options import HeldOutOptions
+    from lwtakit.labelers.configs import CaptionsConfig, ClipDissectConfig
+
+    heldout = HeldOutOptions(enabled=args.heldout != 0, fraction=args.heldout or HeldOutOptions().fraction,
+                             seed=args.seed)
+    clip = ClipConfig(model=args.clip_model, pretrained=args.clip_pretrained, cache_dir=args.clip_cache,
+                      batch_size=args.batch_size)
+    captions = CaptionsConfig(similarity=args.clip_similarity, model=args.caption_model,
+                              pretrained=args.caption_pretrained)
+    return DissectionConfig(
+        methods=list(args.methods), batch_size=args.batch_size, memory_budget_gb=args.memory_budget,
+        concepts=args.concepts, drop_class_words=args.drop_class_words, hierarchy=args.hierarchy,
+        top_images=args.top_images, grid_units=args.grid_units, pca_components=args.pca, mode=args.mode,
+        passes=args.passes, heldout=heldout, clip=clip, invert=_invert_config(args),
+        clip_dissect=ClipDissectConfig(similarity=args.clip_similarity), captions=captions)
 
 
 def _check_layer_names(layers: list[str] | None) -> None:
@@ -226,54 +227,11 @@ def _passes(text: str) -> int:
     return value
 
 
-def _captioner(args, device):
-    """The CoCa captioner of ``--caption-model`` / ``--caption-pretrained`` (the captions method)."""
-    from lwtakit.clip import ClipWeightsUnavailable
-    from lwtakit.clip.load import ANALYZE_CAPTIONS
-    from lwtakit.labelers.captions import CocaCaptioner
-
-    try:
-        return CocaCaptioner(args.caption_model, args.caption_pretrained, device=str(device))
-    except ClipWeightsUnavailable as exc:
-        raise exc.told(ANALYZE_CAPTIONS) from None
-
-
-def _clip_concepts(args, probe) -> list[str]:
-    """The concept set of ``--concepts`` (without the words close to a class name under ``--drop-class-words``);
-    prints what it is, so that a filtered set is never mistaken for the full one."""
-    from lwtakit.concept_sets import concepts_for
-
-    concepts, note = concepts_for(args.concepts, getattr(probe, "class_names", None), args.drop_class_words)
-    print(note)
-    return concepts
-
-
 def _hierarchy(args):
     """The parent map of ``--hierarchy`` (None without it)."""
     from lwtakit.hierarchy import read_hierarchy
 
     return read_hierarchy(args.hierarchy) if args.hierarchy else None
-
-
-def _heldout(args):
-    """The held-out assessment of ``--heldout`` (None for 0)."""
-    from lwtakit.evaluation.options import HeldOutOptions
-
-    if args.heldout == 0:
-        return None
-    return HeldOutOptions(fraction=args.heldout, seed=args.seed)
-
-
-def _labelers(args) -> list:
-    """The labelers of ``--methods``, each with the settings its flags give."""
-    from lwtakit.labelers.base import create_labelers
-    from lwtakit.labelers.configs import CaptionsConfig, ClipDissectConfig
-
-    settings = argparse.Namespace(
-        invert=_invert_config(args),
-        clip_dissect=ClipDissectConfig(similarity=args.clip_similarity),
-        captions=CaptionsConfig(similarity=args.clip_similarity))
-    return create_labelers(args.methods, settings)
 
 
 def _invert_config(args) -> InvertConfig:
@@ -304,48 +262,32 @@ def _add_invert_flags(parser: argparse.ArgumentParser) -> None:
 
 # --------------------------------------------------------------------------------------------- label
 def cmd_label(args) -> Path:
-    import numpy as np
-    import torch
-
+    """Label given activations with the registered labeler that claims ``--method``
+    (:func:`lwtakit.labelers.base.array_methods`): one that needs concept labels reads ``--concept-labels``, one that
+    needs CLIP reads ``--concept-scores``."""
     from lwtakit.io import check_output_file, write_csv
+    from lwtakit.labelers.base import ConceptArrays
 
     check_output_file(args.out)
+    labeler = _array_labeler(args)
     metric_names = _metric_names(args) if args.metrics is not None else []
     acts = _load_activations(args.activations)
     names = _read_names(args.concept_names)
     if metric_names and args.concept_labels is None:
         raise UserError("--metrics scores labels against concept labels; give --concept-labels L.npy (bool [N, K])")
-    if args.hierarchy and args.method != "invert":
-        raise UserError("--hierarchy expands binary concept labels; it applies to --method invert")
     concepts = _load_concept_labels(args.concept_labels, acts, names) if metric_names else None
-    if args.method == "invert":
+    arrays = ConceptArrays(names=names, method=args.method)
+    if _reads_concept_labels(labeler):
         if args.concept_labels is None:
-            raise UserError("method invert needs --concept-labels L.npy (bool [N, K])")
-        from lwtakit.labelers.invert import label_units
-
-        labels = _load_concept_labels(args.concept_labels, acts, names)
+            raise UserError(f"method {args.method} needs --concept-labels L.npy (bool [N, K])")
+        arrays.labels = _load_concept_labels(args.concept_labels, acts, names)
         if args.hierarchy:
-            labels, names = _expand_labels(labels, names, _hierarchy(args))
-            concepts = labels
-        rows = label_units(torch.from_numpy(acts.astype(np.float64)), torch.from_numpy(labels), names,
-                           _invert_config(args))
-        columns = ["unit", "label", "score", "auc", "p_value", "length"]
-    elif args.method in SIMILARITIES:
-        if args.concept_scores is None:
-            raise UserError(f"method {args.method} needs --concept-scores P.npy "
-                            "(float [N, K] image-concept similarity)")
-        from lwtakit.labelers.clip_dissect import label_units
-
-        scores = _load_npy(args.concept_scores, "concept scores")
-        _check_concepts(acts, scores, names, args.concept_scores)
-        _check_finite(scores, args.concept_scores, "concept scores")
-        # float32, as CLIP's scores are; float64 arrays stay float64 (reproducible on any CPU)
-        wide = np.promote_types(np.result_type(acts, scores), np.float32)
-        rows = label_units(torch.from_numpy(acts.astype(wide)), torch.from_numpy(scores.astype(wide)), names,
-                           method=args.method)
-        columns = ["unit", "label", "score", "top5"]
+            arrays.labels, arrays.names = _expand_labels(arrays.labels, names, _hierarchy(args))
+            concepts, names = arrays.labels, arrays.names
     else:
-        raise UserError(f"unknown method {args.method!r}; choose invert or one of {', '.join(SIMILARITIES)}")
+        arrays.scores = _concept_scores(args, acts, names)
+    rows = labeler.label_arrays(acts, arrays)
+    columns = list(labeler.array_columns)
     if metric_names:
         columns += _score_labels(rows, acts, concepts, names, metric_names, columns, args.alpha)
     for r in rows:
@@ -353,6 +295,38 @@ def cmd_label(args) -> Path:
         if isinstance(r.get("top5"), list):
             r["top5"] = "|".join(map(str, r["top5"]))
     return write_csv(args.out, rows, columns)
+
+
+def _array_labeler(args):
+    """The labeler of ``label --method`` with the INVERT flags' settings; an unknown method, or ``--hierarchy`` for a
+    method that reads no concept labels, is a UserError."""
+    from lwtakit.config import DissectionConfig
+    from lwtakit.labelers.base import array_methods
+
+    methods = array_methods()
+    if args.method not in methods:
+        raise UserError(f"unknown method {args.method!r}; choose one of {', '.join(methods)}")
+    labeler = methods[args.method].for_array_method(args.method, DissectionConfig(invert=_invert_config(args)))
+    if args.hierarchy and not _reads_concept_labels(labeler):
+        readers = [m for m, cls in methods.items() if _reads_concept_labels(cls)]
+        raise UserError(f"--hierarchy expands binary concept labels; it applies to --method {' | '.join(readers)}")
+    return labeler
+
+
+def _reads_concept_labels(labeler) -> bool:
+    from lwtakit.labelers.base import CONCEPT_LABELS
+
+    return CONCEPT_LABELS in labeler.needs
+
+
+def _concept_scores(args, acts: np.ndarray, names: list[str]) -> np.ndarray:
+    """``--concept-scores``: float [N, K] image-concept similarities, one row per image and column per name."""
+    if args.concept_scores is None:
+        raise UserError(f"method {args.method} needs --concept-scores P.npy (float [N, K] image-concept similarity)")
+    scores = _load_npy(args.concept_scores, "concept scores")
+    _check_concepts(acts, scores, names, args.concept_scores)
+    _check_finite(scores, args.concept_scores, "concept scores")
+    return scores
 
 
 def _expand_labels(labels: np.ndarray, names: list[str], hierarchy) -> tuple[np.ndarray, list[str]]:
@@ -656,55 +630,70 @@ def _subcommand(sub, name: str, summary: str) -> argparse.ArgumentParser:
     return sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(description="Label, explain and compare the units of vision networks.")
-    sub = p.add_subparsers(dest="command", required=True)
+def _add_dissect(sub) -> None:
+    """``dissect``: what to dissect and how; the defaults are the ``dissection`` schema's
+    (:class:`lwtakit.config.DissectionConfig`), the one place they live."""
+    from lwtakit.config import DissectionConfig
 
+    default = DissectionConfig()
     d = _subcommand(sub, "dissect", "label every unit of chosen layers by every chosen method; HTML report")
     src = d.add_mutually_exclusive_group(required=True)
     src.add_argument("--ckpt", help="checkpoint written by train.py, or its run folder")
     src.add_argument("--model", help="torchvision:NAME (ImageNet weights)")
     d.add_argument("--layers", nargs="+", help="module names (default: last stage activations + classifier)")
-    d.add_argument("--methods", nargs="+", default=["invert"],
-                   help="labelers to run: invert clip_dissect iou captions")
+    d.add_argument("--methods", nargs="+", default=list(default.methods),
+                   help="registered labelers to run; built in: invert clip_dissect iou captions")
     d.add_argument("--probe", help="probe images: synthetic | mnist:PATH | cifar10:ROOT | imagefolder:ROOT | "
                                    "folder:PATH (default: the validation split the checkpoint was trained on)")
     d.add_argument("--probe-size", type=int_at_least(1),
                    help="probe images used, a seeded subset; at most the split's images (default: all of them, up "
                         "to 1000)")
-    d.add_argument("--concepts", default="synthetic",
+    d.add_argument("--concepts", default=default.concepts,
                    help="concept set for CLIP: a text file or a built-in: words20k words10k words3k (common English "
                         "words) imagenet cifar100 cifar10 mnist places365[:PATH] classes (the probe's) synthetic")
     d.add_argument("--drop-class-words", action="store_true",
                    help="remove the concepts too close to a class name (the name, its last word, their plural), "
                         "for final-layer evaluation; the removed count is printed")
     d.add_argument("--hierarchy", metavar="FILE", help=HIERARCHY_HELP)
-    d.add_argument("--pca", type=int_at_least(0), default=0,
+    d.add_argument("--pca", type=int_at_least(0), default=default.pca_components,
                    help="also label both poles of the top-k principal directions (conv layers: fitted per "
                         "position, Dey et al. 2020) and add completeness curves")
     _add_invert_flags(d)
-    d.add_argument("--clip-model", default="ViT-B-16",
+    _add_clip_flags(d, default)
+    _add_pass_flags(d, default)
+    d.add_argument("--out", required=True, help="report folder: report.html and labels.csv")
+
+
+def _add_clip_flags(d: argparse.ArgumentParser, default) -> None:
+    """dissect's CLIP and captioning flags (defaults: ``default``, the schema's)."""
+    d.add_argument("--clip-model", default=default.clip.model,
                    help="open_clip model name, or local-dir:FOLDER (open_clip_config.json + weights, no network)")
     d.add_argument("--clip-pretrained", help="CLIP weights: an open_clip tag such as openai (downloaded once, needs "
                                              "network), or a weights FILE")
     d.add_argument("--clip-cache", help="folder for cached CLIP embeddings (default: none, embeddings recomputed)")
-    d.add_argument("--clip-similarity", "--clip-method", dest="clip_similarity", default="soft_wpmi",
-                   choices=SIMILARITIES, help="CLIP-Dissect similarity function (clip_dissect, captions)")
-    d.add_argument("--caption-model", default="coca_ViT-B-32", help="open_clip CoCa model (captions)")
-    d.add_argument("--caption-pretrained", default="mscoco_finetuned_laion2b_s13b_b90k",
+    d.add_argument("--clip-similarity", "--clip-method", dest="clip_similarity",
+                   default=default.clip_dissect.similarity, choices=SIMILARITIES,
+                   help="CLIP-Dissect similarity function (clip_dissect, captions)")
+    d.add_argument("--caption-model", default=default.captions.model, help="open_clip CoCa model (captions)")
+    d.add_argument("--caption-pretrained", default=default.captions.pretrained,
                    help="CoCa weights: tag, file or local-dir: (captions)")
-    d.add_argument("--mode", "--inference", dest="mode", choices=["mc", "sample", "argmax"], default="mc",
+
+
+def _add_pass_flags(d: argparse.ArgumentParser, default) -> None:
+    """dissect's flags of how the network is run and what the report shows (defaults: the schema's)."""
+    d.add_argument("--mode", "--inference", dest="mode", choices=["mc", "sample", "argmax"], default=default.mode,
                    help="LWTA network dissected as: mc = mean of --passes seeded stochastic passes (the function it "
                         "is evaluated as), sample = one seeded pass, argmax = most likely winners (default: mc)")
-    d.add_argument("--passes", type=_passes, default=4,
-                   help=f"stochastic passes averaged in mc mode, at most {MAX_PASSES} (default: 4)")
-    d.add_argument("--heldout", type=float, default=0.5, metavar="FRACTION",
+    d.add_argument("--passes", type=_passes, default=default.passes,
+                   help=f"stochastic passes averaged in mc mode, at most {MAX_PASSES}")
+    d.add_argument("--heldout", type=float, default=default.heldout.fraction, metavar="FRACTION",
                    help="choose labels on this seeded fraction of the probe set and score them on the rest "
-                        "(0: label and score on all of it, in-sample; default: 0.5)")
-    d.add_argument("--top-images", type=int_at_least(1), default=8, help="top images shown per unit in the report")
-    d.add_argument("--grid-units", type=int_at_least(0), default=12,
+                        "(0: label and score on all of it, in-sample; default: %(default)s)")
+    d.add_argument("--top-images", type=int_at_least(1), default=default.top_images,
+                   help="top images shown per unit in the report")
+    d.add_argument("--grid-units", type=int_at_least(0), default=default.grid_units,
                    help="best-scoring units per layer shown with their top images (0: every unit)")
-    d.add_argument("--batch-size", type=int_at_least(1), default=128, help="images per forward pass")
+    d.add_argument("--batch-size", type=int_at_least(1), default=default.batch_size, help="images per forward pass")
     d.add_argument("--seed", type=int, default=0, help="seed of the probe subset, held-out split and LWTA sampling")
     d.add_argument("--device", default="auto", help=DEVICE_HELP)
     d.add_argument("--devices", type=int_at_least(1), default=1,
@@ -712,11 +701,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "set, rank 0 labels and writes; the labels equal one process's (default: 1)")
     d.add_argument("--num-nodes", type=int_at_least(1), default=1, help="machines, each running --devices processes")
     _add_precision_flag(d)
-    d.add_argument("--memory-budget", type=float_at_least(0), metavar="GIB",
+    d.add_argument("--memory-budget", type=float_at_least(0), metavar="GIB", default=default.memory_budget_gb,
                    help="host memory the recorded activations may take; above it they are kept in a memory-mapped "
                         "temporary file (default: no limit)")
-    d.add_argument("--out", required=True, help="report folder: report.html and labels.csv")
 
+
+def _add_label(sub) -> None:
+    """``label``: label activations you already have, by a method of the labeler registry (the help names the
+    built-in ones: listing the registry would import torch before --help answers)."""
     lab = _subcommand(sub, "label", "label activations you already have (A.npy [N, C])")
     lab.add_argument("--activations", required=True, help="A.npy: float [N images, C units]")
     lab.add_argument("--method", required=True, help="invert | " + " | ".join(SIMILARITIES))
@@ -731,6 +723,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="top fraction of images a unit fires on (default %(default)s, NeuronEval's)")
     lab.add_argument("--out", required=True, help="labels.csv to write (unit, label, score, ...)")
 
+
+def _add_sanity(sub) -> None:
     san = _subcommand(sub, "sanity", "NeuronEval's missing/extra-labels tests of the label metrics on your data")
     san.add_argument("--activations", required=True, help="A.npy [N, C]")
     san.add_argument("--concept-labels", required=True, help="bool [N, K] .npy")
@@ -748,6 +742,8 @@ def build_parser() -> argparse.ArgumentParser:
     san.add_argument("--seed", type=int, default=0, help="seed of the perturbations")
     san.add_argument("--out", required=True, help="sanity.csv: metric,missing_decrease,extra_decrease,passes")
 
+
+def _add_explain(sub) -> None:
     e = _subcommand(sub, "explain", "the predicted class and the winning units of a layer for one image, with "
                                     "their labels")
     src = e.add_mutually_exclusive_group(required=True)
@@ -760,6 +756,13 @@ def build_parser() -> argparse.ArgumentParser:
                                     "latest dissection, when the checkpoint sits in a run folder)")
     e.add_argument("--top", type=int_at_least(1), default=20, help="most units listed")
     e.add_argument("--device", default="auto", help=DEVICE_HELP)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(description="Label, explain and compare the units of vision networks.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (_add_dissect, _add_label, _add_sanity, _add_explain):
+        add(sub)
 
     c = _subcommand(sub, "compare", "put runs (e.g. sparse and dense) side by side; HTML report + CSV")
     c.add_argument("runs", nargs="*", help="run folders, checkpoints or sweep folders (folders of run folders); runs "

@@ -273,7 +273,6 @@ def _lightning_call(progress_bar: bool) -> Iterator[None]:
 def _fit(cfg: DictConfig, run_dir: Path) -> TrainResult:
     from lightning_modules.classifier import LitClassifier
     from lwtakit.checkpoint import leftovers
-    from lwtakit.resume import config_changes, finished_line
 
     datamodule = build_datamodule(cfg)
     info = datamodule.info
@@ -282,13 +281,9 @@ def _fit(cfg: DictConfig, run_dir: Path) -> TrainResult:
     resume = _resume_point(cfg, run_dir, module)
     ckpt_path, resume_step = (resume[0], resume[1].step) if resume else (None, None)
     if resume:
-        line = finished_line(run_dir, Path(ckpt_path), resume[1].epochs, cfg.trainer.max_epochs)
-        if line:  # nothing to do: no file of the run is written again
-            metrics = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
-            return TrainResult(run_dir, Path(ckpt_path), metrics, None, None, finished=line)
-        note = config_changes(resume[1].config, to_dict(cfg), ckpt_path)
-        if note and launched_as_rank_zero():
-            print(note, file=sys.stderr)
+        finished = _finished_or_noted(cfg, run_dir, resume)
+        if finished is not None:  # nothing to do: no file of the run is written again
+            return finished
     trainer = _build_trainer(cfg, run_dir, datamodule, resume_step)
     if trainer.is_global_zero:
         save_config(cfg, run_dir / "config.yaml")
@@ -302,6 +297,22 @@ def _fit(cfg: DictConfig, run_dir: Path) -> TrainResult:
     finally:
         _close_loggers(trainer.loggers, status)
     return TrainResult(run_dir, run_dir / "checkpoints" / "last.ckpt", metrics, trainer, module)
+
+
+def _finished_or_noted(cfg: DictConfig, run_dir: Path, resume: tuple[str, ResumePoint]) -> TrainResult | None:
+    """A resume of a run that already finished: its result as it stands (nothing is written again). Otherwise None,
+    after telling (rank 0, stderr) which config keys differ from the checkpoint's."""
+    from lwtakit.resume import config_changes, finished_line
+
+    ckpt_path, point = resume
+    line = finished_line(run_dir, Path(ckpt_path), point.epochs, cfg.trainer.max_epochs)
+    if line:
+        metrics = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+        return TrainResult(run_dir, Path(ckpt_path), metrics, None, None, finished=line)
+    note = config_changes(point.config, to_dict(cfg), ckpt_path)
+    if note and launched_as_rank_zero():
+        print(note, file=sys.stderr)
+    return None
 
 
 def _fit_and_test(cfg: DictConfig, run_dir: Path, trainer: pl.Trainer, module: LitClassifier,

@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import OmegaConf
 
 from lightning_modules.classifier import network_of
-from lwtakit.dissect import ConceptSource, DissectionResult, DissectOptions, check_labelers, dissect
+from lwtakit.dissect import ConceptSource, DissectionResult, dissect
 from lwtakit.drift import agreement, dissection_key, stability
 from lwtakit.evaluation.unit_metrics import (
     CONCEPTS,
@@ -28,7 +28,7 @@ from lwtakit.evaluation.unit_metrics import (
 )
 from lwtakit.io import append_csv, atomic_write, write_csv
 from lwtakit.labelers.base import create_labelers
-from lwtakit.labels import LabelRow, LabelTable
+from lwtakit.labels import HELDOUT_PREFIX, LabelRow, LabelTable
 from lwtakit.recording import analysis_mode
 from lwtakit.shard import Collective
 
@@ -75,27 +75,26 @@ class DissectionCallback(pl.Callback):
     """
 
     def __init__(self, probe: torch.utils.data.Dataset, concepts: ConceptSource, settings: Any = None, *,
-                 run_dir: str | Path | None = None, seed: int = 0) -> None:
+                 run_dir: str | Path | None = None, seed: int = 0, labelers: list | None = None) -> None:
         from lwtakit.config import DissectionConfig
+        from lwtakit.dissection_setup import SetupOptions, dissect_options
 
         s = settings if settings is not None else DissectionConfig()
         if s.every_n_epochs < 0:
             raise ValueError(f"every_n_epochs must be >= 0 (0 = never by epoch), got {s.every_n_epochs}")
         if len(probe) < s.top_images:
             raise ValueError(f"probe set has {len(probe)} images, fewer than top_images={s.top_images}")
-        self.labelers = create_labelers(list(s.methods), s)  # unknown names and bad settings fail here
+        # unknown names and bad settings fail here (from_config gives the labelers its factory made)
+        self.labelers = labelers if labelers is not None else create_labelers(list(s.methods), s)
         self.probe, self.concepts, self.settings = probe, concepts, s
         self.layers = list(s.layers) or None
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.seed = seed
-        heldout = s.heldout if s.heldout.enabled else None
-        budget = None if s.memory_budget_gb is None else int(s.memory_budget_gb * 2**30)
-        self.options = DissectOptions(batch_size=s.batch_size, topk=s.top_images, progress=False, mode=s.mode,
-                                      passes=s.passes, heldout=heldout, seed=seed, memory_budget=budget,
-                                      reliability=s.reliability and heldout is not None)
+        self.options = dissect_options(s, SetupOptions(seed=seed))  # device and processes: at each run
+        heldout = self.options.heldout
         self.columns = list(HISTORY_COLUMNS)
         if heldout is not None:  # the per-unit metrics a seed-level verdict reads (compare --at-accuracy)
-            self.columns += [f"heldout_{m}" for m in heldout.metrics] + list(HELDOUT_COLUMNS) + list(VERDICT_COLUMNS)
+            self.columns += [HELDOUT_PREFIX + m for m in heldout.metrics] + [*HELDOUT_COLUMNS, *VERDICT_COLUMNS]
             if self.options.reliability:
                 self.columns += [RELIABILITY, CORRELATION_DISATTENUATED]
         self.history: list[dict] = []  # labels.csv rows of every dissection so far (plain values: checkpointable)
@@ -120,38 +119,21 @@ class DissectionCallback(pl.Callback):
 
     @classmethod
     def from_config(cls, cfg, datamodule, run_dir: Path, seed: int = 0) -> DissectionCallback:
-        """Build from the ``dissection`` config group; the probe set comes from the validation split. CLIP weights
-        that cannot be had with ``clip.fallback=invert`` make INVERT take CLIP-Dissect's place
-        (:func:`lwtakit.clip.fallback.clip_or_fallback`: one warning line; ``dissection.json`` records it)."""
-        from lwtakit.clip.fallback import clip_or_fallback
+        """Build from the ``dissection`` config group with :func:`lwtakit.dissection_setup.dissection_from_config`,
+        the composition root ``analyze.py dissect`` shares: the probe set comes from the validation split, every
+        labeler prepares its inputs and is checked before the first training step (one line when a method cannot
+        run). Configured CLIP weights bring the labelers that read CLIP along; weights that cannot be had with
+        ``clip.fallback=invert`` make INVERT take CLIP-Dissect's place (:func:`lwtakit.clip.fallback.fall_back`:
+        one warning line; ``dissection.json`` records it)."""
+        from lwtakit.dissection_setup import SetupOptions, dissection_from_config
 
         probe = datamodule.probe_dataset(cfg.probe_size, seed=seed)
         settings = OmegaConf.to_object(cfg) if OmegaConf.is_config(cfg) else cfg
-        requested = list(settings.methods)
-        if clip_configured(settings.clip) and "clip_dissect" not in requested:
-            requested.append("clip_dissect")  # CLIP weights given: CLIP-Dissect comes along
-        hierarchy = None
-        if settings.hierarchy:
-            from lwtakit.hierarchy import read_hierarchy
-
-            hierarchy = read_hierarchy(settings.hierarchy)
-        concepts = ConceptSource.from_dataset(probe, clip_cache_dir=settings.clip.cache_dir, hierarchy=hierarchy)
-        clip_concepts = None
-        if "clip_dissect" in requested:
-            from lwtakit.concept_sets import concepts_for
-
-            clip_concepts, note = concepts_for(settings.concepts, getattr(probe, "class_names", None),
-                                               settings.drop_class_words)
-            rank_zero_info(note)
-        choice = clip_or_fallback(requested, settings.clip, _label_kind(concepts))
-        settings.methods = choice.methods
-        if choice.clip is not None:
-            concepts = dataclasses.replace(concepts, clip=choice.clip, clip_concepts=clip_concepts)
-        check_labelers(create_labelers(settings.methods, settings), concepts, probe)  # before the first step
-        callback = cls(probe, concepts, settings, run_dir=run_dir, seed=seed)
-        callback.choice = {"methods_requested": requested, "methods_used": choice.methods,
-                           "clip": f"{settings.clip.model} pretrained={settings.clip.pretrained}"
-                           if choice.clip is not None else None, "fallback": choice.fallback}
+        made = dissection_from_config(settings, probe, SetupOptions(seed=seed, add_clip_labelers=True,
+                                                                    say=rank_zero_info))
+        settings = dataclasses.replace(settings, methods=made.choice["methods_used"])
+        callback = cls(probe, made.concepts, settings, run_dir=run_dir, seed=seed, labelers=made.labelers)
+        callback.choice = made.choice
         return callback
 
     # --- when --------------------------------------------------------------------------------------
@@ -368,20 +350,6 @@ def layer_summaries(rows: list[dict], previous: list[dict]) -> dict[tuple[str, s
                 if (layer, method) in out and points:
                     out[(layer, method)]["label_changed"] = 1.0 - points[-1][1]
     return out
-
-
-def clip_configured(clip_cfg) -> bool:
-    """Whether the ``dissection.clip`` config names CLIP weights: a ``pretrained`` tag or file, or a model that
-    brings its own weights (``local-dir:FOLDER``, ``hf-hub:NAME``)."""
-    model = str(getattr(clip_cfg, "model", None) or "")
-    return bool(getattr(clip_cfg, "pretrained", None)) or model.startswith(("local-dir:", "hf-hub:"))
-
-
-def _label_kind(concepts: ConceptSource) -> str | None:
-    """Which labels INVERT reads on this probe (what a CLIP fallback would use), None when it has none."""
-    if not concepts.has_labels:
-        return None
-    return "class labels" if concepts.labels_from_classes else "concept labels"
 
 
 def _png_to_array(png: bytes):

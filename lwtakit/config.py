@@ -30,6 +30,7 @@ from lwtakit.errors import UserError
 from lwtakit.evaluation.options import HeldOutOptions
 from lwtakit.fast_path import check_compile
 from lwtakit.labelers.configs import ALTERNATIVES, RENAMED, CaptionsConfig, ClipDissectConfig, InvertConfig, IoUConfig
+from lwtakit.labelers.run_options import BATCH_SIZE
 
 # The repository's configs/, reached through the link lwtakit/configs in a checkout and installed as package data.
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -151,16 +152,18 @@ class DissectionConfig:
     on_checkpoint: bool = False
     at_fit_end: bool = True
     layers: list[str] = field(default_factory=list)  # empty = last stage + classifier
-    methods: list[str] = field(default_factory=lambda: ["invert"])  # registered labelers: invert clip_dissect iou
+    # registered labelers (lwtakit.labelers.base.labeler_names(): invert clip_dissect iou captions ...)
+    methods: list[str] = field(default_factory=lambda: ["invert"])
     probe_size: int = 512
-    batch_size: int = 128  # probe images per forward pass; with N processes each records every N-th batch
+    batch_size: int = BATCH_SIZE  # probe images per forward pass; with N processes each records every N-th batch
     memory_budget_gb: float | None = None  # host memory the recording may take before it spills to a mapped file
     # CLIP's concepts: a text file (one a line), a built-in (concept_sets.py: words20k ...), or classes (the probe's)
     concepts: str = "synthetic"
     drop_class_words: bool = False  # remove the concepts too close to a class name (final-layer evaluation)
     hierarchy: str | None = None  # parent map file (CSV child,parent,... or JSON): ancestors become concepts (INVERT)
     top_images: int = 8  # images per unit in grids
-    grid_units: int = 8  # units shown per layer in image grids
+    grid_units: int = 12  # best-scoring units shown per layer in image grids (0: every unit)
+    pca_components: int = 0  # also label both poles of this many principal directions per layer (Dey et al. 2020)
     clip: ClipConfig = field(default_factory=ClipConfig)
     mode: str = "mc"  # LWTA network dissected as: mc (mean of `passes` seeded samples) | sample | argmax
     passes: int = 4
@@ -374,6 +377,8 @@ def validate(cfg: DictConfig) -> None:
     budget = cfg.dissection.memory_budget_gb
     if budget is not None and not (math.isfinite(budget) and budget >= 0):
         raise UserError(f"config key 'dissection.memory_budget_gb' must be a number of GiB >= 0 or null, got {budget}")
+    if cfg.dissection.pca_components < 0:
+        raise UserError(f"config key 'dissection.pca_components' must be >= 0, got {cfg.dissection.pca_components}")
     if cfg.dissection.probe_size < max(2, cfg.dissection.top_images):
         raise UserError(f"config key 'dissection.probe_size' ({cfg.dissection.probe_size}) must be >= 2 and >= "
                         f"dissection.top_images ({cfg.dissection.top_images})")

@@ -39,6 +39,7 @@ from lwtakit.evaluation.assess import assess
 from lwtakit.evaluation.options import HeldOutOptions
 from lwtakit.evaluation.split import ProbeSplit, split_probe
 from lwtakit.labelers.base import CAPTIONER, CLIP, Context, Labeler, Target, create_labelers
+from lwtakit.labelers.run_options import BATCH_SIZE, RunOptions
 from lwtakit.labels import PCA_SUFFIX, POLES, LabelTable, pca_pole
 from lwtakit.lwta import lwta_inference, lwta_layers
 from lwtakit.recording import Recording, RecordOptions, record_activations
@@ -138,7 +139,7 @@ class DissectOptions:
     """
 
     pca_components: int = 0
-    batch_size: int = 128
+    batch_size: int = BATCH_SIZE
     topk: int = 16
     device: str | torch.device = "cpu"
     progress: bool = True
@@ -155,6 +156,12 @@ class DissectOptions:
             raise UserError(f"unknown dissection mode {self.mode!r}; choose from {', '.join(MODES)}")
         if self.passes < 1:
             raise UserError(f"mc passes must be >= 1, got {self.passes}")
+
+    def run_options(self, passes: int) -> RunOptions:
+        """How a labeler that runs the network itself (IoU) streams the probe set: this dissection's batch size,
+        device, processes and seed, with ``passes`` stochastic passes per batch (the mc function; 1 otherwise)."""
+        return RunOptions(batch_size=self.batch_size, device=self.device, seed=self.seed, collective=self.collective,
+                          passes=passes)
 
 
 @dataclass
@@ -235,7 +242,6 @@ def dissect(model: nn.Module, probe, layers: Sequence[str], labelers: Sequence[s
             seconds["clip_embed"] = time.perf_counter() - t
         targets = [target for layer in layers for target in _targets(layer, rec, directions.get(layer), split)]
         _share_targets(targets, labelers, options)
-        ctx.collective = options.collective
         for target in targets:
             for labeler in labelers:
                 if labeler.applies_to(target):
@@ -321,8 +327,7 @@ def _join_sharded_labelers(model: nn.Module, part, labelers: Sequence[Labeler], 
     sharded = _sharded(labelers, options)
     if not sharded:
         return
-    ctx = Context(model, part, None, concepts, options.device, options.batch_size, collective=options.collective,
-                  passes=_passes(model, options), seed=options.seed)
+    ctx = Context(model, part, None, concepts, options.run_options(_passes(model, options)))
     for target in options.collective.broadcast_object(None):
         for labeler in sharded:
             if labeler.applies_to(target):
@@ -348,8 +353,7 @@ def _context(model, probe, rec: Recording, concepts: ConceptSource, options: Dis
     if split is not None:
         if concepts.labels is not None:
             concepts = dataclasses.replace(concepts, labels=concepts.labels[split.explain])
-    return Context(model, probe, rec, concepts, options.device, options.batch_size, passes=_passes(model, options),
-                   seed=options.seed)
+    return Context(model, probe, rec, concepts, options.run_options(_passes(model, options)))
 
 
 def _passes(model: nn.Module, options: DissectOptions) -> int:

@@ -10,9 +10,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
 
 import train as train_script
-from callbacks.dissection import DissectionCallback, clip_configured, layer_summaries
+from callbacks.dissection import DissectionCallback, layer_summaries
 from lwtakit import plots
 from lwtakit.config import DissectionConfig
+from lwtakit.dissection_setup import clip_configured
 from lwtakit.drift import agreement, settle_epochs, stability
 from lwtakit.io import read_csv
 from tests.test_train import tiny_cfg as _tiny_cfg

@@ -32,6 +32,7 @@ import torch
 
 from lwtakit.errors import UserError
 from lwtakit.labelers.configs import RENAMED
+from lwtakit.labelers.run_options import RunOptions
 from lwtakit.labels import LabelRow, optional_float
 
 # What a labeler can need (Labeler.needs).
@@ -60,20 +61,17 @@ class Target:
 @dataclass
 class Context:
     """What every labeler of one dissection reads: the model (for labelers that need a second pass), the probe
-    set and its recording, the concepts, and the run settings. CLIP embeddings are computed on first use."""
+    set and its recording, the concepts, and how the network is run (``run``: batch size, device, processes, and
+    the function dissected: the mean of ``run.passes`` stochastic passes per batch in mc mode, 1 otherwise, each
+    batch drawing from ``(run.seed, batch index)``), for labelers that run the network themselves (IoU). CLIP
+    embeddings are computed on first use."""
 
     model: torch.nn.Module
     probe: Any
     recording: Any  # lwtakit.recording.Recording
     concepts: Any  # lwtakit.dissect.ConceptSource
-    device: Any = "cpu"
-    batch_size: int = 128
+    run: RunOptions = field(default_factory=RunOptions)
     image_embeddings: torch.Tensor | None = None  # the probe's CLIP image embeddings when already computed
-    collective: Any = None  # lwtakit.shard.Collective: several processes label (sharded labelers)
-    # how the dissected function is computed, for labelers that run the network themselves (IoU): the mean of
-    # `passes` stochastic passes per batch (mc; 1 otherwise), each batch drawing from (seed, batch index)
-    passes: int = 1
-    seed: int = 0
     _clip: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
     def clip_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,16 +96,42 @@ class Labeler(ABC):
     name: ClassVar[str]
     config_class: ClassVar[type | None] = None
     needs: ClassVar[frozenset[str]] = frozenset()
-    # With several processes (ctx.collective) a sharded labeler's label() runs in every process, each streaming its
+    # With several processes (ctx.run.collective) a sharded labeler's label() runs in every process, each streaming its
     # share of the probe set; rank 0 returns the rows. Other labelers run on rank 0 alone.
     sharded: ClassVar[bool] = False
     # The type of its rows: a LabelRow subclass holds a labeler's own typed values (INVERT's formula).
     row_class: ClassVar[type[LabelRow]] = LabelRow
+    title: ClassVar[str] = ""  # the method's name in prose (messages, reports); default: its registered name
+    # Whether a training run adds this labeler by itself once CLIP weights are configured (dissection.clip.pretrained).
+    with_clip: ClassVar[bool] = False
+    # analyze.py label: the --method names under which this labeler labels activations given as arrays (empty: it
+    # needs the network or the images) and the columns of its rows there.
+    array_methods: ClassVar[tuple[str, ...]] = ()
+    array_columns: ClassVar[tuple[str, ...]] = ("unit", "label", "score")
 
     def __init__(self, config: Any = None, **overrides: Any) -> None:
         if config is None and self.config_class is not None:
             config = self.config_class()
         self.config = dataclasses.replace(config, **overrides) if overrides else config
+
+    def prepare(self, concepts: Any, supply: Any) -> Any:
+        """``concepts`` (a :class:`lwtakit.dissect.ConceptSource`) with what this labeler needs beyond the probe set,
+        built by ``supply`` (:class:`lwtakit.dissection_setup.Supply`, which builds each shared input once): the CLIP
+        model and its concept set for a labeler that needs CLIP. A labeler with a model of its own (captions) adds it
+        here. Raises :class:`lwtakit.clip.ClipWeightsUnavailable` when weights cannot be had."""
+        if CLIP in self.needs or CAPTIONER in self.needs:
+            concepts = supply.with_clip(concepts)
+        return concepts
+
+    @classmethod
+    def for_array_method(cls, method: str, settings: Any = None) -> Labeler:
+        """The labeler that ``analyze.py label --method method`` runs (``method`` one of :attr:`array_methods`), with
+        its config from ``settings.<name>`` as :func:`create_labelers` gives it."""
+        return create_labelers([cls.name], settings)[0]
+
+    def label_arrays(self, acts: Any, arrays: ConceptArrays) -> list[dict]:
+        """``analyze.py label``: one plain row per unit of ``acts`` (numpy [N, C]) from the concept arrays."""
+        raise NotImplementedError(f"labeler {self.name} cannot label activations given as arrays")
 
     def check(self, concepts: Any, probe: Any) -> None:
         """Raise :class:`UserError` (one line: what is missing and how to supply it) when an input is missing."""
@@ -132,6 +156,17 @@ class Labeler(ABC):
     def report_meta(self) -> dict[str, str]:
         """The settings a dissection report's header names (setting -> words); none by default."""
         return {}
+
+@dataclass
+class ConceptArrays:
+    """What ``analyze.py label`` gives a labeler besides the activations: the ``names`` of K concepts, their binary
+    ``labels`` bool [N, K] per image (a labeler that needs :data:`CONCEPT_LABELS`) or the image-concept ``scores``
+    float [N, K] (one that needs :data:`CLIP`; e.g. CLIP similarities), and the ``method`` asked for."""
+
+    names: list[str]
+    method: str
+    labels: Any = None
+    scores: Any = None
 
 
 def rows_from_dicts(dicts: list[dict], target: Target, method: str,
@@ -174,6 +209,8 @@ def register_labeler(cls: type[Labeler]) -> type[Labeler]:
         raise TypeError(f"labeler {cls.__qualname__} has no name")
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
         raise ValueError(f"a labeler named {cls.name!r} is already registered ({_REGISTRY[cls.name].__qualname__})")
+    if not cls.title:
+        cls.title = cls.name
     _REGISTRY[cls.name] = cls
     return cls
 
@@ -219,6 +256,24 @@ def create_labelers(names, settings: Any = None) -> list[Labeler]:
         config = as_config(cls.config_class, section) if section is not None and cls.config_class else None
         out.append(create_labeler(item, config))
     return out
+
+
+def array_methods() -> dict[str, type[Labeler]]:
+    """``analyze.py label``'s methods: each ``--method`` name and the registered labeler class that labels with it."""
+    _load_builtins()
+    return {method: cls for cls in _REGISTRY.values() for method in cls.array_methods}
+
+
+def labeler_class(name: str) -> type[Labeler] | None:
+    """The labeler class registered as ``name`` (None: no such labeler)."""
+    _load_builtins()
+    return _REGISTRY.get(name)
+
+
+def labelers_with_clip() -> list[str]:
+    """The registered labelers a training run adds by itself once CLIP weights are configured."""
+    _load_builtins()
+    return [name for name, cls in _REGISTRY.items() if cls.with_clip]
 
 
 def _load_builtins() -> None:

@@ -225,6 +225,16 @@ class CaptionsLabeler(Labeler):
     config_class = CaptionsConfig
     needs = frozenset({CAPTIONER})
 
+    def prepare(self, concepts, supply):
+        """CLIP for the rescoring (the base class), and the CoCa captioner of ``config.model`` /
+        ``config.pretrained`` unless the concepts bring one."""
+        concepts = super().prepare(concepts, supply)
+        if concepts.captioner is not None:
+            return concepts
+        captioner = supply.weights(lambda: CocaCaptioner(self.config.model, self.config.pretrained,
+                                                         device=supply.device), "captioner")
+        return dataclasses.replace(concepts, captioner=captioner)
+
     def label(self, target: Target, ctx: Context) -> list[LabelRow]:
         dicts = label_units(target.acts, ctx.probe, ctx.concepts.clip, ctx.concepts.captioner, self.config,
                             image_emb=ctx.clip_embeddings()[0], cache_dir=ctx.concepts.clip_cache_dir)

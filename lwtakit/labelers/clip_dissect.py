@@ -56,6 +56,7 @@ of the [C, M] output). cos needs no chunk of P at all with factors: ``A^T P = (A
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -66,7 +67,7 @@ import torch
 from torch import Tensor
 
 from lwtakit.errors import UserError
-from lwtakit.labelers.base import CLIP, Context, Labeler, Target, register_labeler, rows_from_dicts
+from lwtakit.labelers.base import CLIP, ConceptArrays, Context, Labeler, Target, register_labeler, rows_from_dicts
 from lwtakit.labelers.configs import SIMILARITIES, ClipDissectConfig
 from lwtakit.labels import LabelRow
 
@@ -398,8 +399,26 @@ class ClipDissectLabeler(Labeler):
     """CLIP-Dissect: each unit's best concept by the configured similarity to CLIP's image-concept matrix."""
 
     name = "clip_dissect"
+    title = "CLIP-Dissect"
     config_class = ClipDissectConfig
     needs = frozenset({CLIP})
+    with_clip = True  # configured CLIP weights alone ask for CLIP-Dissect labels in a training run
+    array_methods = SIMILARITIES  # analyze.py label --method <similarity>: a given image-concept matrix
+    array_columns = ("unit", "label", "score", "top5")
+
+    @classmethod
+    def for_array_method(cls, method: str, settings: Any = None) -> Labeler:
+        """CLIP-Dissect with the similarity function ``method``."""
+        labeler = super().for_array_method(method, settings)
+        labeler.config = dataclasses.replace(labeler.config, similarity=method)
+        return labeler
+
+    def label_arrays(self, acts, arrays: ConceptArrays) -> list[dict]:
+        """``analyze.py label --method <similarity>``: the units of ``acts`` against the image-concept scores, in
+        float32 as CLIP's are (float64 arrays stay float64: the same labels on any CPU)."""
+        wide = np.promote_types(np.result_type(acts, arrays.scores), np.float32)
+        return label_units(torch.from_numpy(acts.astype(wide)), torch.from_numpy(arrays.scores.astype(wide)),
+                           arrays.names, method=self.config.similarity)
 
     def label(self, target: Target, ctx: Context) -> list[LabelRow]:
         dicts = label_units(target.acts, ctx.clip_embeddings(), ctx.concepts.clip_concepts,

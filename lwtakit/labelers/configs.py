@@ -109,9 +109,12 @@ class IoUConfig:
 @dataclass
 class CaptionsConfig:
     """Captions of each unit's ``n_images`` top images (captioned ``caption_batch`` at a time) turned into up to
-    ``max_candidates`` phrases of at most ``max_words`` words, rescored by the CLIP-Dissect ``similarity``."""
+    ``max_candidates`` phrases of at most ``max_words`` words, rescored by the CLIP-Dissect ``similarity``; the
+    captions come from the open_clip CoCa ``model`` with weights ``pretrained`` (a tag, a file or local-dir:)."""
 
     similarity: str = "soft_wpmi"
+    model: str = "coca_ViT-B-32"
+    pretrained: str | None = "mscoco_finetuned_laion2b_s13b_b90k"
     n_images: int = 10
     max_candidates: int = 20
     max_words: int = 3

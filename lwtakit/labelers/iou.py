@@ -246,8 +246,7 @@ class IoULabeler(Labeler):
     sharded = True
 
     def label(self, target: Target, ctx: Context) -> list[LabelRow]:
-        run = RunOptions(batch_size=ctx.batch_size, device=ctx.device, collective=ctx.collective, seed=ctx.seed,
-                         passes=ctx.passes)
-        dicts = label_units(ctx.model, ctx.probe, target.layer, list(ctx.probe.concept_names), self.config, run,
+        # ctx.run: the dissection's batch size, device, processes and function (mc: its passes and seed)
+        dicts = label_units(ctx.model, ctx.probe, target.layer, list(ctx.probe.concept_names), self.config, ctx.run,
                             directions=target.directions)
         return rows_from_dicts(dicts, target, self.name)

@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+# Probe images per forward pass: the one default of every dissection pass (the schema's dissection.batch_size,
+# analyze.py --batch-size, DissectOptions and RunOptions all read it).
+BATCH_SIZE = 128
+
 
 @dataclass(frozen=True)
 class RunOptions:
@@ -13,7 +17,7 @@ class RunOptions:
     (LWTA sampling) makes the same draws in every pass that must agree (the two passes of IoU, every k of an
     ablation curve); ``progress`` shows a progress bar."""
 
-    batch_size: int = 32
+    batch_size: int = BATCH_SIZE
     device: Any = "cpu"
     seed: int = 0
     progress: bool = False
