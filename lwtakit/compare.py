@@ -141,12 +141,16 @@ def summarize_run(spec: str, options: CompareOptions, history: list[dict] | None
 
 
 def _dissect_options(options: CompareOptions) -> DissectOptions:
-    """How compare dissects every run: the network as it is evaluated (mc: the mean of ``options.passes`` seeded
-    stochastic passes), labels held out, and the split-half reliability of the passes that corrects the
-    correlations for the noise only a stochastic network has."""
-    return DissectOptions(batch_size=256, device=options.device, progress=False,
-                          heldout=HeldOutOptions(seed=options.seed), seed=options.seed, passes=options.passes,
-                          reliability=True)
+    """How compare dissects every run (through the one composition root,
+    :func:`lwtakit.dissection_setup.dissect_options`): the network as it is evaluated (mc: the mean of
+    ``options.passes`` seeded stochastic passes), labels held out, and the split-half reliability of the passes that
+    corrects the correlations for the noise only a stochastic network has."""
+    from lwtakit.config import DissectionConfig
+    from lwtakit.dissection_setup import SetupOptions, dissect_options
+
+    cfg = DissectionConfig(batch_size=256, top_images=16, passes=options.passes, reliability=True,
+                           heldout=HeldOutOptions(seed=options.seed))
+    return dissect_options(cfg, SetupOptions(device=options.device, seed=options.seed))
 
 
 def _sanity(result, concepts: ConceptSource, layers: list[str], seed: int) -> tuple:
