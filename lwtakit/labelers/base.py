@@ -34,6 +34,7 @@ from lwtakit.errors import UserError
 from lwtakit.labelers.configs import RENAMED
 from lwtakit.labelers.run_options import RunOptions
 from lwtakit.labels import LabelRow, optional_float
+from lwtakit.models.precision import widened
 
 # What a labeler can need (Labeler.needs).
 CONCEPT_LABELS = "concept_labels"  # binary concept labels [N, K] of the probe images
@@ -85,8 +86,8 @@ class Context:
             if images is None:
                 images = embed_dataset_cached(c.clip, self.probe, c.clip_cache_dir)
             texts = embed_texts_cached(c.clip, c.clip_concepts, c.clip_cache_dir)
-            wide = torch.promote_types(images.dtype, torch.float32)  # float64 stays (--precision 64)
-            self._clip = (images.to(wide), texts.to(wide))
+            images = widened(images)  # float64 stays (--precision 64)
+            self._clip = (images, texts.to(images.dtype))
         return self._clip
 
 

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lwtakit.models.precision import widened
+
 from ..errors import UserError
 from ..labels import LabelRow
 from ..recording import analysis_mode, capture, resolve_module, split_batch
@@ -49,7 +51,7 @@ def _maps(model, layer: str, images: torch.Tensor, device, directions=None) -> t
     maps = out[layer][-1]
     if maps.dim() != 4:
         raise UserError(f"IoU needs a conv layer with [B, C, H, W] output; {layer!r} gives {tuple(maps.shape)}")
-    maps = maps.to(torch.promote_types(maps.dtype, torch.float32))  # float64 until rounded in _probe_maps
+    maps = widened(maps)  # float64 until rounded in _probe_maps
     if directions is not None:  # per-position scores on the directions: [B, k, H, W]
         mean, V = (t.to(maps.device, maps.dtype) for t in directions)
         maps = torch.einsum("bchw,kc->bkhw", maps - mean.view(1, -1, 1, 1), V)
