@@ -9,7 +9,6 @@ import numpy as np
 import open_clip
 import pytest
 import torch
-from torch import nn
 
 import analyze
 import train as train_script
@@ -25,8 +24,9 @@ from lwtakit.io import read_csv
 from lwtakit.labelers.base import CONCEPT_LABELS, Labeler, register_labeler
 from lwtakit.labelers.iou import iou_matrix
 from lwtakit.labelers.run_options import RunOptions
-from lwtakit.lwta import LWTA, lwta_inference
+from lwtakit.lwta import lwta_inference
 from tests.test_clip import TINY_CFG
+from tests.test_dissect_modes import LWTANet
 from tests.test_train import TINY
 
 
@@ -88,19 +88,6 @@ def test_unavailable_clip_weights_fall_back_through_the_factory(probe):
     with pytest.raises(lclip.ClipWeightsUnavailable, match="--clip-pretrained FILE"):
         dissection_from_config(dataclasses.replace(cfg, clip=ClipConfig(model="ViT-B-16", pretrained="openai")),
                                probe, SetupOptions(entry="analyze"))
-
-
-class LWTANet(nn.Module):
-    """Colour-sensitive 1x1 conv units competing in pairs (stochastic winners in sample mode)."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(3, 8, 1)
-        self.act = LWTA(U=2, inference="sample")
-
-    def forward(self, x):
-        return self.act(self.conv(x)).mean(dim=(2, 3))
 
 
 def test_iou_in_a_mc_dissection_measures_the_mc_function(probe):
