@@ -11,7 +11,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import OmegaConf
 
 from lightning_modules.classifier import network_of
@@ -161,10 +161,15 @@ class DissectionCallback(pl.Callback):
             json.dump({**self.choice, "images_per_process": self.shard_sizes}, fh, indent=2)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.is_global_zero and self.run_dir is not None:
-            self._write_choice()
-        path = None if self.run_dir is None else self.run_dir / "labels.csv"
-        if trainer.is_global_zero and path is not None and (self.history or path.exists()):
+        self._start_files()
+
+    @rank_zero_only
+    def _start_files(self) -> None:
+        if self.run_dir is None:
+            return
+        self._write_choice()
+        path = self.run_dir / "labels.csv"
+        if self.history or path.exists():
             # The file mirrors the history restored from the checkpoint: rows of a dissection that ran
             # after that checkpoint (before a crash) are dropped, as they will be redone.
             write_csv(path, self.history, self.columns)
@@ -192,9 +197,13 @@ class DissectionCallback(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.settings.at_fit_end and self._should_run(trainer):
             self.run(trainer, pl_module)
-        if trainer.is_global_zero and self._enabled(trainer) and self.history:
-            self._log_drift(trainer)
-            self._log_stability(trainer)
+        if self._enabled(trainer) and self.history:
+            self._log_summaries(trainer)
+
+    @rank_zero_only
+    def _log_summaries(self, trainer: pl.Trainer) -> None:
+        self._log_drift(trainer)
+        self._log_stability(trainer)
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": [dict(r) for r in self.history], "done": list(self.done), "seconds": self.seconds}

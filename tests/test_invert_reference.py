@@ -151,12 +151,18 @@ def test_label_flags_reach_the_search(tmp_path, capsys):
 def test_dissect_flags_build_the_invert_labeler():
     import analyze
 
+    from lwtakit.labelers.base import create_labelers
+
+    def invert_of(argv):  # the labeler the flags' dissection config builds (lwtakit.dissection_setup does so)
+        cfg = analyze._dissection_config(analyze.build_parser().parse_args(argv))
+        return create_labelers(["invert"], cfg)[0].config
+
     argv = ["dissect", "--model", "x", "--out", "o", "--max-length", "2", "--min-fraction", "0.01",
             "--parsimony", "off", "--alternative", "two-sided"]
-    config = analyze._labelers(analyze.build_parser().parse_args(argv))[0].config
+    config = invert_of(argv)
     assert config == InvertConfig(max_length=2, min_fraction=0.01, alternative="two-sided").without_parsimony()
     assert "parsimony off" in config.describe() and "two-sided" in config.describe()
-    default = analyze._labelers(analyze.build_parser().parse_args(argv[:5]))[0].config
+    default = invert_of(argv[:5])
     assert default == InvertConfig(max_length=1) and "parsimony on" in default.describe()
     assert "one-sided (greater)" in default.describe()
 
