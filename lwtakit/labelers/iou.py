@@ -164,13 +164,16 @@ def _overlap_pass(batches, dataset, thresholds: torch.Tensor, unit_min: torch.Te
             mask_area = torch.zeros(K, dtype=torch.float64, device=maps.device)
         L = masks.permute(1, 0, 2, 3).reshape(K, -1).t().float()  # [B*H*W, K]
         mask_area += L.sum(0).double()
-        chunk = max(1, max_elements // (B * H * W))
+        chunk = max(1, max_elements // (2 * B * H * W))  # float64: half the elements of float32's memory
         for lo in range(0, C, chunk):
-            part = maps[:, lo:lo + chunk]
+            # Upsampled in float64 from the float32 maps: bilinear weights of power-of-two scales (1/4, 3/4, 1/16,
+            # ...) make every product and sum exact there, so a pixel between equal neighbours equals them and a
+            # pixel at a threshold is the same on every CPU (in float32 0.75 a + 0.25 a is a only with FMA).
+            part = maps[:, lo:lo + chunk].double()
             if part.shape[2:] != (H, W):
                 part = F.interpolate(part, size=(H, W), mode="bilinear", align_corners=False)
-            t = thresholds[lo:lo + chunk].view(1, -1, 1, 1)
-            lowest = unit_min[lo:lo + chunk].view(1, -1, 1, 1)
+            t = thresholds[lo:lo + chunk].double().view(1, -1, 1, 1)
+            lowest = unit_min[lo:lo + chunk].double().view(1, -1, 1, 1)
             on = (part >= t) & (part > lowest)
             on = on.transpose(0, 1).reshape(on.shape[1], -1).float()  # [chunk, B*H*W]
             act_area[lo:lo + chunk] += on.sum(1).double()
