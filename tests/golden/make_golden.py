@@ -16,7 +16,9 @@ again in the same stop for each run's own splits (issue 23: the subsets are now 
 validation / test images, not 2,000), the held-out metrics of issue 20 (new label columns, one-perturbation sanity
 tests) and IoU measuring the mc function (issue 21). Compare re-recorded when it came to measure every run's
 split-half reliability, test the verdict's metrics for sanity (sanity.csv) and write every per-unit metric to
-unit_scores.csv (issue 20).
+unit_scores.csv (issue 20). Dissect re-recorded when the tiny CLIP's weights came to be drawn by numpy (torch's
+initialisers differ by instruction set: one CLIP-Dissect score moved 1.2e-6 under the portable kernels), with one
+IoU row whose overlap now counts in float64 (0.00215233 -> 0.00215227).
 """
 
 from __future__ import annotations
