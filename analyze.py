@@ -764,6 +764,8 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_dissect, _add_label, _add_sanity, _add_explain):
         add(sub)
 
+    from lwtakit.config import DissectionConfig
+
     c = _subcommand(sub, "compare", "put runs (e.g. sparse and dense) side by side; HTML report + CSV")
     c.add_argument("runs", nargs="*", help="run folders, checkpoints or sweep folders (folders of run folders); runs "
                                            "that differ only in their seed form one arm")
@@ -784,7 +786,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--layers", nargs="+", metavar="LAYER",
                    help="layers labelled in every run (default: each run's last stage and classifier); e.g. one "
                         "activation per stage, to see where the planted concepts are found")
-    c.add_argument("--passes", type=_passes, default=4,
+    c.add_argument("--passes", type=_passes, default=DissectionConfig.passes,
                    help="mc passes an LWTA network is dissected with (labels, sparsity, split-half reliability; "
                         "the report says how many would reach reliability 0.95; default %(default)s)")
     c.add_argument("--device", default="auto", help=DEVICE_HELP)

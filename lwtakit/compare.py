@@ -20,6 +20,7 @@ from torch import nn
 
 from lwtakit.analysis import describe_images, run_history, take_images
 from lwtakit.checkpoint import load_run
+from lwtakit.config import DissectionConfig
 from lwtakit.dissect import ConceptSource, DissectOptions, dissect, record
 from lwtakit.errors import UserError
 from lwtakit.evaluation.metrics import METRICS
@@ -73,7 +74,7 @@ class CompareOptions:
     seed: int = 0
     device: Any = "cpu"
     layers: list[str] | None = None
-    passes: int = DissectOptions.passes
+    passes: int = DissectionConfig.passes  # the schema's default, as dissect and training use
     precision: int = 32
     force: bool = False  # compare runs whose data differ (lwtakit.comparable), the report saying so first
     progress: bool = True  # a bar per run and stage on stderr (tqdm: off when stderr is not a terminal)
@@ -145,7 +146,6 @@ def _dissect_options(options: CompareOptions) -> DissectOptions:
     :func:`lwtakit.dissection_setup.dissect_options`): the network as it is evaluated (mc: the mean of
     ``options.passes`` seeded stochastic passes), labels held out, and the split-half reliability of the passes that
     corrects the correlations for the noise only a stochastic network has."""
-    from lwtakit.config import DissectionConfig
     from lwtakit.dissection_setup import SetupOptions, dissect_options
 
     cfg = DissectionConfig(batch_size=256, top_images=16, passes=options.passes, reliability=True,

@@ -150,7 +150,6 @@ def test_label_flags_reach_the_search(tmp_path, capsys):
 
 def test_dissect_flags_build_the_invert_labeler():
     import analyze
-
     from lwtakit.labelers.base import create_labelers
 
     def invert_of(argv):  # the labeler the flags' dissection config builds (lwtakit.dissection_setup does so)
